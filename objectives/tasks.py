@@ -1,0 +1,244 @@
+"""Tasks: the data and the model factory one study trains.
+
+A :class:`Task` is what a trial needs from the user's problem: a way to build a fresh model and
+three datasets yielding ``(input_tensor, int_label)``. Built in are ``digits`` (scikit-learn's
+bundled handwritten digits) and ``synthetic`` (a learnable problem of any size); a user's own
+task is ``package.module:factory`` or ``path/to/file.py:factory``.
+
+Example:
+    >>> from objectives.tasks import load_task
+    >>> task = load_task("digits", model="mlp")
+    >>> len(task.train) + len(task.val) + len(task.test)
+    1797
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from objectives.models import build_model_factory
+
+
+class TaskError(ValueError):
+    """A task could not be built or is malformed; the message says what and how to fix it."""
+
+
+@dataclass
+class Task:
+    """Data plus a model factory.
+
+    Args:
+        name: Short name shown in reports and stored in the study.
+        build_model: Returns a fresh, untrained ``torch.nn.Module`` on each call.
+        train: Training split; items are ``(input_tensor, int_label)``.
+        val: Validation split (the study selects on it).
+        test: Test split (recorded for every trial, never used to select).
+        num_classes: Number of classes; inferred from the labels when not given.
+    """
+
+    name: str
+    build_model: Callable[[], torch.nn.Module]
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int | None = None
+    info: dict = field(default_factory=dict)
+
+
+BUILTIN_TASKS = ("digits", "synthetic")
+
+
+def _split_indices(labels: torch.Tensor, seed: int, fractions=(0.6, 0.2, 0.2)):
+    """Stratified, seeded split of indices into train/val/test by ``fractions``."""
+    generator = torch.Generator().manual_seed(seed)
+    parts: list[list[int]] = [[], [], []]
+    for cls in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)].tolist()
+        n_train = round(len(idx) * fractions[0])
+        n_val = round(len(idx) * fractions[1])
+        parts[0] += idx[:n_train]
+        parts[1] += idx[n_train : n_train + n_val]
+        parts[2] += idx[n_train + n_val :]
+    return [torch.tensor(sorted(p), dtype=torch.long) for p in parts]
+
+
+def _standardised_splits(x: torch.Tensor, y: torch.Tensor, seed: int):
+    """Split stratified, then standardise every split with the training split's statistics."""
+    train_idx, val_idx, test_idx = _split_indices(y, seed)
+    mean = x[train_idx].mean(dim=0, keepdim=True)
+    std = x[train_idx].std(dim=0, keepdim=True)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    x = (x - mean) / std
+    return [
+        TensorDataset(x[i].contiguous(), y[i].contiguous()) for i in (train_idx, val_idx, test_idx)
+    ]
+
+
+def digits_task(model: str = "mlp", hidden: tuple[int, ...] = (128, 64), seed: int = 0) -> Task:
+    """scikit-learn's handwritten digits: 1797 8x8 images, 10 classes, split 60/20/20.
+
+    Inputs are image-shaped ``(1, 8, 8)`` float tensors, standardised per pixel with the
+    training split's mean and standard deviation (pixels constant in training stay unscaled).
+    """
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(data.target, dtype=torch.long)
+    train, val, test = _standardised_splits(x, y, seed)
+    factory = build_model_factory(model, input_shape=(1, 8, 8), num_classes=10, hidden=hidden)
+    return Task("digits", factory, train, val, test, num_classes=10)
+
+
+def synthetic_task(
+    samples: int = 4096,
+    features: int = 32,
+    classes: int = 4,
+    model: str = "mlp",
+    hidden: tuple[int, ...] = (128, 64),
+    seed: int = 0,
+) -> Task:
+    """A learnable classification problem generated deterministically from ``seed``.
+
+    Each class is a Gaussian blob around a random centre in ``features`` dimensions, pushed
+    through a fixed random nonlinearity so that a linear model is not enough. Split 60/20/20.
+    """
+    if samples < 10 * classes:
+        raise TaskError(
+            f"--synthetic-samples {samples} is too small for {classes} classes: "
+            f"use at least {10 * classes}"
+        )
+    g = torch.Generator().manual_seed(10_007 + seed)
+    centres = torch.randn(classes, features, generator=g) * 1.5
+    y = torch.arange(samples) % classes
+    y = y[torch.randperm(samples, generator=g)]
+    x = centres[y] + torch.randn(samples, features, generator=g)
+    mix = torch.randn(features, features, generator=g) / features**0.5
+    x = x + 0.5 * torch.tanh(x @ mix)
+    train, val, test = _standardised_splits(x, y, seed)
+    factory = build_model_factory(model, (features,), num_classes=classes, hidden=hidden)
+    return Task("synthetic", factory, train, val, test, num_classes=classes)
+
+
+def _import_factory(spec: str) -> Callable[[], object]:
+    """Resolve ``package.module:factory`` or ``path/to/file.py:factory`` to the callable."""
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise TaskError(
+            f"--task {spec!r} is not a built-in task ({', '.join(BUILTIN_TASKS)}) nor "
+            "'package.module:factory' or 'path/to/file.py:factory'"
+        )
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise TaskError(f"--task {spec!r}: file {target} not found; check the path")
+            name = f"_user_task_{abs(hash(str(path.resolve())))}"
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except TaskError:
+        raise
+    except Exception as exc:  # any import-time failure of user code
+        raise TaskError(
+            f"--task {spec!r}: importing {target} failed ({type(exc).__name__}: {exc}); "
+            "fix the module or the path"
+        ) from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise TaskError(f"--task {spec!r}: {target} has no callable named {attr!r}")
+    return factory
+
+
+def _check_split(spec: str, split_name: str, dataset: object) -> None:
+    """Check that a split is a non-empty dataset of ``(tensor, int label)`` items."""
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise TaskError(f"task {spec!r}: split {split_name} is not a Dataset (needs __len__)")
+    if len(dataset) == 0:
+        raise TaskError(f"task {spec!r}: split {split_name} is empty; give it samples")
+    item = dataset[0]
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise TaskError(f"task {spec!r}: {split_name} items must be (input_tensor, int_label)")
+    inputs, label = item
+    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+        raise TaskError(f"task {spec!r}: {split_name} inputs must be float tensors")
+    is_int_tensor = (
+        isinstance(label, torch.Tensor)
+        and label.numel() == 1
+        and not (label.is_floating_point() or label.is_complex())
+    )
+    if not (isinstance(label, int) or is_int_tensor) or isinstance(label, bool):
+        raise TaskError(
+            f"task {spec!r}: {split_name} labels must be integers, got {type(label).__name__}"
+            + (f" {label.dtype}" if isinstance(label, torch.Tensor) else "")
+        )
+
+
+def validate_task(task: object, spec: str) -> Task:
+    """Check a user's task and fill in ``num_classes``; raise :class:`TaskError` if wrong."""
+    if not isinstance(task, Task):
+        raise TaskError(
+            f"task {spec!r}: the factory returned {type(task).__name__}, not objectives.Task"
+        )
+    for split_name in ("train", "val", "test"):
+        _check_split(spec, split_name, getattr(task, split_name))
+    if not callable(task.build_model):
+        raise TaskError(f"task {spec!r}: build_model is not callable")
+    if task.num_classes is None:
+        from objectives.data import labels_of
+
+        task.num_classes = int(labels_of(task.train).max().item()) + 1
+    return task
+
+
+def load_task(
+    name: str,
+    model: str = "mlp",
+    hidden: tuple[int, ...] = (128, 64),
+    seed: int = 0,
+    synthetic_samples: int = 4096,
+    synthetic_features: int = 32,
+    synthetic_classes: int = 4,
+) -> Task:
+    """Build the task called ``name`` (built-in or ``module:factory``).
+
+    Raises:
+        TaskError: the name is unknown, the user's factory fails, or its task is malformed.
+    """
+    if name == "digits":
+        task = digits_task(model=model, hidden=hidden, seed=seed)
+    elif name == "synthetic":
+        task = synthetic_task(
+            synthetic_samples, synthetic_features, synthetic_classes, model, hidden, seed
+        )
+    else:
+        factory = _import_factory(name)
+        try:
+            task = factory()
+        except TaskError:
+            raise
+        except Exception as exc:
+            raise TaskError(
+                f"--task {name!r}: the factory raised {type(exc).__name__}: {exc}"
+            ) from exc
+    task = validate_task(task, name)
+    task.info.update(
+        train_size=len(task.train),
+        val_size=len(task.val),
+        test_size=len(task.test),
+        num_classes=task.num_classes,
+        input_shape=list(task.train[0][0].shape),
+    )
+    return task

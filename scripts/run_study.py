@@ -1,0 +1,37 @@
+"""Tune batch size and learning rate: ``python scripts/run_study.py --trials 50``.
+
+Thin entry point: parse flags into a StudyConfig, run the study, print. See README.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from study.cli import fail, parse_config  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    import optuna
+
+    from objectives.launch import USER_ERRORS, run_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        run_study(config)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: finished trials are stored; run the same command again to continue",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Command-line flags of ``scripts/run_study.py``, parsed into a validated :class:`StudyConfig`.
+
+Every mistake ends in one line on stderr naming the flag and the fix, and exit code 2.
+
+Example:
+    >>> parse_config(["--trials", "5", "--epochs", "3"]).trials
+    5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+from study.config import (
+    MODELS,
+    OPTIMIZERS,
+    PRUNERS,
+    SAMPLERS,
+    ConfigError,
+    StudyConfig,
+)
+from study.scaling import SCALING_CHOICES
+from study.units import parse_bytes
+
+USAGE_EXIT = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage dump) and exit with code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_EXIT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of sizes, e.g. 128,64"
+        ) from None
+    return values
+
+
+def _bytes(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser(prog: str = "run_study.py") -> OneLineParser:
+    """The parser for every flag of a study run (defaults are :class:`StudyConfig`'s)."""
+    d = StudyConfig()
+    p = OneLineParser(
+        prog=prog,
+        description="Tune batch size and learning rate with an Optuna study (see README.md).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("budget and storage")
+    g.add_argument("--trials", type=int, default=d.trials, help="study total (finished trials)")
+    g.add_argument(
+        "--storage", default=None, help="SQLAlchemy URL; default sqlite:///storage/<study-name>.db"
+    )
+    g.add_argument("--study-name", default=d.study_name, help="name of the study in the storage")
+    g = p.add_argument_group("task and model")
+    g.add_argument(
+        "--task",
+        default=d.task,
+        help="digits, synthetic, or package.module:factory / path/to/file.py:factory",
+    )
+    g.add_argument("--model", default=d.model, choices=MODELS, help="model for built-in tasks")
+    g.add_argument("--hidden", type=_int_list, default=d.hidden, help="hidden sizes, e.g. 128,64")
+    g.add_argument("--synthetic-samples", type=int, default=d.synthetic_samples)
+    g.add_argument("--synthetic-features", type=int, default=d.synthetic_features)
+    g.add_argument("--synthetic-classes", type=int, default=d.synthetic_classes)
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trial")
+    g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
+    g.add_argument(
+        "--base-lr", type=float, default=d.base_lr, help="learning rate at --base-batch-size"
+    )
+    g.add_argument("--base-batch-size", type=int, default=d.base_batch_size)
+    g.add_argument(
+        "--scaling",
+        default=d.scaling,
+        choices=SCALING_CHOICES,
+        help="LR rule; auto = linear for SGD, sqrt for Adam/AdamW; search = sample the rule",
+    )
+    g.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto")
+    g = p.add_argument_group("batch-size space")
+    g.add_argument("--min-batch-size", type=int, default=d.min_batch_size, help="a power of two")
+    g.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        help="largest micro-batch, a power of two (default: measured by the hardware probe)",
+    )
+    g.add_argument(
+        "--max-accumulation",
+        type=int,
+        default=d.max_accumulation,
+        help="effective batches continue above the memory cap up to cap*K by accumulation",
+    )
+    g.add_argument("--memory-budget", type=_bytes, default=None, help="e.g. 6GiB (probe)")
+    g.add_argument(
+        "--memory-margin", type=float, default=d.memory_margin, help="free memory left unused"
+    )
+    g = p.add_argument_group("search")
+    g.add_argument("--sampler", default=d.sampler, choices=SAMPLERS)
+    g.add_argument("--pruner", default=d.pruner, choices=PRUNERS)
+    g.add_argument("--seed", type=int, default=d.seed, help="seeds the sampler and each trial")
+    return p
+
+
+def parse_config(argv: list[str] | None = None, prog: str = "run_study.py") -> StudyConfig:
+    """Parse and validate flags; on a bad value print one line and exit with code 2."""
+    parser = build_parser(prog)
+    args = vars(parser.parse_args(argv))
+    try:
+        return StudyConfig(**args).validate()
+    except ConfigError as exc:
+        parser.error(str(exc))
+
+
+def fail(message: str, code: int = USAGE_EXIT) -> NoReturn:
+    """Print ``error: message`` as one line on stderr and exit with ``code``."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)

@@ -1,0 +1,178 @@
+"""The study's configuration: every setting, validated once, with errors a user can act on.
+
+Example:
+    >>> config = StudyConfig(trials=10, epochs=3)
+    >>> config.validate().storage
+    'sqlite:///storage/batch-size.db'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+from study.scaling import SCALING_CHOICES
+from study.space import is_power_of_two
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+PRUNERS = ("median", "hyperband", "none")
+SAMPLERS = ("tpe", "random", "grid")
+MODELS = ("mlp", "cnn")
+
+#: Settings that define what a study measures: a resume that changes one of them would mix
+#: incomparable trials, so it is refused.
+IDENTITY_FIELDS = (
+    "task",
+    "model",
+    "hidden",
+    "synthetic_samples",
+    "synthetic_features",
+    "synthetic_classes",
+    "optimizer",
+    "base_lr",
+    "base_batch_size",
+    "scaling",
+    "epochs",
+    "min_batch_size",
+    "max_batch_size",
+    "max_accumulation",
+    "device",
+    "memory_budget",
+    "memory_margin",
+)
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the flag, the bad value and the fix."""
+
+
+@dataclass
+class StudyConfig:
+    """Every setting of a study run (the flags of ``scripts/run_study.py``).
+
+    Args:
+        trials: The study's total number of finished trials (COMPLETE or PRUNED).
+        task: ``digits``, ``synthetic``, or ``package.module:factory`` / ``file.py:factory``.
+        model: ``mlp`` or ``cnn`` (built-in tasks).
+        hidden: Hidden layer sizes of the model.
+        epochs: Epochs per trial (the budget every batch size gets).
+        optimizer: ``sgd``, ``adam`` or ``adamw``.
+        base_lr: Learning rate at ``base_batch_size``.
+        base_batch_size: Reference batch size of ``base_lr``.
+        scaling: ``linear``, ``sqrt``, ``none``, ``auto`` or ``search`` (sample the rule).
+        min_batch_size: Smallest batch, a power of two.
+        max_batch_size: Largest micro-batch, a power of two; ``None`` asks the probe.
+        max_accumulation: Most micro-batches accumulated into one update.
+        pruner: ``median``, ``hyperband`` or ``none``.
+        sampler: ``tpe``, ``random`` or ``grid``.
+        seed: Seeds the sampler and (with the trial number) each trial's run.
+        storage: SQLAlchemy URL of the study database.
+        study_name: Name of the study in the storage.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        memory_budget: Bytes the probe may plan for (``None``: free memory less the margin).
+        memory_margin: Fraction of free memory the probe leaves unused.
+    """
+
+    trials: int = 50
+    task: str = "digits"
+    model: str = "cnn"
+    hidden: tuple[int, ...] = (128, 64)
+    synthetic_samples: int = 4096
+    synthetic_features: int = 32
+    synthetic_classes: int = 4
+    epochs: int = 20
+    optimizer: str = "adam"
+    base_lr: float = 1e-3
+    base_batch_size: int = 32
+    scaling: str = "search"
+    min_batch_size: int = 8
+    max_batch_size: int | None = None
+    max_accumulation: int = 1
+    pruner: str = "median"
+    sampler: str = "tpe"
+    seed: int = 0
+    storage: str | None = None
+    study_name: str = "batch-size"
+    device: str = "cpu"
+    memory_budget: int | None = None
+    memory_margin: float = 0.1
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> StudyConfig:
+        """Check every setting; fill in the default storage. Raise :class:`ConfigError`."""
+        _positive("--trials", self.trials)
+        _positive("--epochs", self.epochs)
+        _positive("--max-accumulation", self.max_accumulation)
+        _positive("--synthetic-samples", self.synthetic_samples)
+        _positive("--synthetic-features", self.synthetic_features)
+        if self.synthetic_classes < 2:
+            raise ConfigError(f"--synthetic-classes {self.synthetic_classes}: use at least 2")
+        for flag, value in (
+            ("--min-batch-size", self.min_batch_size),
+            ("--base-batch-size", self.base_batch_size),
+            ("--max-batch-size", self.max_batch_size),
+        ):
+            if value is not None and not is_power_of_two(value):
+                raise ConfigError(f"{flag} {value} is not a power of two: use 8, 16, 32, ...")
+        if self.max_batch_size is not None and self.min_batch_size > self.max_batch_size:
+            raise ConfigError(
+                f"--min-batch-size {self.min_batch_size} is above --max-batch-size "
+                f"{self.max_batch_size}: lower the minimum or raise the maximum"
+            )
+        if not (self.base_lr > 0 and self.base_lr < float("inf")):
+            raise ConfigError(f"--base-lr {self.base_lr} must be a positive number, e.g. 1e-3")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ConfigError(f"--hidden {self.hidden}: give positive layer sizes, e.g. 128,64")
+        _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _choice("--scaling", self.scaling, SCALING_CHOICES)
+        _choice("--pruner", self.pruner, PRUNERS)
+        _choice("--sampler", self.sampler, SAMPLERS)
+        _choice("--model", self.model, MODELS)
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
+            raise ConfigError(f"--device {self.device!r}: use cpu, cuda, cuda:N or auto")
+        if not 0 <= self.memory_margin < 1:
+            raise ConfigError(f"--memory-margin {self.memory_margin}: use a fraction in [0, 1)")
+        if self.memory_budget is not None and self.memory_budget <= 0:
+            raise ConfigError(f"--memory-budget {self.memory_budget}: must be positive")
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", self.study_name):
+            raise ConfigError(
+                f"--study-name {self.study_name!r}: use letters, digits, '.', '_' and '-'"
+            )
+        if self.storage is None:
+            self.storage = f"sqlite:///storage/{self.study_name}.db"
+        return self
+
+    def to_dict(self) -> dict:
+        """JSON-ready settings, as stored in the study's ``config`` attribute."""
+        data = asdict(self)
+        data["hidden"] = list(self.hidden)
+        data.pop("storage")  # may hold a password; the study knows where it lives
+        return data
+
+    def identity(self) -> dict:
+        """The settings a resumed study must not change."""
+        data = self.to_dict()
+        return {name: data[name] for name in IDENTITY_FIELDS}
+
+
+def differences(stored: dict, requested: dict) -> list[str]:
+    """Human-readable ``--flag stored -> requested`` for identity settings that differ."""
+    out = []
+    for name in IDENTITY_FIELDS:
+        if name in stored and stored[name] != requested.get(name):
+            flag = "--" + name.replace("_", "-")
+            out.append(f"{flag} {stored[name]!r} (stored) vs {requested.get(name)!r} (now)")
+    return out
+
+
+def _positive(flag: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{flag} {value} must be at least 1")
+
+
+def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{flag} {value!r} is not one of: {', '.join(allowed)}")
+
+
+CONFIG_FIELDS = tuple(f.name for f in fields(StudyConfig))
