@@ -21,6 +21,7 @@ from objectives.objective import BatchSizeObjective
 from objectives.tasks import Task, TaskError, load_task
 from study.config import ConfigError, StudyConfig
 from study.runner import create_or_resume, finished_count, run_trials
+from study.scaling import resolve_rule
 from study.space import BatchSpace, SpaceError, build_space
 from study.storage import StorageError, open_storage, redact
 from study.summary import summary, trial_line
@@ -72,15 +73,12 @@ def plan_space(config: StudyConfig, task: Task, device: str) -> tuple[BatchSpace
         )
         extra["probe"] = result.to_dict()
         cap, source = result.max_batch_size, f"probe ({device})"
-    scaling = config.scaling
-    if scaling == "auto":
-        scaling = "linear" if config.optimizer == "sgd" else "sqrt"
     space = build_space(
         config.min_batch_size,
         cap,
         config.max_accumulation,
         len(task.train),
-        scaling,
+        resolve_rule(config.scaling, config.optimizer),
         source,
     )
     return space, extra
@@ -93,7 +91,7 @@ def run_study(config: StudyConfig, out=sys.stdout) -> optuna.Study:
         KeyboardInterrupt: on Ctrl-C, after the running trial is marked FAIL.
         One of :data:`USER_ERRORS` for bad settings, storage or task.
     """
-    storage = open_storage(config.storage)
+    storage = open_storage(config.storage, config.heartbeat_interval, config.grace_period)
     device = resolve_device(config.device)
     built: list[Task] = []
 

@@ -76,3 +76,97 @@ class SavedTensorCounter:
 
     def __exit__(self, *exc: object) -> None:
         self._hooks.__exit__(*exc)
+
+
+def _cpu_allocation_peak(prof: torch.profiler.profile) -> int:
+    """Highest net bytes the CPU allocator held during ``prof``, above its level at the start.
+
+    Reads the allocator's own allocation and free events (``profile_memory=True``) in time
+    order. Blocks allocated before profiling started and freed during it are not reported by
+    the profiler, so the caller should free them first (the peak would otherwise be too high,
+    never too low).
+    """
+    try:
+        roots = prof.profiler.kineto_results.experimental_event_tree()
+    except AttributeError as exc:  # a torch whose profiler lacks the event tree
+        raise RuntimeError(
+            f"torch {torch.__version__}: the profiler does not expose allocation events, so CPU "
+            "step memory cannot be measured; use a torch between 2.1 and 2.x"
+        ) from exc
+    events: list[tuple[int, int]] = []
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        fields = node.extra_fields
+        if type(fields).__name__ == "_ExtraFields_Allocation" and fields.device.type == "cpu":
+            events.append((node.start_time_ns, int(fields.alloc_size)))
+        stack.extend(node.children)
+    # At equal timestamps count allocations before frees: a tie can only raise the peak.
+    events.sort(key=lambda e: (e[0], -e[1]))
+    level = peak = 0
+    for _, size in events:
+        level += size
+        peak = max(peak, level)
+    return peak
+
+
+class PeakMemory:
+    """The peak bytes the device's allocator held while the context was open, above entry.
+
+    On CUDA this is the caching allocator's own peak of *reserved* memory (what the device
+    had to give the process, fragmentation included; ``allocated_bytes`` has the peak of live
+    tensors). On CPU it is the peak of the c10 CPU allocator's allocation and free events,
+    read from ``torch.profiler`` with ``profile_memory=True``; memory that libraries allocate
+    outside torch's allocator (BLAS scratch buffers) is not in it.
+
+    ``bytes`` is filled in when the block exits without an exception.
+
+    Example:
+        >>> with PeakMemory("cpu") as peak:
+        ...     y = torch.ones(1024, 256).sum()
+        >>> peak.bytes >= 1024 * 256 * 4
+        True
+
+    Args:
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"PeakMemory measures cpu or cuda devices, not {self.device}")
+        self.bytes = 0
+        self.allocated_bytes = 0
+        self.source = (
+            "cuda_max_memory_reserved" if self.device.type == "cuda" else "cpu_allocator_profile"
+        )
+        self._profile: torch.profiler.profile | None = None
+        self._start_reserved = 0
+        self._start_allocated = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start_reserved = torch.cuda.memory_reserved(self.device)
+            self._start_allocated = torch.cuda.memory_allocated(self.device)
+        else:
+            self._profile = torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+            )
+            self._profile.__enter__()
+        return self
+
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        if self.device.type == "cuda":
+            if exc_type is None:
+                torch.cuda.synchronize(self.device)
+                peak_reserved = torch.cuda.max_memory_reserved(self.device)
+                peak_allocated = torch.cuda.max_memory_allocated(self.device)
+                self.bytes = max(0, peak_reserved - self._start_reserved)
+                self.allocated_bytes = max(0, peak_allocated - self._start_allocated)
+            return
+        profile, self._profile = self._profile, None
+        profile.__exit__(exc_type, *exc)
+        if exc_type is None:
+            self.bytes = self.allocated_bytes = _cpu_allocation_peak(profile)

@@ -21,7 +21,7 @@ from objectives.train import (
     EpochResult,
     TrainResult,
     TrainSettings,
-    evaluate,
+    finish,
     place,
     train_model,
 )
@@ -74,6 +74,7 @@ class BatchSizeObjective:
             optimizer=config.optimizer,
             seed=seed,
             device=str(self.device),
+            eval_batch_size=space.memory_cap,
         )
         record: dict = {
             "batch_size": batch_size,
@@ -94,7 +95,7 @@ class BatchSizeObjective:
         result = TrainResult()
         try:
             train_model(model, self.train, self.val, settings, on_epoch, result)
-            result.test_accuracy = evaluate(model, self.test, micro, self.device)
+            finish(result, model, self.train, self.test, settings.eval_batch, self.device)
         except Diverged as diverged:
             record["diverged"] = True
             _write(trial, record, result)
@@ -113,10 +114,9 @@ def _write(trial: optuna.Trial, record: dict, result: TrainResult) -> None:
         train_time_s=round(result.train_time_s, 4),
     )
     if result.epochs:
-        record.update(
-            val_accuracy=result.val_accuracy,
-            train_accuracy=result.train_accuracy,
-        )
+        record["val_accuracy"] = result.val_accuracy
+    if result.train_accuracy is not None:
+        record["train_accuracy"] = result.train_accuracy
     if result.samples_seen:
         record.update(
             samples_per_s=round(result.samples_per_s, 1),

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from objectives.models import build_model_factory
+from study.config import BUILTIN_TASKS
 
 
 class TaskError(ValueError):
@@ -53,7 +54,6 @@ class Task:
     info: dict = field(default_factory=dict)
 
 
-BUILTIN_TASKS = ("digits", "synthetic")
 
 
 def _split_indices(labels: torch.Tensor, seed: int, fractions=(0.6, 0.2, 0.2)):

@@ -52,6 +52,8 @@ class TrainSettings:
         optimizer: ``sgd`` (momentum 0.9), ``adam`` or ``adamw``.
         seed: Seeds model initialisation and the per-epoch shuffles.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
+        eval_batch_size: Batch of the evaluation passes (default: the micro-batch). The
+            study uses its memory cap, which the probe ran an evaluation batch at.
     """
 
     epochs: int
@@ -61,6 +63,11 @@ class TrainSettings:
     optimizer: str = "adam"
     seed: int = 0
     device: str = "cpu"
+    eval_batch_size: int | None = None
+
+    @property
+    def eval_batch(self) -> int:
+        return self.eval_batch_size or self.micro_batch_size
 
 
 @dataclass
@@ -69,7 +76,6 @@ class EpochResult:
 
     epoch: int
     train_loss: float
-    train_accuracy: float
     val_accuracy: float
     train_time_s: float
 
@@ -79,6 +85,7 @@ class TrainResult:
     """What a whole training run measured (times in seconds, memory in bytes)."""
 
     epochs: list[EpochResult] = field(default_factory=list)
+    train_accuracy: float | None = None
     test_accuracy: float | None = None
     train_time_s: float = 0.0
     samples_seen: int = 0
@@ -88,10 +95,6 @@ class TrainResult:
     @property
     def val_accuracy(self) -> float:
         return self.epochs[-1].val_accuracy if self.epochs else 0.0
-
-    @property
-    def train_accuracy(self) -> float:
-        return self.epochs[-1].train_accuracy if self.epochs else 0.0
 
     @property
     def samples_per_s(self) -> float:
@@ -164,7 +167,7 @@ def place(dataset: Dataset, device: torch.device) -> Tensors | Dataset:
 
 def _measured_backward(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, group_size: int
-) -> tuple[int, torch.Tensor, torch.Tensor]:
+) -> tuple[int, torch.Tensor]:
     """One micro-batch's forward and backward, returning the activation bytes it held.
 
     Activation bytes are the tensors autograd saved plus the inputs and outputs.
@@ -174,7 +177,7 @@ def _measured_backward(
         loss = F.cross_entropy(out, y, reduction="sum")
     activations = saved.bytes + tensor_bytes([x, y, out])
     (loss / group_size).backward()
-    return activations, loss, out
+    return activations, loss
 
 
 def train_model(
@@ -203,7 +206,6 @@ def train_model(
     for epoch in range(1, settings.epochs + 1):
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
         for micro_batches, group_size in update_groups(
             train, settings.batch_size, settings.micro_batch_size, generator, device
@@ -211,13 +213,12 @@ def train_model(
             optimizer.zero_grad(set_to_none=True)
             for x, y in micro_batches:
                 if not on_cuda and activation_bytes == 0:  # count the first step's tensors
-                    activation_bytes, loss, out = _measured_backward(model, x, y, group_size)
+                    activation_bytes, loss = _measured_backward(model, x, y, group_size)
                 else:
                     out = model(x)
                     loss = F.cross_entropy(out, y, reduction="sum")
                     (loss / group_size).backward()
                 loss_sum += loss.detach()
-                correct += (out.detach().argmax(dim=1) == y).sum()
             optimizer.step()
             seen += group_size
         if on_cuda:
@@ -234,10 +235,8 @@ def train_model(
         train_loss = loss_sum.item() / seen
         if not math.isfinite(train_loss):
             raise Diverged(epoch)
-        val_accuracy = evaluate(model, val, settings.micro_batch_size, device)
-        epoch_result = EpochResult(
-            epoch, train_loss, correct.item() / seen, val_accuracy, epoch_time
-        )
+        val_accuracy = evaluate(model, val, settings.eval_batch, device)
+        epoch_result = EpochResult(epoch, train_loss, val_accuracy, epoch_time)
         result.epochs.append(epoch_result)
         if on_epoch is not None:
             on_epoch(epoch_result)
@@ -251,5 +250,11 @@ def train_task(task, settings: TrainSettings, on_epoch=None) -> TrainResult:
     model = task.build_model().to(device)
     train, val, test = (place(d, device) for d in (task.train, task.val, task.test))
     result = train_model(model, train, val, settings, on_epoch)
-    result.test_accuracy = evaluate(model, test, settings.micro_batch_size, device)
+    finish(result, model, train, test, settings.eval_batch, device)
     return result
+
+
+def finish(result: TrainResult, model, train, test, batch_size: int, device) -> None:
+    """Record the trained model's accuracy on the training and test splits."""
+    result.train_accuracy = evaluate(model, train, batch_size, device)
+    result.test_accuracy = evaluate(model, test, batch_size, device)

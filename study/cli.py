@@ -112,6 +112,19 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
     g.add_argument("--sampler", default=d.sampler, choices=SAMPLERS)
     g.add_argument("--pruner", default=d.pruner, choices=PRUNERS)
     g.add_argument("--seed", type=int, default=d.seed, help="seeds the sampler and each trial")
+    g = p.add_argument_group("workers")
+    g.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        default=d.heartbeat_interval,
+        help="seconds between heartbeats of a running trial",
+    )
+    g.add_argument(
+        "--grace-period",
+        type=int,
+        default=d.grace_period,
+        help="seconds without a heartbeat before a trial counts as dead (FAIL, retried)",
+    )
     return p
 
 

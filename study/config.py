@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from study.scaling import SCALING_CHOICES
 from study.space import is_power_of_two
@@ -18,6 +18,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random", "grid")
 MODELS = ("mlp", "cnn")
+BUILTIN_TASKS = ("digits", "synthetic")
 
 #: Settings that define what a study measures: a resume that changes one of them would mix
 #: incomparable trials, so it is refused.
@@ -71,6 +72,9 @@ class StudyConfig:
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         memory_budget: Bytes the probe may plan for (``None``: free memory less the margin).
         memory_margin: Fraction of free memory the probe leaves unused.
+        heartbeat_interval: Seconds between heartbeats of a running trial.
+        grace_period: Seconds without a heartbeat after which a trial counts as dead
+            (marked FAIL and retried).
     """
 
     trials: int = 50
@@ -93,10 +97,11 @@ class StudyConfig:
     seed: int = 0
     storage: str | None = None
     study_name: str = "batch-size"
-    device: str = "cpu"
+    device: str = "auto"
     memory_budget: int | None = None
     memory_margin: float = 0.1
-    extra: dict = field(default_factory=dict)
+    heartbeat_interval: int = 10
+    grace_period: int = 30
 
     def validate(self) -> StudyConfig:
         """Check every setting; fill in the default storage. Raise :class:`ConfigError`."""
@@ -123,6 +128,11 @@ class StudyConfig:
             raise ConfigError(f"--base-lr {self.base_lr} must be a positive number, e.g. 1e-3")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden {self.hidden}: give positive layer sizes, e.g. 128,64")
+        if self.task not in BUILTIN_TASKS and ":" not in self.task:
+            raise ConfigError(
+                f"--task {self.task!r} is not a built-in task ({', '.join(BUILTIN_TASKS)}) "
+                "nor 'package.module:factory' or 'path/to/file.py:factory'"
+            )
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--scaling", self.scaling, SCALING_CHOICES)
         _choice("--pruner", self.pruner, PRUNERS)
@@ -134,6 +144,11 @@ class StudyConfig:
             raise ConfigError(f"--memory-margin {self.memory_margin}: use a fraction in [0, 1)")
         if self.memory_budget is not None and self.memory_budget <= 0:
             raise ConfigError(f"--memory-budget {self.memory_budget}: must be positive")
+        if not 0 < self.heartbeat_interval < self.grace_period:
+            raise ConfigError(
+                f"--heartbeat-interval {self.heartbeat_interval} must be positive and below "
+                f"--grace-period {self.grace_period}"
+            )
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", self.study_name):
             raise ConfigError(
                 f"--study-name {self.study_name!r}: use letters, digits, '.', '_' and '-'"

@@ -40,9 +40,14 @@ def make_sampler(config: StudyConfig, space: BatchSpace) -> optuna.samplers.Base
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    """The pruner ``config.pruner``; epochs are the pruning steps."""
+    """The pruner ``config.pruner``; epochs are the pruning steps.
+
+    The median pruner waits a quarter of the epochs: large batches take fewer steps per epoch
+    and start slower, and pruning them at epoch 2 would judge the batch size by its start.
+    """
     if config.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+        warmup = max(1, config.epochs // 4)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
     if config.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.epochs)
     return optuna.pruners.NopPruner()

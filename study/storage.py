@@ -94,12 +94,19 @@ def _prepare_sqlite(parsed: sqlalchemy.URL, url: str) -> None:
             raise StorageError(f"--storage {url}: {path} is read-only; make it writable")
 
 
-def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage:
+def open_storage(
+    url: str,
+    heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
+    grace_period: int = GRACE_PERIOD_S,
+) -> optuna.storages.RDBStorage:
     """Open the study database at ``url``, creating an SQLite file and its folder if needed.
 
     Args:
         url: SQLAlchemy URL, e.g. ``sqlite:///storage/batch-size.db``.
-        heartbeat: Record heartbeats so killed workers' trials are failed and retried.
+        heartbeat_interval: Seconds between a running trial's heartbeats; ``None`` turns
+            heartbeats off. With them on, a trial whose process died is marked FAIL after
+            ``grace_period`` seconds without a heartbeat and retried (twice at most).
+        grace_period: Seconds of silence after which a RUNNING trial counts as dead.
 
     Raises:
         StorageError: malformed URL, missing driver, unreachable, locked or corrupt database.
@@ -112,11 +119,14 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage
     elif parsed.get_backend_name() == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     kwargs: dict = {"engine_kwargs": engine_kwargs}
+    heartbeat = heartbeat_interval is not None
     if heartbeat:
-        kwargs.update(
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=GRACE_PERIOD_S,
-        )
+        if not 0 < heartbeat_interval < grace_period:
+            raise StorageError(
+                f"--heartbeat-interval {heartbeat_interval} must be positive and below "
+                f"--grace-period {grace_period}"
+            )
+        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -1,0 +1,841 @@
+"""The hardware probe: the largest batch whose training step fits in memory, and its speed.
+
+The probe builds its own model (``task.build_model()``) and optimizer, holds the task's data on
+the device as training does, and runs complete training steps: gather the batch, forward,
+backward, optimizer step, then one evaluation batch of the same size under ``no_grad``.
+
+1. **Memory model, measured.** Each probing step's peak memory is measured
+   (:class:`objectives.memory.PeakMemory`): on CUDA the caching allocator's peak *reserved*
+   bytes above what the process held before the probe; on CPU the parameters, gradients and
+   optimizer state held at the step's start plus the CPU allocator's peak during the step,
+   read from its own allocation events. A line ``fixed_bytes + bytes_per_sample * batch`` is
+   fitted: the slope is the secant through the two largest measured batches (where the cap is
+   decided), the intercept is then raised until no measured step lies above the line.
+2. **Budget.** ``memory_budget`` bytes, or the device's free memory (CUDA
+   ``torch.cuda.mem_get_info``, CPU ``MemAvailable`` in ``/proc/meminfo``) less
+   ``memory_margin``.
+3. **Cap.** Starting from ``min_batch_size``, the probe runs the largest power of two that the
+   current fit predicts to fit (at most 8x the largest batch that has run), refits with the
+   new measurement, and repeats; a step that runs out of memory or measures over the budget
+   bounds the search from above. The cap is the largest batch that ran and measured within
+   the budget, once the fit predicts the next power of two not to fit. Steps predicted not to
+   fit are never run. An out-of-memory error is caught, nothing it referenced is kept, the
+   CUDA cache is emptied, and a fresh model and optimizer are built.
+4. **Throughput.** Samples per second at each batch of the ladder up to the cap (one measured
+   warm-up step, then ``timed_steps`` timed steps, synchronised on CUDA); the knee is the
+   smallest batch within 10% of the best throughput.
+
+Nothing outside the probe changes: the caller's random number generators are restored, the
+task's data is only read, and the probe's model, optimizer and device memory are released.
+
+Example:
+    >>> from objectives.tasks import load_task
+    >>> result = probe_batch_size(load_task("digits"), memory_budget=parse_bytes("256MiB"))
+    >>> result.max_batch_size
+    1024
+    >>> sorted(result.to_dict())[:4]
+    ['budget_bytes', 'budget_source', 'bytes_per_sample', 'device']
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import default_collate
+
+from objectives.data import Tensors
+from objectives.memory import PeakMemory, state_bytes, tensor_bytes
+from objectives.tasks import Task
+from objectives.train import OPTIMIZERS, make_optimizer, place
+
+#: The knee is the smallest batch whose throughput is within this fraction of the best.
+KNEE_TOLERANCE = 0.1
+#: The search never runs a batch more than this many times the largest batch that has run.
+GROWTH_LIMIT = 8
+#: Throughput timing goes on past ``timed_steps`` until this many seconds have passed ...
+MIN_TIMED_SECONDS = 0.05
+#: ... but never past this many steps per batch size.
+MAX_TIMED_STEPS = 50
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "mb": 1000**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "gb": 1000**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "tb": 1000**4,
+}
+_BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+
+
+class ProbeError(ValueError):
+    """Even the smallest batch does not fit the memory budget; the message says what to do.
+
+    Attributes:
+        budget_bytes: The budget the step had to fit.
+        batch_size: The smallest batch size tried.
+        needed_bytes: What one step at that batch measured (``None`` if it ran out of memory).
+    """
+
+    def __init__(
+        self, message: str, budget_bytes: int, batch_size: int, needed_bytes: int | None
+    ) -> None:
+        super().__init__(message)
+        self.budget_bytes = budget_bytes
+        self.batch_size = batch_size
+        self.needed_bytes = needed_bytes
+
+
+def parse_bytes(text: str | int) -> int:
+    """Bytes from a size such as ``6GiB``, ``512MiB``, ``1.5GB`` or ``1048576``.
+
+    Binary units are ``KiB MiB GiB TiB`` (and the bare ``K M G T``), decimal units are
+    ``kB MB GB TB``; case and a space before the unit do not matter.
+
+    Example:
+        >>> parse_bytes("6GiB"), parse_bytes("512 MiB"), parse_bytes("1.5GB"), parse_bytes("4096")
+        (6442450944, 536870912, 1500000000, 4096)
+
+    Args:
+        text: The size; an ``int`` is taken as bytes.
+
+    Raises:
+        ValueError: not a positive size in a known unit; the message shows the accepted forms.
+    """
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise ValueError(f"memory size {text!r} must be a string like '6GiB' or an int of bytes")
+    if isinstance(text, int):
+        if text <= 0:
+            raise ValueError(f"memory size {text} must be a positive number of bytes")
+        return text
+    match = _BYTES_RE.match(text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise ValueError(
+            f"memory size {text!r} is not understood: use a number of bytes with an optional "
+            "unit, like 6GiB, 512MiB, 1.5GB or 1048576 (units: B, KiB, MiB, GiB, TiB, K, M, G, "
+            "T, kB, MB, GB, TB)"
+        )
+    value = round(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise ValueError(f"memory size {text!r} must be at least 1 byte")
+    return value
+
+
+def format_bytes(n: float | None) -> str:
+    """``n`` bytes in binary units for people, e.g. ``'1.50 GiB'``; ``'-'`` for ``None``.
+
+    Example:
+        >>> format_bytes(1536), format_bytes(3 * 1024**3), format_bytes(12)
+        ('1.50 KiB', '3.00 GiB', '12 B')
+    """
+    if n is None:
+        return "-"
+    if abs(n) < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.2f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def knee_batch_size(
+    points: Iterable[tuple[int, float | None]], tolerance: float = KNEE_TOLERANCE
+) -> int:
+    """The smallest batch size whose throughput is within ``tolerance`` of the best.
+
+    Example:
+        >>> knee_batch_size([(1, 100.0), (2, 180.0), (4, 950.0), (8, 1000.0), (16, 990.0)])
+        4
+
+    Args:
+        points: ``(batch_size, samples_per_s)`` pairs; pairs without a throughput are skipped.
+        tolerance: Allowed shortfall from the best, as a fraction in ``[0, 1)``.
+
+    Raises:
+        ValueError: ``tolerance`` out of range, or no pair has a positive throughput.
+    """
+    if not 0 <= tolerance < 1:
+        raise ValueError(f"knee tolerance {tolerance} must be in [0, 1)")
+    measured = [(int(b), float(s)) for b, s in points if s is not None and s > 0]
+    if not measured:
+        raise ValueError("no batch size has a measured throughput, so there is no knee")
+    best = max(s for _, s in measured)
+    return min(b for b, s in measured if s >= (1 - tolerance) * best)
+
+
+def available_memory(device: torch.device | str) -> tuple[int, str]:
+    """Free memory on ``device`` in bytes, and where the figure comes from.
+
+    CUDA: ``torch.cuda.mem_get_info`` after emptying this process's allocator cache. CPU:
+    ``MemAvailable`` from ``/proc/meminfo`` (Linux).
+
+    Raises:
+        ProbeError: the figure cannot be read (not Linux); give a memory budget instead.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free), f"free memory of {device} (torch.cuda.mem_get_info)"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024, "available RAM (MemAvailable)"
+    except OSError:
+        pass
+    raise ProbeError(
+        "cannot read the available RAM (/proc/meminfo has no MemAvailable on this system): "
+        "give --memory-budget, e.g. --memory-budget 4GiB",
+        budget_bytes=0,
+        batch_size=0,
+        needed_bytes=None,
+    )
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocator's out-of-memory error (CUDA or CPU)."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
+    )
+
+
+def batch_ladder(min_batch_size: int, upper: int) -> list[int]:
+    """``min_batch_size`` followed by every power of two above it, up to ``upper``.
+
+    Example:
+        >>> batch_ladder(1, 1078)[-3:], batch_ladder(3, 20)
+        ([256, 512, 1024], [3, 4, 8, 16])
+    """
+    ladder = [min_batch_size]
+    size = 1 << min_batch_size.bit_length()  # the smallest power of two above it
+    while size <= upper:
+        ladder.append(size)
+        size *= 2
+    return ladder
+
+
+@dataclass
+class MemoryFit:
+    """Predicted step memory ``fixed_bytes + bytes_per_sample * batch_size``."""
+
+    fixed_bytes: int
+    bytes_per_sample: int
+
+    def predict(self, batch_size: int) -> int:
+        return self.fixed_bytes + self.bytes_per_sample * batch_size
+
+
+def fit_memory(points: Sequence[tuple[int, int]], floor_bytes: int = 0) -> MemoryFit:
+    """Fit step memory to measured ``(batch_size, bytes)`` points.
+
+    The slope is the secant through the two largest batch sizes (memory is flat at small
+    batches, where the optimizer's temporaries dominate, and linear once activations do, so
+    the local slope is the one that decides the cap); the intercept is the smallest that keeps
+    every measured point on or under the line. With one point, ``floor_bytes`` (what was held
+    before the step began) is the intercept.
+
+    Example:
+        >>> fit_memory([(1, 1100), (8, 1800), (64, 7400)])
+        MemoryFit(fixed_bytes=1000, bytes_per_sample=100)
+
+    Args:
+        points: Measured steps; at least one.
+        floor_bytes: Bytes held before the step (used only with a single point).
+    """
+    if not points:
+        raise ValueError("fit_memory needs at least one measured step")
+    by_size = sorted(dict(points).items())
+    if len(by_size) == 1:
+        (b, m), fixed = by_size[0], min(floor_bytes, by_size[0][1])
+        slope = (m - fixed) / b
+    else:
+        (b1, m1), (b2, m2) = by_size[-2:]
+        slope = (m2 - m1) / (b2 - b1)
+        if slope <= 0:  # flat so far: fall back to least squares over all points
+            n = len(by_size)
+            mean_b = sum(b for b, _ in by_size) / n
+            mean_m = sum(m for _, m in by_size) / n
+            var = sum((b - mean_b) ** 2 for b, _ in by_size)
+            slope = sum((b - mean_b) * (m - mean_m) for b, m in by_size) / var
+    per_sample = max(1, math.ceil(slope))
+    fixed = max(0, max(m - per_sample * b for b, m in by_size))
+    return MemoryFit(fixed, per_sample)
+
+
+@dataclass
+class ProbeRow:
+    """One batch size of the probe's table (bytes; ``None`` where not measured)."""
+
+    batch_size: int
+    predicted_bytes: int
+    measured_bytes: int | None
+    samples_per_s: float | None
+
+
+@dataclass
+class ProbeResult:
+    """What the probe found. ``to_dict()`` is JSON-ready and the same as ``--json`` prints.
+
+    Args:
+        max_batch_size: The cap: the largest batch whose measured step fitted the budget.
+        knee_batch_size: Smallest batch within 10% of the best samples/s (``None`` when
+            throughput was not measured).
+        fixed_bytes: The fit's batch-independent bytes (parameters, gradients, optimizer state
+            and its step temporaries, data the device holds).
+        bytes_per_sample: The fit's bytes per sample of batch.
+        budget_bytes: The memory budget a step had to fit.
+        rows: One :class:`ProbeRow` per batch of the ladder up to the cap.
+        rejected: Batches that ran out of memory (``measured_bytes`` ``None``) or measured
+            over the budget.
+        steps_run: Training steps the search ran (each with one evaluation batch).
+        throughput_steps: Training steps run for the throughput table (warm-up and timed).
+    """
+
+    max_batch_size: int
+    knee_batch_size: int | None
+    fixed_bytes: int
+    bytes_per_sample: int
+    budget_bytes: int
+    rows: list[ProbeRow]
+    task: str = ""
+    device: str = "cpu"
+    optimizer: str = "adam"
+    budget_source: str = ""
+    memory_source: str = ""
+    min_batch_size: int = 1
+    search_limit: int = 0
+    stop_reason: str = ""
+    steps_run: int = 0
+    throughput_steps: int = 0
+    timed_steps: int = 0
+    seconds: float = 0.0
+    rejected: list[dict] = field(default_factory=list)
+
+    def predicted_bytes(self, batch_size: int) -> int:
+        """Bytes the fit predicts for one step at ``batch_size``."""
+        return self.fixed_bytes + self.bytes_per_sample * batch_size
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict (the study stores it in its user attributes as ``probe``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ProbeResult:
+        """Rebuild a result from :meth:`to_dict` output (e.g. read back from a study)."""
+        data = dict(data)
+        data["rows"] = [ProbeRow(**row) for row in data.get("rows", [])]
+        return cls(**data)
+
+    def format_table(self) -> str:
+        """The probe's findings as a plain-text table with units and budgets stated."""
+        lines = [
+            f"Batch-size probe: task {self.task or '?'}, device {self.device}, "
+            f"optimizer {self.optimizer}",
+            f"Memory budget: {format_bytes(self.budget_bytes)} ({self.budget_source})",
+            f"Memory model: {format_bytes(self.fixed_bytes)} fixed + "
+            f"{format_bytes(self.bytes_per_sample)} per sample "
+            f"(measured: {self.memory_source})",
+            f"Search: {self.steps_run} training steps, each with one evaluation batch; "
+            f"batches {self.min_batch_size}..{self.search_limit}; {self.seconds:.1f} s in all",
+            "",
+            f"{'batch':>7}  {'predicted':>11}  {'measured':>11}  {'samples/s':>11}",
+        ]
+        for row in self.rows:
+            marks = []
+            if row.batch_size == self.max_batch_size:
+                marks.append("cap")
+            if row.batch_size == self.knee_batch_size:
+                marks.append("knee")
+            speed = f"{row.samples_per_s:,.0f}" if row.samples_per_s is not None else "-"
+            lines.append(
+                f"{row.batch_size:>7}  {format_bytes(row.predicted_bytes):>11}  "
+                f"{format_bytes(row.measured_bytes):>11}  {speed:>11}"
+                + (f"  <- {', '.join(marks)}" if marks else "")
+            )
+        for rej in self.rejected:
+            measured = rej["measured_bytes"]
+            lines.append(
+                f"{rej['batch_size']:>7}  {format_bytes(rej['predicted_bytes']):>11}  "
+                f"{format_bytes(measured) if measured is not None else 'OOM':>11}  "
+                f"{'-':>11}  (does not fit)"
+            )
+        lines += [
+            "",
+            f"Cap: {self.max_batch_size} ({self.stop_reason})",
+            f"Knee: {self.knee_batch_size} (smallest batch within {KNEE_TOLERANCE:.0%} of the "
+            "best samples/s)"
+            if self.knee_batch_size is not None
+            else "Knee: - (throughput not measured)",
+            f"samples/s: training steps only, timed over >= {self.timed_steps} steps and >= "
+            f"{MIN_TIMED_SECONDS * 1000:.0f} ms per batch size after 1 warm-up step; "
+            "measured = that warm-up step with its evaluation batch",
+        ]
+        return "\n".join(lines)
+
+
+class _StepRig:
+    """The probe's own model, optimizer and device-held data; runs and measures steps."""
+
+    def __init__(self, task: Task, optimizer: str, device: torch.device, seed: int) -> None:
+        self.task = task
+        self.optimizer_name = optimizer
+        self.device = device
+        self.on_cuda = device.type == "cuda"
+        self.generator = torch.Generator().manual_seed(seed)
+        self.steps = 0
+        self.base_reserved = 0
+        if self.on_cuda:
+            gc.collect()
+            torch.cuda.empty_cache()
+            self.base_reserved = torch.cuda.memory_reserved(device)
+        # Held as training holds them (on CUDA this is part of what the allocator measures).
+        splits = [place(d, device) for d in (task.train, task.val, task.test)]
+        self.train = splits[0]
+        self.held_splits = splits
+        self.copy_bytes = 0 if self.on_cuda else _copied_bytes(task, splits)
+        self.model: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._build()
+
+    def _build(self) -> None:
+        self.model = self.task.build_model().to(self.device)
+        self.model.train()
+        self.optimizer = make_optimizer(self.optimizer_name, self.model.parameters(), lr=1e-3)
+
+    def rebuild(self) -> None:
+        """Drop the model and optimizer (after an out-of-memory error) and build fresh ones."""
+        self.model = self.optimizer = None
+        gc.collect()
+        if self.on_cuda:
+            torch.cuda.empty_cache()
+        self._build()
+
+    def close(self) -> None:
+        self.model = self.optimizer = self.train = self.held_splits = None
+        gc.collect()
+        if self.on_cuda:
+            torch.cuda.empty_cache()
+
+    def _batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(len(self.train), (batch_size,), generator=self.generator)
+        if isinstance(self.train, Tensors):
+            index = index.to(self.device)
+            return self.train.x[index], self.train.y[index]
+        x, y = default_collate([self.train[i] for i in index.tolist()])
+        return x.to(self.device), torch.as_tensor(y, dtype=torch.long).to(self.device)
+
+    def train_step(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training step as the trainer runs it; returns the batch."""
+        x, y = self._batch(batch_size)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(x), y, reduction="sum")
+        (loss / batch_size).backward()
+        self.optimizer.step()
+        self.steps += 1
+        return x, y
+
+    def _level(self) -> int:
+        """Bytes the probe holds on the device right now (the start of a measured step)."""
+        if self.on_cuda:
+            torch.cuda.empty_cache()
+            return torch.cuda.memory_reserved(self.device) - self.base_reserved
+        return state_bytes(self.model, self.optimizer) + self.copy_bytes
+
+    def measure(self, batch_size: int) -> tuple[int | None, int]:
+        """Peak bytes of one training step plus one evaluation batch, and the level before it.
+
+        The first is ``None`` when the step ran out of memory (the rig is then rebuilt).
+        """
+        self.optimizer.zero_grad(set_to_none=True)  # freed outside the measured window
+        level = self._level()
+        out_of_memory = False
+        try:
+            with PeakMemory(self.device) as peak:
+                x, y = self.train_step(batch_size)
+                self.model.eval()
+                with torch.no_grad():
+                    (self.model(x).argmax(dim=1) == y).sum()
+                self.model.train()
+                del x, y
+        except Exception as exc:  # only out-of-memory errors are expected here
+            if not is_out_of_memory(exc):
+                raise
+            out_of_memory = True  # leaving the block drops the error and what it references
+        if out_of_memory:
+            self.rebuild()
+            return None, level
+        return level + peak.bytes, level
+
+    def samples_per_s(self, batch_size: int, min_steps: int) -> float | None:
+        """Training samples per second (``None`` if out of memory).
+
+        Runs at least ``min_steps`` steps and keeps going until :data:`MIN_TIMED_SECONDS`
+        have passed (at most :data:`MAX_TIMED_STEPS`), so that sub-millisecond steps are not
+        timed from a handful of samples; on CUDA the clock stops after a synchronise.
+        """
+        out_of_memory = False
+        try:
+            if self.on_cuda:
+                torch.cuda.synchronize(self.device)
+            started = time.perf_counter()
+            steps = 0
+            while steps < min_steps or (
+                steps < MAX_TIMED_STEPS and time.perf_counter() - started < MIN_TIMED_SECONDS
+            ):
+                self.train_step(batch_size)
+                steps += 1
+            if self.on_cuda:
+                torch.cuda.synchronize(self.device)
+            elapsed = time.perf_counter() - started
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            out_of_memory = True
+        if out_of_memory:
+            self.rebuild()
+            return None
+        return steps * batch_size / max(elapsed, 1e-9)
+
+
+def _copied_bytes(task: Task, placed: list) -> int:
+    """Bytes of held tensors that placing the splits copied (CPU: usually none)."""
+    originals: list[torch.Tensor] = []
+    for dataset in (task.train, task.val, task.test):
+        originals += [t for t in getattr(dataset, "tensors", ()) if isinstance(t, torch.Tensor)]
+    own = {t.untyped_storage().data_ptr() for t in originals}
+    copies = [
+        t
+        for split in placed
+        if isinstance(split, Tensors)
+        for t in (split.x, split.y)
+        if t.untyped_storage().data_ptr() not in own
+    ]
+    return tensor_bytes(copies)
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from exc
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise ValueError(f"--device {device!r}: the probe measures cpu or cuda devices")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: CUDA is not available here; use --device cpu")
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    if index >= torch.cuda.device_count():
+        raise ValueError(
+            f"--device {device!r}: there are {torch.cuda.device_count()} CUDA devices "
+            f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+        )
+    return torch.device("cuda", index)
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def probe_batch_size(
+    task: Task,
+    *,
+    optimizer: str = "adam",
+    device: str | torch.device = "cpu",
+    memory_budget: int | str | None = None,
+    memory_margin: float = 0.1,
+    min_batch_size: int = 1,
+    max_batch_size: int | None = None,
+    timed_steps: int = 3,
+    measure_throughput: bool = True,
+    seed: int = 0,
+) -> ProbeResult:
+    """Find the largest batch whose training step fits the memory budget, and its throughput.
+
+    Example:
+        >>> from objectives.tasks import load_task
+        >>> task = load_task("synthetic", hidden=(2048,), synthetic_features=256)
+        >>> result = probe_batch_size(task, memory_budget="40MiB")
+        >>> result.max_batch_size, result.predicted_bytes(result.max_batch_size) <= 40 * 2**20
+        (1024, True)
+
+    Args:
+        task: The task; the probe builds its own model with ``task.build_model()``.
+        optimizer: ``sgd``, ``adam`` or ``adamw`` (its state is part of the memory).
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        memory_budget: Bytes (or a size string such as ``"6GiB"``) one step may use. Default:
+            the device's free memory less ``memory_margin``.
+        memory_margin: Fraction of the free memory left unused, in ``[0, 1)``; applies only
+            when ``memory_budget`` is not given.
+        min_batch_size: The smallest batch to consider; it must fit or :class:`ProbeError` is
+            raised.
+        max_batch_size: Upper end of the search (rounded down to a power of two); the search
+            also stops at the largest power of two not above the training set's size.
+        timed_steps: The fewest timed training steps per batch size for the throughput table
+            (more are run while a batch size has been timed for under 50 ms).
+        measure_throughput: Whether to build the throughput table (and the knee).
+        seed: Seeds the probe's model and batches (the caller's generators are restored).
+
+    Returns:
+        A :class:`ProbeResult`; ``result.to_dict()`` is the JSON the study stores.
+
+    Raises:
+        ProbeError: even ``min_batch_size`` does not fit the budget.
+        ValueError: an argument is out of range (the message says which and why).
+    """
+    if not isinstance(task, Task):
+        raise ValueError(f"task must be an objectives.tasks.Task, got {type(task).__name__}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    dev = _check_device(device)
+    if memory_budget is not None:
+        memory_budget = parse_bytes(memory_budget)
+    if not isinstance(memory_margin, (int, float)) or not 0 <= memory_margin < 1:
+        raise ValueError(f"memory margin {memory_margin!r} must be a fraction in [0, 1)")
+    _check_int("min_batch_size", min_batch_size, 1)
+    if max_batch_size is not None:
+        _check_int("max_batch_size", max_batch_size, min_batch_size)
+    _check_int("timed_steps", timed_steps, 1)
+    train_size = len(task.train)
+    if min_batch_size > train_size:
+        raise ValueError(
+            f"min_batch_size {min_batch_size} is larger than the training set "
+            f"({train_size} samples): use a smaller --min-batch-size"
+        )
+    upper = min(train_size, max_batch_size or train_size)
+    ladder = batch_ladder(min_batch_size, upper)
+
+    started = time.perf_counter()
+    if memory_budget is not None:
+        budget, budget_source = memory_budget, "given memory budget"
+    else:
+        free, where = available_memory(dev)
+        budget = int(free * (1 - memory_margin))
+        budget_source = f"{where} {format_bytes(free)} less {memory_margin:.0%}"
+    rng_devices = [dev.index] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
+        torch.random.default_generator.manual_seed(seed)
+        if dev.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        rig = _StepRig(task, optimizer, dev, seed)
+        try:
+            result = _search(rig, ladder, budget, timed_steps, measure_throughput)
+        finally:
+            rig.close()
+    result.task = task.name
+    result.device = str(dev)
+    result.optimizer = optimizer
+    result.budget_source = budget_source
+    result.memory_source = (
+        "CUDA caching allocator peak reserved bytes (torch.cuda.max_memory_reserved)"
+        if dev.type == "cuda"
+        else "parameters, gradients and optimizer state + CPU allocator peak (torch.profiler)"
+    )
+    result.min_batch_size = min_batch_size
+    result.search_limit = ladder[-1]
+    result.timed_steps = timed_steps
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _search(
+    rig: _StepRig, ladder: list[int], budget: int, timed_steps: int, measure_throughput: bool
+) -> ProbeResult:
+    """The cap search and the throughput table (see the module docstring)."""
+    measured: dict[int, int | None] = {}  # batch -> peak bytes, None = out of memory
+    first_level = 0
+
+    def fits(b: int) -> bool:
+        return measured.get(b) is not None and measured[b] <= budget
+
+    def current_fit() -> MemoryFit:
+        points = [(b, m) for b, m in measured.items() if m is not None]
+        return fit_memory(points, floor_bytes=first_level)
+
+    smallest = ladder[0]
+    measured[smallest], first_level = rig.measure(smallest)
+    if not fits(smallest):
+        needed = measured[smallest]
+        what = (
+            f"needs {format_bytes(needed)} ({needed} bytes, measured)"
+            if needed is not None
+            else f"ran out of memory on {rig.device}"
+        )
+        raise ProbeError(
+            f"memory budget {format_bytes(budget)} ({budget} bytes) is too small: one training "
+            f"step at the smallest batch size {smallest} {what}; give a larger "
+            "--memory-budget, a smaller model, or a smaller --min-batch-size",
+            budget_bytes=budget,
+            batch_size=smallest,
+            needed_bytes=needed,
+        )
+
+    while True:
+        lo = max(b for b in measured if fits(b))
+        failed = [b for b in measured if not fits(b)]
+        hi = min(failed) if failed else None
+        fit = current_fit()
+        candidates = [
+            b
+            for b in ladder
+            if lo < b <= GROWTH_LIMIT * lo
+            and (hi is None or b < hi)
+            and b not in measured
+            and fit.predict(b) <= budget
+        ]
+        if not candidates:
+            break
+        b = max(candidates)
+        measured[b], _ = rig.measure(b)
+    steps_run = rig.steps
+    cap = lo
+
+    def stop_reason() -> str:
+        index = ladder.index(cap)
+        if index == len(ladder) - 1:
+            return f"the search limit: no larger batch is allowed (limit {ladder[-1]})"
+        nxt = ladder[index + 1]
+        if nxt in measured:
+            m = measured[nxt]
+            if m is None:
+                return f"{nxt} ran out of memory"
+            return f"{nxt} measured {format_bytes(m)} > budget {format_bytes(budget)}"
+        return f"{nxt} is predicted to need {format_bytes(fit.predict(nxt))} > budget"
+
+    reason = stop_reason()
+
+    rows: list[ProbeRow] = []
+    for b in ladder[: ladder.index(cap) + 1]:
+        row = ProbeRow(b, fit.predict(b), measured.get(b), None)
+        if measure_throughput:
+            row.measured_bytes, _ = rig.measure(b)  # also the warm-up step
+            if row.measured_bytes is None or row.measured_bytes > budget:
+                # Smaller than the cap yet over budget: the step's memory is not monotone in
+                # the batch; keep the table honest and lower the cap to what fitted so far.
+                cap = rows[-1].batch_size if rows else cap
+                reason = f"{b} did not fit when measured again for the throughput table"
+                break
+            row.samples_per_s = rig.samples_per_s(b, timed_steps)
+        rows.append(row)
+    rejected = [
+        {"batch_size": b, "predicted_bytes": fit.predict(b), "measured_bytes": m}
+        for b, m in sorted(measured.items())
+        if not fits(b)
+    ]
+    knee = None
+    if measure_throughput and rows:
+        knee = knee_batch_size((r.batch_size, r.samples_per_s) for r in rows)
+    return ProbeResult(
+        max_batch_size=cap,
+        knee_batch_size=knee,
+        fixed_bytes=fit.fixed_bytes,
+        bytes_per_sample=fit.bytes_per_sample,
+        budget_bytes=budget,
+        rows=rows,
+        stop_reason=reason,
+        steps_run=steps_run,
+        throughput_steps=rig.steps - steps_run,
+        rejected=rejected,
+    )
+
+
+@dataclass
+class DoublingResult:
+    """The Lightning-style doubling search's answer and its cost (for the benchmark)."""
+
+    max_batch_size: int
+    steps_run: int
+    seconds: float
+    tries: list[tuple[int, int | None]]
+
+
+def doubling_search(
+    task: Task,
+    *,
+    memory_budget: int,
+    optimizer: str = "adam",
+    device: str | torch.device = "cpu",
+    start: int = 2,
+    max_batch_size: int | None = None,
+    steps_per_trial: int = 3,
+    seed: int = 0,
+) -> DoublingResult:
+    """The baseline the probe is compared with: double from ``start`` until a step fails.
+
+    As PyTorch Lightning's batch-size finder (``mode="power"``, ``init_val=2``,
+    ``steps_per_trial=3``) does: each try runs ``steps_per_trial`` training steps; the search
+    stops at the first failure or at the largest power of two not above the training set.
+    "Failure" is a real out-of-memory error or, as on CPU where running out of RAM is not
+    safe to provoke, the try's first step measuring over ``memory_budget`` (measured exactly
+    as the probe measures, with one evaluation batch).
+
+    Example:
+        >>> from objectives.tasks import load_task
+        >>> doubling_search(load_task("digits"), memory_budget=2**28).max_batch_size
+        1024
+
+    Args:
+        task: The task; a fresh model is built with ``task.build_model()``.
+        memory_budget: Bytes a step may use.
+        optimizer: ``sgd``, ``adam`` or ``adamw``.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        start: The first batch size tried.
+        max_batch_size: Optional upper end of the search.
+        steps_per_trial: Training steps per try.
+        seed: Seeds the model and batches (the caller's generators are restored).
+    """
+    dev = _check_device(device)
+    memory_budget = parse_bytes(memory_budget)
+    _check_int("start", start, 1)
+    _check_int("steps_per_trial", steps_per_trial, 1)
+    upper = min(len(task.train), max_batch_size or len(task.train))
+    started = time.perf_counter()
+    tries: list[tuple[int, int | None]] = []
+    last_ok = 0
+    with torch.random.fork_rng(devices=[dev.index] if dev.type == "cuda" else []):
+        torch.random.default_generator.manual_seed(seed)
+        rig = _StepRig(task, optimizer, dev, seed)
+        try:
+            size = start
+            while size <= upper:
+                peak, _ = rig.measure(size)
+                tries.append((size, peak))
+                if peak is None or peak > memory_budget:
+                    break
+                for _ in range(steps_per_trial - 1):
+                    rig.train_step(size)
+                last_ok = size
+                size *= 2
+        finally:
+            rig.close()
+    if last_ok == 0:
+        raise ProbeError(
+            f"memory budget {format_bytes(memory_budget)} is too small for batch {start}",
+            budget_bytes=memory_budget,
+            batch_size=start,
+            needed_bytes=tries[0][1] if tries else None,
+        )
+    return DoublingResult(last_ok, rig.steps, time.perf_counter() - started, tries)
