@@ -49,6 +49,7 @@ class TrialRecord:
         train_time_s: Wall-clock training time in seconds.
         samples_per_s: Training throughput.
         peak_memory_bytes: Peak memory of a training step.
+        memory_source: How the peak memory was measured (e.g. CUDA allocator, estimate).
         micro_batch_size: Samples per forward/backward pass.
         accumulation_steps: Micro-batches per update.
         diverged: The loss became NaN or infinite.
@@ -66,6 +67,7 @@ class TrialRecord:
     train_time_s: float | None
     samples_per_s: float | None
     peak_memory_bytes: float | None
+    memory_source: str | None
     micro_batch_size: int | None
     accumulation_steps: int | None
     diverged: bool
@@ -263,6 +265,7 @@ def trial_record(trial: FrozenTrial, default_rule: str | None = None) -> TrialRe
         train_time_s=_number(attrs.get("train_time_s")),
         samples_per_s=_number(attrs.get("samples_per_s")),
         peak_memory_bytes=_number(attrs.get("peak_memory_bytes")),
+        memory_source=str(attrs["memory_source"]) if attrs.get("memory_source") else None,
         micro_batch_size=_int(attrs.get("micro_batch_size")),
         accumulation_steps=_int(attrs.get("accumulation_steps")),
         diverged=bool(attrs.get("diverged", False)),
@@ -365,6 +368,11 @@ def collect_report_data(study: optuna.Study, *, importances: bool = True) -> Rep
         study: A study in the core's record format (other studies work, with less to show).
         importances: Compute Optuna's parameter importances (about a second).
     """
+    if study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
+        raise ValueError(
+            f"study {study.study_name!r} does not maximise one objective: a batch-size study "
+            "maximises val_accuracy"
+        )
     attrs = study.user_attrs
     config = attrs.get("config") if isinstance(attrs.get("config"), dict) else {}
     space = attrs.get("space") if isinstance(attrs.get("space"), dict) else {}

@@ -1,0 +1,110 @@
+"""The study's note in optuna-dashboard: the setup and the best result, in Markdown.
+
+The note is what a person sees first on the study's dashboard page: which task, model and
+optimizer, which batch sizes and scaling rules were tried at which epoch budget, the best
+trial, and the rule of thumb beside the measured optimum. It is rebuilt from the study's
+attributes, so calling :func:`write_study_note` again after more trials replaces it (the
+dashboard keeps the latest version).
+
+Example:
+    >>> import optuna
+    >>> study = optuna.create_study(direction="maximize")
+    >>> "No complete trial yet" in write_study_note(study)
+    True
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna_dashboard import save_note
+
+from study.report import report_tables
+from study.report_data import ReportData, TrialRecord, collect_report_data
+from study.units import format_bytes
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _setup_rows(data: ReportData) -> list[list[str]]:
+    """The report's setup table (task, model, optimizer, budget, batch sizes, rules, trials)."""
+    return report_tables(data)["setup"].rows
+
+
+def _best_sentence(data: ReportData, t: TrialRecord) -> str:
+    batch = f"**{t.batch_size}**"
+    if t.accumulation_steps and t.accumulation_steps > 1:
+        batch += f" ({t.micro_batch_size} x {t.accumulation_steps} accumulated)"
+    parts = [
+        f"Trial {t.number}: **{data.metric_name} {_pct(t.val_accuracy)}** "
+        f"(test {_pct(t.test_accuracy)}) at batch size {batch}",
+        f"rule {t.scaling_rule}, lr {t.lr:.3g}" if t.lr is not None else f"rule {t.scaling_rule}",
+    ]
+    if t.epochs_completed is not None:
+        parts.append(f"{t.epochs_completed} epochs")
+    if t.train_time_s is not None:
+        parts.append(f"{t.train_time_s:.1f} s")
+    if t.samples_per_s is not None:
+        parts.append(f"{t.samples_per_s:,.0f} samples/s")
+    if t.peak_memory_bytes is not None:
+        parts.append(f"peak memory {format_bytes(t.peak_memory_bytes)}")
+    return ", ".join(parts) + "."
+
+
+def study_note(study: optuna.Study, data: ReportData | None = None) -> str:
+    """The Markdown of the study's note (what :func:`write_study_note` saves).
+
+    Args:
+        study: The study.
+        data: Its report data, if already collected (saves reading the trials twice).
+    """
+    data = data or collect_report_data(study, importances=False)
+    lines = [
+        f"## Batch-size study `{data.study_name}`",
+        "",
+        "Which batch size, and which learning rate with it, for this model on this hardware.",
+        "",
+        "### Setup",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {_cell(k)} | {_cell(v)} |" for k, v in _setup_rows(data)),
+        "",
+        "### Best result",
+        "",
+    ]
+    if data.best is None:
+        lines.append("No complete trial yet, so there is no best result.")
+    else:
+        lines.append(_best_sentence(data, data.best))
+    status = data.status_sentence()
+    if status and data.best is not None:
+        lines += ["", f"*{status}*"]
+    if data.folklore is not None:
+        lines += ["", data.folklore.sentence()]
+    lines += [
+        "",
+        "The full report (figures and tables) is attached to the study as an HTML artifact "
+        "(study page, *Study Artifacts*); `python scripts/report.py` writes it again and "
+        "`--format text` prints its tables.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_study_note(study: optuna.Study) -> str:
+    """Save the study's Markdown note for optuna-dashboard and return it.
+
+    Args:
+        study: The study (its storage must be writable).
+
+    Returns:
+        The Markdown saved (the dashboard shows it on the study's page).
+    """
+    body = study_note(study)
+    save_note(study, body)
+    return body

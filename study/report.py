@@ -1,0 +1,610 @@
+"""A study's report: one self-contained HTML page, or the same tables as plain text.
+
+The page answers "which batch size, and which learning rate with it": final accuracy against
+batch size per scaling rule, learning curves, time / throughput / memory with the probe's cap
+and knee, the learning rate each rule gave, the best trial, per-batch-size results, the rule
+of thumb beside the measured optimum, and Optuna's optimisation history and parameter
+importances. Plotly's JavaScript is embedded once, so the file opens offline. The report
+reads the study and never writes to it; a study still running or with no complete trial gives
+a report that says so.
+
+Example:
+    >>> study = load_study_for_report("sqlite:///storage/batch-size.db", "batch-size")
+    ... # doctest: +SKIP
+    >>> write_report(study, "storage/batch-size-report.html")  # doctest: +SKIP
+    >>> print(render_text_report(study))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from study.report_data import (
+    Folklore,
+    ReportData,
+    TrialRecord,
+    collect_report_data,
+    rule_of_thumb,
+)
+from study.report_figures import ReportFigure, build_figures
+from study.storage import StorageError, open_storage, redact
+from study.units import format_bytes
+
+__all__ = [
+    "Report",
+    "ReportError",
+    "Table",
+    "build_report",
+    "default_report_path",
+    "file_stem",
+    "load_study_for_report",
+    "open_existing_storage",
+    "render_html_report",
+    "render_text_report",
+    "report_tables",
+    "rule_of_thumb",
+    "write_report",
+]
+
+DEFAULT_STORAGE = "sqlite:///storage/batch-size.db"
+DEFAULT_STUDY_NAME = "batch-size"
+VERDICTS = {
+    "inside": "inside the range: folklore held",
+    "below": "below the range: folklore missed",
+    "above": "above the range: folklore missed",
+    "unknown": "no complete trial yet",
+}
+PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+class ReportError(RuntimeError):
+    """The report cannot be made; the message names the problem and the fix (no passwords)."""
+
+
+@dataclass
+class Table:
+    """A small table shared by the HTML page and the terminal.
+
+    Args:
+        key: Stable name (``best``, ``batch-sizes``, ...), used as the HTML id.
+        title: Heading.
+        headers: Column names (``""`` for a key/value table's first column).
+        rows: Cells as display strings.
+        note: A sentence under the table.
+    """
+
+    key: str
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+    def to_text(self) -> str:
+        """Aligned plain-text columns (first column left, others right), with the note."""
+        lines = [self.title, "-" * len(self.title)]
+        if self.rows:
+            cells = [self.headers, *self.rows]
+            widths = [max(len(row[i]) for row in cells) for i in range(len(self.headers))]
+
+            key_value = not any(self.headers)
+
+            def line(row: list[str]) -> str:
+                parts = [row[0].ljust(widths[0])]
+                parts += [
+                    c.ljust(w) if key_value else c.rjust(w)
+                    for c, w in zip(row[1:], widths[1:], strict=True)
+                ]
+                return "  ".join(parts).rstrip()
+
+            if any(self.headers):
+                lines.append(line(self.headers))
+            lines += [line(row) for row in self.rows]
+        if self.note:
+            lines.append(self.note)
+        return "\n".join(lines)
+
+    def to_html(self) -> str:
+        """A ``<table>`` (header row only when the headers are not all empty)."""
+        esc = html.escape
+        parts = [f'<section id="table-{esc(self.key)}"><h2>{esc(self.title)}</h2>']
+        if self.rows:
+            parts.append('<table class="kv">' if not any(self.headers) else "<table>")
+            if any(self.headers):
+                parts.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in self.headers) + "</tr>")
+            for row in self.rows:
+                first, rest = row[0], row[1:]
+                cell = "th" if not any(self.headers) else "td"
+                parts.append(
+                    f"<tr><{cell}>{esc(first)}</{cell}>"
+                    + "".join(f"<td>{esc(c)}</td>" for c in rest)
+                    + "</tr>"
+                )
+            parts.append("</table>")
+        if self.note:
+            parts.append(f'<p class="note">{esc(self.note)}</p>')
+        parts.append("</section>")
+        return "\n".join(parts)
+
+
+@dataclass
+class Report:
+    """A built report: its data, tables and figures."""
+
+    data: ReportData
+    tables: dict[str, Table]
+    figures: list[ReportFigure]
+    storage_url: str | None = None
+
+    @property
+    def drawn(self) -> list[ReportFigure]:
+        """The figures that have something to draw."""
+        return [f for f in self.figures if f.figure is not None]
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def _sqlite_file(url: str) -> Path | None:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ReportError(
+            f"--storage {redact(url)} is not a database URL: use e.g. "
+            "sqlite:///storage/batch-size.db or postgresql://user@host/db"
+        ) from None
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:":
+        raise ReportError(
+            f"--storage {redact(url)}: an in-memory SQLite database holds no stored study; "
+            "give the study's file, e.g. sqlite:///storage/batch-size.db"
+        )
+    return Path(database)
+
+
+def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
+    """Open the storage at ``url`` for reading; an SQLite file that does not exist is an error.
+
+    Raises:
+        ReportError: malformed URL, missing SQLite file, or a storage that cannot be opened.
+    """
+    path = _sqlite_file(url)
+    if path is not None and not path.is_file():
+        where = "" if path.parent.is_dir() else f" (folder {path.parent} does not exist)"
+        raise ReportError(
+            f"no study database at {path}{where}: run scripts/run_study.py first, or pass "
+            "--storage sqlite:///PATH/TO/FILE.db"
+        )
+    try:
+        return open_storage(url, heartbeat_interval=None)
+    except StorageError as exc:
+        raise ReportError(str(exc)) from None
+
+
+def load_study_for_report(url: str, study_name: str) -> optuna.Study:
+    """Open an existing study for reading; never creates a database or a study.
+
+    Args:
+        url: SQLAlchemy storage URL of the study database.
+        study_name: Name of the study in it.
+
+    Raises:
+        ReportError: the SQLite file does not exist, the storage cannot be opened, or it holds
+            no study of that name (the message lists the names it holds).
+    """
+    storage = open_existing_storage(url)
+    names = sorted(s.study_name for s in storage.get_all_studies())
+    if study_name not in names:
+        held = ", ".join(names) if names else "none"
+        raise ReportError(
+            f"no study named {study_name!r} in {redact(url)}; studies there: {held} "
+            "(pass --study-name NAME)"
+        )
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    if study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
+        raise ReportError(
+            f"study {study_name!r} in {redact(url)} was not made by run_study.py (it "
+            f"{_directions(study)}, a batch-size study maximises val_accuracy); pass the "
+            "--study-name of a batch-size study"
+        )
+    return study
+
+
+def _directions(study: optuna.Study) -> str:
+    if len(study.directions) > 1:
+        return f"has {len(study.directions)} objectives"
+    return "minimises its objective"
+
+
+def file_stem(study_name: str) -> str:
+    """``study_name`` made safe for a file name (letters, digits, ``.``, ``_``, ``-``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", study_name).strip("._") or "study"
+
+
+def default_report_path(study_name: str) -> Path:
+    """``storage/<study-name>-report.html`` with the name made safe for a file name."""
+    return Path("storage") / f"{file_stem(study_name)}-report.html"
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _lr(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _mem(value: float | None) -> str:
+    return "-" if value is None else format_bytes(value)
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _batch_text(t: TrialRecord) -> str:
+    text = str(t.batch_size) if t.batch_size is not None else "-"
+    if t.accumulation_steps and t.accumulation_steps > 1 and t.micro_batch_size:
+        text += f" ({t.micro_batch_size} x {t.accumulation_steps} accumulated)"
+    return text
+
+
+def _setup_table(data: ReportData) -> Table:
+    c, s, info = data.config, data.space, data.task_info
+    rows: list[list[str]] = []
+    if c.get("task") is not None:
+        task = str(c["task"])
+        sizes = [
+            f"{info[k]:,} {k.removesuffix('_size')}"
+            for k in ("train_size", "val_size", "test_size")
+            if isinstance(info.get(k), int)
+        ]
+        extra = ", ".join(sizes)
+        if info.get("num_classes"):
+            extra += f", {info['num_classes']} classes"
+        if isinstance(info.get("input_shape"), list | tuple) and info["input_shape"]:
+            extra += ", input " + "x".join(str(d) for d in info["input_shape"])
+        rows.append(["Task", task + (f" ({extra})" if extra else "")])
+    if c.get("model") is not None:
+        hidden = c.get("hidden")
+        rows.append(["Model", str(c["model"]) + (f" (hidden {hidden})" if hidden else "")])
+    if c.get("optimizer") is not None:
+        rows.append(
+            [
+                "Optimizer",
+                f"{c['optimizer']}, base lr {c.get('base_lr')} at batch "
+                f"{c.get('base_batch_size')}, scaling {c.get('scaling')}",
+            ]
+        )
+    if c.get("epochs") is not None:
+        rows.append(
+            [
+                "Budget",
+                f"{c['epochs']} epochs per trial, {c.get('trials')} trials, sampler "
+                f"{c.get('sampler')}, pruner {c.get('pruner')}, seed {c.get('seed')}",
+            ]
+        )
+    if s.get("batch_sizes"):
+        cap = s.get("memory_cap")
+        detail = f"cap {cap}" + (f" from {s['cap_source']}" if s.get("cap_source") else "")
+        if s.get("max_accumulation") and s["max_accumulation"] > 1:
+            detail += f", accumulation up to {s['max_accumulation']}"
+        rows.append(
+            [
+                "Batch sizes",
+                ", ".join(str(b) for b in s["batch_sizes"]) + (f" ({detail})" if cap else ""),
+            ]
+        )
+    if s.get("scaling_rules"):
+        rows.append(["Scaling rules", ", ".join(str(r) for r in s["scaling_rules"])])
+    probe = data.probe or {}
+    if probe.get("max_batch_size") or probe.get("knee_batch_size"):
+        rows.append(
+            [
+                "Hardware probe",
+                f"largest batch that fits {probe.get('max_batch_size')}, throughput knee "
+                f"{probe.get('knee_batch_size')}",
+            ]
+        )
+    rows.append(["Trials", data.state_summary()])
+    note = "" if c else "The study has no 'config' attribute: it was not made by run_study.py."
+    return Table("setup", f"Study {data.study_name}", ["", ""], rows, note)
+
+
+def _best_table(data: ReportData) -> Table:
+    t = data.best
+    if t is None:
+        return Table(
+            "best",
+            "Best trial",
+            ["", ""],
+            [],
+            "No complete trial yet, so there is no best trial.",
+        )
+    rows = [
+        ["Trial", f"#{t.number}"],
+        ["Batch size", _batch_text(t)],
+        ["Scaling rule", t.scaling_rule or "-"],
+        ["Learning rate", _lr(t.lr)],
+        [f"Validation accuracy ({data.metric_name})", _pct(t.val_accuracy)],
+        ["Test accuracy", _pct(t.test_accuracy)],
+        ["Epochs", str(t.epochs_completed) if t.epochs_completed is not None else "-"],
+        ["Training time", _secs(t.train_time_s)],
+        ["Throughput", f"{_rate(t.samples_per_s)} samples/s" if t.samples_per_s else "-"],
+        ["Peak memory", _mem(t.peak_memory_bytes)],
+    ]
+    return Table("best", "Best trial", ["", ""], rows, "Highest final validation accuracy.")
+
+
+def _groups_table(data: ReportData) -> Table:
+    running = any(g.running for g in data.groups)
+    headers = ["Batch", "Rule", "LR", "Complete", "Pruned", "Failed"]
+    headers += ["Running"] if running else []
+    headers += ["Best val", "Median val", "Median test", "Samples/s", "Peak memory"]
+    rows = []
+    for g in data.groups:
+        row = [str(g.batch_size), g.scaling_rule, _lr(g.lr), str(g.complete), str(g.pruned)]
+        row += [str(g.failed)] + ([str(g.running)] if running else [])
+        row += [_pct(g.best_val), _pct(g.median_val), _pct(g.median_test)]
+        row += [_rate(g.median_samples_per_s), _mem(g.peak_memory_bytes)]
+        rows.append(row)
+    budget = f"after {data.epochs} epochs" if data.epochs else "after the last epoch"
+    note = (
+        f"Accuracies of complete trials {budget} (val = validation, test = test split); "
+        "samples/s is the median and peak memory the maximum over every trial that recorded them."
+    )
+    if not rows:
+        note = "No trial recorded a batch size yet."
+    return Table("batch-sizes", "Results per batch size and rule", headers, rows, note)
+
+
+def _folklore_table(folklore: Folklore | None) -> Table:
+    if folklore is None:
+        return Table(
+            "rule-of-thumb",
+            "Rule of thumb against the measurement",
+            ["", ""],
+            [],
+            "The study does not record its training-set size (task_info.train_size), so the "
+            "rule of thumb cannot be placed.",
+        )
+    rows = [
+        ["Training samples", f"{folklore.train_size:,}"],
+        ["Rule-of-thumb range", f"{folklore.low}-{folklore.high}"],
+        [
+            "Measured optimum",
+            "-"
+            if folklore.optimum is None
+            else f"{folklore.optimum} (rule {folklore.optimum_rule}, median val "
+            f"{_pct(folklore.optimum_median_val)})",
+        ],
+        ["Verdict", VERDICTS[folklore.verdict]],
+    ]
+    note = (
+        folklore.sentence()
+        + " Ranges quoted by practitioners: <1k samples 16-32; 1k-100k 32-256; >100k 256-2048."
+    )
+    return Table("rule-of-thumb", "Rule of thumb against the measurement", ["", ""], rows, note)
+
+
+def _probe_table(data: ReportData) -> Table | None:
+    probe = data.probe
+    if not probe:
+        return None
+    rows = [
+        [
+            str(r.get("batch_size")),
+            _mem(r.get("predicted_bytes")),
+            _mem(r.get("measured_bytes")),
+            _rate(r.get("samples_per_s")),
+        ]
+        for r in probe.get("rows") or []
+        if isinstance(r, dict)
+    ]
+    facts = []
+    for key, label in (("max_batch_size", "cap"), ("knee_batch_size", "knee")):
+        if probe.get(key):
+            facts.append(f"{label} {probe[key]}")
+    for key, label in (
+        ("budget_bytes", "budget"),
+        ("fixed_bytes", "fixed"),
+        ("bytes_per_sample", "per sample"),
+    ):
+        if probe.get(key):
+            facts.append(f"{label} {_mem(probe[key])}")
+    note = "Hardware probe: " + (", ".join(facts) if facts else "no summary recorded") + "."
+    return Table(
+        "probe",
+        "Hardware probe",
+        ["Batch", "Predicted memory", "Measured memory", "Samples/s"],
+        rows,
+        note,
+    )
+
+
+def _importance_table(data: ReportData) -> Table:
+    rows = [[name, _pct(value)] for name, value in (data.importances or {}).items()]
+    return Table(
+        "importances",
+        "Parameter importances",
+        ["Parameter", "Importance"] if rows else ["", ""],
+        rows,
+        data.importance_note,
+    )
+
+
+def report_tables(data: ReportData) -> dict[str, Table]:
+    """The report's tables by key, in page order."""
+    tables = [
+        _setup_table(data),
+        _best_table(data),
+        _groups_table(data),
+        _folklore_table(data.folklore),
+        _probe_table(data),
+        _importance_table(data),
+    ]
+    return {t.key: t for t in tables if t is not None}
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_report(
+    study: optuna.Study, *, storage_url: str | None = None, figures: bool = True
+) -> Report:
+    """Read ``study`` and build its tables and (optionally) figures.
+
+    Args:
+        study: The study to report on.
+        storage_url: Shown in the header, password hidden.
+        figures: Build the Plotly figures (the terminal report does not need them).
+    """
+    data = collect_report_data(study)
+    built = build_figures(study, data) if figures else []
+    return Report(data, report_tables(data), built, storage_url)
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto;
+  max-width: 1280px; padding: 1rem 2rem 3rem; color: #222; }
+h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
+.meta { color: #666; margin-top: 0; } .note { color: #555; max-width: 70rem; }
+.status { background: #fff4ce; border-left: 4px solid #e0b000; padding: 0.6rem 1rem; }
+.missing { background: #f4f4f4; border-left: 4px solid #aaa; padding: 0.6rem 1rem; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+th, td { border-bottom: 1px solid #e5e5e5; padding: 0.25rem 0.8rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; } tr th { background: #fafafa; }
+table.kv td { text-align: left; }
+.grid { display: grid; grid-template-columns: 1fr 1fr; gap: 0 2.5rem; }
+@media (max-width: 900px) { .grid { grid-template-columns: 1fr; } }
+"""
+
+
+def _figure_html(fig: ReportFigure) -> str:
+    esc = html.escape
+    parts = [f'<section id="section-{esc(fig.key)}"><h2>{esc(fig.title)}</h2>']
+    if fig.figure is None:
+        parts.append(f'<p class="missing">{esc(fig.note)}</p>')
+    else:
+        parts.append(f'<p class="note">{esc(fig.note)}</p>')
+        parts.append(
+            pio.to_html(
+                fig.figure,
+                full_html=False,
+                include_plotlyjs=False,
+                div_id=f"fig-{fig.key}",
+                config=PLOTLY_CONFIG,
+                default_height=f"{fig.figure.layout.height or 440}px",
+            )
+        )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render_html_report(report: Report) -> str:
+    """The whole page as one string: Plotly's JavaScript once, then tables and figures."""
+    esc = html.escape
+    data = report.data
+    by_key = {f.key: f for f in report.figures}
+    generated = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    where = f" from {esc(redact(report.storage_url))}" if report.storage_url else ""
+    status = data.status_sentence()
+    body = [
+        f"<h1>Batch size and learning rate: study {esc(data.study_name)}</h1>",
+        f'<p class="meta">Report generated {esc(generated)}{where}; {esc(data.state_summary())}'
+        f"; metric {esc(data.metric_name)} (maximised).</p>",
+    ]
+    if status:
+        body.append(f'<p class="status" id="status">{esc(status)}</p>')
+    tables = report.tables
+    body.append('<div class="grid">')
+    body.append(tables["setup"].to_html())
+    body.append(tables["best"].to_html())
+    body.append("</div>")
+    for key in ("accuracy",):
+        if key in by_key:
+            body.append(_figure_html(by_key[key]))
+    body.append(tables["rule-of-thumb"].to_html())
+    body.append(tables["batch-sizes"].to_html())
+    for key in ("learning-curves", "hardware", "learning-rate", "history", "importances"):
+        if key in by_key:
+            body.append(_figure_html(by_key[key]))
+        if key == "hardware" and "probe" in tables:
+            body.append(tables["probe"].to_html())
+    drawn = len(report.drawn)
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{esc(data.study_name)}: batch-size study report</title>",
+            f"<style>{_CSS}</style>",
+            f'<script type="text/javascript">{get_plotlyjs()}</script>',
+            "</head>",
+            f'<body data-figure-count="{drawn}">',
+            *body,
+            "</body>",
+            "</html>",
+            "",
+        ]
+    )
+
+
+def write_report(
+    study: optuna.Study, out: str | Path, *, storage_url: str | None = None
+) -> tuple[Path, Report]:
+    """Write the HTML report of ``study`` to ``out`` (folders created); return path and report.
+
+    Raises:
+        ReportError: ``out`` cannot be written.
+    """
+    report = build_report(study, storage_url=storage_url)
+    path = Path(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_html_report(report), encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(f"--out {path}: cannot write the report ({exc.strerror})") from None
+    return path, report
+
+
+def render_text_report(
+    report_or_study: Report | optuna.Study, storage_url: str | None = None
+) -> str:
+    """The report's tables as plain text for a terminal."""
+    report = (
+        report_or_study
+        if isinstance(report_or_study, Report)
+        else build_report(report_or_study, storage_url=storage_url, figures=False)
+    )
+    data = report.data
+    head = f"Batch-size study {data.study_name}: {data.state_summary()}"
+    if report.storage_url:
+        head += f" ({redact(report.storage_url)})"
+    parts = [head]
+    status = data.status_sentence()
+    if status:
+        parts.append(status)
+    order = ("setup", "best", "batch-sizes", "rule-of-thumb", "probe", "importances")
+    parts += [report.tables[k].to_text() for k in order if k in report.tables]
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,218 @@
+"""Studies in the core's record format, written with Optuna directly into real SQLite files.
+
+Used by the report and dashboard tests; no training happens, so they take milliseconds.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+BATCH_SIZES = [16, 32, 64, 128, 256]
+RULES = ["linear", "sqrt", "none"]
+EPOCHS = 4
+BASE_LR, BASE_BATCH = 0.05, 64
+TRAIN_SIZE = 4000
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+CONFIG = {
+    "task": "digits",
+    "model": "mlp",
+    "hidden": [128, 64],
+    "optimizer": "sgd",
+    "base_lr": BASE_LR,
+    "base_batch_size": BASE_BATCH,
+    "scaling": "search",
+    "epochs": EPOCHS,
+    "min_batch_size": 16,
+    "max_batch_size": None,
+    "max_accumulation": 1,
+    "sampler": "tpe",
+    "pruner": "median",
+    "seed": 0,
+    "trials": 20,
+}
+SPACE = {
+    "batch_sizes": BATCH_SIZES,
+    "memory_cap": 256,
+    "max_accumulation": 1,
+    "cap_source": "probe",
+    "scaling_rules": RULES,
+}
+TASK_INFO = {
+    "train_size": TRAIN_SIZE,
+    "val_size": 1000,
+    "test_size": 1000,
+    "num_classes": 10,
+    "input_shape": [64],
+}
+PROBE = {
+    "max_batch_size": 256,
+    "knee_batch_size": 128,
+    "fixed_bytes": 2_000_000,
+    "bytes_per_sample": 40_000,
+    "budget_bytes": 14_000_000,
+    "rows": [
+        {
+            "batch_size": b,
+            "predicted_bytes": 2_000_000 + 40_000 * b,
+            "measured_bytes": 2_100_000 + 39_000 * b,
+            "samples_per_s": 20_000 * b / (b + 64),
+        }
+        for b in BATCH_SIZES
+    ],
+}
+
+
+def scaled_lr(rule: str, batch: int) -> float:
+    """The learning rate the core's rules give (kept here so fixtures need no core module)."""
+    factor = {"linear": batch / BASE_BATCH, "sqrt": math.sqrt(batch / BASE_BATCH), "none": 1.0}
+    return BASE_LR * factor[rule]
+
+
+def _accuracy(batch: int, rule: str, epoch: int, wobble: float) -> float:
+    peak = (
+        0.93
+        - 0.05 * abs(math.log2(batch / 64)) / 2
+        + {"linear": 0.0, "sqrt": 0.01}.get(rule, -0.01)
+    )
+    return round(max(0.1, peak - 0.35 * 0.5 ** (epoch - 1) + wobble), 4)
+
+
+def _attrs(batch: int, rule: str, epochs: int, number: int, val: float) -> dict:
+    return {
+        "batch_size": batch,
+        "micro_batch_size": batch,
+        "accumulation_steps": 1,
+        "lr": scaled_lr(rule, batch),
+        "scaling_rule": rule,
+        "val_accuracy": val,
+        "train_accuracy": min(1.0, val + 0.03),
+        "epochs_completed": epochs,
+        "train_time_s": round(40.0 * epochs / EPOCHS * 64 / (batch + 32), 3),
+        "samples_per_s": round(20_000 * batch / (batch + 64), 1),
+        "peak_memory_bytes": 2_100_000 + 39_000 * batch,
+        "memory_source": "cpu_step_tensors",
+        "seed": number,
+    }
+
+
+def _trial(
+    number: int,
+    batch: int,
+    rule: str,
+    state: TrialState,
+    epochs: int,
+    *,
+    search_rule: bool,
+    diverged: bool = False,
+) -> optuna.trial.FrozenTrial:
+    wobble = ((number * 37) % 11 - 5) / 500
+    curve = {e: _accuracy(batch, rule, e, wobble) for e in range(1, epochs + 1)}
+    val = curve[epochs] if curve else 0.0
+    attrs = _attrs(batch, rule, epochs, number, val)
+    if state == TrialState.COMPLETE:
+        attrs["test_accuracy"] = round(val - 0.01, 4)
+    if diverged:
+        attrs["diverged"] = True
+    if state in (TrialState.FAIL, TrialState.RUNNING):
+        attrs = {"batch_size": batch, "scaling_rule": rule, "lr": scaled_lr(rule, batch)}
+    params: dict = {"batch_size": batch}
+    dists: dict = {"batch_size": CategoricalDistribution(BATCH_SIZES)}
+    if search_rule:
+        params["scaling_rule"] = rule
+        dists["scaling_rule"] = CategoricalDistribution(RULES)
+    return optuna.trial.create_trial(
+        state=state,
+        value=val if state == TrialState.COMPLETE else None,
+        params=params,
+        distributions=dists,
+        user_attrs=attrs,
+        intermediate_values=curve if state != TrialState.FAIL else {},
+    )
+
+
+def build_study(
+    path: Path,
+    *,
+    study_name: str = "batch-size",
+    kind: str = "full",
+    probe: bool = True,
+) -> optuna.Study:
+    """Write a study to the SQLite file ``path`` and return it (opened on that file).
+
+    Each kind is written once per test session and copied after that (creating the schema
+    and the trials costs about a second; copying the file, milliseconds).
+
+    Args:
+        path: SQLite file to create.
+        study_name: Name of the study.
+        kind: ``full`` (rule searched: complete, pruned, diverged, failed trials), ``fixed``
+            (rule fixed to sqrt: only batch_size varies), ``pruned`` (only pruned and failed
+            trials), ``running`` (complete trials and one still running), ``empty``.
+        probe: Store the probe's table in the study attributes.
+    """
+    key = (study_name, kind, probe)
+    if key not in _TEMPLATES:
+        folder = Path(tempfile.mkdtemp(prefix="report-studies-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _write_study(folder / "template.db", study_name=study_name, kind=kind, probe=probe)
+        _TEMPLATES[key] = folder / "template.db"
+    shutil.copyfile(_TEMPLATES[key], path)
+    return optuna.load_study(study_name=study_name, storage=f"sqlite:///{path}")
+
+
+_TEMPLATES: dict[tuple[str, str, bool], Path] = {}
+
+
+def _write_study(path: Path, *, study_name: str, kind: str, probe: bool) -> None:
+    study = optuna.create_study(
+        storage=f"sqlite:///{path}", study_name=study_name, direction="maximize"
+    )
+    with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["val_accuracy"])
+    search = kind in ("full", "pruned", "running", "empty")
+    config = dict(CONFIG, scaling="search" if search else "sqrt")
+    space = dict(SPACE, scaling_rules=RULES if search else ["sqrt"])
+    study.set_user_attr("config", config)
+    study.set_user_attr("space", space)
+    study.set_user_attr("task_info", TASK_INFO)
+    if probe:
+        study.set_user_attr("probe", PROBE)
+    plan: list[tuple[int, str, TrialState, int, bool]] = []
+    if kind in ("full", "running"):
+        for i, batch in enumerate(BATCH_SIZES * 3):
+            plan.append((batch, RULES[i % 3], TrialState.COMPLETE, EPOCHS, False))
+        plan += [
+            (16, "none", TrialState.PRUNED, 2, False),
+            (256, "linear", TrialState.PRUNED, 1, True),
+            (128, "sqrt", TrialState.FAIL, 0, False),
+        ]
+        if kind == "running":
+            plan.append((64, "sqrt", TrialState.RUNNING, 2, False))
+    elif kind == "fixed":
+        for batch in BATCH_SIZES * 2:
+            plan.append((batch, "sqrt", TrialState.COMPLETE, EPOCHS, False))
+        plan.append((256, "sqrt", TrialState.PRUNED, 2, False))
+    elif kind == "pruned":
+        plan += [
+            (32, "linear", TrialState.PRUNED, 2, False),
+            (256, "linear", TrialState.PRUNED, 1, True),
+            (64, "sqrt", TrialState.FAIL, 0, False),
+        ]
+    elif kind != "empty":
+        raise ValueError(f"kind {kind!r}: use full, fixed, pruned, running or empty")
+    for number, (batch, rule, state, epochs, diverged) in enumerate(plan):
+        study.add_trial(
+            _trial(number, batch, rule, state, epochs, search_rule=search, diverged=diverged)
+        )

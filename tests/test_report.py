@@ -1,0 +1,409 @@
+"""The study report: HTML, text, the dashboard note and artifacts, and the CLI's errors.
+
+Studies are real SQLite files written in the core's record format (tests/report_studies.py);
+the scripts run in real subprocesses where their exit code and output are the behaviour.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna_dashboard import get_note
+
+from study.dashboard import attach_report, save_dashboard_figures
+from study.note import write_study_note
+from study.report import (
+    build_report,
+    load_study_for_report,
+    render_html_report,
+    render_text_report,
+    write_report,
+)
+from study.report_data import collect_report_data, rule_of_thumb
+
+try:
+    from report_studies import TRAIN_SIZE, build_study
+except ImportError:  # tests/ imported as a package
+    from tests.report_studies import TRAIN_SIZE, build_study
+
+ROOT = Path(__file__).resolve().parent.parent
+ALL_FIGURES = ["accuracy", "learning-curves", "hardware", "learning-rate", "history", "importances"]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report_cli = _script("report.py")
+dashboard_cli = _script("dashboard.py")
+
+
+def run_report(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``python scripts/report.py ARGS`` in a real subprocess."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "report.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(scope="module")
+def full_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A study whose rule is searched: complete, pruned, diverged and failed trials."""
+    path = tmp_path_factory.mktemp("full") / "study.db"
+    build_study(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def full_html(full_db: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("out") / "report.html"
+    study = load_study_for_report(_url(full_db), "batch-size")
+    write_report(study, out, storage_url=_url(full_db))
+    return out.read_text(encoding="utf-8")
+
+
+def _figures(html: str) -> dict[str, dict]:
+    """Each embedded figure's JSON (data and layout) by its div id, in page order."""
+    decoder = json.JSONDecoder()
+    figures = {}
+    for match in re.finditer(r"Plotly\.newPlot\(", html):
+        values, pos = [], match.end()
+        for _ in range(3):  # div id, data, layout
+            pos = re.compile(r"[\s,]*").match(html, pos).end()
+            value, pos = decoder.raw_decode(html, pos)
+            values.append(value)
+        div_id, data, layout = values
+        figures[div_id.removeprefix("fig-")] = {"data": data, "layout": layout}
+    return figures
+
+
+def test_rule_of_thumb_ranges_follow_the_dataset_size() -> None:
+    assert rule_of_thumb(999) == (16, 32)
+    assert rule_of_thumb(1_000) == (32, 256)
+    assert rule_of_thumb(100_000) == (32, 256)
+    assert rule_of_thumb(100_001) == (256, 2048)
+    with pytest.raises(ValueError, match="negative"):
+        rule_of_thumb(-1)
+
+
+def test_report_data_reads_the_core_record_format(full_db: Path) -> None:
+    study = optuna.load_study(study_name="batch-size", storage=_url(full_db))
+    data = collect_report_data(study)
+    assert data.metric_name == "val_accuracy"
+    assert data.counts["COMPLETE"] == 15 and data.counts["PRUNED"] == 2
+    assert data.counts["FAIL"] == 1
+    best = max(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.value)
+    assert data.best is not None and data.best.number == best.number
+    assert data.best.batch_size == best.params["batch_size"]
+    assert data.rules == ["linear", "sqrt", "none"]
+    row = next(g for g in data.groups if (g.batch_size, g.scaling_rule) == (16, "none"))
+    assert (row.complete, row.pruned) == (1, 1)
+    diverged = [t for t in data.trials if t.diverged]
+    assert len(diverged) == 1 and diverged[0].state == "PRUNED"
+    assert data.folklore is not None and data.folklore.train_size == TRAIN_SIZE
+    assert (data.folklore.low, data.folklore.high) == (32, 256)
+    assert data.folklore.optimum == data.best.batch_size == 64
+    assert data.folklore.verdict == "inside"
+    assert set(data.importances or {}) == {"batch_size", "scaling_rule"}
+
+
+class _Scripts(HTMLParser):
+    """Collects each <script>'s attributes and the start of its text, and <link> tags."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[tuple[dict, str]] = []
+        self.links: list[dict] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "script":
+            self.scripts.append((dict(attrs), ""))
+            self._in_script = True
+        elif tag == "link":
+            self.links.append(dict(attrs))
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = self._in_script and tag != "script"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and len(self.scripts[-1][1]) < 200:
+            attrs, text = self.scripts[-1]
+            self.scripts[-1] = (attrs, text + data[:200])
+
+
+def test_html_report_is_self_contained_with_plotly_embedded_once(full_html: str) -> None:
+    parser = _Scripts()
+    parser.feed(full_html)
+    assert not [attrs for attrs, _ in parser.scripts if "src" in attrs], "no external scripts"
+    assert not [a for a in parser.links if a.get("rel") == "stylesheet"]
+    library = [text for _, text in parser.scripts if "plotly.js v" in text]
+    assert len(library) == 1, "plotly.js embedded exactly once"
+    assert 'data-figure-count="6"' in full_html
+    assert list(_figures(full_html)) == ALL_FIGURES
+
+
+def test_every_figure_has_titled_axes_with_units(full_html: str) -> None:
+    for key, figure in _figures(full_html).items():
+        layout = figure["layout"]
+        axes = [
+            name
+            for name in layout
+            if re.fullmatch(r"[xy]axis\d*", name) and "matches" not in layout[name]
+        ]  # an axis that matches another shares its (titled) scale
+        assert axes, key
+        for name in axes:
+            title = (layout[name].get("title") or {}).get("text", "")
+            assert title, f"{key}: {name} has no title"
+        titles = " ".join(layout[name]["title"]["text"] for name in axes)
+        assert "(" in titles, f"{key}: no unit in axis titles {titles!r}"
+    acc = _figures(full_html)["accuracy"]["layout"]
+    assert "log2" in acc["xaxis"]["title"]["text"]
+    assert acc["xaxis"]["ticktext"] == ["16", "32", "64", "128", "256"]
+
+
+def test_accuracy_figure_has_points_and_median_per_rule(full_html: str) -> None:
+    names = [trace["name"] for trace in _figures(full_html)["accuracy"]["data"]]
+    for rule in ("linear", "sqrt", "none"):
+        assert f"rule {rule}: trials" in names and f"rule {rule}: median" in names
+
+
+def test_learning_curves_fade_pruned_trials(full_html: str) -> None:
+    traces = _figures(full_html)["learning-curves"]["data"]
+    faded = [t for t in traces if t.get("opacity", 1) < 0.5]
+    assert len(faded) == 2  # two pruned (one diverged); the failed trial reported no epoch
+    assert all(t["line"]["dash"] == "dot" for t in faded)
+    assert all(t.get("opacity", 1) > 0.9 for t in traces if t not in faded)
+
+
+def test_hardware_figure_marks_the_probe_cap_and_knee(full_html: str) -> None:
+    layout = _figures(full_html)["hardware"]["layout"]
+    texts = [a.get("text", "") for a in layout.get("annotations", [])]
+    assert any(t.startswith("cap 256") for t in texts)
+    assert any(t.startswith("knee 128") for t in texts)
+
+
+def test_html_shows_best_trial_tables_and_folklore(full_html: str) -> None:
+    for text in (
+        "Best trial",
+        "Results per batch size and rule",
+        "Rule-of-thumb range",
+        "32-256",
+        "inside the range: the folklore held",
+        "Hardware probe",
+        "89.8%",
+    ):
+        assert text in full_html, text
+
+
+def test_text_format_prints_the_same_tables(full_db: Path, capsys: pytest.CaptureFixture) -> None:
+    assert report_cli.main(["--storage", _url(full_db), "--format", "text"]) == 0
+    out = capsys.readouterr().out
+    for text in (
+        "Best trial",
+        "Results per batch size and rule",
+        "Rule of thumb against the measurement",
+        "Hardware probe",
+        "Parameter importances",
+        "89.8%",
+        "folklore held",
+    ):
+        assert text in out, text
+    header = next(line for line in out.splitlines() if line.startswith("Batch  "))
+    assert header.split()[:6] == ["Batch", "Rule", "LR", "Complete", "Pruned", "Failed"]
+
+
+def test_fixed_rule_degrades_importances_with_a_sentence(tmp_path: Path) -> None:
+    study = build_study(tmp_path / "fixed.db", kind="fixed")
+    report = build_report(study)
+    assert [f.key for f in report.drawn] == ALL_FIGURES[:5]
+    assert "only batch_size varies" in render_html_report(report)
+    assert "only batch_size varies" in render_text_report(report)
+
+
+def test_only_pruned_and_failed_trials_say_so(tmp_path: Path) -> None:
+    study = build_study(tmp_path / "pruned.db", kind="pruned")
+    out = tmp_path / "r.html"
+    path, report = write_report(study, out)
+    html = path.read_text(encoding="utf-8")
+    assert "No trial completed" in html
+    assert "No complete trial yet, so there is no best trial." in html
+    assert [f.key for f in report.drawn] == ["learning-curves", "hardware", "learning-rate"]
+    assert "No complete trial yet" in render_text_report(study)
+
+
+def test_running_and_empty_studies_are_reported(tmp_path: Path) -> None:
+    running = build_study(tmp_path / "running.db", kind="running")
+    assert "still running (1 trial(s) in progress)" in render_text_report(running)
+    empty = build_study(tmp_path / "empty.db", kind="empty")
+    _, report = write_report(empty, tmp_path / "empty.html")
+    assert "no trials yet" in (tmp_path / "empty.html").read_text(encoding="utf-8")
+    assert "Running" in render_text_report(running).split("Results per batch size")[1]
+    assert report.data.best is None
+
+
+def test_defaults_write_storage_report_for_batch_size(tmp_path: Path) -> None:
+    (tmp_path / "storage").mkdir()
+    build_study(tmp_path / "storage" / "batch-size.db")
+    result = run_report(cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "storage" / "batch-size-report.html"
+    assert out.is_file() and f"wrote {Path('storage') / 'batch-size-report.html'}" in result.stdout
+    assert "6 figures" in result.stdout
+
+
+def test_missing_database_is_one_line_exit_2_and_creates_nothing(tmp_path: Path) -> None:
+    result = run_report("--storage", _url(tmp_path / "nope.db"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "no study database at" in result.stderr
+    assert "run scripts/run_study.py first" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_study_name_lists_the_names(full_db: Path, capsys: pytest.CaptureFixture) -> None:
+    assert report_cli.main(["--storage", _url(full_db), "--study-name", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "no study named 'nope'" in err and "studies there: batch-size" in err
+
+
+def test_password_in_storage_url_is_never_printed(capsys: pytest.CaptureFixture) -> None:
+    url = "postgresql://user:s3cret-pw@127.0.0.1:1/db"
+    assert report_cli.main(["--storage", url]) == 2
+    captured = capsys.readouterr()
+    assert "s3cret-pw" not in captured.err + captured.out
+    assert "user:***@127.0.0.1" in captured.err
+
+
+def test_a_study_of_another_kind_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    optuna.create_study(storage=_url(tmp_path / "x.db"), study_name="quadratic")  # minimises
+    assert report_cli.main(["--storage", _url(tmp_path / "x.db"), "--study-name", "quadratic"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was not made by run_study.py" in err
+
+
+def test_dashboard_refuses_a_missing_database_or_a_taken_port(
+    tmp_path: Path, full_db: Path, capsys: pytest.CaptureFixture
+) -> None:
+    missing = tmp_path / "nope.db"
+    assert dashboard_cli.main(["--storage", _url(missing), "--artifact-dir", str(tmp_path)]) == 2
+    assert "no study database at" in capsys.readouterr().err and not missing.exists()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        args = ["--storage", _url(full_db), "--artifact-dir", str(tmp_path), "--port", port]
+        assert dashboard_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_bad_flag_exits_2(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        report_cli.main(["--format", "pdf"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_study_note_summarises_setup_and_best(tmp_path: Path) -> None:
+    study = build_study(tmp_path / "note.db")
+    body = write_study_note(study)
+    assert get_note(study) == body
+    for text in (
+        "### Setup",
+        "### Best result",
+        "Trial 7",
+        "val_accuracy 89.8%",
+        "batch size **64**",
+    ):
+        assert text in body, text
+    assert "4 epochs per trial" in body and "linear, sqrt, none" in body
+    empty = build_study(tmp_path / "empty.db", kind="empty")
+    assert "No complete trial yet" in write_study_note(empty)
+
+
+def test_attach_report_uploads_html_and_figures(tmp_path: Path) -> None:
+    study = build_study(tmp_path / "art.db")
+    artifacts = tmp_path / "artifacts"
+    ids = attach_report(study, artifacts)
+    assert len(ids) == 1 + len(ALL_FIGURES)
+    metas = {m.artifact_id: m for m in optuna.artifacts.get_all_artifact_meta(study)}
+    assert metas[ids[0]].filename == "batch-size-report.html"
+    assert metas[ids[0]].mimetype == "text/html"
+    assert sorted(m.filename for m in metas.values())[0] == "batch-size-accuracy.json"
+    assert "Final accuracy against batch size" in (artifacts / ids[0]).read_text(encoding="utf-8")
+    figure = json.loads((artifacts / ids[1]).read_text(encoding="utf-8"))
+    assert figure["data"] and figure["layout"]["xaxis"]["title"]["text"]
+    storage = optuna.storages.RDBStorage(_url(tmp_path / "art.db"))
+    study_id = storage.get_study_id_from_name("batch-size")
+
+    def graph_chunks() -> list[str]:
+        attrs = storage.get_study_system_attrs(study_id)
+        return sorted(k for k, v in attrs.items() if k.startswith("dashboard:plot_data:") and v)
+
+    chunks = graph_chunks()
+    assert {k.split(":")[2] for k in chunks} == {"report-accuracy", "report-learning-rate"}
+    save_dashboard_figures(study)  # again: replaces, does not add
+    assert graph_chunks() == chunks
+
+
+def test_study_package_does_not_import_torch() -> None:
+    code = (
+        "import sys, study, study.report, study.dashboard, study.note; "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_report_reads_a_study_the_core_ran(tmp_path: Path) -> None:
+    url = _url(tmp_path / "run.db")
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "run_study.py"),
+            *("--trials", "3", "--epochs", "1", "--model", "mlp", "--max-batch-size", "32"),
+            *("--storage", url),
+        ],
+        cwd=tmp_path,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    study = load_study_for_report(url, "batch-size")
+    report = build_report(study)
+    assert report.data.metric_name == "val_accuracy"
+    assert report.data.best is not None and report.data.best.test_accuracy is not None
+    assert {"accuracy", "learning-curves", "hardware", "learning-rate", "history"} <= {
+        f.key for f in report.drawn
+    }
+    assert report.data.folklore is not None
+    assert "Results per batch size and rule" in render_text_report(report)
