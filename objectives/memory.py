@@ -8,7 +8,10 @@ saved-tensor hooks, each storage counted once), plus the step's inputs and outpu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import os
+import sys
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -110,6 +113,31 @@ def _cpu_allocation_peak(prof: torch.profiler.profile) -> int:
     return peak
 
 
+@contextlib.contextmanager
+def _quiet_profiler_log() -> Iterator[None]:
+    """Silence the native stderr while the profiler starts or stops.
+
+    Kineto writes a ``profiler_start`` / ``profiler_stop`` line to stderr on each start and
+    stop unless ``KINETO_LOG_LEVEL`` was set before torch loaded, which a library cannot
+    arrange. Only those two calls are silenced (file descriptor 2 for a few milliseconds),
+    and nothing is silenced when the user has set ``KINETO_LOG_LEVEL``.
+    """
+    if "KINETO_LOG_LEVEL" in os.environ:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 class PeakMemory:
     """The peak bytes the device's allocator held while the context was open, above entry.
 
@@ -154,7 +182,8 @@ class PeakMemory:
             self._profile = torch.profiler.profile(
                 activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
             )
-            self._profile.__enter__()
+            with _quiet_profiler_log():
+                self._profile.__enter__()
         return self
 
     def __exit__(self, exc_type: type | None, *exc: object) -> None:
@@ -167,6 +196,7 @@ class PeakMemory:
                 self.allocated_bytes = max(0, peak_allocated - self._start_allocated)
             return
         profile, self._profile = self._profile, None
-        profile.__exit__(exc_type, *exc)
+        with _quiet_profiler_log():
+            profile.__exit__(exc_type, *exc)
         if exc_type is None:
             self.bytes = self.allocated_bytes = _cpu_allocation_peak(profile)

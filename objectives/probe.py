@@ -1,16 +1,17 @@
 """The hardware probe: the largest batch whose training step fits in memory, and its speed.
 
-The probe builds its own model (``task.build_model()``) and optimizer, holds the task's data on
-the device as training does, and runs complete training steps: gather the batch, forward,
-backward, optimizer step, then one evaluation batch of the same size under ``no_grad``.
+The probe builds its own model (``task.build_model()``), holds the task's data on the device as
+training does, and runs the trials' own step (:func:`objectives.train.make_step`: optimizer,
+autocast, gradient scaler): gather the batch, forward, backward, optimizer step, then one
+evaluation batch of the same size under ``no_grad`` and the same autocast.
 
 1. **Memory model, measured.** Each probing step's peak memory is measured
    (:class:`objectives.memory.PeakMemory`): on CUDA the caching allocator's peak *reserved*
    bytes above what the process held before the probe; on CPU the parameters, gradients and
    optimizer state held at the step's start plus the CPU allocator's peak during the step,
    read from its own allocation events. A line ``fixed_bytes + bytes_per_sample * batch`` is
-   fitted: the slope is the secant through the two largest measured batches (where the cap is
-   decided), the intercept is then raised until no measured step lies above the line.
+   fitted through the largest measured step, where the cap is decided (see
+   :func:`fit_memory`).
 2. **Budget.** ``memory_budget`` bytes, or the device's free memory (CUDA
    ``torch.cuda.mem_get_info``, CPU ``MemAvailable`` in ``/proc/meminfo``) less
    ``memory_margin``.
@@ -33,28 +34,27 @@ Example:
     >>> result = probe_batch_size(load_task("digits"), memory_budget=parse_bytes("256MiB"))
     >>> result.max_batch_size
     1024
-    >>> sorted(result.to_dict())[:4]
-    ['budget_bytes', 'budget_source', 'bytes_per_sample', 'device']
+    >>> sorted(result.to_dict())[:3]
+    ['budget_bytes', 'budget_source', 'bytes_per_sample']
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
-import math
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import default_collate
 
-from objectives.data import Tensors
+from objectives.data import Tensors, place
 from objectives.memory import PeakMemory, state_bytes, tensor_bytes
 from objectives.tasks import Task
-from objectives.train import OPTIMIZERS, make_optimizer, place
+from objectives.train import OPTIMIZERS, Step, TrainSettings, make_step
 
 #: The knee is the smallest batch whose throughput is within this fraction of the best.
 KNEE_TOLERANCE = 0.1
@@ -246,41 +246,37 @@ class MemoryFit:
         return self.fixed_bytes + self.bytes_per_sample * batch_size
 
 
-def fit_memory(points: Sequence[tuple[int, int]], floor_bytes: int = 0) -> MemoryFit:
-    """Fit step memory to measured ``(batch_size, bytes)`` points.
+def fit_memory(points: Sequence[tuple[int, int]], held_bytes: int = 0) -> MemoryFit:
+    """Fit ``fixed + per_sample * batch`` to measured ``(batch_size, bytes)`` steps.
 
-    The slope is the secant through the two largest batch sizes (memory is flat at small
-    batches, where the optimizer's temporaries dominate, and linear once activations do, so
-    the local slope is the one that decides the cap); the intercept is the smallest that keeps
-    every measured point on or under the line. With one point, ``floor_bytes`` (what was held
-    before the step began) is the intercept.
+    The line goes through the largest measured batch (the one nearest the cap). Its slope is
+    the larger of two estimates: the secant through the two largest batches, and the largest
+    step's peak above ``held_bytes`` (parameters, gradients, optimizer state and data, which
+    stay between steps) divided by its batch, which counts the optimizer step's temporaries
+    as if they grew with the batch. Memory is flat at small batches, where the optimizer
+    step's temporaries set the peak, and linear once activations dominate; the first estimate
+    is exact on the linear part, the second keeps early extrapolation from the flat part
+    cautious. Below the largest batch the line may sit under a measured step: those batches
+    are measured, not predicted.
 
     Example:
-        >>> fit_memory([(1, 1100), (8, 1800), (64, 7400)])
+        >>> fit_memory([(1, 1100), (8, 1800), (64, 7400)], held_bytes=1000)
         MemoryFit(fixed_bytes=1000, bytes_per_sample=100)
 
     Args:
         points: Measured steps; at least one.
-        floor_bytes: Bytes held before the step (used only with a single point).
+        held_bytes: Batch-independent bytes held after the largest batch's step.
     """
     if not points:
         raise ValueError("fit_memory needs at least one measured step")
     by_size = sorted(dict(points).items())
-    if len(by_size) == 1:
-        (b, m), fixed = by_size[0], min(floor_bytes, by_size[0][1])
-        slope = (m - fixed) / b
-    else:
+    top_batch, top_bytes = by_size[-1]
+    slope = (top_bytes - held_bytes) / top_batch
+    if len(by_size) > 1:
         (b1, m1), (b2, m2) = by_size[-2:]
-        slope = (m2 - m1) / (b2 - b1)
-        if slope <= 0:  # flat so far: fall back to least squares over all points
-            n = len(by_size)
-            mean_b = sum(b for b, _ in by_size) / n
-            mean_m = sum(m for _, m in by_size) / n
-            var = sum((b - mean_b) ** 2 for b, _ in by_size)
-            slope = sum((b - mean_b) * (m - mean_m) for b, m in by_size) / var
-    per_sample = max(1, math.ceil(slope))
-    fixed = max(0, max(m - per_sample * b for b, m in by_size))
-    return MemoryFit(fixed, per_sample)
+        slope = max(slope, (m2 - m1) / (b2 - b1))
+    per_sample = max(1, round(slope))
+    return MemoryFit(max(0, top_bytes - per_sample * top_batch), per_sample)
 
 
 @dataclass
@@ -301,8 +297,8 @@ class ProbeResult:
         max_batch_size: The cap: the largest batch whose measured step fitted the budget.
         knee_batch_size: Smallest batch within 10% of the best samples/s (``None`` when
             throughput was not measured).
-        fixed_bytes: The fit's batch-independent bytes (parameters, gradients, optimizer state
-            and its step temporaries, data the device holds).
+        fixed_bytes: The fit's intercept: parameters, optimizer state, data the device
+            holds, and what of the gradients is alive at the step's peak.
         bytes_per_sample: The fit's bytes per sample of batch.
         budget_bytes: The memory budget a step had to fit.
         rows: One :class:`ProbeRow` per batch of the ladder up to the cap.
@@ -321,6 +317,8 @@ class ProbeResult:
     task: str = ""
     device: str = "cpu"
     optimizer: str = "adam"
+    precision: str = "fp32"
+    compiled: bool = False
     budget_source: str = ""
     memory_source: str = ""
     min_batch_size: int = 1
@@ -351,13 +349,15 @@ class ProbeResult:
         """The probe's findings as a plain-text table with units and budgets stated."""
         lines = [
             f"Batch-size probe: task {self.task or '?'}, device {self.device}, "
-            f"optimizer {self.optimizer}",
+            f"optimizer {self.optimizer}, precision {self.precision}"
+            + (", torch.compile" if self.compiled else ""),
             f"Memory budget: {format_bytes(self.budget_bytes)} ({self.budget_source})",
             f"Memory model: {format_bytes(self.fixed_bytes)} fixed + "
             f"{format_bytes(self.bytes_per_sample)} per sample "
             f"(measured: {self.memory_source})",
-            f"Search: {self.steps_run} training steps, each with one evaluation batch; "
-            f"batches {self.min_batch_size}..{self.search_limit}; {self.seconds:.1f} s in all",
+            f"Search: {self.steps_run} training steps (each with one evaluation batch) over "
+            f"batches {self.min_batch_size}..{self.search_limit}; throughput table: "
+            f"{self.throughput_steps} steps; {self.seconds:.1f} s in all",
             "",
             f"{'batch':>7}  {'predicted':>11}  {'measured':>11}  {'samples/s':>11}",
         ]
@@ -387,52 +387,65 @@ class ProbeResult:
             "best samples/s)"
             if self.knee_batch_size is not None
             else "Knee: - (throughput not measured)",
-            f"samples/s: training steps only, timed over >= {self.timed_steps} steps and >= "
-            f"{MIN_TIMED_SECONDS * 1000:.0f} ms per batch size after 1 warm-up step; "
-            "measured = that warm-up step with its evaluation batch",
+            "predicted: the memory model, fitted through the largest measured step; at small "
+            "batches the optimizer step's temporaries can set the peak (measured > predicted)",
         ]
+        if self.throughput_steps:
+            lines += [
+                "measured: one training step with its evaluation batch (the warm-up step)",
+                f"samples/s: training steps only, timed over >= {self.timed_steps} steps and "
+                f">= {MIN_TIMED_SECONDS * 1000:.0f} ms per batch size after the warm-up step",
+            ]
+        else:
+            lines.append("measured: the search's steps, each with its evaluation batch")
         return "\n".join(lines)
 
 
 class _StepRig:
     """The probe's own model, optimizer and device-held data; runs and measures steps."""
 
-    def __init__(self, task: Task, optimizer: str, device: torch.device, seed: int) -> None:
+    def __init__(self, task: Task, settings: TrainSettings) -> None:
         self.task = task
-        self.optimizer_name = optimizer
-        self.device = device
+        self.settings = settings
+        device = self.device = torch.device(settings.device)
         self.on_cuda = device.type == "cuda"
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(settings.seed)
         self.steps = 0
-        self.base_reserved = 0
+        self.base_reserved = self.base_allocated = 0
         if self.on_cuda:
             gc.collect()
             torch.cuda.empty_cache()
             self.base_reserved = torch.cuda.memory_reserved(device)
+            self.base_allocated = torch.cuda.memory_allocated(device)
         # Held as training holds them (on CUDA this is part of what the allocator measures).
         splits = [place(d, device) for d in (task.train, task.val, task.test)]
         self.train = splits[0]
         self.held_splits = splits
         self.copy_bytes = 0 if self.on_cuda else _copied_bytes(task, splits)
         self.model: torch.nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.step: Step | None = None
         self._build()
 
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.step.optimizer
+
     def _build(self) -> None:
+        """A fresh model, and the trial's step over it (optimizer, scaler, autocast)."""
         self.model = self.task.build_model().to(self.device)
         self.model.train()
-        self.optimizer = make_optimizer(self.optimizer_name, self.model.parameters(), lr=1e-3)
+        self.step = make_step(self.model, self.settings)
 
     def rebuild(self) -> None:
         """Drop the model and optimizer (after an out-of-memory error) and build fresh ones."""
-        self.model = self.optimizer = None
+        self.model = self.step = None
         gc.collect()
         if self.on_cuda:
             torch.cuda.empty_cache()
         self._build()
 
     def close(self) -> None:
-        self.model = self.optimizer = self.train = self.held_splits = None
+        self.model = self.step = self.train = self.held_splits = None
         gc.collect()
         if self.on_cuda:
             torch.cuda.empty_cache()
@@ -446,14 +459,18 @@ class _StepRig:
         return x.to(self.device), torch.as_tensor(y, dtype=torch.long).to(self.device)
 
     def train_step(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One training step as the trainer runs it; returns the batch."""
+        """One training step as a trial runs it (:func:`objectives.train.make_step`)."""
         x, y = self._batch(batch_size)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(x), y, reduction="sum")
-        (loss / batch_size).backward()
-        self.optimizer.step()
+        self.step(x, y)
         self.steps += 1
         return x, y
+
+    def eval_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One evaluation batch as :func:`objectives.train.evaluate` runs it."""
+        self.model.eval()
+        with torch.no_grad(), self.step.autocast():
+            (self.step.model(x).argmax(dim=1) == y).sum()
+        self.model.train()
 
     def _level(self) -> int:
         """Bytes the probe holds on the device right now (the start of a measured step)."""
@@ -462,10 +479,18 @@ class _StepRig:
             return torch.cuda.memory_reserved(self.device) - self.base_reserved
         return state_bytes(self.model, self.optimizer) + self.copy_bytes
 
-    def measure(self, batch_size: int) -> tuple[int | None, int]:
-        """Peak bytes of one training step plus one evaluation batch, and the level before it.
+    def _held(self) -> int:
+        """Batch-independent bytes held between steps: parameters, gradients, optimizer
+        state and the data (live tensors, not the allocator's cache)."""
+        if self.on_cuda:
+            return torch.cuda.memory_allocated(self.device) - self.base_allocated
+        return state_bytes(self.model, self.optimizer) + self.copy_bytes
 
-        The first is ``None`` when the step ran out of memory (the rig is then rebuilt).
+    def measure(self, batch_size: int) -> tuple[int | None, int]:
+        """Peak bytes of one training step plus one evaluation batch, and the bytes held after.
+
+        The first is ``None`` when the step ran out of memory (the rig is then rebuilt); the
+        second is what stays between steps (see :meth:`_held`), 0 after running out of memory.
         """
         self.optimizer.zero_grad(set_to_none=True)  # freed outside the measured window
         level = self._level()
@@ -473,10 +498,7 @@ class _StepRig:
         try:
             with PeakMemory(self.device) as peak:
                 x, y = self.train_step(batch_size)
-                self.model.eval()
-                with torch.no_grad():
-                    (self.model(x).argmax(dim=1) == y).sum()
-                self.model.train()
+                self.eval_batch(x, y)
                 del x, y
         except Exception as exc:  # only out-of-memory errors are expected here
             if not is_out_of_memory(exc):
@@ -484,15 +506,17 @@ class _StepRig:
             out_of_memory = True  # leaving the block drops the error and what it references
         if out_of_memory:
             self.rebuild()
-            return None, level
-        return level + peak.bytes, level
+            return None, 0
+        return level + peak.bytes, self._held()
 
-    def samples_per_s(self, batch_size: int, min_steps: int) -> float | None:
+    def samples_per_s(
+        self, batch_size: int, min_steps: int, min_seconds: float = MIN_TIMED_SECONDS
+    ) -> float | None:
         """Training samples per second (``None`` if out of memory).
 
-        Runs at least ``min_steps`` steps and keeps going until :data:`MIN_TIMED_SECONDS`
-        have passed (at most :data:`MAX_TIMED_STEPS`), so that sub-millisecond steps are not
-        timed from a handful of samples; on CUDA the clock stops after a synchronise.
+        Runs at least ``min_steps`` steps and keeps going until ``min_seconds`` have passed
+        (at most :data:`MAX_TIMED_STEPS` steps), so that sub-millisecond steps are not timed
+        from a handful of samples; on CUDA the clock stops after a synchronise.
         """
         out_of_memory = False
         try:
@@ -501,7 +525,7 @@ class _StepRig:
             started = time.perf_counter()
             steps = 0
             while steps < min_steps or (
-                steps < MAX_TIMED_STEPS and time.perf_counter() - started < MIN_TIMED_SECONDS
+                steps < MAX_TIMED_STEPS and time.perf_counter() - started < min_seconds
             ):
                 self.train_step(batch_size)
                 steps += 1
@@ -554,6 +578,39 @@ def _check_device(device: str | torch.device) -> torch.device:
     return torch.device("cuda", index)
 
 
+def _settings(
+    optimizer: str, device: torch.device, precision: str, compile: bool, seed: int
+) -> TrainSettings:
+    """The trial settings a probing step runs with (batch sizes are given per step)."""
+    return TrainSettings(
+        epochs=1,
+        batch_size=1,
+        micro_batch_size=1,
+        lr=1e-3,
+        optimizer=optimizer,
+        seed=seed,
+        device=str(device),
+        precision=precision,
+        compile=compile,
+    )
+
+
+@contextlib.contextmanager
+def _no_trace(device: torch.device, seed: int) -> Iterator[None]:
+    """Seed the probe's own randomness; restore the caller's generators, grad mode and
+    ``cudnn.benchmark`` (which :func:`objectives.train.make_step` turns on for CUDA)."""
+    benchmark = torch.backends.cudnn.benchmark
+    rng_devices = [device.index] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
+            torch.random.default_generator.manual_seed(seed)
+            if device.type == "cuda":
+                torch.cuda.manual_seed(seed)
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+
+
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -569,6 +626,8 @@ def probe_batch_size(
     memory_margin: float = 0.1,
     min_batch_size: int = 1,
     max_batch_size: int | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
     timed_steps: int = 3,
     measure_throughput: bool = True,
     seed: int = 0,
@@ -594,6 +653,10 @@ def probe_batch_size(
             raised.
         max_batch_size: Upper end of the search (rounded down to a power of two); the search
             also stops at the largest power of two not above the training set's size.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA): the trials' autocast, which changes
+            what a step holds.
+        compile: Probe through ``torch.compile`` as the trials will (each new batch shape
+            may compile first; slow, but the memory is the compiled graph's).
         timed_steps: The fewest timed training steps per batch size for the throughput table
             (more are run while a batch size has been timed for under 50 ms).
         measure_throughput: Whether to build the throughput table (and the knee).
@@ -604,7 +667,8 @@ def probe_batch_size(
 
     Raises:
         ProbeError: even ``min_batch_size`` does not fit the budget.
-        ValueError: an argument is out of range (the message says which and why).
+        ValueError: an argument is out of range (the message says which and why); a
+            ``study.config.ConfigError`` for a precision the device cannot run.
     """
     if not isinstance(task, Task):
         raise ValueError(f"task must be an objectives.tasks.Task, got {type(task).__name__}")
@@ -635,12 +699,9 @@ def probe_batch_size(
         free, where = available_memory(dev)
         budget = int(free * (1 - memory_margin))
         budget_source = f"{where} {format_bytes(free)} less {memory_margin:.0%}"
-    rng_devices = [dev.index] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
-        torch.random.default_generator.manual_seed(seed)
-        if dev.type == "cuda":
-            torch.cuda.manual_seed(seed)
-        rig = _StepRig(task, optimizer, dev, seed)
+    settings = _settings(optimizer, dev, precision, compile, seed)
+    with _no_trace(dev, seed):
+        rig = _StepRig(task, settings)
         try:
             result = _search(rig, ladder, budget, timed_steps, measure_throughput)
         finally:
@@ -648,6 +709,8 @@ def probe_batch_size(
     result.task = task.name
     result.device = str(dev)
     result.optimizer = optimizer
+    result.precision = precision
+    result.compiled = compile
     result.budget_source = budget_source
     result.memory_source = (
         "CUDA caching allocator peak reserved bytes (torch.cuda.max_memory_reserved)"
@@ -666,17 +729,17 @@ def _search(
 ) -> ProbeResult:
     """The cap search and the throughput table (see the module docstring)."""
     measured: dict[int, int | None] = {}  # batch -> peak bytes, None = out of memory
-    first_level = 0
+    held: dict[int, int] = {}  # batch -> batch-independent bytes held after its step
 
     def fits(b: int) -> bool:
         return measured.get(b) is not None and measured[b] <= budget
 
     def current_fit() -> MemoryFit:
         points = [(b, m) for b, m in measured.items() if m is not None]
-        return fit_memory(points, floor_bytes=first_level)
+        return fit_memory(points, held_bytes=held[max(points)[0]])
 
     smallest = ladder[0]
-    measured[smallest], first_level = rig.measure(smallest)
+    measured[smallest], held[smallest] = rig.measure(smallest)
     if not fits(smallest):
         needed = measured[smallest]
         what = (
@@ -709,7 +772,7 @@ def _search(
         if not candidates:
             break
         b = max(candidates)
-        measured[b], _ = rig.measure(b)
+        measured[b], held[b] = rig.measure(b)
     steps_run = rig.steps
     cap = lo
 
@@ -732,13 +795,14 @@ def _search(
         row = ProbeRow(b, fit.predict(b), measured.get(b), None)
         if measure_throughput:
             row.measured_bytes, _ = rig.measure(b)  # also the warm-up step
-            if row.measured_bytes is None or row.measured_bytes > budget:
-                # Smaller than the cap yet over budget: the step's memory is not monotone in
-                # the batch; keep the table honest and lower the cap to what fitted so far.
+            if row.measured_bytes is not None and row.measured_bytes <= budget:
+                row.samples_per_s = rig.samples_per_s(b, timed_steps)
+            if row.samples_per_s is None:
+                # Not above the cap, yet it did not fit this time (memory not monotone in the
+                # batch, or the allocator's cache in steady state): lower the cap to what ran.
                 cap = rows[-1].batch_size if rows else cap
-                reason = f"{b} did not fit when measured again for the throughput table"
+                reason = f"{b} did not fit when run again for the throughput table"
                 break
-            row.samples_per_s = rig.samples_per_s(b, timed_steps)
         rows.append(row)
     rejected = [
         {"batch_size": b, "predicted_bytes": fit.predict(b), "measured_bytes": m}
@@ -815,9 +879,8 @@ def doubling_search(
     started = time.perf_counter()
     tries: list[tuple[int, int | None]] = []
     last_ok = 0
-    with torch.random.fork_rng(devices=[dev.index] if dev.type == "cuda" else []):
-        torch.random.default_generator.manual_seed(seed)
-        rig = _StepRig(task, optimizer, dev, seed)
+    with _no_trace(dev, seed):
+        rig = _StepRig(task, _settings(optimizer, dev, "fp32", False, seed))
         try:
             size = start
             while size <= upper:
@@ -825,8 +888,9 @@ def doubling_search(
                 tries.append((size, peak))
                 if peak is None or peak > memory_budget:
                     break
-                for _ in range(steps_per_trial - 1):
-                    rig.train_step(size)
+                if steps_per_trial > 1 and rig.samples_per_s(size, steps_per_trial - 1, 0) is None:
+                    tries[-1] = (size, None)  # ran out of memory in the try's later steps
+                    break
                 last_ok = size
                 size *= 2
         finally:

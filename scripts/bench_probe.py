@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Benchmark: the probe's search against doubling until out of memory, side by side.
+
+For each scenario (same task, model, optimizer, device and memory budget) it runs, in one
+process and one after the other:
+
+- ``probe (search)``: :func:`objectives.probe.probe_batch_size` without the throughput table,
+- ``probe (+ throughput)``: the same with its throughput table (what a study runs),
+- ``doubling x3``: PyTorch Lightning's ``mode="power"`` search (start at 2, double after each
+  try of 3 training steps, stop at the first failure), see
+  :func:`objectives.probe.doubling_search`.
+
+On CPU "out of memory" is emulated as the measured step exceeding the budget (provoking a
+real out-of-RAM is not safe); on CUDA a real out-of-memory error also counts. Both methods
+measure a step the same way, so the columns compare search strategies. Steps are training
+steps (forward, backward, optimizer step); a "+n" is the throughput table's timed steps.
+
+Example:
+    python scripts/bench_probe.py
+    python scripts/bench_probe.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+#: Timed runs per method and scenario; the best is shown.
+REPEATS = 2
+#: (label, load_task keyword arguments, memory budget or None for free memory less 10%)
+SCENARIOS = [
+    ("digits mlp 128,64", dict(name="digits"), None),
+    (
+        "synthetic 256->2048->4",
+        dict(name="synthetic", hidden=(2048,), synthetic_features=256),
+        "40MiB",
+    ),
+    (
+        "same, tight budget",
+        dict(name="synthetic", hidden=(2048,), synthetic_features=256),
+        "24MiB",
+    ),
+    (
+        "synthetic 64k, 128->1024->4",
+        dict(name="synthetic", hidden=(1024,), synthetic_features=128, synthetic_samples=65536),
+        "256MiB",
+    ),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--optimizer", default="adam", choices=("sgd", "adam", "adamw"))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from objectives.memory import PeakMemory
+    from objectives.probe import (
+        available_memory,
+        doubling_search,
+        format_bytes,
+        probe_batch_size,
+    )
+    from objectives.tasks import load_task
+
+    with PeakMemory(args.device):  # start the profiler once, so no method pays its set-up
+        torch.ones(4, device=args.device).sum()
+    # One untimed run warms up the libraries (thread pools, kernels) for both methods.
+    doubling_search(load_task("digits"), device=args.device, memory_budget=2**30)
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"Probe vs doubling until out of memory: device {args.device}, optimizer "
+        f"{args.optimizer}, torch {torch.__version__}, {os.cpu_count()} CPUs "
+        f"({torch.get_num_threads()} torch threads), {platform.machine()}, "
+        f"load average {load:.1f} at start"
+    )
+    print(
+        "Steps: training steps (each probe/doubling measurement adds one evaluation batch); "
+        "'+n' = throughput-table steps. Seconds: wall clock of the whole call, the best of "
+        f"{REPEATS} alternating runs (the throughput-table row: one run).\n"
+    )
+    header = f"{'scenario':<28} {'budget':>10}  {'method':<22} {'cap':>6} {'steps':>9} {'s':>7}"
+    print(header)
+    print("-" * len(header))
+    for label, task_kwargs, budget_text in SCENARIOS:
+        task_kwargs = dict(task_kwargs)
+        task = load_task(task_kwargs.pop("name"), **task_kwargs)
+        if budget_text is None:
+            free, _ = available_memory(args.device)
+            budget = int(free * 0.9)
+        else:
+            from objectives.probe import parse_bytes
+
+            budget = parse_bytes(budget_text)
+
+        search_s = doubling_s = float("inf")
+        for _ in range(REPEATS):  # alternate, so that load changes hit both alike
+            started = time.perf_counter()
+            search = probe_batch_size(
+                task,
+                optimizer=args.optimizer,
+                device=args.device,
+                memory_budget=budget,
+                measure_throughput=False,
+            )
+            search_s = min(search_s, time.perf_counter() - started)
+            doubling = doubling_search(
+                task, optimizer=args.optimizer, device=args.device, memory_budget=budget
+            )
+            doubling_s = min(doubling_s, doubling.seconds)
+        started = time.perf_counter()
+        full = probe_batch_size(
+            task, optimizer=args.optimizer, device=args.device, memory_budget=budget
+        )
+        full_s = time.perf_counter() - started
+        rows = [
+            ("probe (search)", search.max_batch_size, f"{search.steps_run}", search_s),
+            (
+                "probe (+ throughput)",
+                full.max_batch_size,
+                f"{full.steps_run}+{full.throughput_steps}",
+                full_s,
+            ),
+            (
+                "doubling x3",
+                doubling.max_batch_size,
+                f"{doubling.steps_run}",
+                doubling_s,
+            ),
+        ]
+        for i, (method, cap, steps, seconds) in enumerate(rows):
+            first = i == 0
+            print(
+                f"{label if first else '':<28} "
+                f"{format_bytes(budget) if first else '':>10}  "
+                f"{method:<22} {cap:>6} {steps:>9} {seconds:>7.2f}"
+            )
+        print(
+            f"{'':<28} {'':>10}  doubling / probe (search): "
+            f"{doubling.steps_run / max(search.steps_run, 1):.1f}x steps, "
+            f"{doubling_s / max(search_s, 1e-9):.1f}x time; "
+            f"caps {'agree' if doubling.max_batch_size == search.max_batch_size else 'differ'}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
