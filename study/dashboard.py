@@ -33,12 +33,13 @@ from optuna_dashboard import save_plotly_graph_object, wsgi
 from study.report import Report, build_report, file_stem, render_html_report
 
 DEFAULT_ARTIFACT_DIR = "storage/artifacts"
-#: Figures drawn on the dashboard's study page (kept small: they live in the study's attributes).
-DASHBOARD_FIGURES = ("accuracy", "learning-rate")
+#: Figures drawn on the dashboard's study page (kept small: they live in the study's attributes);
+#: the LR multiplier figure only exists when the study searched the multiplier.
+DASHBOARD_FIGURES = ("accuracy", "learning-rate", "lr-multiplier")
 
 
 def save_dashboard_figures(study: optuna.Study, report: Report | None = None) -> list[str]:
-    """Save the accuracy and learning-rate figures on the study's dashboard page.
+    """Save the accuracy, learning-rate (and LR multiplier) figures on the study's dashboard page.
 
     The figures are stored in the study's system attributes under fixed ids, so calling this
     again (after more trials) replaces them rather than adding copies.

@@ -1,8 +1,10 @@
 """The study's note in optuna-dashboard: the setup and the best result, in Markdown.
 
 The note is what a person sees first on the study's dashboard page: which task, model and
-optimizer, which batch sizes and scaling rules were tried at which epoch budget, the best
-trial, and the rule of thumb beside the measured optimum. It is rebuilt from the study's
+optimizer, which batch sizes and scaling rules were tried at which budget (epochs or optimizer
+steps), the best trial (the Pareto front of a two-objective study), the rule of thumb beside
+the measured optimum, the gradient noise scale when it was measured, and advice such as
+warm-up where linear scaling diverged. It is rebuilt from the study's
 attributes, so calling :func:`write_study_note` again after more trials replaces it (the
 dashboard keeps the latest version).
 
@@ -15,10 +17,12 @@ Example:
 
 from __future__ import annotations
 
+import re
+
 import optuna
 from optuna_dashboard import save_note
 
-from study.report import report_tables
+from study.report import advice, report_tables
 from study.report_data import ReportData, TrialRecord, collect_report_data
 from study.units import format_bytes
 
@@ -45,8 +49,12 @@ def _best_sentence(data: ReportData, t: TrialRecord) -> str:
         f"(test {_pct(t.test_accuracy)}) at batch size {batch}",
         f"rule {t.scaling_rule}, lr {t.lr:.3g}" if t.lr is not None else f"rule {t.scaling_rule}",
     ]
+    if t.lr_multiplier is not None:
+        parts.append(f"lr multiplier {t.lr_multiplier:.3g}")
     if t.epochs_completed is not None:
         parts.append(f"{t.epochs_completed} epochs")
+    if t.optimizer_steps is not None:
+        parts.append(f"{t.optimizer_steps:,} optimizer steps")
     if t.train_time_s is not None:
         parts.append(f"{t.train_time_s:.1f} s")
     if t.samples_per_s is not None:
@@ -54,6 +62,28 @@ def _best_sentence(data: ReportData, t: TrialRecord) -> str:
     if t.peak_memory_bytes is not None:
         parts.append(f"peak memory {format_bytes(t.peak_memory_bytes)}")
     return ", ".join(parts) + "."
+
+
+def _front_lines(data: ReportData) -> list[str]:
+    """The Pareto front of a two-objective study as a Markdown table, fastest first."""
+    if not data.front:
+        return ["No complete trial yet, so there is no Pareto front."]
+    lines = [
+        f"No single best trial: the study maximised {data.metric_names[0]} and minimised "
+        f"{data.metric_names[1]}. These {len(data.front)} trial(s) are the Pareto front (no "
+        "other trial is both more accurate and faster), fastest first:",
+        "",
+        "| trial | batch | rule | lr | val accuracy | test accuracy | time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in data.front:
+        lr = f"{t.lr:.3g}" if t.lr is not None else "-"
+        time = f"{t.train_time_s:.1f} s" if t.train_time_s is not None else "-"
+        lines.append(
+            f"| {t.number} | {t.batch_size} | {_cell(t.scaling_rule)} | {lr} | "
+            f"{_pct(t.val_accuracy)} | {_pct(t.test_accuracy)} | {time} |"
+        )
+    return lines
 
 
 def study_note(study: optuna.Study, data: ReportData | None = None) -> str:
@@ -75,18 +105,26 @@ def study_note(study: optuna.Study, data: ReportData | None = None) -> str:
         "|---|---|",
         *(f"| {_cell(k)} | {_cell(v)} |" for k, v in _setup_rows(data)),
         "",
-        "### Best result",
+        "### Pareto front" if data.multi_objective else "### Best result",
         "",
     ]
-    if data.best is None:
+    if data.multi_objective:
+        lines += _front_lines(data)
+    elif data.best is None:
         lines.append("No complete trial yet, so there is no best result.")
     else:
         lines.append(_best_sentence(data, data.best))
     status = data.status_sentence()
-    if status and data.best is not None:
+    if status and (data.best is not None or data.front):
         lines += ["", f"*{status}*"]
     if data.folklore is not None:
         lines += ["", data.folklore.sentence()]
+    if data.noise_scale is not None:
+        optimum = data.folklore.optimum if data.folklore else None
+        lines += ["", data.noise_scale.sentence(optimum)]
+    for sentence in advice(data):
+        flags = re.sub(r"(?<![\w-])(--[a-z][a-z-]*[a-z])", r"`\1`", sentence)
+        lines += ["", f"**Advice:** {flags}"]
     lines += [
         "",
         "The full report (figures and tables) is attached to the study as an HTML artifact "

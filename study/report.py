@@ -4,7 +4,10 @@ The page answers "which batch size, and which learning rate with it": final accu
 batch size per scaling rule, learning curves, time / throughput / memory with the probe's cap
 and knee, the learning rate each rule gave, the best trial, per-batch-size results, the rule
 of thumb beside the measured optimum, and Optuna's optimisation history and parameter
-importances. Plotly's JavaScript is embedded once, so the file opens offline. The report
+importances. A two-objective study (accuracy and time) gets its Pareto front instead of a best
+trial; the gradient noise scale, a searched learning-rate multiplier, a step budget and a
+warm-up suggestion appear when the study records them. Plotly's JavaScript is embedded once,
+so the file opens offline. The report
 reads the study and never writes to it; a study still running or with no complete trial gives
 a report that says so.
 
@@ -35,6 +38,7 @@ from study.report_data import (
     TrialRecord,
     collect_report_data,
     rule_of_thumb,
+    study_shape_problem,
 )
 from study.report_figures import ReportFigure, build_figures
 from study.storage import StorageError, open_storage, redact
@@ -42,6 +46,7 @@ from study.units import format_bytes
 
 __all__ = [
     "Report",
+    "advice",
     "ReportError",
     "Table",
     "build_report",
@@ -212,19 +217,15 @@ def load_study_for_report(url: str, study_name: str) -> optuna.Study:
             "(pass --study-name NAME)"
         )
     study = optuna.load_study(study_name=study_name, storage=storage)
-    if study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
+    problem = study_shape_problem(study)
+    if problem is not None:
         raise ReportError(
             f"study {study_name!r} in {redact(url)} was not made by run_study.py (it "
-            f"{_directions(study)}, a batch-size study maximises val_accuracy); pass the "
-            "--study-name of a batch-size study"
+            f"{problem}; a batch-size study maximises val_accuracy, and with --objectives "
+            "accuracy,time also minimises train_time_s); pass the --study-name of a "
+            "batch-size study"
         )
     return study
-
-
-def _directions(study: optuna.Study) -> str:
-    if len(study.directions) > 1:
-        return f"has {len(study.directions)} objectives"
-    return "minimises its objective"
 
 
 def file_stem(study_name: str) -> str:
@@ -294,12 +295,31 @@ def _setup_table(data: ReportData) -> Table:
                 f"{c.get('base_batch_size')}, scaling {c.get('scaling')}",
             ]
         )
-    if c.get("epochs") is not None:
+    if data.warmup_epochs:
+        rows.append(["Warm-up", f"{data.warmup_epochs} epoch(s) of learning-rate warm-up"])
+    if data.lr_search_width > 1:
+        width = data.lr_search_width
+        rows.append(
+            [
+                "LR multiplier",
+                f"searched log-uniformly in {1 / width:.3g}-{width:g} x the rule's learning rate",
+            ]
+        )
+    budget = data.budget_phrase()
+    if budget is not None:
+        pruner = "none (two objectives)" if data.multi_objective else c.get("pruner")
         rows.append(
             [
                 "Budget",
-                f"{c['epochs']} epochs per trial, {c.get('trials')} trials, sampler "
-                f"{c.get('sampler')}, pruner {c.get('pruner')}, seed {c.get('seed')}",
+                f"{budget}, {c.get('trials')} trials, sampler "
+                f"{c.get('sampler')}, pruner {pruner}, seed {c.get('seed')}",
+            ]
+        )
+    if data.multi_objective:
+        rows.append(
+            [
+                "Objectives",
+                "maximise val_accuracy, minimise train_time_s (--objectives accuracy,time)",
             ]
         )
     if s.get("batch_sizes"):
@@ -351,26 +371,76 @@ def _best_table(data: ReportData) -> Table:
         ["Throughput", f"{_rate(t.samples_per_s)} samples/s" if t.samples_per_s else "-"],
         ["Peak memory", _mem(t.peak_memory_bytes)],
     ]
+    if t.optimizer_steps is not None:
+        rows.insert(7, ["Optimizer steps", f"{t.optimizer_steps:,}"])
+    if t.lr_multiplier is not None:
+        rows.insert(4, ["LR multiplier", f"{t.lr_multiplier:.3g} x the rule's {_lr(t.rule_lr)}"])
+    if t.b_simple is not None:
+        se = f" \u00b1 {t.b_simple_se:,.0f}" if t.b_simple_se is not None else ""
+        rows.append(["B_simple (noise scale)", f"{t.b_simple:,.0f}{se} samples"])
     return Table("best", "Best trial", ["", ""], rows, "Highest final validation accuracy.")
+
+
+def _front_table(data: ReportData) -> Table:
+    title = "Trials on the Pareto front"
+    headers = ["Trial", "Batch", "Rule", "LR", "Val accuracy", "Test accuracy", "Training time"]
+    rows = [
+        [
+            f"#{t.number}",
+            _batch_text(t),
+            t.scaling_rule or "-",
+            _lr(t.lr),
+            _pct(t.val_accuracy),
+            _pct(t.test_accuracy),
+            _secs(t.train_time_s),
+        ]
+        for t in data.front
+    ]
+    if not rows:
+        return Table(
+            "pareto-front",
+            title,
+            ["", ""],
+            [],
+            "No complete trial yet, so there is no Pareto front.",
+        )
+    note = (
+        f"The study maximised {data.metric_names[0]} and minimised "
+        f"{data.metric_names[1]}: there is no single best trial. These {len(rows)} trial(s) "
+        "are the Pareto front (study.best_trials): no other trial is both more accurate and "
+        "faster. Fastest first; pick the first accurate enough for you."
+    )
+    return Table("pareto-front", title, headers, rows, note)
 
 
 def _groups_table(data: ReportData) -> Table:
     running = any(g.running for g in data.groups)
     headers = ["Batch", "Rule", "LR", "Complete", "Pruned", "Failed"]
     headers += ["Running"] if running else []
-    headers += ["Best val", "Median val", "Median test", "Samples/s", "Peak memory"]
+    multiplier = data.searched_multiplier
+    headers += ["Best val", "Median val", "Median test"]
+    headers += ["Best mult."] if multiplier else []
+    headers += ["Samples/s", "Peak memory"]
     rows = []
     for g in data.groups:
         row = [str(g.batch_size), g.scaling_rule, _lr(g.lr), str(g.complete), str(g.pruned)]
         row += [str(g.failed)] + ([str(g.running)] if running else [])
         row += [_pct(g.best_val), _pct(g.median_val), _pct(g.median_test)]
+        if multiplier:
+            row += [f"{g.best_multiplier:.3g}" if g.best_multiplier is not None else "-"]
         row += [_rate(g.median_samples_per_s), _mem(g.peak_memory_bytes)]
         rows.append(row)
-    budget = f"after {data.epochs} epochs" if data.epochs else "after the last epoch"
+    words = data.budget_words()
+    budget = f"after {words}" if words else "after the last epoch"
     note = (
         f"Accuracies of complete trials {budget} (val = validation, test = test split); "
         "samples/s is the median and peak memory the maximum over every trial that recorded them."
     )
+    if multiplier:
+        note += (
+            " LR is the rule's learning rate; Best mult. the searched multiplier on it of the "
+            "group's best trial."
+        )
     if not rows:
         note = "No trial recorded a batch size yet."
     return Table("batch-sizes", "Results per batch size and rule", headers, rows, note)
@@ -440,6 +510,25 @@ def _probe_table(data: ReportData) -> Table | None:
     )
 
 
+def _noise_table(data: ReportData) -> Table | None:
+    ns = data.noise_scale
+    if ns is None:
+        return None
+    rows = [["Marked on the figures", ns.label.removeprefix("B_simple (gradient noise scale) ")]]
+    if ns.trials_sentence():
+        rows.append(["Trials' final models", ns.trials_sentence()])
+    if ns.study_sentence():
+        rows.append(["scripts/noise_scale.py", ns.study_sentence()])
+    optimum = data.folklore.optimum if data.folklore else None
+    return Table(
+        "noise-scale",
+        "Gradient noise scale B_simple",
+        ["", ""],
+        rows,
+        ns.sentence(optimum),
+    )
+
+
 def _importance_table(data: ReportData) -> Table:
     rows = [[name, _pct(value)] for name, value in (data.importances or {}).items()]
     return Table(
@@ -455,9 +544,10 @@ def report_tables(data: ReportData) -> dict[str, Table]:
     """The report's tables by key, in page order."""
     tables = [
         _setup_table(data),
-        _best_table(data),
+        _front_table(data) if data.multi_objective else _best_table(data),
         _groups_table(data),
         _folklore_table(data.folklore),
+        _noise_table(data),
         _probe_table(data),
         _importance_table(data),
     ]
@@ -489,6 +579,8 @@ h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid 
 .meta { color: #666; margin-top: 0; } .note { color: #555; max-width: 70rem; }
 .status { background: #fff4ce; border-left: 4px solid #e0b000; padding: 0.6rem 1rem; }
 .missing { background: #f4f4f4; border-left: 4px solid #aaa; padding: 0.6rem 1rem; }
+.advice { background: #e8f1fb; border-left: 4px solid #1f77b4; padding: 0.6rem 1rem; }
+code { white-space: nowrap; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
 th, td { border-bottom: 1px solid #e5e5e5; padding: 0.25rem 0.8rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; } tr th { background: #fafafa; }
@@ -530,21 +622,41 @@ def render_html_report(report: Report) -> str:
     body = [
         f"<h1>Batch size and learning rate: study {esc(data.study_name)}</h1>",
         f'<p class="meta">Report generated {esc(generated)}{where}; {esc(data.state_summary())}'
-        f"; metric {esc(data.metric_name)} (maximised).</p>",
+        f"; {esc(_objectives_words(data))}.</p>",
     ]
     if status:
         body.append(f'<p class="status" id="status">{esc(status)}</p>')
     tables = report.tables
-    body.append('<div class="grid">')
-    body.append(tables["setup"].to_html())
-    body.append(tables["best"].to_html())
-    body.append("</div>")
+    if data.multi_objective:
+        body.append(tables["setup"].to_html())
+        if "pareto" in by_key:
+            body.append(_figure_html(by_key["pareto"]))
+        body.append(tables["pareto-front"].to_html())
+    else:
+        body.append('<div class="grid">')
+        body.append(tables["setup"].to_html())
+        body.append(tables["best"].to_html())
+        body.append("</div>")
     for key in ("accuracy",):
         if key in by_key:
             body.append(_figure_html(by_key[key]))
     body.append(tables["rule-of-thumb"].to_html())
+    if "noise-scale" in tables:
+        body.append(tables["noise-scale"].to_html())
     body.append(tables["batch-sizes"].to_html())
-    for key in ("learning-curves", "hardware", "learning-rate", "history", "importances"):
+    sentences = advice(data)
+    if sentences:
+        body.append('<section id="advice">')
+        body += [f'<p class="advice">{_flags_as_code(esc(s))}</p>' for s in sentences]
+        body.append("</section>")
+    for key in (
+        "learning-curves",
+        "hardware",
+        "learning-rate",
+        "lr-multiplier",
+        "history",
+        "importances",
+    ):
         if key in by_key:
             body.append(_figure_html(by_key[key]))
         if key == "hardware" and "probe" in tables:
@@ -568,6 +680,25 @@ def render_html_report(report: Report) -> str:
             "",
         ]
     )
+
+
+def _flags_as_code(text: str) -> str:
+    """``--flag-name`` in escaped HTML text as ``<code>`` (kept on one line)."""
+    return re.sub(r"(?<![\w-])(--[a-z][a-z-]*[a-z])", r"<code>\1</code>", text)
+
+
+def _objectives_words(data: ReportData) -> str:
+    if data.multi_objective:
+        return (
+            f"objectives {data.metric_names[0]} (maximised) and {data.metric_names[1]} (minimised)"
+        )
+    return f"metric {data.metric_name} (maximised)"
+
+
+def advice(data: ReportData) -> list[str]:
+    """Suggestions the results call for (today: warm-up where linear scaling diverged)."""
+    sentence = data.warmup_advice()
+    return [sentence] if sentence else []
 
 
 def write_report(
@@ -605,6 +736,16 @@ def render_text_report(
     status = data.status_sentence()
     if status:
         parts.append(status)
-    order = ("setup", "best", "batch-sizes", "rule-of-thumb", "probe", "importances")
+    order = (
+        "setup",
+        "best",
+        "pareto-front",
+        "batch-sizes",
+        "rule-of-thumb",
+        "noise-scale",
+        "probe",
+        "importances",
+    )
     parts += [report.tables[k].to_text() for k in order if k in report.tables]
+    parts += [f"Advice: {sentence}" for sentence in advice(data)]
     return "\n\n".join(parts) + "\n"

@@ -32,6 +32,12 @@ RULES_OF_THUMB = ((1_000, 16, 32), (100_001, 32, 256), (math.inf, 256, 2048))
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
+#: The one multi-objective shape a batch-size study takes (``--objectives accuracy,time``):
+#: its metric names, directions and the ``config["objectives"]`` that asks for it.
+TWO_OBJECTIVES = ("val_accuracy", "train_time_s")
+TWO_DIRECTIONS = (optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE)
+TWO_OBJECTIVES_CONFIG = ("accuracy", "time")
+
 
 @dataclass(frozen=True)
 class TrialRecord:
@@ -53,7 +59,13 @@ class TrialRecord:
         micro_batch_size: Samples per forward/backward pass.
         accumulation_steps: Micro-batches per update.
         diverged: The loss became NaN or infinite.
-        curve: ``(epoch, validation accuracy)`` pairs, epoch 1-based.
+        curve: ``(epoch, validation accuracy)`` pairs, epoch 1-based: the intermediate
+            values, else the user attribute ``val_accuracy_per_epoch`` (a list, epoch 1
+            first), which a two-objective study records since Optuna's ``report`` refuses it.
+        optimizer_steps: Updates it made (recorded under a step budget).
+        lr_multiplier: Factor on the rule's learning rate (when the multiplier is searched).
+        b_simple: Gradient noise scale of its final model, in samples (``--noise-scale``).
+        b_simple_se: Standard error of ``b_simple``.
     """
 
     number: int
@@ -72,6 +84,17 @@ class TrialRecord:
     accumulation_steps: int | None
     diverged: bool
     curve: tuple[tuple[int, float], ...]
+    optimizer_steps: int | None = None
+    lr_multiplier: float | None = None
+    b_simple: float | None = None
+    b_simple_se: float | None = None
+
+    @property
+    def rule_lr(self) -> float | None:
+        """The learning rate the scaling rule gave, before the searched multiplier."""
+        if self.lr is None or not self.lr_multiplier:
+            return self.lr
+        return self.lr / self.lr_multiplier
 
 
 @dataclass(frozen=True)
@@ -79,7 +102,8 @@ class GroupRow:
     """Results of one (batch size, scaling rule) pair.
 
     ``best_val``, ``median_val`` and ``median_test`` use complete trials only: a pruned trial
-    stopped early, so its accuracy is not comparable.
+    stopped early, so its accuracy is not comparable. ``lr`` is the rule's learning rate (before
+    a searched multiplier); ``best_multiplier`` the multiplier of the best complete trial.
     """
 
     batch_size: int
@@ -94,6 +118,109 @@ class GroupRow:
     median_test: float | None
     median_samples_per_s: float | None
     peak_memory_bytes: float | None
+    best_multiplier: float | None = None
+
+
+@dataclass(frozen=True)
+class NoiseScale:
+    """The gradient noise scale B_simple (McCandlish et al. 2018), as the study recorded it.
+
+    Args:
+        value: The batch size the figures mark (samples): the median of the trials' B_simple
+            when trials measured it, else the recommended batch of ``scripts/noise_scale.py``.
+        source: ``trials`` or ``study`` (the study attribute ``noise_scale``).
+        trials: ``(trial number, b_simple, b_simple_se)`` of every trial that measured it.
+        study: The study attribute ``noise_scale`` (``scripts/noise_scale.py --json``), if any.
+    """
+
+    value: float
+    source: str
+    trials: tuple[tuple[int, float, float | None], ...] = ()
+    study: dict[str, Any] | None = None
+
+    @property
+    def label(self) -> str:
+        """``B_simple (gradient noise scale) ≈ 412``: what the figures write on the mark."""
+        return f"B_simple (gradient noise scale) \u2248 {_round_samples(self.value)}"
+
+    @property
+    def recommended_range(self) -> tuple[int, int] | None:
+        """The batch range ``scripts/noise_scale.py`` recommended, when the study records it."""
+        pair = (self.study or {}).get("recommended_range")
+        if isinstance(pair, list | tuple) and len(pair) == 2:
+            low, high = _number(pair[0]), _number(pair[1])
+            if low and high and 0 < low <= high:
+                return int(low), int(high)
+        return None
+
+    def trials_sentence(self) -> str | None:
+        """The trials' measurements in one line (median, range, typical standard error)."""
+        if not self.trials:
+            return None
+        values = [b for _, b, _ in self.trials]
+        ses = median(se for _, _, se in self.trials)
+        text = f"median {_round_samples(median(values) or 0.0)} samples over {len(values)} trial(s)"
+        if len(values) > 1:
+            text += f" (range {_round_samples(min(values))}-{_round_samples(max(values))}"
+            text += f"; typical s.e. \u00b1{_round_samples(ses)})" if ses is not None else ")"
+        elif ses is not None:
+            text += f" (s.e. \u00b1{_round_samples(ses)})"
+        return text
+
+    def study_sentence(self) -> str | None:
+        """What ``scripts/noise_scale.py`` recorded: estimates over training, recommendation."""
+        ns = self.study
+        if not ns:
+            return None
+        parts = []
+        epochs = [e for e in ns.get("per_epoch") or [] if isinstance(e, dict)]
+        first = epochs[0] if epochs else ns
+        last = epochs[-1] if len(epochs) > 1 else None
+        if _number(first.get("b_simple")) is not None:
+            parts.append(f"{_estimate(first)} at initialisation")
+        if last is not None and _number(last.get("b_simple")) is not None:
+            parts.append(f"{_estimate(last)} after epoch {last.get('epoch')}")
+        recommended = _int(ns.get("recommended_batch_size"))
+        if recommended:
+            text = f"recommended batch {recommended}"
+            if self.recommended_range:
+                text += " (range {}-{})".format(*self.recommended_range)
+            parts.append(text)
+        return "B_simple " + ", ".join(parts) if parts else None
+
+    @property
+    def basis(self) -> str:
+        """Where :attr:`value` came from, in words."""
+        if self.source == "trials":
+            return "the median over the trials' final models"
+        if _number((self.study or {}).get("recommended_batch_size")) == self.value:
+            return "the batch scripts/noise_scale.py recommended"
+        return "the latest estimate of scripts/noise_scale.py"
+
+    def sentence(self, optimum: int | None = None) -> str:
+        """One paragraph: the noise scale, where it came from, and the optimum beside it."""
+        text = f"{self.label} ({self.basis})."
+        if optimum is not None:
+            ratio = optimum / self.value
+            side = "near" if 0.5 <= ratio <= 2 else ("below" if ratio < 1 else "above")
+            text += f" The measured optimum, batch {optimum}, is {side} it."
+        return text + (
+            " Below B_simple, doubling the batch nearly halves the optimizer steps a result "
+            "needs; far above it, larger batches mostly spend more compute per step for little "
+            "gain (McCandlish et al. 2018)."
+        )
+
+
+def _round_samples(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def _estimate(entry: dict[str, Any]) -> str:
+    value = _number(entry.get("b_simple")) or 0.0
+    se = _number(entry.get("b_simple_se"))
+    return _round_samples(value) + (f" \u00b1 {_round_samples(se)}" if se is not None else "")
 
 
 @dataclass(frozen=True)
@@ -152,12 +279,99 @@ class ReportData:
     importances: dict[str, float] | None = None
     importance_note: str = ""
     rules: list[str] = field(default_factory=list)
+    metric_names: list[str] = field(default_factory=list)
+    front: list[TrialRecord] = field(default_factory=list)
+    noise_scale: NoiseScale | None = None
+
+    @property
+    def multi_objective(self) -> bool:
+        """The study also minimises training time (``--objectives accuracy,time``)."""
+        return len(self.metric_names) > 1
 
     @property
     def epochs(self) -> int | None:
-        """The epoch budget of every trial, from the study's config."""
+        """The epoch budget of every trial, from the study's config (epoch budget only)."""
+        if self.step_budget:
+            return None
         value = self.config.get("epochs")
         return int(value) if isinstance(value, int | float) else None
+
+    @property
+    def step_budget(self) -> bool:
+        """Every trial ran a fixed number of optimizer steps (config ``budget`` ``steps``)."""
+        return self.config.get("budget") == "steps"
+
+    @property
+    def steps(self) -> int | None:
+        """The optimizer steps every trial made under a step budget, from the config."""
+        value = self.config.get("steps") if self.step_budget else None
+        return _int(value)
+
+    def budget_words(self) -> str | None:
+        """``20 epochs`` or ``500 optimizer steps``; ``None`` when the config has neither."""
+        if self.step_budget:
+            return f"{self.steps:,} optimizer steps" if self.steps else "a step budget"
+        return f"{self.epochs} epochs" if self.epochs else None
+
+    def budget_phrase(self) -> str | None:
+        """``20 epochs per trial`` or ``a budget of 500 optimizer steps per trial``."""
+        if self.step_budget:
+            if not self.steps:
+                return "a budget of optimizer steps per trial (count not recorded)"
+            return f"a budget of {self.steps:,} optimizer steps per trial"
+        return f"{self.epochs} epochs per trial" if self.epochs else None
+
+    @property
+    def warmup_epochs(self) -> int:
+        """Epochs of learning-rate warm-up (config ``warmup_epochs``; 0 = none)."""
+        return _int(self.config.get("warmup_epochs")) or 0
+
+    @property
+    def lr_search_width(self) -> float:
+        """``F``: the multiplier on the rule's learning rate is searched in [1/F, F] (1 = off)."""
+        return _number(self.config.get("lr_search_width")) or 1.0
+
+    @property
+    def searched_multiplier(self) -> bool:
+        """The study searched a multiplier on the rule's learning rate."""
+        return self.lr_search_width > 1 or any(t.lr_multiplier for t in self.trials)
+
+    def warmup_advice(self) -> str | None:
+        """A sentence suggesting warm-up where linear scaling diverged at the largest batches."""
+        sizes = sorted(
+            {int(b) for b in self.space.get("batch_sizes") or [] if isinstance(b, int | float)}
+            | {t.batch_size for t in self.trials if t.batch_size}
+        )
+        if not sizes:
+            return None
+        large = sizes[-max(1, len(sizes) // 2) :]  # the largest half (at least the largest)
+        diverged = sorted(
+            {
+                t.batch_size
+                for t in self.trials
+                if t.diverged and t.scaling_rule == "linear" and t.batch_size in large
+            }
+        )
+        if not diverged:
+            return None
+        count = sum(
+            t.diverged and t.scaling_rule == "linear" and t.batch_size in large for t in self.trials
+        )
+        where = (
+            f"Linear scaling diverged at batch {', '.join(str(b) for b in diverged)} "
+            f"({count} trial{'s' if count != 1 else ''})"
+        )
+        if self.warmup_epochs == 0:
+            return (
+                f"{where} and the study used no warm-up: a large learning rate from the first "
+                "step often diverges. Try --warmup-epochs 2 to 5 (Goyal et al. 2017 ramp the "
+                "learning rate up linearly over the first 5 epochs to train with linear "
+                "scaling at batch 8192)."
+            )
+        return (
+            f"{where} even with {self.warmup_epochs} warm-up epoch(s): a longer warm-up, a "
+            "lower --base-lr or the sqrt rule may help."
+        )
 
     def state_summary(self) -> str:
         """``12 trials: 9 complete, 2 pruned, 1 failed`` (states with no trial left out)."""
@@ -238,21 +452,41 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def trial_record(trial: FrozenTrial, default_rule: str | None = None) -> TrialRecord:
-    """Read one trial in the core's record format (user attributes first, then params)."""
+def trial_record(
+    trial: FrozenTrial,
+    default_rule: str | None = None,
+    metric_names: Sequence[str] | None = None,
+) -> TrialRecord:
+    """Read one trial in the core's record format (user attributes first, then params).
+
+    Args:
+        trial: The trial.
+        default_rule: The scaling rule when the trial records none (the study's fixed rule).
+        metric_names: The study's metric names; a complete trial's values are read by name
+            (``val_accuracy``, and ``train_time_s`` in a two-objective study).
+    """
     attrs = trial.user_attrs
     params = trial.params
-    curve = tuple(
-        (int(step), float(value))
-        for step, value in sorted(trial.intermediate_values.items())
-        if value is not None and math.isfinite(value)
-    )
+    steps = sorted(trial.intermediate_values.items())
+    per_epoch = attrs.get("val_accuracy_per_epoch")
+    if not steps and isinstance(per_epoch, list):  # two objectives: Optuna refuses report()
+        steps = list(enumerate(per_epoch, start=1))
+    curve = tuple((int(step), float(value)) for step, value in steps if _number(value) is not None)
+    names = list(metric_names or ["val_accuracy"])
+    values = dict(zip(names, trial.values or [], strict=False))
+    complete = trial.state == TrialState.COMPLETE
     val = _number(attrs.get("val_accuracy"))
-    if trial.state == TrialState.COMPLETE and trial.values:
+    if complete and "val_accuracy" in values:
+        val = _number(values["val_accuracy"])
+    elif complete and trial.values and len(trial.values) == 1:
         val = _number(trial.values[0])
-    if val is None and curve and trial.state != TrialState.COMPLETE:
+    if val is None and curve and not complete:
         val = curve[-1][1]
+    train_time = _number(attrs.get("train_time_s"))
+    if train_time is None and complete:
+        train_time = _number(values.get("train_time_s"))
     rule = attrs.get("scaling_rule", params.get("scaling_rule", default_rule))
+    multiplier = _number(attrs.get("lr_multiplier", params.get("lr_multiplier")))
     return TrialRecord(
         number=trial.number,
         state=trial.state.name,
@@ -262,7 +496,7 @@ def trial_record(trial: FrozenTrial, default_rule: str | None = None) -> TrialRe
         val_accuracy=val,
         test_accuracy=_number(attrs.get("test_accuracy")),
         epochs_completed=_int(attrs.get("epochs_completed")) or (curve[-1][0] if curve else None),
-        train_time_s=_number(attrs.get("train_time_s")),
+        train_time_s=train_time,
         samples_per_s=_number(attrs.get("samples_per_s")),
         peak_memory_bytes=_number(attrs.get("peak_memory_bytes")),
         memory_source=str(attrs["memory_source"]) if attrs.get("memory_source") else None,
@@ -270,6 +504,10 @@ def trial_record(trial: FrozenTrial, default_rule: str | None = None) -> TrialRe
         accumulation_steps=_int(attrs.get("accumulation_steps")),
         diverged=bool(attrs.get("diverged", False)),
         curve=curve,
+        optimizer_steps=_int(attrs.get("optimizer_steps")),
+        lr_multiplier=multiplier if multiplier and multiplier > 0 else None,
+        b_simple=_number(attrs.get("b_simple")),
+        b_simple_se=_number(attrs.get("b_simple_se")),
     )
 
 
@@ -284,7 +522,8 @@ def group_rows(trials: Sequence[TrialRecord]) -> list[GroupRow]:
         members = [t for t in trials if t.batch_size == batch and (t.scaling_rule or "?") == rule]
         complete = [t for t in members if t.state == "COMPLETE"]
         vals = [t.val_accuracy for t in complete if t.val_accuracy is not None]
-        lrs = [t.lr for t in members if t.lr is not None]
+        lrs = [t.rule_lr for t in members if t.rule_lr is not None]
+        best = max(complete, key=lambda t: t.val_accuracy or 0.0, default=None)
         mems = [t.peak_memory_bytes for t in members if t.peak_memory_bytes is not None]
         rows.append(
             GroupRow(
@@ -300,6 +539,7 @@ def group_rows(trials: Sequence[TrialRecord]) -> list[GroupRow]:
                 median_test=median(t.test_accuracy for t in complete),
                 median_samples_per_s=median(t.samples_per_s for t in members),
                 peak_memory_bytes=max(mems) if mems else None,
+                best_multiplier=best.lr_multiplier if best else None,
             )
         )
     return rows
@@ -347,7 +587,11 @@ def importance_problem(study: optuna.Study) -> str | None:
 
 
 def compute_importances(study: optuna.Study) -> tuple[dict[str, float] | None, str]:
-    """Optuna's parameter importances (default evaluator) and a note; ``None`` if unavailable."""
+    """Optuna's parameter importances (default evaluator) and a note; ``None`` if unavailable.
+
+    For a two-objective study (accuracy and time) the importances are those of reaching the
+    Pareto front (Optuna's default evaluator on a multi-objective study).
+    """
     problem = importance_problem(study)
     if problem is not None:
         return None, problem
@@ -355,10 +599,73 @@ def compute_importances(study: optuna.Study) -> tuple[dict[str, float] | None, s
         importances = optuna.importance.get_param_importances(study)
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:
         return None, f"Optuna could not compute parameter importances ({exc})."
+    if len(study.directions) > 1:
+        return dict(importances), (
+            "How much each parameter decides whether a trial reaches the Pareto front of "
+            "validation accuracy and training time (Optuna's default importance evaluator, "
+            "complete trials)."
+        )
     return dict(importances), (
         "Share of the variation in final validation accuracy explained by each parameter "
         "(Optuna's default importance evaluator, complete trials)."
     )
+
+
+def study_shape_problem(study: optuna.Study) -> str | None:
+    """Why ``study`` is not a batch-size study's shape (``it ...``), or ``None`` if it is.
+
+    A batch-size study maximises ``val_accuracy``; with ``--objectives accuracy,time`` it
+    maximises ``val_accuracy`` and minimises ``train_time_s``. Any other shape is refused.
+    """
+    directions = tuple(study.directions)
+    if directions == (optuna.study.StudyDirection.MAXIMIZE,):
+        return None
+    if len(directions) == 1:
+        return "minimises its objective"
+    config = study.user_attrs.get("config")
+    asked = config.get("objectives") if isinstance(config, dict) else None
+    names = study.metric_names
+    named = names is not None and tuple(names) == TWO_OBJECTIVES
+    if directions == TWO_DIRECTIONS and (
+        named or (names is None and asked is not None and tuple(asked) == TWO_OBJECTIVES_CONFIG)
+    ):
+        return None
+    if len(directions) == 2:
+        shown = ", ".join(
+            f"{n} ({d.name.lower()})"
+            for n, d in zip(names or ["objective 0", "objective 1"], directions, strict=False)
+        )
+        return f"has the objectives {shown}, not val_accuracy (maximize), train_time_s (minimize)"
+    return f"has {len(directions)} objectives"
+
+
+def _front(study: optuna.Study, trials: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The Pareto front (``study.best_trials``), fastest first."""
+    numbers = {t.number for t in study.best_trials}
+    front = [t for t in trials if t.number in numbers]
+    return sorted(front, key=lambda t: (t.train_time_s or math.inf, t.number))
+
+
+def _noise_scale(attrs: dict[str, Any], trials: Sequence[TrialRecord]) -> NoiseScale | None:
+    study_ns = attrs.get("noise_scale") if isinstance(attrs.get("noise_scale"), dict) else None
+    measured = tuple(
+        (t.number, t.b_simple, t.b_simple_se)
+        for t in trials
+        if t.state in ("COMPLETE", "PRUNED") and t.b_simple is not None and t.b_simple > 0
+    )
+    if measured:
+        value = median(b for _, b, _ in measured)
+        return NoiseScale(value or 0.0, "trials", measured, study_ns)
+    if study_ns is None:
+        return None
+    epochs = [e for e in study_ns.get("per_epoch") or [] if isinstance(e, dict)]
+    candidates = (
+        study_ns.get("recommended_batch_size"),
+        epochs[-1].get("b_simple") if epochs else None,
+        study_ns.get("b_simple"),
+    )
+    value = next((v for v in map(_number, candidates) if v is not None and v > 0), None)
+    return NoiseScale(value, "study", (), study_ns) if value is not None else None
 
 
 def collect_report_data(study: optuna.Study, *, importances: bool = True) -> ReportData:
@@ -368,10 +675,11 @@ def collect_report_data(study: optuna.Study, *, importances: bool = True) -> Rep
         study: A study in the core's record format (other studies work, with less to show).
         importances: Compute Optuna's parameter importances (about a second).
     """
-    if study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
+    problem = study_shape_problem(study)
+    if problem is not None:
         raise ValueError(
-            f"study {study.study_name!r} does not maximise one objective: a batch-size study "
-            "maximises val_accuracy"
+            f"study {study.study_name!r} {problem}: a batch-size study maximises val_accuracy "
+            "(and, with --objectives accuracy,time, minimises train_time_s)"
         )
     attrs = study.user_attrs
     config = attrs.get("config") if isinstance(attrs.get("config"), dict) else {}
@@ -379,16 +687,19 @@ def collect_report_data(study: optuna.Study, *, importances: bool = True) -> Rep
     task_info = attrs.get("task_info") if isinstance(attrs.get("task_info"), dict) else {}
     probe = attrs.get("probe") if isinstance(attrs.get("probe"), dict) else None
     default_rule = config.get("scaling") if config.get("scaling") != "search" else None
-    trials = [trial_record(t, default_rule) for t in study.get_trials(deepcopy=False)]
+    multi = len(study.directions) > 1
+    metric_names = list(study.metric_names or (TWO_OBJECTIVES if multi else ["value"]))
+    trials = [trial_record(t, default_rule, metric_names) for t in study.get_trials(deepcopy=False)]
     counts = {state: sum(t.state == state for t in trials) for state in STATES}
     complete = [t for t in trials if t.state == "COMPLETE" and t.val_accuracy is not None]
-    best = max(complete, key=lambda t: (t.val_accuracy, -t.number), default=None)
+    best = None
+    if not multi:  # two objectives have no single best: the Pareto front stands in
+        best = max(complete, key=lambda t: (t.val_accuracy, -t.number), default=None)
     groups = group_rows(trials)
     rules = sorted({t.scaling_rule for t in trials if t.scaling_rule}, key=rule_sort_key)
-    metric_names = study.metric_names
     data = ReportData(
         study_name=study.study_name,
-        metric_name=metric_names[0] if metric_names else "value",
+        metric_name=metric_names[0],
         config=config,
         space=space,
         task_info=task_info,
@@ -399,6 +710,9 @@ def collect_report_data(study: optuna.Study, *, importances: bool = True) -> Rep
         groups=groups,
         folklore=_folklore(task_info, groups),
         rules=rules,
+        metric_names=metric_names,
+        front=_front(study, trials) if multi else [],
+        noise_scale=_noise_scale(attrs, trials),
     )
     if importances:
         data.importances, data.importance_note = compute_importances(study)

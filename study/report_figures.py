@@ -66,8 +66,11 @@ def _log2(batch: float) -> float:
     return math.log2(batch)
 
 
-def _batch_ticks(batches: Sequence[float]) -> dict:
-    """A log2 batch axis: ticks at the batch sizes, the same range in every subplot."""
+def _batch_ticks(batches: Sequence[float], extend: Sequence[float] = ()) -> dict:
+    """A log2 batch axis: ticks at the batch sizes, the same range in every subplot.
+
+    ``extend``: other positions (in samples) the range must show, without a tick.
+    """
     sizes = sorted({int(b) for b in batches if b and b > 0})
     axis: dict = {
         "tickmode": "array",
@@ -75,9 +78,104 @@ def _batch_ticks(batches: Sequence[float]) -> dict:
         "ticktext": [str(b) for b in sizes],
         "title": {"text": BATCH_AXIS},
     }
-    if sizes:
-        axis["range"] = [_log2(sizes[0]) - 0.4, _log2(sizes[-1]) + 0.4]
+    ends = [_log2(b) for b in sizes] + [_log2(v) for v in extend if v and v > 0]
+    if ends:
+        axis["range"] = [min(ends) - 0.4, max(ends) + 0.4]
     return axis
+
+
+#: How far (in doublings) past the batch sizes the axis stretches to show B_simple.
+NOISE_STRETCH = 3
+NOISE_COLOR = "#9467bd"
+
+
+def _noise_extend(data: ReportData, batches: Sequence[float]) -> list[float]:
+    """B_simple (and its recommended range) when close enough to the batches to be drawn."""
+    ns = data.noise_scale
+    sizes = [b for b in batches if b and b > 0]
+    if ns is None or not sizes:
+        return []
+    low, high = _log2(min(sizes)) - NOISE_STRETCH, _log2(max(sizes)) + NOISE_STRETCH
+    if not low <= _log2(ns.value) <= high:
+        return []
+    marks = [ns.value]
+    if ns.recommended_range:
+        marks += [float(b) for b in ns.recommended_range if low <= _log2(b) <= high]
+    return marks
+
+
+def _mark_noise_scale(
+    fig: go.Figure,
+    data: ReportData,
+    batches: Sequence[float],
+    cols: Sequence[int],
+    *,
+    annotate: bool = True,
+) -> str:
+    """Draw B_simple on every subplot in ``cols``; return a sentence for the figure's note.
+
+    The line is labelled in the legend and, with ``annotate``, at its top on the first subplot.
+    """
+    ns = data.noise_scale
+    if ns is None:
+        return ""
+    shown = _noise_extend(data, batches)
+    if not shown:
+        sizes = [b for b in batches if b and b > 0]
+        side = "right" if sizes and ns.value > max(sizes) else "left"
+        fig.add_annotation(
+            text=f"{ns.label} (off the scale, {side})",
+            x=0.99 if side == "right" else 0.01,
+            y=0.98,
+            xref="x domain",
+            yref="y domain",
+            xanchor="right" if side == "right" else "left",
+            showarrow=False,
+            font={"size": 10, "color": NOISE_COLOR},
+        )
+        return f" {ns.label}, off the scale of the batch sizes tried."
+    band = ns.recommended_range
+    for i, col in enumerate(cols):
+        if band:
+            fig.add_vrect(
+                x0=_log2(band[0]),
+                x1=_log2(band[1]),
+                fillcolor=NOISE_COLOR,
+                opacity=0.08,
+                line_width=0,
+                row=1,
+                col=col,
+            )
+        label = {}
+        if annotate and i == 0:
+            label = {
+                "annotation_text": ns.label,
+                "annotation_position": "top right",
+                "annotation_font": {"size": 10, "color": NOISE_COLOR},
+            }
+        fig.add_vline(
+            x=_log2(ns.value),
+            line={"color": NOISE_COLOR, "dash": "dashdot", "width": 2},
+            row=1,
+            col=col,
+            **label,
+        )
+    fig.add_trace(  # the line's legend entry (a shape has none)
+        go.Scatter(
+            x=[None],
+            y=[None],
+            mode="lines",
+            name=ns.label,
+            line={"color": NOISE_COLOR, "dash": "dashdot", "width": 2},
+            hoverinfo="skip",
+        ),
+        row=1,
+        col=cols[0],
+    )
+    note = f" The purple dash-dot line is {ns.label} ({ns.basis})"
+    if band:
+        note += ", the faint purple band the range scripts/noise_scale.py recommended"
+    return note + "."
 
 
 def _all_batches(data: ReportData) -> list[float]:
@@ -93,7 +191,7 @@ def _rule_offset(data: ReportData, rule: str | None) -> float:
 
 
 def _budget(data: ReportData) -> str:
-    return f"{data.epochs} epochs" if data.epochs else "epoch budget unknown"
+    return data.budget_words() or "budget unknown"
 
 
 def _finish(fig: go.Figure, title: str, height: int = 480) -> go.Figure:
@@ -183,8 +281,9 @@ def accuracy_figure(data: ReportData) -> ReportFigure:
             showarrow=False,
             font={"size": 11, "color": "#555"},
         )
-    ticks = _batch_ticks(_all_batches(data))
-    fig.update_xaxes(**ticks)
+    batches = _all_batches(data)
+    noise_note = _mark_noise_scale(fig, data, batches, (1, 2))
+    fig.update_xaxes(**_batch_ticks(batches, _noise_extend(data, batches)))
     fig.update_yaxes(tickformat=".0%")
     fig.update_yaxes(title_text=f"Accuracy (% of samples, after {_budget(data)})", row=1, col=1)
     fig.update_yaxes(title_text="Accuracy (% of samples)", row=1, col=2)
@@ -195,6 +294,7 @@ def accuracy_figure(data: ReportData) -> ReportFigure:
     )
     if data.folklore is not None:
         note += " The grey band is the rule-of-thumb range for this dataset size."
+    note += noise_note
     return ReportFigure(key, title, _finish(fig, f"{title} ({_budget(data)}, {n} trials)"), note)
 
 
@@ -257,9 +357,10 @@ def learning_curves_figure(data: ReportData) -> ReportFigure:
             )
             shown.add(t.batch_size)
     max_epoch = max(e for t in trials for e, _ in t.curve)
-    fig.update_xaxes(
-        title_text=f"Epoch (of {data.epochs or max_epoch})", dtick=1 if max_epoch <= 30 else None
-    )
+    epoch_title = f"Epoch (of {data.epochs or max_epoch})"
+    if data.step_budget:
+        epoch_title = f"Epoch (varies: {data.steps or '?'} steps)"
+    fig.update_xaxes(title_text=epoch_title, dtick=1 if max_epoch <= 30 else None)
     fig.update_yaxes(tickformat=".0%")
     fig.update_yaxes(title_text="Validation accuracy (% of samples)", row=1, col=1)
     faded = sum(t.state != "COMPLETE" for t in trials)
@@ -267,6 +368,11 @@ def learning_curves_figure(data: ReportData) -> ReportFigure:
         f"{len(trials)} trial(s), one line each, coloured by batch size; {faded} pruned, failed "
         "or running trial(s) drawn faded and dotted."
     )
+    if data.step_budget:
+        note += (
+            f" Every trial made {_budget(data)}, so larger batches ran more epochs in the "
+            "same number of updates."
+        )
     return ReportFigure(key, title, _finish(fig, f"{title}: validation accuracy per epoch"), note)
 
 
@@ -437,7 +543,8 @@ def hardware_figure(data: ReportData) -> ReportFigure:
         )
     batches = _all_batches(data) + [r["batch_size"] for r in probe_rows]
     batches += [b for _, b, _, _ in _marks(data)]
-    fig.update_xaxes(**_batch_ticks(batches))
+    noise_note = _mark_noise_scale(fig, data, batches, (1, 2, 3), annotate=False)
+    fig.update_xaxes(**_batch_ticks(batches, _noise_extend(data, batches)))
     fig.update_xaxes(title_text="Batch size (log2)")
     fig.update_xaxes(title_text=BATCH_AXIS, row=1, col=2)
     for col, _, _, _, axis_title in panels:
@@ -453,6 +560,7 @@ def hardware_figure(data: ReportData) -> ReportFigure:
         note += f" Dashed line at {int(batch)}: the {what}" + (
             f", from {source}." if source else "."
         )
+    note += noise_note
     return ReportFigure(key, title, _finish(fig, title, height=500), note)
 
 
@@ -478,22 +586,44 @@ def lr_figure(data: ReportData) -> ReportFigure:
     if not trials:
         return ReportFigure(key, title, None, "No trial recorded its learning rate yet.")
     fig = go.Figure()
+    searched = data.searched_multiplier
     for rule in data.rules or [None]:
-        pairs = sorted({(t.batch_size, t.lr) for t in trials if t.scaling_rule == rule})
+        members = [t for t in trials if t.scaling_rule == rule]
+        by_batch = {t.batch_size: t.rule_lr for t in members if t.rule_lr}
+        pairs = sorted(by_batch.items())
         if not pairs:
             continue
+        name = f"rule {rule}" if rule else "trials"
         fig.add_trace(
             go.Scatter(
                 x=[_log2(b) for b, _ in pairs],
                 y=[lr for _, lr in pairs],
                 mode="lines+markers",
-                name=f"rule {rule}" if rule else "trials",
+                name=name + (": the rule's lr" if searched else ""),
+                legendgroup=name,
                 line={"color": rule_color(rule)},
                 marker={"size": 8},
                 text=[str(b) for b, _ in pairs],
                 hovertemplate="batch %{text}: lr %{y:.3g}<extra>rule " + str(rule) + "</extra>",
             )
         )
+        if searched:
+            shift = _rule_offset(data, rule)
+            fig.add_trace(
+                go.Scatter(
+                    x=[_log2(t.batch_size) + shift for t in members],
+                    y=[t.lr for t in members],
+                    mode="markers",
+                    name=name + ": trials (rule x multiplier)",
+                    legendgroup=name,
+                    marker={"color": rule_color(rule), "size": 6, "opacity": 0.35},
+                    customdata=[[t.number, t.batch_size, t.lr_multiplier or 1.0] for t in members],
+                    hovertemplate=(
+                        "trial %{customdata[0]}: batch %{customdata[1]}, multiplier "
+                        "%{customdata[2]:.3g}<br>lr %{y:.3g}<extra>" + name + "</extra>"
+                    ),
+                )
+            )
     base_lr, base_batch = data.config.get("base_lr"), data.config.get("base_batch_size")
     if isinstance(base_lr, int | float) and isinstance(base_batch, int) and base_lr > 0:
         fig.add_trace(
@@ -516,6 +646,196 @@ def lr_figure(data: ReportData) -> ReportFigure:
     note = "Learning rate of each (batch size, rule) pair the trials used" + (
         f" with {optimizer}." if optimizer else "."
     )
+    if searched:
+        note = (
+            "Lines: the learning rate each scaling rule gives at each batch size; faint "
+            "points: the learning rate each trial used, the rule's times its searched "
+            "multiplier" + (f", with {optimizer}." if optimizer else ".")
+        )
+    if data.warmup_epochs:
+        note += f" Each trial ramped up to its learning rate over {data.warmup_epochs} epoch(s)."
+    return ReportFigure(key, title, _finish(fig, title), note)
+
+
+def lr_multiplier_figure(data: ReportData) -> ReportFigure:
+    """Per batch size, the searched LR multiplier of the best trial, every trial faint."""
+    key, title = "lr-multiplier", "Best learning-rate multiplier against batch size"
+    trials = [t for t in data.trials if t.batch_size and t.lr_multiplier]
+    if not trials:
+        return ReportFigure(key, title, None, "No trial recorded a learning-rate multiplier yet.")
+    fig = go.Figure()
+    for rule in data.rules or [None]:
+        members = [t for t in trials if t.scaling_rule == rule]
+        if not members:
+            continue
+        shift = _rule_offset(data, rule)
+        fig.add_trace(
+            go.Scatter(
+                x=[_log2(t.batch_size) + shift for t in members],
+                y=[t.lr_multiplier for t in members],
+                mode="markers",
+                name=f"rule {rule}: trials" if rule else "trials",
+                marker={
+                    "color": rule_color(rule),
+                    "size": 7,
+                    "opacity": [0.4 if t.state == "COMPLETE" else 0.15 for t in members],
+                },
+                customdata=[
+                    [t.number, t.batch_size, t.state.lower(), t.val_accuracy or float("nan")]
+                    for t in members
+                ],
+                hovertemplate=(
+                    "trial %{customdata[0]} (%{customdata[2]})<br>batch %{customdata[1]}, "
+                    "multiplier %{y:.3g}<br>val %{customdata[3]:.1%}<extra>rule "
+                    + str(rule)
+                    + "</extra>"
+                ),
+            )
+        )
+    best = {}
+    for t in trials:
+        if t.state != "COMPLETE" or t.val_accuracy is None:
+            continue
+        held = best.get(t.batch_size)
+        if held is None or (t.val_accuracy, -t.number) > (held.val_accuracy, -held.number):
+            best[t.batch_size] = t
+    winners = [best[b] for b in sorted(best)]
+    if winners:
+        fig.add_trace(
+            go.Scatter(
+                x=[_log2(t.batch_size) for t in winners],
+                y=[t.lr_multiplier for t in winners],
+                mode="lines+markers",
+                name="best trial per batch size",
+                line={"color": "#222", "width": 2.5},
+                marker={
+                    "size": 11,
+                    "symbol": "diamond",
+                    "color": [rule_color(t.scaling_rule) for t in winners],
+                    "line": {"color": "#222", "width": 1.5},
+                },
+                customdata=[
+                    [t.number, t.batch_size, t.scaling_rule, t.val_accuracy] for t in winners
+                ],
+                hovertemplate=(
+                    "best at batch %{customdata[1]}: trial %{customdata[0]}, rule "
+                    "%{customdata[2]}<br>multiplier %{y:.3g}, val %{customdata[3]:.1%}"
+                    "<extra></extra>"
+                ),
+            )
+        )
+    fig.add_hline(
+        y=1.0,
+        line={"color": "#555", "dash": "dash", "width": 1},
+        annotation_text="x1: the rule held",
+        annotation_position="top left",
+    )
+    width = data.lr_search_width
+    ys = [t.lr_multiplier for t in trials] + [1.0]
+    ys += [1 / width, width] if width > 1 else []
+    low, high = math.floor(math.log2(min(ys)) + 1e-9), math.ceil(math.log2(max(ys)) - 1e-9)
+    ticks = [2.0**k for k in range(low, high + 1)]  # powers of two: x1/4 ... x4
+    fig.update_xaxes(**_batch_ticks(_all_batches(data)))
+    fig.update_yaxes(
+        type="log",
+        title_text="LR multiplier (x the scaling rule's learning rate, log scale)",
+        tickmode="array",
+        tickvals=ticks,
+        ticktext=[f"{v:g}" for v in ticks],
+        range=[math.log10(min(ys)) - 0.08, math.log10(max(ys)) + 0.08],
+    )
+    note = (
+        "Per batch size, the multiplier on the scaling rule's learning rate of the trial with "
+        "the best validation accuracy (diamonds, coloured by rule); every trial a faint point"
+        + (f"; searched log-uniformly in {1 / width:.3g}-{width:g}" if width > 1 else "")
+        + ". Near 1 the rule gave the right learning rate; drifting above 1 at large batches "
+        "means the rule scaled the learning rate up too little there, below 1 too much."
+    )
+    return ReportFigure(key, title, _finish(fig, title), note)
+
+
+def pareto_figure(data: ReportData) -> ReportFigure:
+    """Two objectives: validation accuracy against training time, the Pareto front joined."""
+    key, title = "pareto", "Pareto front: validation accuracy against training time"
+    complete = [
+        t
+        for t in data.trials
+        if t.state == "COMPLETE" and t.val_accuracy is not None and t.train_time_s is not None
+    ]
+    if not complete:
+        return ReportFigure(key, title, None, "No complete trial yet: no Pareto front to plot.")
+    front = {t.number for t in data.front}
+    fig = go.Figure()
+
+    def hover(points: Sequence) -> dict:
+        return {
+            "customdata": [
+                [
+                    t.number,
+                    t.batch_size if t.batch_size is not None else "?",
+                    t.scaling_rule or "?",
+                    t.lr if t.lr is not None else float("nan"),
+                    t.test_accuracy if t.test_accuracy is not None else float("nan"),
+                ]
+                for t in points
+            ],
+            "hovertemplate": (
+                "trial %{customdata[0]}<br>batch %{customdata[1]}, rule %{customdata[2]}, "
+                "lr %{customdata[3]:.3g}<br>val %{y:.1%}, test %{customdata[4]:.1%}<br>"
+                "training time %{x:.3g} s<extra></extra>"
+            ),
+        }
+
+    for rule in data.rules or [None]:
+        points = [t for t in complete if t.scaling_rule == rule and t.number not in front]
+        if points:
+            fig.add_trace(
+                go.Scatter(
+                    x=[t.train_time_s for t in points],
+                    y=[t.val_accuracy for t in points],
+                    mode="markers",
+                    name=f"rule {rule}: trials" if rule else "trials",
+                    marker={"color": rule_color(rule), "size": 8, "opacity": 0.45},
+                    **hover(points),
+                )
+            )
+    on_front = [t for t in data.front if t.train_time_s is not None and t.val_accuracy]
+    if on_front:
+        fig.add_trace(
+            go.Scatter(
+                x=[t.train_time_s for t in on_front],
+                y=[t.val_accuracy for t in on_front],
+                mode="lines+markers+text",
+                name="Pareto front",
+                line={"color": "#222", "width": 2, "shape": "hv"},
+                marker={
+                    "size": 13,
+                    "symbol": "diamond",
+                    "color": [rule_color(t.scaling_rule) for t in on_front],
+                    "line": {"color": "#222", "width": 1.5},
+                },
+                text=[f"batch {t.batch_size}" for t in on_front],
+                textposition="top left",
+                textfont={"size": 10},
+                **hover(on_front),
+            )
+        )
+    times = [t.train_time_s for t in complete if t.train_time_s and t.train_time_s > 0]
+    log_x = len(times) == len(complete) and max(times) / min(times) >= 10
+    fig.update_xaxes(
+        title_text="Training time (s per trial" + (", log scale)" if log_x else ")"),
+        type="log" if log_x else "linear",
+        **(_log_ticks(times) if log_x else {}),
+    )
+    fig.update_yaxes(
+        title_text=f"Validation accuracy (% of samples, after {_budget(data)})",
+        tickformat=".0%",
+    )
+    note = (
+        f"{len(complete)} complete trial(s), coloured by scaling rule; the {len(on_front)} on "
+        "the Pareto front (no other trial is both more accurate and faster) are diamonds, "
+        "joined fastest to most accurate. Up and to the left is better."
+    )
     return ReportFigure(key, title, _finish(fig, title), note)
 
 
@@ -524,13 +844,30 @@ def history_figure(study: optuna.Study, data: ReportData) -> ReportFigure:
     key, title = "history", "Optimisation history"
     if data.counts.get("COMPLETE", 0) == 0:
         return ReportFigure(key, title, None, "No complete trial yet: no optimisation history.")
-    fig = optuna.visualization.plot_optimization_history(study)
+    if data.multi_objective:
+        fig = optuna.visualization.plot_optimization_history(
+            study, target=_val_accuracy, target_name="val_accuracy"
+        )
+        note = (
+            "Optuna's optimisation history of validation accuracy, one point per complete "
+            "trial; a two-objective study has no single best so far (see the Pareto front)."
+        )
+        name = "val_accuracy"
+    else:
+        fig = optuna.visualization.plot_optimization_history(study)
+        note = "Optuna's optimisation history: each complete trial's value and the best so far."
+        name = data.metric_name
     fig.update_xaxes(title_text="Trial number")
-    fig.update_yaxes(
-        title_text=f"{data.metric_name} (validation accuracy, fraction, {_budget(data)})"
-    )
-    note = "Optuna's optimisation history: each complete trial's value and the best so far."
-    return ReportFigure(key, title, _finish(fig, f"{title} ({data.metric_name})"), note)
+    fig.update_yaxes(title_text=f"{name} (validation accuracy, fraction, {_budget(data)})")
+    return ReportFigure(key, title, _finish(fig, f"{title} ({name})"), note)
+
+
+def _val_accuracy(trial: optuna.trial.FrozenTrial) -> float:
+    """A trial's validation accuracy: the user attribute, else its first objective value."""
+    value = trial.user_attrs.get("val_accuracy")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return float(trial.values[0]) if trial.values else float("nan")
 
 
 def importance_figure(study: optuna.Study, data: ReportData) -> ReportFigure:
@@ -538,19 +875,43 @@ def importance_figure(study: optuna.Study, data: ReportData) -> ReportFigure:
     key, title = "importances", "Parameter importances"
     if data.importances is None:
         return ReportFigure(key, title, None, data.importance_note)
-    fig = optuna.visualization.plot_param_importances(study)
-    fig.update_xaxes(title_text=f"Importance for {data.metric_name} (fraction of total)")
+    if data.multi_objective:  # Optuna's plot would score each objective as if minimised
+        ordered = sorted(data.importances.items(), key=lambda kv: kv[1])
+        fig = go.Figure(
+            go.Bar(
+                x=[v for _, v in ordered],
+                y=[k for k, _ in ordered],
+                orientation="h",
+                name="reaching the Pareto front",
+                text=[f"{v:.2f}" for _, v in ordered],
+                textposition="outside",
+                cliponaxis=False,
+                hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+            )
+        )
+        target = "reaching the Pareto front"
+    else:
+        fig = optuna.visualization.plot_param_importances(study)
+        target = data.metric_name
+    fig.update_xaxes(title_text=f"Importance for {target} (fraction of total)")
     fig.update_yaxes(title_text="Hyperparameter (name)")
     return ReportFigure(key, title, _finish(fig, title, height=380), data.importance_note)
 
 
 def build_figures(study: optuna.Study, data: ReportData) -> list[ReportFigure]:
-    """Every figure of the report, in page order (missing ones carry their reason)."""
-    return [
+    """Every figure of the report, in page order (missing ones carry their reason).
+
+    The Pareto front comes first in a two-objective study; the LR multiplier figure only when
+    the study searched the multiplier. Other figures are always listed.
+    """
+    figures = [pareto_figure(data)] if data.multi_objective else []
+    figures += [
         accuracy_figure(data),
         learning_curves_figure(data),
         hardware_figure(data),
         lr_figure(data),
-        history_figure(study, data),
-        importance_figure(study, data),
     ]
+    if data.searched_multiplier:
+        figures.append(lr_multiplier_figure(data))
+    figures += [history_figure(study, data), importance_figure(study, data)]
+    return figures

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 import optuna
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 BATCH_SIZES = [16, 32, 64, 128, 256]
@@ -73,6 +73,38 @@ PROBE = {
 }
 
 
+#: ``--lr-search-width`` of the ``multiplier`` study, and its step budget.
+LR_WIDTH = 4.0
+STEPS = 250
+#: Multipliers the ``multiplier`` study's trials take, in turn.
+MULTIPLIERS = (1.0, 1.6, 0.5, 2.5, 0.8)
+#: The ``noise_scale`` study attribute of the ``multiplier`` study (scripts/noise_scale.py --json).
+NOISE_SCALE = {
+    "b_simple": 41.5,
+    "b_simple_se": 6.0,
+    "trace_sigma": 3.1,
+    "grad_norm_sq": 0.075,
+    "per_epoch": [
+        {
+            "epoch": 0,
+            "b_simple": 41.5,
+            "b_simple_se": 6.0,
+            "trace_sigma": 3.1,
+            "grad_norm_sq": 0.075,
+        },
+        {
+            "epoch": 3,
+            "b_simple": 150.2,
+            "b_simple_se": 21.0,
+            "trace_sigma": 1.2,
+            "grad_norm_sq": 0.008,
+        },
+    ],
+    "recommended_batch_size": 128,
+    "recommended_range": [64, 256],
+}
+
+
 def scaled_lr(rule: str, batch: int) -> float:
     """The learning rate the core's rules give (kept here so fixtures need no core module)."""
     factor = {"linear": batch / BASE_BATCH, "sqrt": math.sqrt(batch / BASE_BATCH), "none": 1.0}
@@ -115,8 +147,13 @@ def _trial(
     *,
     search_rule: bool,
     diverged: bool = False,
+    kind: str = "full",
 ) -> optuna.trial.FrozenTrial:
     wobble = ((number * 37) % 11 - 5) / 500
+    turn = (number + number // len(BATCH_SIZES)) % len(MULTIPLIERS)  # 3 per batch size
+    multiplier = MULTIPLIERS[turn] if kind == "multiplier" else None
+    if multiplier is not None:  # the further from the best multiplier (1 at 64, 2 at 256)
+        wobble -= 0.03 * abs(math.log2(multiplier) - max(0.0, math.log2(batch / 64)) / 2)
     curve = {e: _accuracy(batch, rule, e, wobble) for e in range(1, epochs + 1)}
     val = curve[epochs] if curve else 0.0
     attrs = _attrs(batch, rule, epochs, number, val)
@@ -124,6 +161,13 @@ def _trial(
         attrs["test_accuracy"] = round(val - 0.01, 4)
     if diverged:
         attrs["diverged"] = True
+    if kind == "pareto" and state == TrialState.COMPLETE:  # --noise-scale measured it
+        attrs["b_simple"] = 80.0 + 12.5 * (number % 7)
+        attrs["b_simple_se"] = 9.0 + number % 3
+    if multiplier is not None:
+        attrs["lr"] = scaled_lr(rule, batch) * multiplier
+        attrs["lr_multiplier"] = multiplier
+        attrs["optimizer_steps"] = STEPS
     if state in (TrialState.FAIL, TrialState.RUNNING):
         attrs = {"batch_size": batch, "scaling_rule": rule, "lr": scaled_lr(rule, batch)}
     params: dict = {"batch_size": batch}
@@ -131,13 +175,23 @@ def _trial(
     if search_rule:
         params["scaling_rule"] = rule
         dists["scaling_rule"] = CategoricalDistribution(RULES)
+    if multiplier is not None:
+        params["lr_multiplier"] = multiplier
+        dists["lr_multiplier"] = FloatDistribution(1 / LR_WIDTH, LR_WIDTH, log=True)
+    values = None
+    if state == TrialState.COMPLETE:
+        values = [val, attrs["train_time_s"]] if kind == "pareto" else [val]
+    curves = state != TrialState.FAIL and not (kind == "pareto" and number % 2)
+    if kind == "pareto" and number % 4 == 1 and state == TrialState.COMPLETE:
+        attrs["val_accuracy_per_epoch"] = [curve[e] for e in sorted(curve)]
     return optuna.trial.create_trial(
         state=state,
-        value=val if state == TrialState.COMPLETE else None,
+        values=values,
         params=params,
         distributions=dists,
         user_attrs=attrs,
-        intermediate_values=curve if state != TrialState.FAIL else {},
+        # two objectives: Optuna's report() refuses, so a curve is a user attribute or absent
+        intermediate_values=curve if curves else {},
     )
 
 
@@ -158,7 +212,13 @@ def build_study(
         study_name: Name of the study.
         kind: ``full`` (rule searched: complete, pruned, diverged, failed trials), ``fixed``
             (rule fixed to sqrt: only batch_size varies), ``pruned`` (only pruned and failed
-            trials), ``running`` (complete trials and one still running), ``empty``.
+            trials), ``running`` (complete trials and one still running), ``empty``,
+            ``pareto`` (``--objectives accuracy,time --noise-scale``: two objectives, complete
+            and failed trials, every trial's B_simple; learning curves as intermediate values
+            on even trials, as ``val_accuracy_per_epoch`` on trials 1, 5, 9, none on others)
+            or ``multiplier`` (``--lr-search-width 4 --budget steps --steps 250``: the LR
+            multiplier searched, a step budget, the study attribute ``noise_scale``, linear
+            scaling diverged at batch 256 without warm-up).
         probe: Store the probe's table in the study attributes.
     """
     key = (study_name, kind, probe)
@@ -175,20 +235,29 @@ _TEMPLATES: dict[tuple[str, str, bool], Path] = {}
 
 
 def _write_study(path: Path, *, study_name: str, kind: str, probe: bool) -> None:
+    pareto = kind == "pareto"
     study = optuna.create_study(
-        storage=f"sqlite:///{path}", study_name=study_name, direction="maximize"
+        storage=f"sqlite:///{path}",
+        study_name=study_name,
+        directions=["maximize", "minimize"] if pareto else ["maximize"],
     )
     with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["val_accuracy"])
-    search = kind in ("full", "pruned", "running", "empty")
+        study.set_metric_names(["val_accuracy", "train_time_s"] if pareto else ["val_accuracy"])
+    search = kind in ("full", "pruned", "running", "empty", "pareto", "multiplier")
     config = dict(CONFIG, scaling="search" if search else "sqrt")
+    if pareto:
+        config.update(objectives=["accuracy", "time"], pruner="none", noise_scale=True)
+    if kind == "multiplier":
+        config.update(budget="steps", steps=STEPS, warmup_epochs=0, lr_search_width=LR_WIDTH)
     space = dict(SPACE, scaling_rules=RULES if search else ["sqrt"])
     study.set_user_attr("config", config)
     study.set_user_attr("space", space)
     study.set_user_attr("task_info", TASK_INFO)
     if probe:
         study.set_user_attr("probe", PROBE)
+    if kind == "multiplier":
+        study.set_user_attr("noise_scale", NOISE_SCALE)
     plan: list[tuple[int, str, TrialState, int, bool]] = []
     if kind in ("full", "running"):
         for i, batch in enumerate(BATCH_SIZES * 3):
@@ -210,9 +279,32 @@ def _write_study(path: Path, *, study_name: str, kind: str, probe: bool) -> None
             (256, "linear", TrialState.PRUNED, 1, True),
             (64, "sqrt", TrialState.FAIL, 0, False),
         ]
+    elif kind == "pareto":
+        for i, batch in enumerate(BATCH_SIZES * 2):
+            plan.append((batch, RULES[i % 3], TrialState.COMPLETE, EPOCHS, False))
+        plan.append((128, "sqrt", TrialState.FAIL, 0, False))
+    elif kind == "multiplier":
+        for i, batch in enumerate(BATCH_SIZES * 3):
+            epochs = max(1, STEPS * batch // TRAIN_SIZE)  # a step budget: epochs grow with batch
+            plan.append((batch, RULES[i % 3], TrialState.COMPLETE, epochs, False))
+        plan += [
+            (256, "linear", TrialState.PRUNED, 2, True),
+            (128, "linear", TrialState.PRUNED, 1, True),
+        ]
     elif kind != "empty":
-        raise ValueError(f"kind {kind!r}: use full, fixed, pruned, running or empty")
+        raise ValueError(
+            f"kind {kind!r}: use full, fixed, pruned, running, empty, pareto or multiplier"
+        )
     for number, (batch, rule, state, epochs, diverged) in enumerate(plan):
         study.add_trial(
-            _trial(number, batch, rule, state, epochs, search_rule=search, diverged=diverged)
+            _trial(
+                number,
+                batch,
+                rule,
+                state,
+                epochs,
+                search_rule=search,
+                diverged=diverged,
+                kind=kind,
+            )
         )

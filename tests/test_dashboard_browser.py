@@ -183,6 +183,29 @@ def test_report_renders_every_figure_offline(tmp_path: Path, page) -> None:
     assert page.errors == []
 
 
+def test_pareto_and_multiplier_reports_render_every_figure(tmp_path: Path, page) -> None:
+    """A two-objective study and one that searched the LR multiplier: every figure draws."""
+    page.route(
+        "**/*",
+        lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort(),
+    )
+    for kind, title, rows in (
+        ("pareto", "Pareto front: validation accuracy against training time", 3),
+        ("multiplier", "Best learning-rate multiplier against batch size", None),
+    ):
+        study = build_study(tmp_path / f"{kind}.db", kind=kind)
+        out, _ = write_report(study, tmp_path / f"{kind}.html")
+        assert _open_report(page, out) == page.locator(".js-plotly-plot").count() == 7
+        page.locator(".gtitle", has_text=title).wait_for()
+        page.get_by_text("B_simple (gradient noise scale) \u2248", exact=False).first.wait_for()
+        if rows:
+            assert page.locator("#table-pareto-front tr").count() == 1 + rows
+            page.locator("#section-pareto").screenshot(path=str(SCREENSHOTS / "report-pareto.png"))
+        else:
+            page.locator("#advice code", has_text="--warmup-epochs").wait_for()
+    assert page.errors == []
+
+
 def test_report_of_only_pruned_trials_renders_and_says_so(tmp_path: Path, page) -> None:
     study = build_study(tmp_path / "study.db", kind="pruned")
     out, _ = write_report(study, tmp_path / "report.html")

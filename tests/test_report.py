@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import socket
@@ -29,15 +30,18 @@ from study.report import (
     render_text_report,
     write_report,
 )
-from study.report_data import collect_report_data, rule_of_thumb
+from study.report_data import collect_report_data, rule_of_thumb, trial_record
 
 try:
-    from report_studies import TRAIN_SIZE, build_study
+    from report_studies import LR_WIDTH, STEPS, TRAIN_SIZE, build_study
 except ImportError:  # tests/ imported as a package
-    from tests.report_studies import TRAIN_SIZE, build_study
+    from tests.report_studies import LR_WIDTH, STEPS, TRAIN_SIZE, build_study
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_FIGURES = ["accuracy", "learning-curves", "hardware", "learning-rate", "history", "importances"]
+PARETO_FIGURES = ["pareto", *ALL_FIGURES]
+MULTIPLIER_FIGURES = [*ALL_FIGURES[:4], "lr-multiplier", *ALL_FIGURES[4:]]
+NOISE_LABEL = "B_simple (gradient noise scale) \u2248 "
 
 
 def _script(name: str):
@@ -81,6 +85,36 @@ def full_html(full_db: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("out") / "report.html"
     study = load_study_for_report(_url(full_db), "batch-size")
     write_report(study, out, storage_url=_url(full_db))
+    return out.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def pareto_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """--objectives accuracy,time --noise-scale: two objectives, every trial's B_simple."""
+    path = tmp_path_factory.mktemp("pareto") / "study.db"
+    build_study(path, kind="pareto")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pareto_html(pareto_db: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("out") / "report.html"
+    write_report(load_study_for_report(_url(pareto_db), "batch-size"), out)
+    return out.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def multiplier_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LR multiplier searched, a step budget, the noise_scale study attribute, no warm-up."""
+    path = tmp_path_factory.mktemp("multiplier") / "study.db"
+    build_study(path, kind="multiplier")
+    return path
+
+
+@pytest.fixture(scope="module")
+def multiplier_html(multiplier_db: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("out") / "report.html"
+    write_report(load_study_for_report(_url(multiplier_db), "batch-size"), out)
     return out.read_text(encoding="utf-8")
 
 
@@ -165,8 +199,12 @@ def test_html_report_is_self_contained_with_plotly_embedded_once(full_html: str)
     assert list(_figures(full_html)) == ALL_FIGURES
 
 
-def test_every_figure_has_titled_axes_with_units(full_html: str) -> None:
-    for key, figure in _figures(full_html).items():
+@pytest.mark.parametrize("which", ["full_html", "pareto_html", "multiplier_html"])
+def test_every_figure_has_titled_axes_with_units(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    html = request.getfixturevalue(which)
+    for key, figure in _figures(html).items():
         layout = figure["layout"]
         axes = [
             name
@@ -179,7 +217,9 @@ def test_every_figure_has_titled_axes_with_units(full_html: str) -> None:
             assert title, f"{key}: {name} has no title"
         titles = " ".join(layout[name]["title"]["text"] for name in axes)
         assert "(" in titles, f"{key}: no unit in axis titles {titles!r}"
-    acc = _figures(full_html)["accuracy"]["layout"]
+    if which != "full_html":
+        return
+    acc = _figures(html)["accuracy"]["layout"]
     assert "log2" in acc["xaxis"]["title"]["text"]
     assert acc["xaxis"]["ticktext"] == ["16", "32", "64", "128", "256"]
 
@@ -379,6 +419,194 @@ def test_study_package_does_not_import_torch() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def _annotations(layout: dict) -> list[str]:
+    return [a.get("text") or "" for a in layout.get("annotations", [])]
+
+
+def _vlines(layout: dict) -> list[dict]:
+    return [sh for sh in layout.get("shapes", []) if sh.get("x0") == sh.get("x1")]
+
+
+def test_two_objective_study_reports_its_pareto_front(
+    pareto_db: Path, pareto_html: str, capsys: pytest.CaptureFixture
+) -> None:
+    study = optuna.load_study(study_name="batch-size", storage=_url(pareto_db))
+    data = collect_report_data(study, importances=False)
+    assert data.multi_objective and data.metric_names == ["val_accuracy", "train_time_s"]
+    assert data.best is None  # no single best: the front stands in
+    front = {t.number for t in study.best_trials}
+    assert [t.number for t in data.front] == [4, 8, 7] and set(front) == {4, 8, 7}
+    times = [t.train_time_s for t in data.front]
+    assert times == sorted(times)  # fastest first
+    assert data.counts["COMPLETE"] == 10 and data.counts["FAIL"] == 1
+
+    figures = _figures(pareto_html)
+    assert list(figures) == PARETO_FIGURES
+    traces = {t["name"]: t for t in figures["pareto"]["data"]}
+    line = traces["Pareto front"]
+    assert len(line["x"]) == 3 and "lines" in line["mode"]
+    assert sum(len(t["x"]) for t in traces.values()) == 10  # every complete trial once
+    assert "batch %{customdata[1]}, rule %{customdata[2]}" in line["hovertemplate"]
+    assert "lr %{customdata[3]" in line["hovertemplate"]
+    assert line["customdata"][0][:3] == [4, 256, "sqrt"]
+    layout = figures["pareto"]["layout"]
+    assert layout["xaxis"]["title"]["text"].startswith("Training time (s")
+    assert layout["yaxis"]["title"]["text"].startswith("Validation accuracy (%")
+    for text in (
+        "objectives val_accuracy (maximised) and train_time_s (minimised)",
+        "Trials on the Pareto front",
+        "there is no single best trial",
+        "maximise val_accuracy, minimise train_time_s",
+        "<td>#8</td><td>128</td><td>none</td>",
+    ):
+        assert text in pareto_html, text
+    assert "Best trial" not in pareto_html
+
+    assert report_cli.main(["--storage", _url(pareto_db), "--format", "text"]) == 0
+    out = capsys.readouterr().out
+    assert "Trials on the Pareto front" in out and "Best trial" not in out
+    row = next(line for line in out.splitlines() if line.startswith("#7 "))
+    assert row.split() == ["#7", "64", "sqrt", "0.05", "89.8%", "88.8%", "26.7", "s"]
+
+
+def test_two_objective_note_and_artifacts(tmp_path: Path) -> None:
+    study = build_study(tmp_path / "note.db", kind="pareto")
+    body = write_study_note(study)
+    assert "### Pareto front" in body and "### Best result" not in body
+    assert "| 4 | 256 | sqrt | 0.1 | 84.6% | 83.6% | 8.9 s |" in body
+    assert body.index("| 4 |") < body.index("| 8 |") < body.index("| 7 |")
+    assert NOISE_LABEL + "105" in body
+    attach_report(study, tmp_path / "artifacts")
+    names = {m.filename for m in optuna.artifacts.get_all_artifact_meta(study)}
+    assert {"batch-size-report.html", "batch-size-pareto.json"} <= names
+
+
+def test_trial_record_reads_two_objective_values_by_name() -> None:
+    names = ["val_accuracy", "train_time_s"]
+    bare = optuna.trial.create_trial(values=[0.9, 12.5], user_attrs={"batch_size": 64})
+    record = trial_record(bare, "sqrt", names)
+    assert (record.val_accuracy, record.train_time_s, record.scaling_rule) == (0.9, 12.5, "sqrt")
+    assert record.curve == () and record.b_simple is None and record.lr_multiplier is None
+    attrs = {"val_accuracy_per_epoch": [0.5, 0.7], "b_simple": 99.0, "lr_multiplier": 2.0}
+    rich = optuna.trial.create_trial(values=[0.7, 3.0], user_attrs={**attrs, "lr": 0.2})
+    record = trial_record(rich, None, names)
+    assert record.curve == ((1, 0.5), (2, 0.7)) and record.b_simple == 99.0
+    assert record.rule_lr == pytest.approx(0.1)
+
+
+def test_other_multi_objective_shapes_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    url = _url(tmp_path / "x.db")
+    optuna.create_study(storage=url, study_name="maxmax", directions=["maximize", "maximize"])
+    optuna.create_study(storage=url, study_name="three", directions=["maximize"] * 3)
+    for name, why in (("maxmax", "objective 1 (maximize)"), ("three", "has 3 objectives")):
+        assert report_cli.main(["--storage", url, "--study-name", name]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "was not made by run_study.py" in err and why in err
+        with pytest.raises(ValueError, match="a batch-size study maximises val_accuracy"):
+            collect_report_data(optuna.load_study(study_name=name, storage=url))
+    plain = optuna.create_study(
+        storage=url, study_name="plain", directions=["maximize", "minimize"]
+    )
+    with pytest.raises(ValueError, match="not val_accuracy"):  # no names, no config: refused
+        collect_report_data(plain)
+    plain.set_user_attr("config", {"objectives": ["accuracy", "time"]})
+    assert collect_report_data(plain, importances=False).multi_objective
+
+
+def test_noise_scale_is_marked_on_accuracy_and_time_figures(
+    pareto_html: str, multiplier_html: str, full_html: str
+) -> None:
+    for html, value, band in ((pareto_html, 105, None), (multiplier_html, 128, (64, 256))):
+        figures = _figures(html)
+        label = NOISE_LABEL + str(value)
+        for key in ("accuracy", "hardware"):
+            layout = figures[key]["layout"]
+            marks = [sh for sh in _vlines(layout) if sh["line"].get("dash") == "dashdot"]
+            panels = 2 if key == "accuracy" else 3
+            assert len(marks) == panels, key
+            assert marks[0]["x0"] == pytest.approx(math.log2(value))
+            assert label in [t["name"] for t in figures[key]["data"]]  # legend entry
+            rects = [sh for sh in layout.get("shapes", []) if sh["type"] == "rect"]
+            noise_bands = [r for r in rects if r.get("fillcolor") == "#9467bd"]
+            if band is None:
+                assert not noise_bands
+            else:
+                assert len(noise_bands) == panels
+                assert noise_bands[0]["x0"] == pytest.approx(math.log2(band[0]))
+                assert noise_bands[0]["x1"] == pytest.approx(math.log2(band[1]))
+        assert label in _annotations(figures["accuracy"]["layout"])
+        assert "Gradient noise scale B_simple" in html
+    assert "B_simple" not in full_html  # no noise-scale attributes: nothing shown
+
+
+def test_noise_scale_summary_in_text(pareto_db: Path, multiplier_db: Path) -> None:
+    text = render_text_report(load_study_for_report(_url(pareto_db), "batch-size"))
+    section = text.split("Gradient noise scale B_simple")[1]
+    assert "median 105 samples over 10 trial(s) (range 80-155" in section
+    assert "The measured optimum, batch 64, is near it." in section
+    text = render_text_report(load_study_for_report(_url(multiplier_db), "batch-size"))
+    section = text.split("Gradient noise scale B_simple")[1]
+    assert "B_simple 41.5 \u00b1 6 at initialisation, 150 \u00b1 21 after epoch 3" in section
+    assert "recommended batch 128 (range 64-256)" in section
+
+
+def test_step_budget_and_lr_multiplier(multiplier_db: Path, multiplier_html: str) -> None:
+    study = optuna.load_study(study_name="batch-size", storage=_url(multiplier_db))
+    data = collect_report_data(study, importances=False)
+    assert data.step_budget and data.steps == STEPS and data.epochs is None
+    assert data.budget_phrase() == f"a budget of {STEPS} optimizer steps per trial"
+    assert data.searched_multiplier and data.lr_search_width == LR_WIDTH
+    epochs = {t.batch_size: t.epochs_completed for t in data.trials if t.state == "COMPLETE"}
+    assert epochs[16] == 1 and epochs[256] == 16  # a step budget: epochs grow with the batch
+    best = data.best
+    assert best is not None and best.optimizer_steps == STEPS
+    assert best.lr == pytest.approx(best.rule_lr * best.lr_multiplier)
+
+    assert f"a budget of {STEPS} optimizer steps per trial" in multiplier_html
+    assert "epochs per trial" not in multiplier_html
+    assert f"after {STEPS} optimizer steps" in multiplier_html
+    assert "searched log-uniformly in 0.25-4 x the rule" in multiplier_html
+    figures = _figures(multiplier_html)
+    assert list(figures) == MULTIPLIER_FIGURES
+    assert "optimizer steps" in figures["accuracy"]["layout"]["yaxis"]["title"]["text"]
+    assert "steps" in figures["learning-curves"]["layout"]["xaxis"]["title"]["text"]
+    fig = figures["lr-multiplier"]
+    layout = fig["layout"]
+    assert layout["yaxis"]["type"] == "log" and "multiplier" in layout["yaxis"]["title"]["text"]
+    assert layout["yaxis"]["tickvals"] == [0.25, 0.5, 1, 2, 4]
+    hline = [sh for sh in layout["shapes"] if sh.get("y0") == sh.get("y1") == 1]
+    assert len(hline) == 1 and "the rule held" in " ".join(_annotations(layout))
+    winners = next(t for t in fig["data"] if t["name"] == "best trial per batch size")
+    per_batch = {}
+    for t in data.trials:
+        if t.state == "COMPLETE" and t.val_accuracy > per_batch.get(t.batch_size, (0, 0))[0]:
+            per_batch[t.batch_size] = (t.val_accuracy, t.lr_multiplier)
+    assert winners["y"] == [per_batch[b][1] for b in sorted(per_batch)]
+    faint = [t for t in fig["data"] if t["name"].endswith(": trials")]
+    assert sum(len(t["y"]) for t in faint) == 17  # every trial, pruned ones too
+    assert "Best mult." in multiplier_html and "LR multiplier" in multiplier_html
+
+
+def test_warmup_is_suggested_where_linear_scaling_diverged(
+    multiplier_db: Path, tmp_path: Path
+) -> None:
+    study = optuna.load_study(study_name="batch-size", storage=_url(multiplier_db))
+    data = collect_report_data(study, importances=False)
+    advice = data.warmup_advice()
+    assert advice is not None and "diverged at batch 128, 256 (2 trials)" in advice
+    assert "--warmup-epochs 2 to 5" in advice and "Goyal" in advice
+    text = render_text_report(study)
+    assert "Advice: Linear scaling diverged" in text
+    data.config = dict(data.config, warmup_epochs=3)
+    assert "even with 3 warm-up epoch(s)" in data.warmup_advice()
+    fixed = collect_report_data(build_study(tmp_path / "f.db", kind="fixed"), importances=False)
+    assert fixed.warmup_advice() is None  # nothing diverged
+    html = render_html_report(build_report(study, figures=False))
+    assert '<section id="advice">' in html and "<code>--warmup-epochs</code>" in html
 
 
 @pytest.mark.slow
