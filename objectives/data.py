@@ -2,17 +2,27 @@
 
 In-memory data is batched by slicing device tensors with a per-epoch permutation (one index
 operation per micro-batch) instead of a per-sample DataLoader that collates item by item.
+A split is held on the device when it takes at most :data:`DEVICE_DATA_FRACTION` of the
+device's free memory (on CPU: always, for a ``TensorDataset``, which is used without a copy;
+other datasets are stacked when under :data:`IN_MEMORY_LIMIT_BYTES`). Data that does not fit
+streams through :func:`make_loader`: a DataLoader with worker processes and pinned memory.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset
 
-#: Datasets whose stacked tensors stay under this size are held whole on the device.
+#: Datasets whose stacked tensors stay under this size are stacked into host tensors.
 IN_MEMORY_LIMIT_BYTES = 2 * 1024**3
+#: A split is held on a CUDA device when it takes at most this fraction of its free memory.
+DEVICE_DATA_FRACTION = 0.5
+#: Most DataLoader worker processes for streamed data on CUDA (on CPU: none, the trainer
+#: uses the cores).
+MAX_LOADER_WORKERS = 4
 
 
 @dataclass
@@ -24,6 +34,10 @@ class Tensors:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @property
+    def nbytes(self) -> int:
+        return self.x.element_size() * self.x.numel() + self.y.element_size() * self.y.numel()
 
     def to(self, device: torch.device | str) -> Tensors:
         non_blocking = torch.device(device).type == "cuda"
@@ -54,3 +68,68 @@ def as_tensors(dataset: Dataset, limit_bytes: int = IN_MEMORY_LIMIT_BYTES) -> Te
         return None
     xs, ys = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
     return Tensors(torch.stack(list(xs)), torch.tensor([int(v) for v in ys], dtype=torch.long))
+
+
+def fits_on_device(nbytes: int, device: torch.device | str) -> bool:
+    """Whether ``nbytes`` of data may be held on ``device`` (CPU: always; it is already there).
+
+    On CUDA: at most :data:`DEVICE_DATA_FRACTION` of the free memory, so that batches keep
+    room (the probe measures with the data held, so its cap accounts for it).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    free, _total = torch.cuda.mem_get_info(device)
+    return nbytes <= DEVICE_DATA_FRACTION * free
+
+
+def place(dataset: Dataset, device: torch.device | str) -> Tensors | Dataset:
+    """The dataset as device tensors when it fits (:func:`fits_on_device`), else itself.
+
+    Moved once (a non-blocking copy on CUDA); training then batches it by slicing.
+    """
+    tensors = as_tensors(dataset)
+    if tensors is None or not fits_on_device(tensors.nbytes, device):
+        return dataset
+    return tensors.to(device)
+
+
+def loader_workers(device: torch.device | str, requested: int | None = None) -> int:
+    """Worker processes for a streaming DataLoader: ``requested``, else an automatic count.
+
+    Automatic: on CUDA up to :data:`MAX_LOADER_WORKERS`, leaving one core to the trainer;
+    on CPU none (the training step itself uses the cores).
+    """
+    if requested is not None:
+        return max(0, int(requested))
+    if torch.device(device).type != "cuda":
+        return 0
+    return max(0, min(MAX_LOADER_WORKERS, (os.cpu_count() or 1) - 1))
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device | str,
+    generator: torch.Generator | None = None,
+    shuffle: bool = True,
+    workers: int | None = None,
+) -> DataLoader:
+    """A DataLoader that streams ``dataset`` in batches: workers, pinned memory on CUDA.
+
+    Workers live for one pass (an epoch), so nothing outlives a trial that stops early; on
+    Linux starting them costs milliseconds beside an epoch too large to hold on the device.
+    A ``TensorDataset`` is read a whole batch per index operation (a batch sampler hands each
+    worker the batch's indices) rather than collated sample by sample.
+    """
+    device = torch.device(device)
+    n_workers = loader_workers(device, workers)
+    common = dict(num_workers=n_workers, pin_memory=device.type == "cuda")
+    if isinstance(dataset, TensorDataset):
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else None
+        indices = sampler if sampler is not None else range(len(dataset))
+        batches = BatchSampler(indices, batch_size, drop_last=False)
+        return DataLoader(dataset, sampler=batches, batch_size=None, **common)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, **common
+    )

@@ -1,11 +1,21 @@
-"""Model factories: ``mlp`` for any input shape, ``cnn`` for image-shaped ``(C, H, W)`` inputs.
+"""Model factories: ``mlp`` for any input, ``cnn`` and ``resnet`` for images ``(C, H, W)``.
 
-Neither uses batch normalisation, so gradient accumulation over micro-batches gives exactly the
+- ``mlp``: a ReLU multilayer perceptron over the flattened input.
+- ``cnn``: for small images. Below 16 pixels a side (the 8x8 digits) two 3x3 convolutions and
+  one 2x2 max-pool; from 16 pixels up (MNIST and Fashion-MNIST 1x28x28, CIFAR-10 3x32x32) two
+  conv-ReLU-pool stages (32 and 64 channels, each halving the side), then the head.
+- ``resnet``: a small ResNet-style network for 32x32 colour images (CIFAR-10): a 3x3 stem,
+  three stages of two residual blocks (32, 64, 128 channels; the last two stages halve the side
+  with a strided convolution), global average pooling and a linear classifier. It normalises
+  with GroupNorm, which normalises each sample on its own, so it does not see the
+  micro-batches.
+
+None uses batch normalisation, so gradient accumulation over micro-batches gives exactly the
 update of one large batch (batch norm would see the micro-batches; see the README).
 
 Example:
-    >>> factory = build_model_factory("mlp", input_shape=(64,), num_classes=10, hidden=(32,))
-    >>> factory()(torch.zeros(2, 64)).shape  # doctest: +SKIP
+    >>> factory = build_model_factory("resnet", input_shape=(3, 32, 32), num_classes=10)
+    >>> factory()(torch.zeros(2, 3, 32, 32)).shape  # doctest: +SKIP
     torch.Size([2, 10])
 """
 
@@ -14,9 +24,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "resnet")
+
+#: Images at least this many pixels a side get the pooled two-stage ``cnn``.
+LARGE_IMAGE_SIDE = 16
 
 
 class ModelError(ValueError):
@@ -35,24 +49,92 @@ def mlp(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int]) -> 
 
 
 def cnn(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int]) -> nn.Module:
-    """Two 3x3 convolutions, a 2x2 max-pool, and a small classifier head.
+    """A small convolutional network; ``hidden[0]`` is the width of its classifier head.
 
-    Sized for small images such as the 8x8 digits; ``hidden[0]`` is the head's width.
+    Images below :data:`LARGE_IMAGE_SIDE` pixels a side (the 8x8 digits): two 3x3
+    convolutions, one 2x2 max-pool. Larger images (28x28, 32x32): conv(32)-ReLU-maxpool,
+    conv(64)-ReLU-maxpool, so the head sees 64 channels at a quarter of the side (7x7 for
+    MNIST, 8x8 for CIFAR-10).
     """
     channels, height, width = input_shape
     head = hidden[0] if hidden else 128
-    pooled = (max(height // 2, 1), max(width // 2, 1))
+    if min(height, width) < LARGE_IMAGE_SIDE:
+        pooled = (max(height // 2, 1), max(width // 2, 1))
+        return nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveMaxPool2d(pooled),
+            nn.Flatten(),
+            nn.Linear(64 * pooled[0] * pooled[1], head),
+            nn.ReLU(),
+            nn.Linear(head, num_classes),
+        )
     return nn.Sequential(
         nn.Conv2d(channels, 32, 3, padding=1),
         nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1),
         nn.ReLU(),
-        nn.AdaptiveMaxPool2d(pooled),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(64 * pooled[0] * pooled[1], head),
+        nn.Linear(64 * (height // 4) * (width // 4), head),
         nn.ReLU(),
         nn.Linear(head, num_classes),
     )
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with groups of (at most) 8 channels: per-sample, so accumulation is exact."""
+    return nn.GroupNorm(max(1, channels // 8), channels)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with GroupNorm and a skip connection (a strided 1x1 when shapes
+    change): ``relu(x' + f(x))``, the basic block of He et al. 2016."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
+        self.norm1 = _norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.norm2 = _norm(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), _norm(out_channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+def resnet(
+    input_shape: Sequence[int], num_classes: int, widths: Sequence[int] = (32, 64, 128)
+) -> nn.Module:
+    """A small ResNet-style network (about 0.7M parameters at the default widths).
+
+    Stem: 3x3 convolution to ``widths[0]`` channels. Then one stage per width, each two
+    :class:`ResidualBlock` s; every stage after the first halves the side. Global average
+    pooling and a linear layer give the logits. Any ``(C, H, W)`` input works; it is sized
+    for CIFAR-10's 3x32x32.
+    """
+    channels = input_shape[0]
+    layers: list[nn.Module] = [
+        nn.Conv2d(channels, widths[0], 3, padding=1, bias=False),
+        _norm(widths[0]),
+        nn.ReLU(),
+    ]
+    previous = widths[0]
+    for i, width in enumerate(widths):
+        stride = 1 if i == 0 else 2
+        layers += [ResidualBlock(previous, width, stride), ResidualBlock(width, width)]
+        previous = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(previous, num_classes)]
+    return nn.Sequential(*layers)
 
 
 def build_model_factory(
@@ -60,18 +142,23 @@ def build_model_factory(
 ) -> Callable[[], nn.Module]:
     """Return a function that builds a fresh model ``name`` for these inputs and classes.
 
+    ``hidden`` sets the mlp's layers and the cnn's head width; ``resnet`` ignores it.
+
     Raises:
-        ModelError: unknown name, or ``cnn`` asked for inputs that are not ``(C, H, W)``.
+        ModelError: unknown name, or ``cnn``/``resnet`` asked for inputs that are not
+            ``(C, H, W)``.
     """
     input_shape = tuple(int(d) for d in input_shape)
     hidden = tuple(int(h) for h in hidden)
     if name == "mlp":
         return lambda: mlp(input_shape, num_classes, hidden)
-    if name == "cnn":
+    if name in ("cnn", "resnet"):
         if len(input_shape) != 3:
             raise ModelError(
-                f"--model cnn needs image-shaped inputs (C, H, W), this task gives "
+                f"--model {name} needs image-shaped inputs (C, H, W), this task gives "
                 f"{input_shape}: use --model mlp"
             )
-        return lambda: cnn(input_shape, num_classes, hidden)
+        if name == "cnn":
+            return lambda: cnn(input_shape, num_classes, hidden)
+        return lambda: resnet(input_shape, num_classes)
     raise ModelError(f"unknown --model {name!r}: choose one of {', '.join(MODELS)}")

@@ -5,6 +5,16 @@ the study searches it), derives the learning rate, trains with accumulation wher
 above the memory cap, reports validation accuracy each epoch so the pruner can stop it, and
 records what it measured as user attributes (the study record in the README).
 
+What a long study meets is handled inside the trial, never as a crash of the study:
+
+* out of memory (CUDA or CPU): the attempt's memory is freed, the error recorded (``oom``:
+  the micro-batch, accumulation and epoch of each failure), and the trial retried once with
+  half the micro-batch and twice the accumulation (the same effective batch); a second
+  failure prunes it;
+* a NaN/infinite loss: recorded as ``diverged`` and pruned;
+* a killed worker: with a :class:`~objectives.checkpoint.CheckpointStore`, each epoch is
+  checkpointed and the retried trial resumes after the last one (``resumed_from_epoch``).
+
 Example:
     >>> objective = BatchSizeObjective(task, config, space)  # doctest: +SKIP
     >>> study.optimize(objective, n_trials=10)               # doctest: +SKIP
@@ -12,9 +22,22 @@ Example:
 
 from __future__ import annotations
 
+import os
+import warnings
+from dataclasses import dataclass, field
+
 import optuna
 import torch
 
+from objectives.checkpoint import (
+    Checkpoint,
+    CheckpointStore,
+    OptimizerCapture,
+    first_attempt,
+    run_id,
+)
+from objectives.oom import is_out_of_memory, release_memory
+from objectives.oom import summary as oom_summary
 from objectives.tasks import Task
 from objectives.train import (
     Diverged,
@@ -29,10 +52,28 @@ from study.config import StudyConfig
 from study.scaling import scaled_lr
 from study.space import BatchSpace
 
+#: Out-of-memory retries of one trial (each halves the micro-batch) before it is pruned.
+OOM_RETRIES = 1
+
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
     """The seed of one trial's run: distinct per trial, reproducible from the study's seed."""
     return (study_seed * 1_000_003 + trial_number * 7_919 + 1) % 2**31
+
+
+@dataclass
+class _Attempt:
+    """One training attempt of a trial: how, from where, and how it ended."""
+
+    micro_batch_size: int
+    saved: Checkpoint | None = None  # the checkpoint it continues
+    result: TrainResult = field(default_factory=TrainResult)
+    outcome: str = ""  # "complete", "pruned", "diverged" or "oom"
+    detail: str = ""
+
+    @property
+    def start_epoch(self) -> int:
+        return self.saved.epoch if self.saved is not None else 0
 
 
 class BatchSizeObjective:
@@ -43,15 +84,23 @@ class BatchSizeObjective:
         config: The study's settings (optimizer, base learning rate and batch, epochs, seed).
         space: The stored batch-size space.
         device: Where to train (``cpu``, ``cuda``, ``cuda:N``).
+        checkpoints: Where each epoch is checkpointed so a retried trial resumes (``None``:
+            no checkpoints).
     """
 
     def __init__(
-        self, task: Task, config: StudyConfig, space: BatchSpace, device: str = "cpu"
+        self,
+        task: Task,
+        config: StudyConfig,
+        space: BatchSpace,
+        device: str = "cpu",
+        checkpoints: CheckpointStore | None = None,
     ) -> None:
         self.task = task
         self.config = config
         self.space = space
         self.device = torch.device(device)
+        self.checkpoints = checkpoints
         self.train, self.val, self.test = (
             place(d, self.device) for d in (task.train, task.val, task.test)
         )
@@ -65,17 +114,9 @@ class BatchSizeObjective:
             rule = space.scaling_rules[0]
         micro, accumulation = space.split(batch_size)
         lr = scaled_lr(rule, config.base_lr, config.base_batch_size, batch_size)
-        seed = trial_seed(config.seed, trial.number)
-        settings = TrainSettings(
-            epochs=config.epochs,
-            batch_size=batch_size,
-            micro_batch_size=micro,
-            lr=lr,
-            optimizer=config.optimizer,
-            seed=seed,
-            device=str(self.device),
-            eval_batch_size=space.memory_cap,
-        )
+        key = first_attempt(trial)  # a retry continues its first attempt's run and seed
+        run = run_id(trial, key) if self.checkpoints is not None else ""
+        seed = trial_seed(config.seed, key)
         record: dict = {
             "batch_size": batch_size,
             "micro_batch_size": micro,
@@ -83,28 +124,136 @@ class BatchSizeObjective:
             "lr": lr,
             "scaling_rule": rule,
             "seed": seed,
+            **self._device_record(),
         }
+        ooms: list[dict] = []
+        retries = OOM_RETRIES
+        attempt = self._resume(key, run, micro, record)
+        if attempt.micro_batch_size < micro:  # an earlier attempt already halved it
+            retries = 0
+        try:
+            while True:
+                self._attempt(trial, attempt, batch_size, lr, seed, key, run)
+                # The attempt's frames are gone by now; after an OOM, free everything.
+                release_memory(self.device, full=attempt.outcome == "oom")
+                if attempt.outcome != "oom":
+                    break
+                ooms.append(
+                    {
+                        "micro_batch_size": attempt.micro_batch_size,
+                        "accumulation_steps": batch_size // attempt.micro_batch_size,
+                        "epoch": len(attempt.result.epochs) + 1,
+                        "error": attempt.detail,
+                    }
+                )
+                if retries == 0 or attempt.micro_batch_size == 1:
+                    break
+                retries -= 1
+                attempt = self._resume(key, run, attempt.micro_batch_size // 2, record)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: queued again, resumes from here
+            raise
+        except BaseException:  # broken: FAIL, not resumable
+            self._forget(key)
+            raise
+        self._forget(key)
+        record["micro_batch_size"] = attempt.micro_batch_size
+        record["accumulation_steps"] = batch_size // attempt.micro_batch_size
+        if ooms:
+            record["oom"] = ooms
+        if attempt.outcome == "diverged":
+            record["diverged"] = True
+        _write(trial, record, attempt.result)
+        if attempt.outcome == "oom":
+            raise optuna.TrialPruned(
+                f"out of memory at micro-batch {attempt.micro_batch_size} "
+                f"({attempt.detail}); pruned after {len(ooms)} attempts"
+            )
+        if attempt.outcome in ("pruned", "diverged"):
+            raise optuna.TrialPruned(attempt.detail)
+        return attempt.result.val_accuracy
+
+    def _device_record(self) -> dict:
+        record = {"device": str(self.device)}
+        if self.device.type == "cuda":
+            record["device_name"] = torch.cuda.get_device_name(self.device)
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if visible:
+                record["gpu"] = visible
+        return record
+
+    def _resume(self, key: int, run: str, micro: int, record: dict) -> _Attempt:
+        """A fresh attempt at ``micro``, continuing the checkpoint of ``key`` if there is one."""
+        saved = self.checkpoints.load(key, run, self.device) if self.checkpoints else None
+        if saved is None:
+            return _Attempt(micro)
+        record.setdefault("resumed_from_epoch", saved.epoch)
+        return _Attempt(min(micro, saved.micro_batch_size), saved, saved.result)
+
+    def _forget(self, key: int) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.remove(key)
+
+    def _attempt(
+        self,
+        trial: optuna.Trial,
+        attempt: _Attempt,
+        batch_size: int,
+        lr: float,
+        seed: int,
+        key: int,
+        run: str,
+    ) -> None:
+        """Train (or continue) one attempt and set ``attempt.outcome``.
+
+        Pruning, divergence and out-of-memory end here, not as exceptions: their tracebacks
+        (and the tensors those hold) are gone when this returns, so the memory can be freed.
+        """
+        start = attempt.start_epoch
+        settings = TrainSettings(
+            epochs=self.config.epochs - start,
+            batch_size=batch_size,
+            micro_batch_size=attempt.micro_batch_size,
+            lr=lr,
+            optimizer=self.config.optimizer,
+            seed=seed if start == 0 else (seed + start) % 2**31,  # new shuffles after resuming
+            device=str(self.device),
+            eval_batch_size=self.space.memory_cap,
+            precision=self.config.precision,
+            compile=self.config.compile,
+        )
+        saved = attempt.saved
+        torch.manual_seed(seed)
+        model = self.task.build_model().to(self.device)
+        if saved is not None:
+            model.load_state_dict(saved.model_state)
+        capture = OptimizerCapture(model, saved.optimizer_state if saved else None)
 
         def on_epoch(epoch: EpochResult) -> None:
-            trial.report(epoch.val_accuracy, epoch.epoch)
+            epoch.epoch += start
+            with warnings.catch_warnings():  # a retry re-reporting an epoch keeps the first
+                warnings.filterwarnings("ignore", message="The reported value is ignored")
+                trial.report(epoch.val_accuracy, epoch.epoch)
+            if self.checkpoints is not None and epoch.epoch < self.config.epochs:
+                self.checkpoints.save(
+                    key, run, model, capture.optimizer, attempt.result, attempt.micro_batch_size
+                )
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch.epoch}")
 
-        torch.manual_seed(seed)
-        model = self.task.build_model().to(self.device)
-        result = TrainResult()
         try:
-            train_model(model, self.train, self.val, settings, on_epoch, result)
-            finish(result, model, self.train, self.test, settings.eval_batch, self.device)
+            with capture:
+                train_model(model, self.train, self.val, settings, on_epoch, attempt.result)
+            finish(attempt.result, model, self.train, self.test, settings.eval_batch, self.device)
+            attempt.outcome = "complete"
         except Diverged as diverged:
-            record["diverged"] = True
-            _write(trial, record, result)
-            raise optuna.TrialPruned(str(diverged)) from None
-        except optuna.TrialPruned:
-            _write(trial, record, result)
-            raise
-        _write(trial, record, result)
-        return result.val_accuracy
+            attempt.outcome = "diverged"
+            attempt.detail = str(Diverged(diverged.epoch + start))
+        except optuna.TrialPruned as pruned:
+            attempt.outcome, attempt.detail = "pruned", str(pruned)
+        except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError too
+            if not is_out_of_memory(error):
+                raise
+            attempt.outcome, attempt.detail = "oom", oom_summary(error)
 
 
 def _write(trial: optuna.Trial, record: dict, result: TrainResult) -> None:

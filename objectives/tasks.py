@@ -2,8 +2,10 @@
 
 A :class:`Task` is what a trial needs from the user's problem: a way to build a fresh model and
 three datasets yielding ``(input_tensor, int_label)``. Built in are ``digits`` (scikit-learn's
-bundled handwritten digits) and ``synthetic`` (a learnable problem of any size); a user's own
-task is ``package.module:factory`` or ``path/to/file.py:factory``.
+bundled handwritten digits), ``synthetic`` (a learnable problem of any size) and the image
+datasets ``mnist``, ``fashion-mnist`` and ``cifar10`` (read from ``data_dir``; see
+:mod:`objectives.vision`); a user's own task is ``package.module:factory`` or
+``path/to/file.py:factory``.
 
 Example:
     >>> from objectives.tasks import load_task
@@ -52,8 +54,6 @@ class Task:
     test: Dataset
     num_classes: int | None = None
     info: dict = field(default_factory=dict)
-
-
 
 
 def _split_indices(labels: torch.Tensor, seed: int, fractions=(0.6, 0.2, 0.2)):
@@ -211,18 +211,28 @@ def load_task(
     synthetic_samples: int = 4096,
     synthetic_features: int = 32,
     synthetic_classes: int = 4,
+    data_dir: str = "storage/data",
+    download: bool = False,
 ) -> Task:
     """Build the task called ``name`` (built-in or ``module:factory``).
 
+    ``data_dir`` and ``download`` concern the image datasets only (``mnist``,
+    ``fashion-mnist``, ``cifar10``): where their files are, and whether to fetch missing ones.
+
     Raises:
-        TaskError: the name is unknown, the user's factory fails, or its task is malformed.
+        TaskError: the name is unknown, dataset files are missing, the user's factory fails,
+            or its task is malformed.
     """
+    from objectives.vision import VISION_TASKS, vision_task
+
     if name == "digits":
         task = digits_task(model=model, hidden=hidden, seed=seed)
     elif name == "synthetic":
         task = synthetic_task(
             synthetic_samples, synthetic_features, synthetic_classes, model, hidden, seed
         )
+    elif name in VISION_TASKS:
+        task = vision_task(name, data_dir, download, model=model, hidden=hidden, seed=seed)
     else:
         factory = _import_factory(name)
         try:

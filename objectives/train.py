@@ -6,6 +6,14 @@ samples (one optimizer update each), splits each group into micro-batches of at 
 (so a short last group or micro-batch counts for what it holds), then evaluates on the
 validation split and hands the epoch to ``on_epoch`` (the objective reports and prunes there).
 
+GPU efficiency: ``precision`` runs the forward pass and loss under ``torch.autocast``
+(``bf16``, or ``fp16`` with a gradient scaler), ``compile`` trains through ``torch.compile``,
+optimizers are fused on CUDA, copies to the device are non-blocking, and nothing in the step
+loop waits for the device: the loss is summed on the device and read once per epoch, where it
+is reported. :func:`make_step` builds the pieces (module, optimizer, scaler, autocast) from
+:class:`TrainSettings`, so that other code (the hardware probe) runs steps exactly as trials
+do.
+
 Example:
     >>> from objectives.tasks import load_task
     >>> task = load_task("digits")
@@ -17,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -26,10 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from objectives.data import Tensors, as_tensors
+from objectives.data import Tensors, make_loader, place
 from objectives.memory import SavedTensorCounter, state_bytes, tensor_bytes
+from study.config import PRECISIONS, ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Diverged(RuntimeError):
@@ -54,6 +66,15 @@ class TrainSettings:
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         eval_batch_size: Batch of the evaluation passes (default: the micro-batch). The
             study uses its memory cap, which the probe ran an evaluation batch at.
+        precision: ``fp32``; ``bf16`` (bfloat16 autocast); ``fp16`` (float16 autocast and a
+            gradient scaler, CUDA only). Evaluation runs under the same autocast.
+        compile: Run the model through ``torch.compile`` (the first steps compile).
+        loader_workers: DataLoader workers for data that is streamed rather than held on
+            the device (``None``: automatic, see :func:`objectives.data.loader_workers`).
+
+    Raises:
+        ConfigError: an unknown precision, ``fp16`` off CUDA, or ``bf16`` on a GPU without
+            bfloat16.
     """
 
     epochs: int
@@ -64,6 +85,29 @@ class TrainSettings:
     seed: int = 0
     device: str = "cpu"
     eval_batch_size: int | None = None
+    precision: str = "fp32"
+    compile: bool = False
+    loader_workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"--precision {self.precision!r} is not one of: {', '.join(PRECISIONS)}"
+            )
+        device = torch.device(self.device)
+        if self.precision == "fp16" and device.type != "cuda":
+            raise ConfigError(
+                f"--precision fp16 needs a CUDA GPU (fp16 autocast with a gradient scaler), "
+                f"this run trains on {device}: use --precision bf16 or fp32"
+            )
+        if (
+            self.precision == "bf16"
+            and device.type == "cuda"
+            and not torch.cuda.is_bf16_supported()
+        ):
+            raise ConfigError(
+                "--precision bf16: this GPU has no bfloat16 support; use --precision fp16"
+            )
 
     @property
     def eval_batch(self) -> int:
@@ -101,15 +145,91 @@ class TrainResult:
         return self.samples_seen / self.train_time_s if self.train_time_s > 0 else 0.0
 
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    """Build optimizer ``name`` (see :data:`OPTIMIZERS`) over ``params``."""
+def make_optimizer(name: str, params, lr: float, fused: bool = False) -> torch.optim.Optimizer:
+    """Build optimizer ``name`` (see :data:`OPTIMIZERS`) over ``params``.
+
+    ``fused`` (used on CUDA) updates all parameters in one kernel and, with a gradient scaler,
+    checks for infinite gradients without waiting for the device.
+    """
+    extra = {"fused": True} if fused else {}
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+        if "fused" not in inspect.signature(torch.optim.SGD).parameters:  # torch < 2.3
+            extra = {}
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, **extra)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, **extra)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr)
+        return torch.optim.AdamW(params, lr=lr, **extra)
     raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context of ``precision`` on ``device`` (nothing for ``fp32``)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+@dataclass
+class Step:
+    """What runs one trial's training steps, built by :func:`make_step` from its settings.
+
+    Attributes:
+        model: The module that runs: the model, or its ``torch.compile`` wrapper (which
+            shares the parameters).
+        optimizer: Over the model's parameters (fused on CUDA).
+        scaler: The gradient scaler; enabled only for ``fp16`` (otherwise ``scale`` returns
+            the loss unchanged and ``step`` is ``optimizer.step``).
+        settings: The settings it was built from.
+
+    Calling it runs one whole update on one batch, as the trainer does with a single
+    micro-batch: ``loss = step(x, y)`` (the batch's summed loss, still on the device).
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    settings: TrainSettings
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.settings.device, self.settings.precision)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss = F.cross_entropy(self.model(x), y, reduction="sum")
+        self.scaler.scale(loss / len(y)).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+
+def _grad_scaler(device_type: str, enabled: bool) -> torch.amp.GradScaler:
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device_type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
+
+
+def make_step(model: torch.nn.Module, settings: TrainSettings) -> Step:
+    """The module, optimizer, gradient scaler and autocast one trial trains with.
+
+    ``model`` must already be on ``settings.device``. The hardware probe builds its steps
+    here too, so that the memory cap it measures holds for the trials.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> step = make_step(model, TrainSettings(epochs=1, batch_size=8, micro_batch_size=8,
+        ...                                       lr=0.1, precision="bf16"))
+        >>> loss = step(torch.randn(8, 4), torch.randint(0, 2, (8,)))
+    """
+    device = torch.device(settings.device)
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True  # pick the fastest convolution per shape
+    optimizer = make_optimizer(settings.optimizer, model.parameters(), settings.lr, on_cuda)
+    scaler = _grad_scaler(device.type, enabled=settings.precision == "fp16")
+    runner = torch.compile(model) if settings.compile else model
+    return Step(runner, optimizer, scaler, settings)
 
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -121,62 +241,71 @@ def update_groups(
     micro_batch_size: int,
     generator: torch.Generator,
     device: torch.device,
+    loader: DataLoader | None = None,
 ) -> Iterator[tuple[list[Batch], int]]:
     """Yield one epoch of ``(micro_batches, samples_in_group)``, one item per update.
 
     :class:`Tensors` already on the device are sliced with a shuffled index; other datasets
-    are read through a shuffling DataLoader in groups and split after loading.
+    are read in groups through ``loader`` (a shuffling DataLoader of ``batch_size``; built
+    here when not given), copied to the device without blocking and split there.
     """
     if isinstance(data, Tensors):
         order = torch.randperm(len(data), generator=generator).to(device)
         for group in order.split(batch_size):
             yield [(data.x[i], data.y[i]) for i in group.split(micro_batch_size)], len(group)
         return
-    pin = device.type == "cuda"
-    loader = DataLoader(
-        data, batch_size=batch_size, shuffle=True, generator=generator, pin_memory=pin
-    )
+    if loader is None:
+        loader = make_loader(data, batch_size, device, generator)
+    non_blocking = device.type == "cuda"
     for x, y in loader:
-        x = x.to(device, non_blocking=pin)
-        y = y.to(device, non_blocking=pin)
+        x = x.to(device, non_blocking=non_blocking)
+        y = y.to(device, non_blocking=non_blocking)
         yield list(zip(x.split(micro_batch_size), y.split(micro_batch_size), strict=True)), len(y)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Tensors | Dataset, batch_size: int, device) -> float:
-    """Accuracy (fraction correct) of ``model`` on ``data``, in batches of ``batch_size``."""
+def evaluate(
+    model: torch.nn.Module,
+    data: Tensors | Dataset,
+    batch_size: int,
+    device,
+    precision: str = "fp32",
+) -> float:
+    """Accuracy (fraction correct) of ``model`` on ``data``, in batches of ``batch_size``.
+
+    Runs under the autocast of ``precision``; the count stays on the device until the end.
+    """
+    device = torch.device(device)
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     if isinstance(data, Tensors):
         batches = zip(data.x.split(batch_size), data.y.split(batch_size), strict=True)
     else:
-        batches = DataLoader(data, batch_size=batch_size)
-    for x, y in batches:
-        x, y = x.to(device), y.to(device)
-        correct += (model(x).argmax(dim=1) == y).sum()
+        batches = make_loader(data, batch_size, device, shuffle=False)
+    non_blocking = device.type == "cuda"
+    with autocast(device, precision):
+        for x, y in batches:
+            x = x.to(device, non_blocking=non_blocking)
+            y = y.to(device, non_blocking=non_blocking)
+            correct += (model(x).argmax(dim=1) == y).sum()
     model.train(was_training)
     return correct.item() / len(data)
 
 
-def place(dataset: Dataset, device: torch.device) -> Tensors | Dataset:
-    """The dataset as device tensors when it fits in memory, else the dataset itself."""
-    tensors = as_tensors(dataset)
-    return tensors.to(device) if tensors is not None else dataset
-
-
 def _measured_backward(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, group_size: int
+    step: Step, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, group_size: int
 ) -> tuple[int, torch.Tensor]:
     """One micro-batch's forward and backward, returning the activation bytes it held.
 
-    Activation bytes are the tensors autograd saved plus the inputs and outputs.
+    Activation bytes are the tensors autograd saved plus the inputs and outputs. Runs the
+    eager ``model`` (saved-tensor hooks do not see inside a compiled graph).
     """
-    with SavedTensorCounter(model) as saved:
+    with SavedTensorCounter(model) as saved, step.autocast():
         out = model(x)
         loss = F.cross_entropy(out, y, reduction="sum")
     activations = saved.bytes + tensor_bytes([x, y, out])
-    (loss / group_size).backward()
+    step.scaler.scale(loss / group_size).backward()
     return activations, loss
 
 
@@ -196,7 +325,13 @@ def train_model(
     """
     device = torch.device(settings.device)
     generator = torch.Generator().manual_seed(settings.seed)
-    optimizer = make_optimizer(settings.optimizer, model.parameters(), settings.lr)
+    step = make_step(model, settings)
+    net, optimizer, scaler = step.model, step.optimizer, step.scaler
+    loader = None
+    if not isinstance(train, Tensors):  # streamed through workers and pinned memory
+        loader = make_loader(
+            train, settings.batch_size, device, generator, workers=settings.loader_workers
+        )
     result = result if result is not None else TrainResult()
     on_cuda = device.type == "cuda"
     if on_cuda:
@@ -208,18 +343,19 @@ def train_model(
         loss_sum = torch.zeros((), device=device)
         seen = 0
         for micro_batches, group_size in update_groups(
-            train, settings.batch_size, settings.micro_batch_size, generator, device
+            train, settings.batch_size, settings.micro_batch_size, generator, device, loader
         ):
             optimizer.zero_grad(set_to_none=True)
             for x, y in micro_batches:
                 if not on_cuda and activation_bytes == 0:  # count the first step's tensors
-                    activation_bytes, loss = _measured_backward(model, x, y, group_size)
+                    activation_bytes, loss = _measured_backward(step, model, x, y, group_size)
                 else:
-                    out = model(x)
-                    loss = F.cross_entropy(out, y, reduction="sum")
-                    (loss / group_size).backward()
+                    with step.autocast():
+                        loss = F.cross_entropy(net(x), y, reduction="sum")
+                    scaler.scale(loss / group_size).backward()
                 loss_sum += loss.detach()
-            optimizer.step()
+            scaler.step(optimizer)  # optimizer.step(), skipped on inf/NaN gradients in fp16
+            scaler.update()
             seen += group_size
         if on_cuda:
             torch.cuda.synchronize(device)
@@ -235,7 +371,7 @@ def train_model(
         train_loss = loss_sum.item() / seen
         if not math.isfinite(train_loss):
             raise Diverged(epoch)
-        val_accuracy = evaluate(model, val, settings.eval_batch, device)
+        val_accuracy = evaluate(net, val, settings.eval_batch, device, settings.precision)
         epoch_result = EpochResult(epoch, train_loss, val_accuracy, epoch_time)
         result.epochs.append(epoch_result)
         if on_epoch is not None:
@@ -250,11 +386,13 @@ def train_task(task, settings: TrainSettings, on_epoch=None) -> TrainResult:
     model = task.build_model().to(device)
     train, val, test = (place(d, device) for d in (task.train, task.val, task.test))
     result = train_model(model, train, val, settings, on_epoch)
-    finish(result, model, train, test, settings.eval_batch, device)
+    finish(result, model, train, test, settings.eval_batch, device, settings.precision)
     return result
 
 
-def finish(result: TrainResult, model, train, test, batch_size: int, device) -> None:
+def finish(
+    result: TrainResult, model, train, test, batch_size: int, device, precision: str = "fp32"
+) -> None:
     """Record the trained model's accuracy on the training and test splits."""
-    result.train_accuracy = evaluate(model, train, batch_size, device)
-    result.test_accuracy = evaluate(model, test, batch_size, device)
+    result.train_accuracy = evaluate(model, train, batch_size, device, precision)
+    result.test_accuracy = evaluate(model, test, batch_size, device, precision)

@@ -16,6 +16,7 @@ from typing import NoReturn
 from study.config import (
     MODELS,
     OPTIMIZERS,
+    PRECISIONS,
     PRUNERS,
     SAMPLERS,
     ConfigError,
@@ -69,7 +70,8 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
     g.add_argument(
         "--task",
         default=d.task,
-        help="digits, synthetic, or package.module:factory / path/to/file.py:factory",
+        help="digits, synthetic, mnist, fashion-mnist, cifar10, or package.module:factory / "
+        "path/to/file.py:factory",
     )
     g.add_argument("--model", default=d.model, choices=MODELS, help="model for built-in tasks")
     g.add_argument("--hidden", type=_int_list, default=d.hidden, help="hidden sizes, e.g. 128,64")
@@ -125,7 +127,55 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
         default=d.grace_period,
         help="seconds without a heartbeat before a trial counts as dead (FAIL, retried)",
     )
+    g.add_argument(
+        "--workers", type=int, default=d.workers, help="worker processes on this machine"
+    )
+    g.add_argument(
+        "--gpus",
+        type=_gpu_list,
+        default=None,
+        help="one worker per listed GPU id (CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3",
+    )
+    g.add_argument(
+        "--workers-per-gpu",
+        type=int,
+        default=d.workers_per_gpu,
+        help="workers sharing each GPU of --gpus (small models)",
+    )
+    g.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="per-epoch trial checkpoints, so a retried trial resumes (default: next to the "
+        "SQLite/journal file, else storage/checkpoints; 'none' = off)",
+    )
+    g = p.add_argument_group("data and precision")
+    g.add_argument(
+        "--data-dir",
+        default=d.data_dir,
+        help="folder of the image datasets (MNIST/raw, FashionMNIST/raw, cifar-10-batches-py)",
+    )
+    g.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch missing image-dataset files (needs internet and pip install -e '.[vision]')",
+    )
+    g.add_argument(
+        "--precision",
+        default=d.precision,
+        choices=PRECISIONS,
+        help="fp32; bf16 = bfloat16 autocast; fp16 = float16 autocast + gradient scaler (CUDA)",
+    )
+    g.add_argument(
+        "--compile", action="store_true", help="train through torch.compile (slow first epoch)"
+    )
     return p
+
+
+def _gpu_list(text: str) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: list GPU ids, e.g. 0,1,2,3")
+    return values
 
 
 def parse_config(argv: list[str] | None = None, prog: str = "run_study.py") -> StudyConfig:

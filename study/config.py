@@ -17,8 +17,10 @@ from study.space import is_power_of_two
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random", "grid")
-MODELS = ("mlp", "cnn")
-BUILTIN_TASKS = ("digits", "synthetic")
+MODELS = ("mlp", "cnn", "resnet")
+IMAGE_TASKS = ("mnist", "fashion-mnist", "cifar10")
+BUILTIN_TASKS = ("digits", "synthetic", *IMAGE_TASKS)
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 #: Settings that define what a study measures: a resume that changes one of them would mix
 #: incomparable trials, so it is refused.
@@ -40,6 +42,8 @@ IDENTITY_FIELDS = (
     "device",
     "memory_budget",
     "memory_margin",
+    "precision",
+    "compile",
 )
 
 
@@ -75,6 +79,19 @@ class StudyConfig:
         heartbeat_interval: Seconds between heartbeats of a running trial.
         grace_period: Seconds without a heartbeat after which a trial counts as dead
             (marked FAIL and retried).
+        workers: Worker processes on this machine (with ``gpus``: their total, or 1).
+        gpus: GPU ids; one worker per id (times ``workers_per_gpu``), each seeing only its
+            GPU through ``CUDA_VISIBLE_DEVICES``.
+        workers_per_gpu: Workers sharing each GPU of ``gpus``.
+        checkpoint_dir: Folder of per-epoch trial checkpoints (default: ``checkpoints``
+            next to an SQLite or journal file, else ``storage/checkpoints``; ``none`` turns
+            them off). Workers on several machines need a folder they all see.
+        data_dir: Folder of the image datasets' files (``mnist``, ``fashion-mnist``,
+            ``cifar10``).
+        download: Fetch missing image-dataset files (needs torchvision and internet).
+        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast and a gradient
+            scaler; CUDA only).
+        compile: Train through ``torch.compile``.
     """
 
     trials: int = 50
@@ -102,6 +119,14 @@ class StudyConfig:
     memory_margin: float = 0.1
     heartbeat_interval: int = 10
     grace_period: int = 30
+    workers: int = 1
+    gpus: tuple[str, ...] | None = None
+    workers_per_gpu: int = 1
+    checkpoint_dir: str | None = None
+    data_dir: str = "storage/data"
+    download: bool = False
+    precision: str = "fp32"
+    compile: bool = False
 
     def validate(self) -> StudyConfig:
         """Check every setting; fill in the default storage. Raise :class:`ConfigError`."""
@@ -149,6 +174,8 @@ class StudyConfig:
                 f"--heartbeat-interval {self.heartbeat_interval} must be positive and below "
                 f"--grace-period {self.grace_period}"
             )
+        self._validate_workers()
+        self._validate_data_and_precision()
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", self.study_name):
             raise ConfigError(
                 f"--study-name {self.study_name!r}: use letters, digits, '.', '_' and '-'"
@@ -157,10 +184,48 @@ class StudyConfig:
             self.storage = f"sqlite:///storage/{self.study_name}.db"
         return self
 
+    def _validate_workers(self) -> None:
+        _positive("--workers", self.workers)
+        _positive("--workers-per-gpu", self.workers_per_gpu)
+        if self.gpus is None:
+            if self.workers_per_gpu > 1:
+                raise ConfigError("--workers-per-gpu needs --gpus, e.g. --gpus 0,1")
+            return
+        if not self.gpus or len(set(self.gpus)) != len(self.gpus):
+            raise ConfigError(f"--gpus {','.join(self.gpus)}: list distinct GPU ids, e.g. 0,1")
+        per_gpu = len(self.gpus) * self.workers_per_gpu
+        if self.workers not in (1, per_gpu):
+            raise ConfigError(
+                f"--workers {self.workers} contradicts --gpus {','.join(self.gpus)} x "
+                f"--workers-per-gpu {self.workers_per_gpu} = {per_gpu} workers: drop --workers"
+            )
+        self.workers = per_gpu
+        if self.device not in ("auto", "cuda"):
+            raise ConfigError(
+                f"--device {self.device} with --gpus: use --device cuda or auto (each worker "
+                "sees only its own GPU)"
+            )
+
+    def _validate_data_and_precision(self) -> None:
+        _choice("--precision", self.precision, PRECISIONS)
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ConfigError(
+                "--precision fp16 needs a CUDA GPU (fp16 autocast with a gradient scaler): "
+                "use --precision bf16 or fp32 on --device cpu"
+            )
+        if not str(self.data_dir).strip():
+            raise ConfigError("--data-dir is empty: give a folder, e.g. storage/data")
+        if self.download and self.task not in IMAGE_TASKS:
+            raise ConfigError(
+                f"--download fetches the image datasets ({', '.join(IMAGE_TASKS)}); task "
+                f"{self.task!r} needs none: drop --download"
+            )
+
     def to_dict(self) -> dict:
         """JSON-ready settings, as stored in the study's ``config`` attribute."""
         data = asdict(self)
         data["hidden"] = list(self.hidden)
+        data["gpus"] = list(self.gpus) if self.gpus is not None else None
         data.pop("storage")  # may hold a password; the study knows where it lives
         return data
 

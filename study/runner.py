@@ -3,7 +3,8 @@
 The study's settings and its batch-size space are stored in the study when it is created, so
 a resume (or another worker) samples exactly the same space; a resume whose settings differ
 is refused rather than mixing incomparable trials. ``--trials N`` is the study's total: a run
-continues until N trials are finished (COMPLETE or PRUNED), never redoing finished ones.
+continues until N trials are finished (COMPLETE or PRUNED), never redoing finished ones, and
+with any number of workers it ends with exactly N (the claims of :mod:`study.budget`).
 
 Example:
     >>> config = StudyConfig(trials=3).validate()                        # doctest: +SKIP
@@ -13,30 +14,61 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import time
 import warnings
 from collections.abc import Callable
 
 import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
+from study.budget import FINISHED, claim_trial
 from study.config import ConfigError, StudyConfig, differences
+from study.locks import SETUP_SCOPE, NoLock, StorageLock
 from study.space import BatchSpace
 
 METRIC_NAME = "val_accuracy"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 3
+#: Seconds between claims while the rest of the budget is running in other workers.
+POLL_S = 1.0
 
 
-def make_sampler(config: StudyConfig, space: BatchSpace) -> optuna.samplers.BaseSampler:
-    """The sampler ``config.sampler`` seeded with ``config.seed``."""
+def make_sampler(
+    config: StudyConfig, space: BatchSpace, seed: int | None = None
+) -> optuna.samplers.BaseSampler:
+    """The sampler ``config.sampler`` seeded with ``seed`` (default ``config.seed``)."""
+    seed = config.seed if seed is None else seed
     if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=config.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "grid":
         grid: dict[str, list] = {"batch_size": list(space.batch_sizes)}
         if len(space.scaling_rules) > 1:
             grid["scaling_rule"] = list(space.scaling_rules)
-        return optuna.samplers.GridSampler(grid, seed=config.seed)
-    return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=10)
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
+
+
+def trial_sampler(
+    config: StudyConfig, space: BatchSpace
+) -> Callable[[int], optuna.samplers.BaseSampler]:
+    """Samplers seeded from ``config.seed`` and the trial number, for :func:`run_trials`.
+
+    One sampler seeded once per process would give every worker the same random stream (the
+    same batch sizes at the same time); seeding by trial number keeps workers apart and a
+    one-process run reproducible. The grid sampler is the exception: its seed shuffles the
+    grid, and every worker must share that order, so it keeps ``config.seed``.
+    """
+    if config.sampler == "grid":
+        grid = make_sampler(config, space)
+        return lambda number: grid
+
+    def sampler_for(number: int) -> optuna.samplers.BaseSampler:
+        return make_sampler(config, space, seed=(config.seed * 1_000_003 + number) % 2**32)
+
+    return sampler_for
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
@@ -61,6 +93,7 @@ def create_or_resume(
     config: StudyConfig,
     storage: optuna.storages.BaseStorage,
     make_space: Callable[[], tuple[BatchSpace, dict]],
+    lock: StorageLock | None = None,
 ) -> tuple[optuna.Study, BatchSpace, bool]:
     """Open study ``config.study_name``, creating it (and its space) if it does not exist.
 
@@ -69,6 +102,9 @@ def create_or_resume(
         storage: An opened storage (see :func:`study.storage.open_storage`).
         make_space: Called only when the study is new: returns the space and extra study
             attributes to store with it (the task's sizes, the probe's table).
+        lock: The storage's lock (:func:`study.locks.storage_lock`): with it, processes on
+            several machines starting at once create the study once, and the others wait and
+            resume it.
 
     Returns:
         ``(study, space, created)``.
@@ -76,6 +112,15 @@ def create_or_resume(
     Raises:
         ConfigError: the stored study was created with settings that differ from ``config``.
     """
+    with (lock or NoLock()).scope(SETUP_SCOPE):
+        return _create_or_resume(config, storage, make_space)
+
+
+def _create_or_resume(
+    config: StudyConfig,
+    storage: optuna.storages.BaseStorage,
+    make_space: Callable[[], tuple[BatchSpace, dict]],
+) -> tuple[optuna.Study, BatchSpace, bool]:
     created = config.study_name not in _existing_names(storage)
     if not created:
         stored = storage.get_study_user_attrs(storage.get_study_id_from_name(config.study_name))
@@ -118,29 +163,106 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def worker_name() -> str:
+    """This process as the trials record it: ``hostname:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def run_trials(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
     total: int,
     on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    *,
+    lock: StorageLock | None = None,
+    worker: str | None = None,
+    sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None,
+    poll_s: float = POLL_S,
 ) -> int:
-    """Run trials one at a time until ``total`` are finished; return how many this run did.
+    """Claim and run trials until the study has ``total`` finished; return how many ran here.
 
-    KeyboardInterrupt propagates after Optuna has marked the interrupted trial FAIL (failed
-    attempts do not count towards ``total``; a rerun continues).
+    Any number of processes may run this on one study at once (pass the storage's ``lock``):
+    each trial is claimed under the lock only while ``finished + running < total`` (see
+    :mod:`study.budget`), so the study ends with exactly ``total`` finished trials. A worker
+    whose claim finds the rest of the budget running elsewhere waits ``poll_s`` seconds and
+    claims again, in case a running trial fails or its worker dies and it is retried.
+
+    Each trial records the user attribute ``worker`` (default :func:`worker_name`). With
+    heartbeats on, a thread records the running trial's heartbeat.
+
+    KeyboardInterrupt (and any exception of the objective) marks the running trial FAIL and
+    propagates; failed attempts do not count towards ``total``, and a rerun continues. An
+    interrupted trial is also queued again (WAITING, as the storage's heartbeat retry policy
+    would queue a dead worker's), so that the next run resumes it.
     """
+    lock = lock or NoLock()
+    worker = worker or worker_name()
     states: list[TrialState] = []
-
-    def record(study: optuna.Study, trial: FrozenTrial) -> None:
-        states.append(trial.state)
-        if on_trial is not None:
-            on_trial(study, trial)
-
-    while finished_count(study) < total:
-        study.optimize(objective, n_trials=1, callbacks=[record])
-        if states[-MAX_CONSECUTIVE_FAILURES:] == [TrialState.FAIL] * MAX_CONSECUTIVE_FAILURES:
-            raise RuntimeError(
-                f"the last {MAX_CONSECUTIVE_FAILURES} trials failed without an exception "
-                "(the objective returned no number); see the warnings above"
-            )
+    in_loop = study._thread_local.in_optimize_loop
+    # As inside Study.optimize: GridSampler stops "the optimize loop" when its grid is spent,
+    # which outside the loop raises. The budget decides when this loop ends.
+    study._thread_local.in_optimize_loop = True
+    try:
+        while True:
+            claim = claim_trial(study, total, lock, sampler_for)
+            if claim.done:
+                break
+            if claim.trial is None:
+                time.sleep(poll_s)
+                continue
+            frozen = _run_claimed(study, claim.trial, objective, worker)
+            states.append(frozen.state)
+            if on_trial is not None:
+                on_trial(study, frozen)
+            if states[-MAX_CONSECUTIVE_FAILURES:] == [TrialState.FAIL] * MAX_CONSECUTIVE_FAILURES:
+                raise RuntimeError(
+                    f"the last {MAX_CONSECUTIVE_FAILURES} trials failed without an exception "
+                    "(the objective returned no number); see the warnings above"
+                )
+    finally:
+        study._thread_local.in_optimize_loop = in_loop
     return len(states)
+
+
+def _queue_retry(study: optuna.Study, failed: FrozenTrial) -> None:
+    """Queue an interrupted trial again, as a dead worker's would be (same retry policy).
+
+    Ctrl-C, SIGTERM from a scheduler before a time limit or a preemption: the next run takes
+    the WAITING copy first and, with checkpoints, resumes it from its last epoch.
+    """
+    if is_heartbeat_enabled(study._storage):
+        retry = study._storage.get_heartbeat_stale_trial_callback()
+        if retry is not None:
+            retry(study, failed)
+
+
+def _run_claimed(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    objective: Callable[[optuna.Trial], float],
+    worker: str,
+) -> FrozenTrial:
+    """Run ``objective`` on a claimed trial with heartbeats, then store its outcome."""
+    value = None
+    state: TrialState | None = None
+    error: BaseException | None = None
+    try:
+        trial.set_user_attr("worker", worker)
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            try:
+                value = objective(trial)
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except BaseException as exc:  # KeyboardInterrupt included: the trial is FAIL
+                error = exc
+    except BaseException as exc:  # interrupted outside the objective
+        error = exc
+    if error is not None:
+        with contextlib.suppress(Exception):
+            failed = study.tell(trial, state=TrialState.FAIL)
+            if isinstance(error, KeyboardInterrupt):
+                _queue_retry(study, failed)
+        raise error
+    if state == TrialState.PRUNED:
+        return study.tell(trial, state=TrialState.PRUNED)
+    return study.tell(trial, value)  # a value that is not a number: FAIL, with a warning

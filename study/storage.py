@@ -1,9 +1,11 @@
 """Where a study lives: opening a storage URL with errors a user can act on.
 
 Any SQLAlchemy URL Optuna accepts works; SQLite is the default, PostgreSQL the choice when
-several machines share a study. Heartbeats are on, so a trial whose process was killed is
-marked FAIL after the grace period instead of staying RUNNING forever. Passwords in URLs are
-never printed: every message uses :func:`redact`.
+several machines share a study. ``journal:///path/to/study.log`` opens Optuna's journal
+storage (one append-only file; ``optuna-dashboard path/to/study.log`` reads it). Heartbeats
+are on, so a trial whose process was killed is marked FAIL after the grace period instead of
+staying RUNNING forever (journal files get heartbeats from :class:`HeartbeatJournalStorage`).
+Passwords in URLs are never printed: every message uses :func:`redact`.
 
 Example:
     >>> storage = open_storage("sqlite:///storage/example.db")  # doctest: +SKIP
@@ -12,17 +14,32 @@ Example:
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import sqlalchemy
+from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from study.locks import SETUP_SCOPE, storage_lock
 
 #: Seconds between a running trial's heartbeats, and after which a silent trial is failed.
 HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 30
+#: How often a trial whose worker died is retried (then it stays FAIL and a new trial runs).
+MAX_RETRY = 2
+#: Seconds to wait for another program's write lock on an SQLite file before giving up.
+SQLITE_LOCK_WAIT_S = 5
+#: URL prefix of journal files: ``journal:///relative/path.log`` or ``journal:////abs/path``.
+JOURNAL_PREFIX = "journal:///"
 
 DRIVER_HINTS = {
     "postgresql": "pip install 'psycopg[binary]' (or: pip install -e '.[postgres]')",
@@ -36,6 +53,8 @@ class StorageError(RuntimeError):
 
 def redact(url: str) -> str:
     """``url`` with any password replaced by ``***``; unparsable URLs are hidden whole."""
+    if url.startswith(JOURNAL_PREFIX):
+        return url
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
@@ -92,17 +111,123 @@ def _prepare_sqlite(parsed: sqlalchemy.URL, url: str) -> None:
             )
         if not os.access(path, os.W_OK):
             raise StorageError(f"--storage {url}: {path} is read-only; make it writable")
+        if header:
+            _check_sqlite_unlocked(path, url)
+
+
+def _check_sqlite_unlocked(path: Path, url: str, wait_s: float = SQLITE_LOCK_WAIT_S) -> None:
+    """Fail fast, with one clear line, when another program holds the file's write lock.
+
+    (Optuna's own connections wait up to a minute for a lock, which suits many workers taking
+    turns but not a database held open by, say, a database browser in the middle of a write.)
+    """
+    connection = sqlite3.connect(path, timeout=wait_s)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.rollback()
+    except sqlite3.DatabaseError as exc:
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            raise StorageError(
+                f"--storage {url}: the database is locked by another program (waited "
+                f"{wait_s:g} s); close that program or wait for it, then run again"
+            ) from None
+        raise StorageError(
+            f"--storage {url}: the file is not a usable SQLite database ({exc}); "
+            "move it away or choose another path"
+        ) from None
+    finally:
+        connection.close()
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """Optuna's journal storage with heartbeats, so killed workers' trials are failed too.
+
+    Each running trial's heartbeat is a system attribute holding the worker's clock
+    (``time.time()``), so the workers of one journal file should share a clock (one machine).
+
+    Args:
+        backend: The journal backend (e.g. ``JournalFileBackend(path)``).
+        heartbeat_interval: Seconds between heartbeats.
+        grace_period: Seconds without a heartbeat after which a RUNNING trial is stale.
+        stale_trial_callback: Called for each trial failed as stale (e.g. to retry it).
+    """
+
+    HEARTBEAT_ATTR = "batchsize_heartbeat"
+
+    def __init__(
+        self,
+        backend: JournalFileBackend,
+        heartbeat_interval: int,
+        grace_period: int,
+        stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    ) -> None:
+        super().__init__(backend)
+        self._heartbeat_interval = heartbeat_interval
+        self._grace_period = grace_period
+        self._stale_trial_callback = stale_trial_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, self.HEARTBEAT_ATTR, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        return [
+            t._trial_id
+            for t in running
+            if now - t.system_attrs.get(self.HEARTBEAT_ATTR, now) > self._grace_period
+        ]
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(
+        self,
+    ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self._stale_trial_callback
+
+
+def _open_journal(url: str, heartbeat: dict) -> HeartbeatJournalStorage | JournalStorage:
+    path = Path(url[len(JOURNAL_PREFIX) :])
+    if not path.name:
+        raise StorageError(f"--storage {url}: give a file, e.g. journal:///storage/x.log")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(
+            f"--storage {url}: cannot create folder {path.parent} ({exc.strerror}); "
+            "choose a writable path"
+        ) from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StorageError(f"--storage {url}: {path} is read-only; make it writable")
+    try:
+        backend = JournalFileBackend(str(path))
+        if heartbeat:
+            return HeartbeatJournalStorage(
+                backend,
+                heartbeat["heartbeat_interval"],
+                heartbeat["grace_period"],
+                heartbeat["heartbeat_stale_trial_callback"],
+            )
+        return JournalStorage(backend)
+    except Exception as exc:
+        raise StorageError(
+            f"--storage {url}: cannot read the journal file ({type(exc).__name__}: {exc}); "
+            "move it away or choose another path"
+        ) from None
 
 
 def open_storage(
     url: str,
     heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
     grace_period: int = GRACE_PERIOD_S,
-) -> optuna.storages.RDBStorage:
-    """Open the study database at ``url``, creating an SQLite file and its folder if needed.
+) -> BaseStorage:
+    """Open the study storage at ``url``, creating an SQLite file and its folder if needed.
 
     Args:
-        url: SQLAlchemy URL, e.g. ``sqlite:///storage/batch-size.db``.
+        url: SQLAlchemy URL, e.g. ``sqlite:///storage/batch-size.db``, or a journal file,
+            ``journal:///storage/batch-size.log``.
         heartbeat_interval: Seconds between a running trial's heartbeats; ``None`` turns
             heartbeats off. With them on, a trial whose process died is marked FAIL after
             ``grace_period`` seconds without a heartbeat and retried (twice at most).
@@ -111,6 +236,24 @@ def open_storage(
     Raises:
         StorageError: malformed URL, missing driver, unreachable, locked or corrupt database.
     """
+    heartbeat: dict = {}
+    if heartbeat_interval is not None:
+        if not 0 < heartbeat_interval < grace_period:
+            raise StorageError(
+                f"--heartbeat-interval {heartbeat_interval} must be positive and below "
+                f"--grace-period {grace_period}"
+            )
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            heartbeat = {
+                "heartbeat_interval": heartbeat_interval,
+                "grace_period": grace_period,
+                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRY, inherit_intermediate_values=True
+                ),
+            }
+    if url.startswith(JOURNAL_PREFIX):
+        return _open_journal(url, heartbeat)
     parsed = _check_url(url)
     engine_kwargs: dict = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
@@ -118,27 +261,15 @@ def open_storage(
         engine_kwargs["connect_args"] = {"timeout": 60}
     elif parsed.get_backend_name() == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    kwargs: dict = {"engine_kwargs": engine_kwargs}
-    heartbeat = heartbeat_interval is not None
-    if heartbeat:
-        if not 0 < heartbeat_interval < grace_period:
-            raise StorageError(
-                f"--heartbeat-interval {heartbeat_interval} must be positive and below "
-                f"--grace-period {grace_period}"
-            )
-        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    lock = storage_lock(url)  # new schemas race when several processes create them at once
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
+        with lock.scope(SETUP_SCOPE), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if heartbeat:
-                kwargs["heartbeat_stale_trial_callback"] = (
-                    optuna.storages.RetryHeartbeatStaleTrialCallback(
-                        max_retry=2, inherit_intermediate_values=True
-                    )
-                )
-            return optuna.storages.RDBStorage(url, **kwargs)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
     except Exception as exc:  # SQLAlchemy/driver errors carry the URL: never echo them raw
         raise StorageError(f"--storage {redact(url)}: {_reason(exc, parsed.password)}") from None
+    finally:
+        lock.close()
 
 
 def _reason(exc: BaseException, password: str | None) -> str:
@@ -150,8 +281,10 @@ def _reason(exc: BaseException, password: str | None) -> str:
         return "the database is locked by another program; wait for it or close it"
     if "not a database" in lowered or "malformed" in lowered:
         return "the file is not a usable SQLite database (corrupt); move it away"
-    if "connection" in lowered or "could not" in lowered or "refused" in lowered:
-        return f"cannot connect ({text}); check the host, port and that the server runs"
     if "password" in lowered or "authentication" in lowered:
         return "authentication failed; check the user and password"
+    if "does not exist" in lowered:
+        return f"{text.split('FATAL:')[-1].strip()}; create it first (e.g. createdb NAME)"
+    if "connection" in lowered or "could not" in lowered or "refused" in lowered:
+        return f"cannot connect ({text}); check the host, port and that the server runs"
     return f"cannot open the database ({type(exc).__name__}: {text})"

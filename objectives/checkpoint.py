@@ -1,0 +1,195 @@
+"""Per-epoch checkpoints of a trial, so that a retried trial resumes where its worker died.
+
+After each epoch the objective writes ``<dir>/trial-<N>.pt``, where ``N`` is the number of the
+trial's first attempt (Optuna's retries carry it as the system attribute ``failed_trial``):
+the model's and the optimizer's state, the epochs done, what they measured, and the
+micro-batch (an out-of-memory retry may have halved it). Files are replaced atomically, so a
+worker killed while writing leaves the previous epoch's checkpoint. A finished trial's file is
+removed; a retried trial that finds one resumes after its last epoch and records
+``resumed_from_epoch``.
+
+The training loop (:func:`objectives.train.train_model`) builds its optimizer itself;
+:class:`OptimizerCapture` finds it at its first step (a global step pre-hook of
+``torch.optim``, removed right after), loads the saved state into it there, and keeps it so
+that each epoch's checkpoint can save its state.
+
+Example:
+    >>> store = CheckpointStore("storage/checkpoints/batch-size")  # doctest: +SKIP
+    >>> store.load(7, "batch-size/7/2025-01-01T12:00:00", "cpu") is None  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from objectives.train import EpochResult, TrainResult
+
+
+def first_attempt(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """The number of the trial's first attempt (itself, unless it retries a dead one)."""
+    if isinstance(trial, optuna.Trial):  # (Optuna 5's Trial no longer shows system_attrs)
+        system_attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
+    else:
+        system_attrs = trial.system_attrs
+    return int(system_attrs.get("failed_trial", trial.number))
+
+
+def run_id(trial: optuna.Trial, first: int) -> str:
+    """Names the run of first attempt ``first`` across its retries, and only that run.
+
+    (The study's name, the number and the first attempt's start time: a new study of the same
+    name, say after its database was deleted, never resumes an old study's checkpoint.)
+    """
+    if first == trial.number:
+        started = trial.datetime_start
+    else:
+        trials = trial.study.get_trials(deepcopy=False)
+        started = next((t.datetime_start for t in trials if t.number == first), None)
+    return f"{trial.study.study_name}/{first}/{started.isoformat() if started else '-'}"
+
+
+@dataclass
+class Checkpoint:
+    """A trial's state after ``epoch`` epochs."""
+
+    epoch: int
+    model_state: dict
+    optimizer_state: dict | None
+    result: TrainResult
+    micro_batch_size: int
+
+
+def _result_to_dict(result: TrainResult) -> dict:
+    data = dataclasses.asdict(result)
+    data["epochs"] = [dataclasses.asdict(e) for e in result.epochs]
+    return data
+
+
+def _result_from_dict(data: dict) -> TrainResult:
+    known = {f.name for f in dataclasses.fields(TrainResult)}
+    epoch_fields = {f.name for f in dataclasses.fields(EpochResult)}
+    values = {k: v for k, v in data.items() if k in known and k != "epochs"}
+    epochs = [
+        EpochResult(**{k: v for k, v in e.items() if k in epoch_fields}) for e in data["epochs"]
+    ]
+    return TrainResult(epochs=epochs, **values)
+
+
+class CheckpointStore:
+    """The checkpoint files of one study, in ``directory`` (created when first written)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, key: int) -> Path:
+        return self.directory / f"trial-{key}.pt"
+
+    def save(
+        self,
+        key: int,
+        run: str,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        result: TrainResult,
+        micro_batch_size: int,
+    ) -> None:
+        """Write the state after ``len(result.epochs)`` epochs, replacing the previous one.
+
+        ``run`` (see :func:`run_id`) is checked by :meth:`load`.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.path(key)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(
+            {
+                "run": run,
+                "epoch": len(result.epochs),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "result": _result_to_dict(result),
+                "micro_batch_size": micro_batch_size,
+            },
+            tmp,
+        )
+        os.replace(tmp, path)
+
+    def load(self, key: int, run: str, device: torch.device | str) -> Checkpoint | None:
+        """The checkpoint of ``key`` for ``run``, or ``None`` (none, another run's, or
+        unreadable: then the trial starts over)."""
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            data = torch.load(path, map_location=device, weights_only=True)
+            if data.get("run") != run:
+                return None
+            return Checkpoint(
+                epoch=int(data["epoch"]),
+                model_state=data["model"],
+                optimizer_state=data["optimizer"],
+                result=_result_from_dict(data["result"]),
+                micro_batch_size=int(data["micro_batch_size"]),
+            )
+        except Exception as exc:  # a damaged file costs the epochs, not the trial
+            warnings.warn(f"ignoring unreadable checkpoint {path} ({exc})", stacklevel=2)
+            return None
+
+    def remove(self, key: int) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def keep_only(self, keys: set[int]) -> None:
+        """Remove the checkpoints of trials not in ``keys`` (those that cannot resume)."""
+        if not self.directory.is_dir():
+            return
+        for path in self.directory.glob("trial-*.pt"):
+            try:
+                key = int(path.stem.removeprefix("trial-"))
+            except ValueError:
+                continue
+            if key not in keys:
+                path.unlink(missing_ok=True)
+
+
+class OptimizerCapture:
+    """Within ``with``: find the optimizer of ``model`` at its first step; load ``state``.
+
+    Args:
+        model: The model whose optimizer to find (by its first parameter).
+        state: An optimizer ``state_dict`` to load before that first step, or ``None``.
+    """
+
+    def __init__(self, model: torch.nn.Module, state: dict | None = None) -> None:
+        self._param = next(model.parameters(), None)
+        self._state = state
+        self._handle = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def _hook(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        owns = any(p is self._param for g in optimizer.param_groups for p in g["params"])
+        if self.optimizer is not None or not owns:
+            return
+        self.optimizer = optimizer
+        if self._state is not None:
+            optimizer.load_state_dict(self._state)
+        self._remove()
+
+    def _remove(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def __enter__(self) -> OptimizerCapture:
+        self._handle = register_optimizer_step_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._remove()

@@ -1,0 +1,131 @@
+"""The exact budget: a worker claims a trial only while ``finished + running < total``.
+
+Optuna's ``MaxTrialsCallback`` counts after the fact, so parallel workers overshoot. Here the
+count and the claim are one step under a lock that fits the storage (see :mod:`study.locks`):
+
+* ``finished`` (COMPLETE + PRUNED) ``>= total``: the study is done.
+* ``finished + running < total``: claim a trial. A WAITING trial (the retry of a trial whose
+  worker died) is taken first, else a new trial is created.
+* otherwise the rest of the budget is in flight: wait, and claim again later (a running trial
+  may still fail, or its worker may die and its retry become WAITING).
+
+``finished + running`` never exceeds ``total``, so no worker trains a trial past the budget
+and a study ends with exactly ``total`` finished trials. FAIL records (killed or interrupted
+attempts) do not count. Stale trials (no heartbeat for the grace period) are failed under the
+same lock before each count, and their retries queued as WAITING; WAITING trials still left
+when the budget is spent are closed as FAIL with the user attribute ``dropped``.
+
+Example:
+    >>> claim = claim_trial(study, total=20, lock=storage_lock(url))  # doctest: +SKIP
+    >>> claim.done, claim.trial                                       # doctest: +SKIP
+    (False, <optuna.trial._trial.Trial object at ...>)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import optuna
+from optuna.storages._heartbeat import fail_stale_trials, is_heartbeat_enabled
+from optuna.trial import FrozenTrial, TrialState
+
+from study.locks import StorageLock
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Trials by what they mean for the budget."""
+
+    finished: int
+    running: int
+    waiting: int
+
+    @classmethod
+    def of(cls, trials: Iterable[FrozenTrial]) -> Tally:
+        states = [t.state for t in trials]
+        return cls(
+            finished=sum(s in FINISHED for s in states),
+            running=states.count(TrialState.RUNNING),
+            waiting=states.count(TrialState.WAITING),
+        )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :func:`claim_trial` got: a trial to run, nothing yet, or the end of the budget."""
+
+    trial: optuna.Trial | None = None
+    done: bool = False
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail RUNNING trials whose heartbeat is older than the grace period; queue retries."""
+    if is_heartbeat_enabled(study._storage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            fail_stale_trials(study)
+
+
+def reap(study: optuna.Study, lock: StorageLock) -> None:
+    """:func:`fail_stale` under the study's lock (for a process that runs no trials)."""
+    with lock.scope(study._study_id):
+        fail_stale(study)
+
+
+def claim_trial(
+    study: optuna.Study,
+    total: int,
+    lock: StorageLock,
+    sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None,
+) -> Claim:
+    """Count and, if the budget allows, claim one trial, all under ``lock``.
+
+    Args:
+        study: The study.
+        total: The budget: finished trials the study should end with.
+        lock: The storage's lock (:func:`study.locks.storage_lock`).
+        sampler_for: Given the number the new trial will get, returns the sampler it samples
+            with (so that its random stream depends on the trial, not on the worker).
+
+    Returns:
+        A :class:`Claim`: ``trial`` is RUNNING for this worker, with a first heartbeat already
+        recorded (so it can be found stale should the worker die at once).
+    """
+    with lock.scope(study._study_id):
+        fail_stale(study)
+        trials = study.get_trials(deepcopy=False)
+        count = Tally.of(trials)
+        if count.finished >= total:
+            if count.running == 0:
+                _drop_waiting(study, trials)
+            return Claim(done=True)
+        if count.finished + count.running >= total:
+            return Claim()
+        if sampler_for is not None:
+            study.sampler = sampler_for(len(trials))
+        with warnings.catch_warnings():  # "heartbeats are meant for optimize": we run them
+            warnings.simplefilter("ignore")
+            trial = study.ask()  # pops a WAITING retry first, else creates a trial
+        try:
+            if is_heartbeat_enabled(study._storage):
+                study._storage.record_heartbeat(trial._trial_id)
+        except BaseException:  # interrupted: leave nothing RUNNING
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        return Claim(trial=trial)
+
+
+def _drop_waiting(study: optuna.Study, trials: list[FrozenTrial]) -> None:
+    """Close WAITING trials the spent budget has no room for (FAIL, ``dropped``)."""
+    for t in trials:
+        if t.state != TrialState.WAITING:
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "dropped", "budget spent")
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
