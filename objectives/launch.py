@@ -36,7 +36,7 @@ from study.runner import create_or_resume, finished_count, run_trials, trial_sam
 from study.scaling import resolve_rule
 from study.space import BatchSpace, SpaceError, build_space
 from study.storage import JOURNAL_PREFIX, StorageError, open_storage, redact
-from study.summary import summary, trial_line
+from study.summary import budget_text, summary, trial_line
 from study.workers import EXIT_INTERRUPTED, EXIT_USAGE, WorkerPool, describe_exit, plan_workers
 
 #: Errors a user causes with flags or inputs: one line and exit code 2.
@@ -162,6 +162,13 @@ def run_study(config: StudyConfig, out=sys.stdout) -> optuna.Study:
         One of :data:`USER_ERRORS` for bad settings, storage or task.
         WorkersError: every worker ended before the budget was spent.
     """
+    if config.multi_objective and config.pruner != "none":
+        print(
+            f"note: --objectives {','.join(config.objectives)} makes the study multi-objective, "
+            "and Optuna cannot prune multi-objective trials: pruning is off (--pruner none)",
+            file=out,
+        )
+        config.pruner = "none"
     device = parent_device(config)
     storage = open_storage(config.storage, config.heartbeat_interval, config.grace_period)
     lock = storage_lock(config.storage)
@@ -177,7 +184,7 @@ def run_study(config: StudyConfig, out=sys.stdout) -> optuna.Study:
     print(
         f"study {config.study_name!r} {verb} in {where}: batch sizes {space.batch_sizes} "
         f"(memory cap {space.memory_cap} from {space.cap_source}), "
-        f"rules {space.scaling_rules}, {config.epochs} epochs per trial",
+        f"rules {space.scaling_rules}, {budget_text(config.to_dict())} per trial",
         file=out,
     )
     done = finished_count(study)
@@ -213,6 +220,7 @@ def run_study(config: StudyConfig, out=sys.stdout) -> optuna.Study:
         )
         checkpoints.keep_only({first_attempt(t) for t in unfinished})
     lock.close()
+    _publish(study, config, out)
     print("\n" + summary(study), file=out)
     browse = where[len(JOURNAL_PREFIX) :] if where.startswith(JOURNAL_PREFIX) else where
     print(
@@ -221,6 +229,23 @@ def run_study(config: StudyConfig, out=sys.stdout) -> optuna.Study:
         file=out,
     )
     return study
+
+
+def _publish(study: optuna.Study, config: StudyConfig, out) -> None:
+    """Update the study's dashboard note and attach the HTML report as study artifacts."""
+    from study.dashboard import attach_report
+    from study.note import write_study_note
+
+    try:
+        write_study_note(study)
+        if config.artifact_dir.lower() != "none":
+            ids = attach_report(study, config.artifact_dir)
+            print(
+                f"report attached to the study ({len(ids)} artifacts in {config.artifact_dir})",
+                file=out,
+            )
+    except Exception as exc:  # the trials are stored; a report failure must not hide that
+        print(f"warning: writing the note or the report failed ({exc})", file=sys.stderr)
 
 
 def _run_workers(config: StudyConfig, study: optuna.Study, lock, out) -> None:

@@ -36,6 +36,8 @@ from objectives.checkpoint import (
     first_attempt,
     run_id,
 )
+from objectives.data import Tensors
+from objectives.noise import estimate_noise_scale
 from objectives.oom import is_out_of_memory, release_memory
 from objectives.oom import summary as oom_summary
 from objectives.tasks import Task
@@ -46,6 +48,8 @@ from objectives.train import (
     TrainSettings,
     finish,
     place,
+    step_periods,
+    steps_per_epoch,
     train_model,
 )
 from study.config import StudyConfig
@@ -70,6 +74,7 @@ class _Attempt:
     result: TrainResult = field(default_factory=TrainResult)
     outcome: str = ""  # "complete", "pruned", "diverged" or "oom"
     detail: str = ""
+    noise: dict = field(default_factory=dict)  # b_simple of the final model, if measured
 
     @property
     def start_epoch(self) -> int:
@@ -105,7 +110,7 @@ class BatchSizeObjective:
             place(d, self.device) for d in (task.train, task.val, task.test)
         )
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         space, config = self.space, self.config
         batch_size = trial.suggest_categorical("batch_size", space.batch_sizes)
         if len(space.scaling_rules) > 1:
@@ -114,6 +119,11 @@ class BatchSizeObjective:
             rule = space.scaling_rules[0]
         micro, accumulation = space.split(batch_size)
         lr = scaled_lr(rule, config.base_lr, config.base_batch_size, batch_size)
+        multiplier = None
+        if config.lr_search_width > 1:
+            width = config.lr_search_width
+            multiplier = trial.suggest_float("lr_multiplier", 1 / width, width, log=True)
+            lr *= multiplier
         key = first_attempt(trial)  # a retry continues its first attempt's run and seed
         run = run_id(trial, key) if self.checkpoints is not None else ""
         seed = trial_seed(config.seed, key)
@@ -126,6 +136,8 @@ class BatchSizeObjective:
             "seed": seed,
             **self._device_record(),
         }
+        if multiplier is not None:
+            record["lr_multiplier"] = multiplier
         ooms: list[dict] = []
         retries = OOM_RETRIES
         attempt = self._resume(key, run, micro, record)
@@ -162,6 +174,12 @@ class BatchSizeObjective:
             record["oom"] = ooms
         if attempt.outcome == "diverged":
             record["diverged"] = True
+        if config.budget == "steps":  # passes over the data differ by batch size here
+            record["optimizer_steps"] = attempt.result.optimizer_steps
+            record["epochs_completed"] = round(attempt.result.samples_seen / len(self.train), 2)
+        if config.multi_objective:  # no intermediate values: keep the learning curve here
+            record["val_accuracy_per_epoch"] = [e.val_accuracy for e in attempt.result.epochs]
+        record.update(attempt.noise)
         _write(trial, record, attempt.result)
         if attempt.outcome == "oom":
             raise optuna.TrialPruned(
@@ -170,7 +188,24 @@ class BatchSizeObjective:
             )
         if attempt.outcome in ("pruned", "diverged"):
             raise optuna.TrialPruned(attempt.detail)
+        if config.multi_objective:
+            return attempt.result.val_accuracy, round(attempt.result.train_time_s, 4)
         return attempt.result.val_accuracy
+
+    def _plan(self, batch_size: int) -> tuple[int | None, ...]:
+        """The evaluation periods of a trial: epochs, or shares of the step budget."""
+        if self.config.budget == "steps":
+            return step_periods(self.config.steps)
+        return (None,) * self.config.epochs
+
+    def _noise_scale(self, model: torch.nn.Module, seed: int) -> dict:
+        """B_simple of the trained model (8 big batches of 128 split into 8s: cheap)."""
+        if not isinstance(self.train, Tensors) or len(self.train) < 16:
+            return {}
+        b_big = min(128, len(self.train) - len(self.train) % 8)
+        generator = torch.Generator().manual_seed(seed)
+        estimate = estimate_noise_scale(model, self.train, 8, b_big, 8, generator)
+        return {"b_simple": estimate.b_simple, "b_simple_se": estimate.b_simple_se}
 
     def _device_record(self) -> dict:
         record = {"device": str(self.device)}
@@ -209,8 +244,14 @@ class BatchSizeObjective:
         (and the tensors those hold) are gone when this returns, so the memory can be freed.
         """
         start = attempt.start_epoch
+        plan = self._plan(batch_size)
+        per_epoch = steps_per_epoch(len(self.train), batch_size)
         settings = TrainSettings(
-            epochs=self.config.epochs - start,
+            epochs=len(plan) - start,
+            period_steps=plan[start:] if self.config.budget == "steps" else None,
+            first_step=sum(plan[:start]) if self.config.budget == "steps" else start * per_epoch,
+            warmup_steps=self.config.warmup_epochs * per_epoch,
+            warmup_start_lr=min(self.config.base_lr, lr),
             batch_size=batch_size,
             micro_batch_size=attempt.micro_batch_size,
             lr=lr,
@@ -228,22 +269,27 @@ class BatchSizeObjective:
             model.load_state_dict(saved.model_state)
         capture = OptimizerCapture(model, saved.optimizer_state if saved else None)
 
+        multi = self.config.multi_objective
+
         def on_epoch(epoch: EpochResult) -> None:
             epoch.epoch += start
-            with warnings.catch_warnings():  # a retry re-reporting an epoch keeps the first
-                warnings.filterwarnings("ignore", message="The reported value is ignored")
-                trial.report(epoch.val_accuracy, epoch.epoch)
-            if self.checkpoints is not None and epoch.epoch < self.config.epochs:
+            if not multi:  # Optuna reports and prunes single-objective trials only
+                with warnings.catch_warnings():  # a retry re-reporting keeps the first value
+                    warnings.filterwarnings("ignore", message="The reported value is ignored")
+                    trial.report(epoch.val_accuracy, epoch.epoch)
+            if self.checkpoints is not None and epoch.epoch < len(plan):
                 self.checkpoints.save(
                     key, run, model, capture.optimizer, attempt.result, attempt.micro_batch_size
                 )
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {epoch.epoch}")
+            if not multi and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after evaluation {epoch.epoch}")
 
         try:
             with capture:
                 train_model(model, self.train, self.val, settings, on_epoch, attempt.result)
             finish(attempt.result, model, self.train, self.test, settings.eval_batch, self.device)
+            if self.config.noise_scale:
+                attempt.noise = self._noise_scale(model, seed)
             attempt.outcome = "complete"
         except Diverged as diverged:
             attempt.outcome = "diverged"
@@ -258,10 +304,8 @@ class BatchSizeObjective:
 
 def _write(trial: optuna.Trial, record: dict, result: TrainResult) -> None:
     """Store the trial's record as user attributes."""
-    record.update(
-        epochs_completed=len(result.epochs),
-        train_time_s=round(result.train_time_s, 4),
-    )
+    record.setdefault("epochs_completed", len(result.epochs))
+    record["train_time_s"] = round(result.train_time_s, 4)
     if result.epochs:
         record["val_accuracy"] = result.val_accuracy
     if result.train_accuracy is not None:

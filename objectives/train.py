@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -71,6 +72,13 @@ class TrainSettings:
         compile: Run the model through ``torch.compile`` (the first steps compile).
         loader_workers: DataLoader workers for data that is streamed rather than held on
             the device (``None``: automatic, see :func:`objectives.data.loader_workers`).
+        period_steps: ``None`` trains ``epochs`` passes over the data, evaluating after each.
+            A step budget gives the optimizer updates of each evaluation period instead
+            (see :func:`step_periods`); the data is then walked across epoch boundaries.
+        warmup_steps: Updates over which the learning rate ramps linearly from
+            ``warmup_start_lr`` to ``lr`` (Goyal et al. 2017); 0 turns warm-up off.
+        warmup_start_lr: Where the ramp starts (default: ``lr``, i.e. no ramp).
+        first_step: Updates done before this call (a resumed trial), for the warm-up ramp.
 
     Raises:
         ConfigError: an unknown precision, ``fp16`` off CUDA, or ``bf16`` on a GPU without
@@ -88,6 +96,17 @@ class TrainSettings:
     precision: str = "fp32"
     compile: bool = False
     loader_workers: int | None = None
+    period_steps: tuple[int, ...] | None = None
+    warmup_steps: int = 0
+    warmup_start_lr: float | None = None
+    first_step: int = 0
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of update number ``step`` (0-based, counted over the trial)."""
+        if step >= self.warmup_steps or self.warmup_start_lr is None:
+            return self.lr
+        start = self.warmup_start_lr
+        return start + (self.lr - start) * (step + 1) / self.warmup_steps
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -133,6 +152,7 @@ class TrainResult:
     test_accuracy: float | None = None
     train_time_s: float = 0.0
     samples_seen: int = 0
+    optimizer_steps: int = 0
     peak_memory_bytes: int = 0
     memory_source: str = ""
 
@@ -235,6 +255,25 @@ def make_step(model: torch.nn.Module, settings: TrainSettings) -> Step:
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+def step_periods(total_steps: int, periods: int = 10) -> tuple[int, ...]:
+    """Split a budget of ``total_steps`` updates into up to ``periods`` evaluation periods.
+
+    Every batch size is evaluated (and pruned) at the same fractions of its budget.
+
+    Example:
+        >>> step_periods(25, 10)
+        (3, 3, 3, 3, 3, 2, 2, 2, 2, 2)
+    """
+    periods = max(1, min(periods, total_steps))
+    base, extra = divmod(total_steps, periods)
+    return tuple(base + (1 if i < extra else 0) for i in range(periods))
+
+
+def steps_per_epoch(train_size: int, batch_size: int) -> int:
+    """Optimizer updates in one pass over ``train_size`` samples (the last may be short)."""
+    return -(-train_size // batch_size)
+
+
 def update_groups(
     data: Tensors | Dataset,
     batch_size: int,
@@ -242,17 +281,18 @@ def update_groups(
     generator: torch.Generator,
     device: torch.device,
     loader: DataLoader | None = None,
-) -> Iterator[tuple[list[Batch], int]]:
+) -> Iterator[tuple[Iterator[Batch], int]]:
     """Yield one epoch of ``(micro_batches, samples_in_group)``, one item per update.
 
     :class:`Tensors` already on the device are sliced with a shuffled index; other datasets
     are read in groups through ``loader`` (a shuffling DataLoader of ``batch_size``; built
-    here when not given), copied to the device without blocking and split there.
+    here when not given), copied to the device without blocking and split there. Micro-batches
+    are sliced one at a time, as they are trained, so memory holds one micro-batch of inputs.
     """
     if isinstance(data, Tensors):
         order = torch.randperm(len(data), generator=generator).to(device)
         for group in order.split(batch_size):
-            yield [(data.x[i], data.y[i]) for i in group.split(micro_batch_size)], len(group)
+            yield ((data.x[i], data.y[i]) for i in group.split(micro_batch_size)), len(group)
         return
     if loader is None:
         loader = make_loader(data, batch_size, device, generator)
@@ -260,7 +300,7 @@ def update_groups(
     for x, y in loader:
         x = x.to(device, non_blocking=non_blocking)
         y = y.to(device, non_blocking=non_blocking)
-        yield list(zip(x.split(micro_batch_size), y.split(micro_batch_size), strict=True)), len(y)
+        yield zip(x.split(micro_batch_size), y.split(micro_batch_size), strict=True), len(y)
 
 
 @torch.no_grad()
@@ -338,13 +378,27 @@ def train_model(
         torch.cuda.reset_peak_memory_stats(device)
     activation_bytes = 0
     model.train()
-    for epoch in range(1, settings.epochs + 1):
+
+    def updates_forever() -> Iterator[tuple[Iterator[Batch], int]]:
+        while True:
+            yield from update_groups(train, settings.batch_size, micro, generator, device, loader)
+
+    micro = settings.micro_batch_size
+    stream = updates_forever()
+    plan = settings.period_steps or (None,) * settings.epochs
+    global_step = settings.first_step
+    for epoch, period_steps in enumerate(plan, 1):
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         seen = 0
-        for micro_batches, group_size in update_groups(
-            train, settings.batch_size, settings.micro_batch_size, generator, device, loader
-        ):
+        if period_steps is None:  # an epoch: one pass over the data
+            updates = update_groups(train, settings.batch_size, micro, generator, device, loader)
+        else:  # a share of a step budget, walking on across epochs
+            updates = itertools.islice(stream, period_steps)
+        for micro_batches, group_size in updates:
+            if global_step < settings.warmup_steps + 1:  # the warm-up ramp, then the rule's LR
+                for group in optimizer.param_groups:
+                    group["lr"] = settings.lr_at(global_step)
             optimizer.zero_grad(set_to_none=True)
             for x, y in micro_batches:
                 if not on_cuda and activation_bytes == 0:  # count the first step's tensors
@@ -357,11 +411,13 @@ def train_model(
             scaler.step(optimizer)  # optimizer.step(), skipped on inf/NaN gradients in fp16
             scaler.update()
             seen += group_size
+            global_step += 1
         if on_cuda:
             torch.cuda.synchronize(device)
         epoch_time = time.perf_counter() - started
         result.train_time_s += epoch_time
         result.samples_seen += seen
+        result.optimizer_steps = global_step
         if on_cuda:
             result.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
             result.memory_source = "cuda_max_memory_allocated"

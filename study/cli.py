@@ -14,6 +14,7 @@ import sys
 from typing import NoReturn
 
 from study.config import (
+    BUDGETS,
     MODELS,
     OPTIMIZERS,
     PRECISIONS,
@@ -66,6 +67,11 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
         "--storage", default=None, help="SQLAlchemy URL; default sqlite:///storage/<study-name>.db"
     )
     g.add_argument("--study-name", default=d.study_name, help="name of the study in the storage")
+    g.add_argument(
+        "--artifact-dir",
+        default=d.artifact_dir,
+        help="where the HTML report and figures are stored as study artifacts ('none' = off)",
+    )
     g = p.add_argument_group("task and model")
     g.add_argument(
         "--task",
@@ -168,7 +174,44 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
     g.add_argument(
         "--compile", action="store_true", help="train through torch.compile (slow first epoch)"
     )
+    g = p.add_argument_group("beyond the sweep")
+    g.add_argument(
+        "--objectives",
+        type=_word_list,
+        default=d.objectives,
+        help="accuracy, or accuracy,time: maximise val_accuracy and minimise train_time_s (a "
+        "Pareto front). Optuna cannot prune multi-objective trials: pruning is then turned "
+        "off, with a note",
+    )
+    g.add_argument(
+        "--budget",
+        default=d.budget,
+        choices=BUDGETS,
+        help="what every batch size gets: --epochs passes, or --steps optimizer updates",
+    )
+    g.add_argument("--steps", type=int, default=None, help="optimizer updates per trial")
+    g.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=d.warmup_epochs,
+        help="ramp the LR linearly from --base-lr to the rule's value over W epochs (Goyal et al.)",
+    )
+    g.add_argument(
+        "--lr-search-width",
+        type=float,
+        default=d.lr_search_width,
+        help="F > 1 samples an LR multiplier in [1/F, F] around the rule's value",
+    )
+    g.add_argument(
+        "--noise-scale",
+        action="store_true",
+        help="measure the gradient noise scale B_simple on each trial's final model",
+    )
     return p
+
+
+def _word_list(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 def _gpu_list(text: str) -> tuple[str, ...]:

@@ -44,7 +44,15 @@ IDENTITY_FIELDS = (
     "memory_margin",
     "precision",
     "compile",
+    "objectives",
+    "budget",
+    "steps",
+    "warmup_epochs",
+    "lr_search_width",
 )
+OBJECTIVES = {("accuracy",): ["maximize"], ("accuracy", "time"): ["maximize", "minimize"]}
+METRIC_NAMES = {"accuracy": "val_accuracy", "time": "train_time_s"}
+BUDGETS = ("epochs", "steps")
 
 
 class ConfigError(ValueError):
@@ -127,11 +135,54 @@ class StudyConfig:
     download: bool = False
     precision: str = "fp32"
     compile: bool = False
+    objectives: tuple[str, ...] = ("accuracy",)
+    budget: str = "epochs"
+    steps: int | None = None
+    warmup_epochs: int = 0
+    lr_search_width: float = 1.0
+    noise_scale: bool = False
+    artifact_dir: str = "storage/artifacts"
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def directions(self) -> list[str]:
+        return OBJECTIVES[tuple(self.objectives)]
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [METRIC_NAMES[o] for o in self.objectives]
 
     def validate(self) -> StudyConfig:
         """Check every setting; fill in the default storage. Raise :class:`ConfigError`."""
         _positive("--trials", self.trials)
         _positive("--epochs", self.epochs)
+        self.objectives = tuple(self.objectives)
+        if self.objectives not in OBJECTIVES:
+            raise ConfigError(
+                f"--objectives {','.join(self.objectives)}: use accuracy, or accuracy,time "
+                "(maximise validation accuracy, minimise training time)"
+            )
+        _choice("--budget", self.budget, BUDGETS)
+        if self.budget == "steps" and self.steps is None:
+            raise ConfigError("--budget steps needs --steps S (optimizer updates per trial)")
+        if self.budget == "epochs" and self.steps is not None:
+            raise ConfigError(f"--steps {self.steps} needs --budget steps")
+        if self.steps is not None:
+            _positive("--steps", self.steps)
+        if self.warmup_epochs < 0 or (
+            self.budget == "epochs" and self.warmup_epochs >= self.epochs
+        ):
+            raise ConfigError(
+                f"--warmup-epochs {self.warmup_epochs}: use 0 (off) up to fewer than --epochs"
+            )
+        if not self.lr_search_width >= 1:
+            raise ConfigError(
+                f"--lr-search-width {self.lr_search_width}: use 1 (off) or more, e.g. 4 "
+                "samples a multiplier in [1/4, 4]"
+            )
         _positive("--max-accumulation", self.max_accumulation)
         _positive("--synthetic-samples", self.synthetic_samples)
         _positive("--synthetic-features", self.synthetic_features)
@@ -226,6 +277,7 @@ class StudyConfig:
         data = asdict(self)
         data["hidden"] = list(self.hidden)
         data["gpus"] = list(self.gpus) if self.gpus is not None else None
+        data["objectives"] = list(self.objectives)
         data.pop("storage")  # may hold a password; the study knows where it lives
         return data
 

@@ -30,7 +30,6 @@ from study.config import ConfigError, StudyConfig, differences
 from study.locks import SETUP_SCOPE, NoLock, StorageLock
 from study.space import BatchSpace
 
-METRIC_NAME = "val_accuracy"
 MAX_CONSECUTIVE_FAILURES = 3
 #: Seconds between claims while the rest of the budget is running in other workers.
 POLL_S = 1.0
@@ -77,12 +76,20 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     The median pruner waits a quarter of the epochs: large batches take fewer steps per epoch
     and start slower, and pruning them at epoch 2 would judge the batch size by its start.
     """
+    periods = evaluation_periods(config)
+    if config.pruner == "none" or config.multi_objective:  # Optuna cannot prune those
+        return optuna.pruners.NopPruner()
     if config.pruner == "median":
-        warmup = max(1, config.epochs // 4)
+        warmup = max(1, periods // 4)
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
-    if config.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.epochs)
-    return optuna.pruners.NopPruner()
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=periods)
+
+
+def evaluation_periods(config: StudyConfig) -> int:
+    """How often a trial reports: each epoch, or (step budget) at tenths of the budget."""
+    if config.budget == "steps":
+        return max(1, min(10, config.steps or 1))
+    return config.epochs
 
 
 def _existing_names(storage: optuna.storages.BaseStorage) -> list[str]:
@@ -142,7 +149,7 @@ def _create_or_resume(
     study = optuna.create_study(
         storage=storage,
         study_name=config.study_name,
-        direction="maximize",
+        directions=config.directions,
         sampler=make_sampler(config, space),
         pruner=make_pruner(config),
         load_if_exists=True,
@@ -150,7 +157,7 @@ def _create_or_resume(
     if created:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([METRIC_NAME])
+            study.set_metric_names(config.metric_names)
         for key, value in extra_attrs.items():
             study.set_user_attr(key, value)
         study.set_user_attr("config", config.to_dict())

@@ -24,7 +24,9 @@ def trial_line(trial: FrozenTrial) -> str:
         parts.append(f"val {a['val_accuracy']:.4f}")
     if "test_accuracy" in a:
         parts.append(f"test {a['test_accuracy']:.4f}")
-    if "epochs_completed" in a:
+    if "optimizer_steps" in a:
+        parts.append(f"{a['optimizer_steps']} steps {a.get('train_time_s', 0):.1f} s")
+    elif "epochs_completed" in a:
         parts.append(f"{a['epochs_completed']} ep {a.get('train_time_s', 0):.1f} s")
     if a.get("diverged"):
         parts.append("diverged")
@@ -38,35 +40,57 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def budget_text(config: dict) -> str:
+    """How much training each trial got: ``20 epochs`` or ``500 optimizer steps``."""
+    if config.get("budget") == "steps":
+        return f"{config.get('steps', '?')} optimizer steps"
+    return f"{config.get('epochs', '?')} epochs"
+
+
+def _best_line(label: str, t: FrozenTrial) -> str:
+    a = t.user_attrs
+    accumulation = a.get("accumulation_steps", 1)
+    micro = f" ({a['micro_batch_size']}x{accumulation})" if accumulation > 1 else ""
+    multiplier = f" (x{a['lr_multiplier']:.2f})" if "lr_multiplier" in a else ""
+    return (
+        f"{label}trial {t.number}, batch size {a['batch_size']}{micro}, rule "
+        f"{a['scaling_rule']}, lr {a['lr']:.3g}{multiplier}, val {a['val_accuracy']:.4f}, "
+        f"test {a.get('test_accuracy', float('nan')):.4f}, {a['train_time_s']:.1f} s training"
+    )
+
+
 def summary(study: optuna.Study) -> str:
-    """The best trial and, per batch size, best and median accuracy, time and throughput."""
+    """The best trial (or, for accuracy-vs-time studies, the Pareto front) and, per batch
+    size, best and median accuracy, time and throughput."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    epochs = study.user_attrs.get("config", {}).get("epochs", "?")
+    config = study.user_attrs.get("config", {})
+    budget = budget_text(config)
     head = (
         f"study {study.study_name!r}: {len(complete)} complete, {len(pruned)} pruned, "
-        f"{len(failed)} failed trials; budget {epochs} epochs per trial"
+        f"{len(failed)} failed trials; budget {budget} per trial"
     )
     if not complete:
         return head + "\nno complete trial yet: nothing to compare."
-    best = study.best_trial
-    a = best.user_attrs
-    lines = [
-        head,
-        "",
-        f"best (by validation accuracy): trial {best.number}, batch size {a['batch_size']}"
-        + (
-            f" ({a['micro_batch_size']}x{a['accumulation_steps']})"
-            if a.get("accumulation_steps", 1) > 1
-            else ""
+    lines = [head, ""]
+    if len(study.directions) > 1:
+        front = sorted(study.best_trials, key=lambda t: t.user_attrs["train_time_s"])
+        lines.append(
+            f"Pareto front of validation accuracy against training time ({len(front)} trials, "
+            "fastest first): no trial on it is both more accurate and faster than another"
         )
-        + f", rule {a['scaling_rule']}, lr {a['lr']:.3g}, val {a['val_accuracy']:.4f}, "
-        f"test {a.get('test_accuracy', float('nan')):.4f}, {a['train_time_s']:.1f} s training",
-        "",
-        f"per batch size (complete trials, {epochs} epochs each; accuracy as a fraction):",
-    ]
+        lines += [_best_line("  ", t) for t in front]
+    else:
+        lines.append(_best_line("best (by validation accuracy): ", study.best_trial))
+    noise = [t.user_attrs["b_simple"] for t in complete if "b_simple" in t.user_attrs]
+    if noise:
+        lines.append(
+            f"gradient noise scale B_simple (median over {len(noise)} trials' final models): "
+            f"{statistics.median(noise):.0f} samples"
+        )
+    lines += ["", f"per batch size (complete trials, {budget} each; accuracy as a fraction):"]
     by_batch: dict[int, list[FrozenTrial]] = {}
     for t in complete:
         by_batch.setdefault(t.user_attrs["batch_size"], []).append(t)
