@@ -220,7 +220,8 @@ def run_study(config: StudyConfig, out=sys.stdout) -> optuna.Study:
         )
         checkpoints.keep_only({first_attempt(t) for t in unfinished})
     lock.close()
-    _publish(study, config, out)
+    if created or done < config.trials:  # a rerun of a finished study changes nothing
+        _publish(study, config, out)
     print("\n" + summary(study), file=out)
     browse = where[len(JOURNAL_PREFIX) :] if where.startswith(JOURNAL_PREFIX) else where
     print(
