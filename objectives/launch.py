@@ -94,6 +94,8 @@ def plan_space(config: StudyConfig, task: Task, device: str) -> tuple[BatchSpace
             memory_budget=config.memory_budget,
             memory_margin=config.memory_margin,
             min_batch_size=config.min_batch_size,
+            precision=config.precision,  # the trials' settings, so the cap holds for them
+            compile=config.compile,
         )
         extra["probe"] = result.to_dict()
         cap, source = result.max_batch_size, f"probe ({device})"
@@ -170,6 +172,11 @@ def run_study(config: StudyConfig, out=sys.stdout) -> optuna.Study:
         )
         config.pruner = "none"
     device = parent_device(config)
+    if config.precision == "fp16" and not device.startswith("cuda"):
+        raise ConfigError(
+            f"--precision fp16 needs a CUDA GPU and this run trains on {device}: "
+            "use --precision bf16 or fp32"
+        )
     storage = open_storage(config.storage, config.heartbeat_interval, config.grace_period)
     lock = storage_lock(config.storage)
     built: list[Task] = []

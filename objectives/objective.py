@@ -287,7 +287,15 @@ class BatchSizeObjective:
         try:
             with capture:
                 train_model(model, self.train, self.val, settings, on_epoch, attempt.result)
-            finish(attempt.result, model, self.train, self.test, settings.eval_batch, self.device)
+            finish(
+                attempt.result,
+                model,
+                self.train,
+                self.test,
+                settings.eval_batch,
+                self.device,
+                settings.precision,
+            )
             if self.config.noise_scale:
                 attempt.noise = self._noise_scale(model, seed)
             attempt.outcome = "complete"

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -55,6 +54,7 @@ from objectives.data import Tensors, place
 from objectives.memory import PeakMemory, state_bytes, tensor_bytes
 from objectives.tasks import Task
 from objectives.train import OPTIMIZERS, Step, TrainSettings, make_step
+from study.units import parse_bytes
 
 #: The knee is the smallest batch whose throughput is within this fraction of the best.
 KNEE_TOLERANCE = 0.1
@@ -64,24 +64,6 @@ GROWTH_LIMIT = 8
 MIN_TIMED_SECONDS = 0.05
 #: ... but never past this many steps per batch size.
 MAX_TIMED_STEPS = 50
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1024,
-    "kib": 1024,
-    "kb": 1000,
-    "m": 1024**2,
-    "mib": 1024**2,
-    "mb": 1000**2,
-    "g": 1024**3,
-    "gib": 1024**3,
-    "gb": 1000**3,
-    "t": 1024**4,
-    "tib": 1024**4,
-    "tb": 1000**4,
-}
-_BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 
 
 class ProbeError(ValueError):
@@ -100,42 +82,6 @@ class ProbeError(ValueError):
         self.budget_bytes = budget_bytes
         self.batch_size = batch_size
         self.needed_bytes = needed_bytes
-
-
-def parse_bytes(text: str | int) -> int:
-    """Bytes from a size such as ``6GiB``, ``512MiB``, ``1.5GB`` or ``1048576``.
-
-    Binary units are ``KiB MiB GiB TiB`` (and the bare ``K M G T``), decimal units are
-    ``kB MB GB TB``; case and a space before the unit do not matter.
-
-    Example:
-        >>> parse_bytes("6GiB"), parse_bytes("512 MiB"), parse_bytes("1.5GB"), parse_bytes("4096")
-        (6442450944, 536870912, 1500000000, 4096)
-
-    Args:
-        text: The size; an ``int`` is taken as bytes.
-
-    Raises:
-        ValueError: not a positive size in a known unit; the message shows the accepted forms.
-    """
-    if isinstance(text, bool) or not isinstance(text, (str, int)):
-        raise ValueError(f"memory size {text!r} must be a string like '6GiB' or an int of bytes")
-    if isinstance(text, int):
-        if text <= 0:
-            raise ValueError(f"memory size {text} must be a positive number of bytes")
-        return text
-    match = _BYTES_RE.match(text)
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _UNITS:
-        raise ValueError(
-            f"memory size {text!r} is not understood: use a number of bytes with an optional "
-            "unit, like 6GiB, 512MiB, 1.5GB or 1048576 (units: B, KiB, MiB, GiB, TiB, K, M, G, "
-            "T, kB, MB, GB, TB)"
-        )
-    value = round(float(match.group(1)) * _UNITS[unit])
-    if value <= 0:
-        raise ValueError(f"memory size {text!r} must be at least 1 byte")
-    return value
 
 
 def format_bytes(n: float | None) -> str:

@@ -34,10 +34,17 @@ def _current_rss() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def _is_tensor(obj: object) -> bool:
+    try:
+        return isinstance(obj, torch.Tensor)
+    except ReferenceError:  # a weak proxy whose object is gone
+        return False
+
+
 def _live_tensors() -> int:
     with warnings.catch_warnings():  # isinstance on deprecated torch objects warns
         warnings.simplefilter("ignore")
-        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+        return sum(1 for o in gc.get_objects() if _is_tensor(o))
 
 
 def snapshot(device: str) -> dict:

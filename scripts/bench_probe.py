@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             free, _ = available_memory(args.device)
             budget = int(free * 0.9)
         else:
-            from objectives.probe import parse_bytes
+            from study.units import parse_bytes
 
             budget = parse_bytes(budget_text)
 

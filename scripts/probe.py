@@ -32,7 +32,7 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def _size(text: str) -> int:
-    from objectives.probe import parse_bytes
+    from study.units import parse_bytes
 
     try:
         return parse_bytes(text)

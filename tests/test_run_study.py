@@ -149,7 +149,7 @@ def test_contradicting_settings_are_refused_and_nothing_changes(finished_study):
         (["--task", "cifar100"], "is not a built-in task"),
         (["--optimizer", "lamb"], "invalid choice: 'lamb'"),
         (["--scaling", "cubic"], "invalid choice: 'cubic'"),
-        (["--memory-budget", "lots"], "is not a size"),
+        (["--memory-budget", "lots"], "is not understood"),
         (["--storage", "not a url"], "is not a database URL"),
         (["--storage", "mysql://u:hunter2@127.0.0.1/x"], "driver is missing"),
         (["--storage", "postgresql://u:hunter2@127.0.0.1:9/x"], "cannot connect"),
