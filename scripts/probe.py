@@ -20,24 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def _hidden(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of widths, e.g. 128,64")
-    return sizes
-
-
-def _size(text: str) -> int:
-    from study.units import parse_bytes
-
-    try:
-        return parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+from study.cli import byte_size, int_list  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--task", default="digits", help="digits, synthetic or module:factory")
     parser.add_argument("--model", default="mlp", help="mlp or cnn (default mlp)")
-    parser.add_argument("--hidden", type=_hidden, default=(128, 64), help="widths, e.g. 128,64")
+    parser.add_argument("--hidden", type=int_list, default=(128, 64), help="widths, e.g. 128,64")
     parser.add_argument("--optimizer", default="adam", choices=("sgd", "adam", "adamw"))
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument(
@@ -61,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--memory-budget",
-        type=_size,
+        type=byte_size,
         help="bytes one training step may use, e.g. 6GiB, 512MiB or 1048576 "
         "(default: the device's free memory less --memory-margin)",
     )

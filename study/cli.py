@@ -36,17 +36,21 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(USAGE_EXIT, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _int_list(text: str) -> tuple[int, ...]:
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type: ``128,64`` -> ``(128, 64)`` (positive sizes)."""
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
+        values = ()
+    if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of sizes, e.g. 128,64"
-        ) from None
+            f"{text!r} is not a comma-separated list of positive sizes, e.g. 128,64"
+        )
     return values
 
 
-def _bytes(text: str) -> int:
+def byte_size(text: str) -> int:
+    """argparse type: ``6GiB`` -> bytes (see :func:`study.units.parse_bytes`)."""
     try:
         return parse_bytes(text)
     except ValueError as exc:
@@ -80,7 +84,7 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
         "path/to/file.py:factory",
     )
     g.add_argument("--model", default=d.model, choices=MODELS, help="model for built-in tasks")
-    g.add_argument("--hidden", type=_int_list, default=d.hidden, help="hidden sizes, e.g. 128,64")
+    g.add_argument("--hidden", type=int_list, default=d.hidden, help="hidden sizes, e.g. 128,64")
     g.add_argument("--synthetic-samples", type=int, default=d.synthetic_samples)
     g.add_argument("--synthetic-features", type=int, default=d.synthetic_features)
     g.add_argument("--synthetic-classes", type=int, default=d.synthetic_classes)
@@ -112,7 +116,7 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
         default=d.max_accumulation,
         help="effective batches continue above the memory cap up to cap*K by accumulation",
     )
-    g.add_argument("--memory-budget", type=_bytes, default=None, help="e.g. 6GiB (probe)")
+    g.add_argument("--memory-budget", type=byte_size, default=None, help="e.g. 6GiB (probe)")
     g.add_argument(
         "--memory-margin", type=float, default=d.memory_margin, help="free memory left unused"
     )
