@@ -62,7 +62,11 @@ def resolve_device(device: str) -> str:
 
 
 def build_task(config: StudyConfig) -> Task:
-    """The task the config names, built with its model settings."""
+    """The task the config names, built with its model settings.
+
+    Any object with the same field names works, such as the namespace of a script that
+    declared its flags with :func:`study.cli.add_task_arguments`.
+    """
     return load_task(
         config.task,
         model=config.model,
@@ -72,7 +76,7 @@ def build_task(config: StudyConfig) -> Task:
         synthetic_features=config.synthetic_features,
         synthetic_classes=config.synthetic_classes,
         data_dir=config.data_dir,
-        download=config.download,
+        download=getattr(config, "download", False),
     )
 
 

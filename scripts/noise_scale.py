@@ -14,17 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from study.cli import OneLineParser, fail  # noqa: E402
+from study.cli import OneLineParser, add_task_arguments, fail  # noqa: E402
+from study.config import StudyConfig  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="noise_scale.py", description=__doc__.splitlines()[0])
-    p.add_argument("--task", default="digits")
-    p.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
-    p.add_argument("--hidden", default="128,64")
-    p.add_argument("--synthetic-samples", type=int, default=4096)
-    p.add_argument("--synthetic-features", type=int, default=32)
-    p.add_argument("--synthetic-classes", type=int, default=4)
+    add_task_arguments(p, StudyConfig(model="mlp"))
     p.add_argument("--epochs", type=int, default=3, help="epochs of training between estimates")
     p.add_argument("--batch-size", type=int, default=32, help="batch size of that training")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of that training")
@@ -40,21 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from objectives.launch import build_task
     from objectives.models import ModelError
     from objectives.noise import noise_scale_over_training
-    from objectives.tasks import TaskError, load_task
+    from objectives.tasks import TaskError
 
     try:
-        hidden = tuple(int(h) for h in args.hidden.split(","))
-        task = load_task(
-            args.task,
-            model=args.model,
-            hidden=hidden,
-            seed=args.seed,
-            synthetic_samples=args.synthetic_samples,
-            synthetic_features=args.synthetic_features,
-            synthetic_classes=args.synthetic_classes,
-        )
+        task = build_task(args)
         result = noise_scale_over_training(
             task,
             args.epochs,

@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from study.cli import byte_size, int_list  # noqa: E402
+from study.cli import add_task_arguments, byte_size  # noqa: E402
+from study.config import StudyConfig  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find the largest batch size whose training step fits in memory, and the "
         "throughput of every power of two up to it."
     )
-    parser.add_argument("--task", default="digits", help="digits, synthetic or module:factory")
-    parser.add_argument("--model", default="mlp", help="mlp or cnn (default mlp)")
-    parser.add_argument("--hidden", type=int_list, default=(128, 64), help="widths, e.g. 128,64")
+    add_task_arguments(parser, StudyConfig(model="mlp"))
     parser.add_argument("--optimizer", default="adam", choices=("sgd", "adam", "adamw"))
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument(
@@ -59,9 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch-size", type=int, default=None)
     parser.add_argument("--timed-steps", type=int, default=3, help="fewest timed steps per size")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--synthetic-samples", type=int, default=4096)
-    parser.add_argument("--synthetic-features", type=int, default=32)
-    parser.add_argument("--synthetic-classes", type=int, default=4)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -74,19 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             "--memory-margin applies to the detected free memory; with --memory-budget give "
             "the budget you want the step to fit"
         )
+    from objectives.launch import build_task
     from objectives.probe import probe_batch_size
-    from objectives.tasks import load_task
 
     try:
-        task = load_task(
-            args.task,
-            model=args.model,
-            hidden=args.hidden,
-            seed=args.seed,
-            synthetic_samples=args.synthetic_samples,
-            synthetic_features=args.synthetic_features,
-            synthetic_classes=args.synthetic_classes,
-        )
+        task = build_task(args)
         result = probe_batch_size(
             task,
             optimizer=args.optimizer,

@@ -57,6 +57,33 @@ def byte_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def add_task_arguments(group, defaults: StudyConfig | None = None) -> None:
+    """The flags that name a task and its model, shared by every script that builds one.
+
+    The parsed namespace has the :class:`StudyConfig` field names, so
+    ``objectives.launch.build_task(args)`` builds the task from it.
+    """
+    d = defaults or StudyConfig()
+    group.add_argument(
+        "--task",
+        default=d.task,
+        help="digits, synthetic, mnist, fashion-mnist, cifar10, or package.module:factory / "
+        "path/to/file.py:factory",
+    )
+    group.add_argument("--model", default=d.model, choices=MODELS, help="model for built-in tasks")
+    group.add_argument(
+        "--hidden", type=int_list, default=d.hidden, help="hidden sizes, e.g. 128,64"
+    )
+    group.add_argument("--synthetic-samples", type=int, default=d.synthetic_samples)
+    group.add_argument("--synthetic-features", type=int, default=d.synthetic_features)
+    group.add_argument("--synthetic-classes", type=int, default=d.synthetic_classes)
+    group.add_argument(
+        "--data-dir",
+        default=d.data_dir,
+        help="folder of the image datasets (MNIST/raw, FashionMNIST/raw, cifar-10-batches-py)",
+    )
+
+
 def build_parser(prog: str = "run_study.py") -> OneLineParser:
     """The parser for every flag of a study run (defaults are :class:`StudyConfig`'s)."""
     d = StudyConfig()
@@ -76,18 +103,7 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
         default=d.artifact_dir,
         help="where the HTML report and figures are stored as study artifacts ('none' = off)",
     )
-    g = p.add_argument_group("task and model")
-    g.add_argument(
-        "--task",
-        default=d.task,
-        help="digits, synthetic, mnist, fashion-mnist, cifar10, or package.module:factory / "
-        "path/to/file.py:factory",
-    )
-    g.add_argument("--model", default=d.model, choices=MODELS, help="model for built-in tasks")
-    g.add_argument("--hidden", type=int_list, default=d.hidden, help="hidden sizes, e.g. 128,64")
-    g.add_argument("--synthetic-samples", type=int, default=d.synthetic_samples)
-    g.add_argument("--synthetic-features", type=int, default=d.synthetic_features)
-    g.add_argument("--synthetic-classes", type=int, default=d.synthetic_classes)
+    add_task_arguments(p.add_argument_group("task and model"), d)
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trial")
     g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
@@ -159,11 +175,6 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
         "SQLite/journal file, else storage/checkpoints; 'none' = off)",
     )
     g = p.add_argument_group("data and precision")
-    g.add_argument(
-        "--data-dir",
-        default=d.data_dir,
-        help="folder of the image datasets (MNIST/raw, FashionMNIST/raw, cifar-10-batches-py)",
-    )
     g.add_argument(
         "--download",
         action="store_true",
