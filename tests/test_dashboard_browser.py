@@ -2,8 +2,10 @@
 
 The dashboard test starts ``scripts/dashboard.py`` as a real process on a real SQLite study
 (with its note and report artifacts) and browses it; the report test opens the HTML file
-offline. Each saves a screenshot under docs/screenshots/. Install the browser with
-``bash .ci/install_browser.sh`` (Debian's chromium and Python Playwright).
+offline. Each saves a screenshot: into the test's temporary folder, or over the README's
+images in docs/screenshots/ when BATCHSIZE_UPDATE_SCREENSHOTS=1 (so a plain test run leaves
+the working tree untouched). Install the browser with ``bash .ci/install_browser.sh``
+(Debian's chromium and Python Playwright).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ except ImportError:  # tests/ imported as a package
     from tests.report_studies import build_study
 
 ROOT = Path(__file__).resolve().parent.parent
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+README_SCREENSHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -107,7 +109,7 @@ def _start_dashboard(url: str, artifacts: Path) -> tuple[subprocess.Popen, str]:
             return proc, f"http://{address}"
 
 
-def test_dashboard_shows_metric_trials_note_and_report(tmp_path: Path, page) -> None:
+def test_dashboard_shows_metric_trials_note_and_report(tmp_path: Path, page, shots: Path) -> None:
     db = tmp_path / "study.db"
     study = build_study(db)
     write_study_note(study)
@@ -125,7 +127,7 @@ def test_dashboard_shows_metric_trials_note_and_report(tmp_path: Path, page) -> 
         page.locator(".js-plotly-plot").nth(3).wait_for()  # history, importance, timeline, ours
         page.get_by_text("Final accuracy against batch size").first.wait_for()
         page.set_viewport_size({"width": 1400, "height": 1650})  # history down to our figures
-        page.screenshot(path=str(SCREENSHOTS / "dashboard.png"))
+        page.screenshot(path=str(shots / "dashboard.png"))
         page.set_viewport_size({"width": 1400, "height": 1000})
 
         page.get_by_role("link", name="Trials (List)").click()
@@ -138,7 +140,7 @@ def test_dashboard_shows_metric_trials_note_and_report(tmp_path: Path, page) -> 
         page.get_by_text("Best result").wait_for()
         page.get_by_text("val_accuracy 89.8%").wait_for()
         page.get_by_text("inside the range: the folklore held", exact=False).wait_for()
-        page.screenshot(path=str(SCREENSHOTS / "dashboard-note.png"))
+        page.screenshot(path=str(shots / "dashboard-note.png"))
 
         report = page.request.get(f"{base}/artifacts/{study_id}/{_report_id(study)}")
         assert report.ok and "Final accuracy against batch size" in report.text()
@@ -165,7 +167,7 @@ def _open_report(page, path: Path) -> int:
     return expected
 
 
-def test_report_renders_every_figure_offline(tmp_path: Path, page) -> None:
+def test_report_renders_every_figure_offline(tmp_path: Path, page, shots: Path) -> None:
     study = build_study(tmp_path / "study.db")
     out, _ = write_report(study, tmp_path / "report.html")
     page.route(  # offline: anything but the file itself fails
@@ -179,11 +181,13 @@ def test_report_renders_every_figure_offline(tmp_path: Path, page) -> None:
         page.locator(".gtitle", has_text=title).first.wait_for()
     assert page.locator("#table-batch-sizes tr").count() == 1 + 15
     page.set_viewport_size({"width": 1300, "height": 1900})
-    page.screenshot(path=str(SCREENSHOTS / "report.png"))
+    page.screenshot(path=str(shots / "report.png"))
     assert page.errors == []
 
 
-def test_pareto_and_multiplier_reports_render_every_figure(tmp_path: Path, page) -> None:
+def test_pareto_and_multiplier_reports_render_every_figure(
+    tmp_path: Path, page, shots: Path
+) -> None:
     """A two-objective study and one that searched the LR multiplier: every figure draws."""
     page.route(
         "**/*",
@@ -200,7 +204,7 @@ def test_pareto_and_multiplier_reports_render_every_figure(tmp_path: Path, page)
         page.get_by_text("B_simple (gradient noise scale) \u2248", exact=False).first.wait_for()
         if rows:
             assert page.locator("#table-pareto-front tr").count() == 1 + rows
-            page.locator("#section-pareto").screenshot(path=str(SCREENSHOTS / "report-pareto.png"))
+            page.locator("#section-pareto").screenshot(path=str(shots / "report-pareto.png"))
         else:
             page.locator("#advice code", has_text="--warmup-epochs").wait_for()
     assert page.errors == []
@@ -215,6 +219,10 @@ def test_report_of_only_pruned_trials_renders_and_says_so(tmp_path: Path, page) 
     assert page.errors == []
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _screenshot_folder() -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: the README's images only when asked to refresh them."""
+    if os.environ.get("BATCHSIZE_UPDATE_SCREENSHOTS") == "1":
+        README_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return README_SCREENSHOTS
+    return tmp_path_factory.mktemp("screenshots")
