@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from objectives.data import Tensors, make_loader, place
-from objectives.memory import SavedTensorCounter, state_bytes, tensor_bytes
+from objectives.memory import PeakMemory, state_bytes
 from study.config import PRECISIONS, ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -333,22 +333,6 @@ def evaluate(
     return correct.item() / len(data)
 
 
-def _measured_backward(
-    step: Step, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, group_size: int
-) -> tuple[int, torch.Tensor]:
-    """One micro-batch's forward and backward, returning the activation bytes it held.
-
-    Activation bytes are the tensors autograd saved plus the inputs and outputs. Runs the
-    eager ``model`` (saved-tensor hooks do not see inside a compiled graph).
-    """
-    with SavedTensorCounter(model) as saved, step.autocast():
-        out = model(x)
-        loss = F.cross_entropy(out, y, reduction="sum")
-    activations = saved.bytes + tensor_bytes([x, y, out])
-    step.scaler.scale(loss / group_size).backward()
-    return activations, loss
-
-
 def train_model(
     model: torch.nn.Module,
     train: Tensors | Dataset,
@@ -376,7 +360,7 @@ def train_model(
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    activation_bytes = 0
+    cpu_peak_bytes = 0  # on CPU, measured over the first update as the probe measures a step
     model.train()
 
     def updates_forever() -> Iterator[tuple[Iterator[Batch], int]]:
@@ -400,16 +384,18 @@ def train_model(
                 for group in optimizer.param_groups:
                     group["lr"] = settings.lr_at(global_step)
             optimizer.zero_grad(set_to_none=True)
-            for x, y in micro_batches:
-                if not on_cuda and activation_bytes == 0:  # count the first step's tensors
-                    activation_bytes, loss = _measured_backward(step, model, x, y, group_size)
-                else:
+            measure = not on_cuda and cpu_peak_bytes == 0
+            held = state_bytes(model, optimizer) if measure else 0
+            with PeakMemory(device) if measure else contextlib.nullcontext() as peak:
+                for x, y in micro_batches:
                     with step.autocast():
                         loss = F.cross_entropy(net(x), y, reduction="sum")
                     scaler.scale(loss / group_size).backward()
-                loss_sum += loss.detach()
-            scaler.step(optimizer)  # optimizer.step(), skipped on inf/NaN gradients in fp16
-            scaler.update()
+                    loss_sum += loss.detach()
+                scaler.step(optimizer)  # optimizer.step(), skipped on inf/NaN gradients in fp16
+                scaler.update()
+            if measure:
+                cpu_peak_bytes = held + peak.bytes
             seen += group_size
             global_step += 1
         if on_cuda:
@@ -422,8 +408,8 @@ def train_model(
             result.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
             result.memory_source = "cuda_max_memory_allocated"
         else:
-            result.peak_memory_bytes = state_bytes(model, optimizer) + activation_bytes
-            result.memory_source = "cpu_step_tensors"
+            result.peak_memory_bytes = cpu_peak_bytes
+            result.memory_source = "cpu_allocator_profile"
         train_loss = loss_sum.item() / seen
         if not math.isfinite(train_loss):
             raise Diverged(epoch)

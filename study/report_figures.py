@@ -35,7 +35,8 @@ MIB = 1024**2
 #: How a trial measured its peak memory, in words for the axis title.
 MEMORY_SOURCES = {
     "cuda_max_memory_allocated": "CUDA peak allocated",
-    "cpu_step_tensors": "tensors of a CPU step",
+    "cpu_allocator_profile": "CPU allocator peak of a step",
+    "cpu_step_tensors": "tensors of a CPU step",  # studies recorded before 2026-11-26
 }
 BATCH_AXIS = "Batch size (samples per update, log2 scale)"
 

@@ -133,7 +133,7 @@ def _attrs(batch: int, rule: str, epochs: int, number: int, val: float) -> dict:
         "train_time_s": round(40.0 * epochs / EPOCHS * 64 / (batch + 32), 3),
         "samples_per_s": round(20_000 * batch / (batch + 64), 1),
         "peak_memory_bytes": 2_100_000 + 39_000 * batch,
-        "memory_source": "cpu_step_tensors",
+        "memory_source": "cpu_allocator_profile",
         "seed": number,
     }
 

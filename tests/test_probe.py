@@ -157,6 +157,22 @@ def test_the_memory_fit_is_positive_monotone_and_holds_the_optimizer_state(wide_
     assert wide_result.predicted_bytes(cap) <= WIDE_BUDGET
 
 
+def test_a_trial_records_the_memory_the_probe_measured_for_its_step(wide_result, wide_task):
+    """The trial's CPU peak is the probe's measure of the same step, less the evaluation batch
+    the probe adds, so the report's memory figure and the probe's cap speak of one quantity."""
+    from objectives.train import TrainSettings, train_task
+
+    measured = {r.batch_size: r.measured_bytes for r in wide_result.rows}
+    cap = wide_result.max_batch_size
+    for size in (8, cap // 2, cap):
+        settings = TrainSettings(epochs=1, batch_size=size, micro_batch_size=size, lr=1e-3)
+        result = train_task(wide_task, settings)
+        assert result.memory_source == "cpu_allocator_profile"
+        if size == 8:  # the step's own peak sets both: the evaluation batch is too small
+            assert abs(result.peak_memory_bytes - measured[8]) <= 0.02 * measured[8]
+        assert 0.7 * measured[size] <= result.peak_memory_bytes <= 1.02 * measured[size]
+
+
 def test_the_search_runs_about_log2_cap_steps_and_every_table_row_ran(wide_result):
     cap = wide_result.max_batch_size
     assert wide_result.steps_run <= math.log2(cap) + 4
