@@ -94,13 +94,7 @@ def _prepare_sqlite(parsed: sqlalchemy.URL, url: str) -> None:
             "give a file, e.g. sqlite:///storage/x.db"
         )
     path = Path(database)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(
-            f"--storage {url}: cannot create folder {path.parent} ({exc.strerror}); "
-            "choose a writable path"
-        ) from None
+    _make_parent(url, path)
     if path.exists():
         with open(path, "rb") as handle:
             header = handle.read(16)
@@ -188,10 +182,8 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return self._stale_trial_callback
 
 
-def _open_journal(url: str, heartbeat: dict) -> HeartbeatJournalStorage | JournalStorage:
-    path = Path(url[len(JOURNAL_PREFIX) :])
-    if not path.name:
-        raise StorageError(f"--storage {url}: give a file, e.g. journal:///storage/x.log")
+def _make_parent(url: str, path: Path) -> None:
+    """Create the folder of a file-backed storage, or say which folder cannot be made."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -199,6 +191,13 @@ def _open_journal(url: str, heartbeat: dict) -> HeartbeatJournalStorage | Journa
             f"--storage {url}: cannot create folder {path.parent} ({exc.strerror}); "
             "choose a writable path"
         ) from None
+
+
+def _open_journal(url: str, heartbeat: dict) -> HeartbeatJournalStorage | JournalStorage:
+    path = Path(url[len(JOURNAL_PREFIX) :])
+    if not path.name:
+        raise StorageError(f"--storage {url}: give a file, e.g. journal:///storage/x.log")
+    _make_parent(url, path)
     if path.exists() and not os.access(path, os.W_OK):
         raise StorageError(f"--storage {url}: {path} is read-only; make it writable")
     try:
