@@ -177,6 +177,18 @@ def test_corrupt_sqlite_file_is_one_line_exit_2_and_left_as_it_was(tmp_path):
     assert digest(db) == before
 
 
+@pytest.mark.parametrize("scheme", ["sqlite:///", "journal:///"])
+def test_a_storage_folder_that_cannot_be_made_is_one_line_exit_2(tmp_path, scheme):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    url = f"{scheme}{blocker / 'studies' / 's.db'}"
+    proc = run_script("run_study.py", "--trials", "1", *FAST, "--storage", url)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot create folder {blocker / 'studies'}" in lines[0], lines
+    assert blocker.read_text() == "in the way"
+
+
 def test_resume_continues_to_the_total_without_redoing_finished_trials(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     assert run_script("run_study.py", "--trials", "2", *FAST, "--storage", url).returncode == 0
