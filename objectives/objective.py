@@ -52,6 +52,7 @@ from objectives.train import (
     steps_per_epoch,
     train_model,
 )
+from study.attrs import set_user_attrs
 from study.config import StudyConfig
 from study.scaling import scaled_lr
 from study.space import BatchSpace
@@ -326,5 +327,4 @@ def _write(trial: optuna.Trial, record: dict, result: TrainResult) -> None:
         )
     if result.test_accuracy is not None:
         record["test_accuracy"] = result.test_accuracy
-    for key, value in record.items():
-        trial.set_user_attr(key, value)
+    set_user_attrs(trial, record)  # one transaction on SQLite and PostgreSQL

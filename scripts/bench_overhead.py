@@ -15,8 +15,10 @@ Each process is timed from its start to its exit (imports and data loading inclu
 same in all three). Wall time suffers from other processes on a shared machine; CPU time
 (user + system of the child) much less, so both are shown, each the minimum over
 ``--repeats`` rounds (interference only ever adds time; the three ways alternate within each
-round). A fourth, instrumented run of the study splits its time by where it goes (training,
-storage, sampling, pruning, checkpoints, the rest).
+round). The study/bare ratio of each round (the two run back to back) is printed too: its
+median is steadier than the ratio of minimums when the machine's speed drifts between rounds.
+A fourth, instrumented run of the study splits its time by where it goes (training,
+storage, sampling, pruning, checkpoints, the note and report written at the end, the rest).
 
     python scripts/bench_overhead.py [--epochs 5] [--repeats 3] [--threads 1]
 """
@@ -28,6 +30,7 @@ import functools
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -187,7 +190,13 @@ def instrumented_study(study_argv: list[str]) -> dict:
     clock = _Clock()
     objective_module.train_model = clock.wrap("training", objective_module.train_model)
     objective_module.finish = clock.wrap("training", objective_module.finish)
+    if hasattr(objective_module, "set_user_attrs"):  # the record in one transaction
+        wrapped = clock.wrap("storage (SQLite)", objective_module.set_user_attrs)
+        objective_module.set_user_attrs = wrapped
     launch_module.build_task = clock.wrap("task loading (once)", launch_module.build_task)
+    if hasattr(launch_module, "_publish"):  # the study note and the HTML report at the end
+        wrapped = clock.wrap("note and HTML report (once, at the end)", launch_module._publish)
+        launch_module._publish = wrapped
     if hasattr(objective_module, "release_memory"):
         wrapped = clock.wrap("release_memory (gc.collect)", objective_module.release_memory)
         objective_module.release_memory = wrapped
@@ -356,6 +365,11 @@ def main() -> None:
         f"{100 * (study_cpu / bare_cpu - 1):+.1f}% CPU; study vs naive DataLoader loop: "
         f"{study_wall / naive_wall:.2f}x wall, {study_cpu / naive_cpu:.2f}x CPU"
     )
+    paired = sorted(s[0] / b[0] for s, b in zip(times["study"], times["bare"], strict=True))
+    print(
+        f"paired by round (study wall / bare wall, run back to back; steadier on a shared "
+        f"machine): median {statistics.median(paired):.3f}, range {paired[0]:.3f}-{paired[-1]:.3f}"
+    )
     print(
         "bare loop reproduced the study's validation accuracies in every trial: "
         + ("yes" if all(matched) else f"no ({matched})")
@@ -368,15 +382,15 @@ def main() -> None:
     split = json.loads(out.strip().splitlines()[-1])  # the study prints its summary first
     print(f"\ninstrumented study run ({split['wall']:.2f} s from main() to exit, imports not "
           f"included), exclusive time per category:")  # fmt: skip
-    print(f"{'category':<36} {'s':>7} {'ms/trial':>9} {'calls':>7}")
+    print(f"{'category':<40} {'s':>7} {'ms/trial':>9} {'calls':>7}")
     accounted = 0.0
     for name, seconds in sorted(split["seconds"].items(), key=lambda kv: -kv[1]):
         if "heartbeat thread" not in name:
             accounted += seconds
         calls = split["calls"].get(name, 0)
-        print(f"{name:<36} {seconds:>7.2f} {seconds / trials * 1000:>9.1f} {calls:>7}")
+        print(f"{name:<40} {seconds:>7.2f} {seconds / trials * 1000:>9.1f} {calls:>7}")
     rest = split["wall"] - accounted
-    print(f"{'rest (objective glue, runner, tqdm)':<36} {rest:>7.2f} {rest / trials * 1000:>9.1f}")
+    print(f"{'rest (objective glue, runner, tqdm)':<40} {rest:>7.2f} {rest / trials * 1000:>9.1f}")
 
 
 if __name__ == "__main__":

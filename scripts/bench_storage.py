@@ -44,16 +44,25 @@ TASK += ["--max-batch-size", "64", "--pruner", "none"]
 STORAGES = ("sqlite", "journal", "postgresql")
 
 # What a trial writes, without training: two parameters, one epoch reported (and the pruner
-# asked), and as many user attributes as the real objective records.
+# asked), and as many user attributes as the real objective records, either in one
+# transaction as the objective writes them (study.attrs) or one commit per attribute.
 RECORD_ONLY = textwrap.dedent(
     """
+    from study.attrs import set_user_attrs
+
+    BATCHED = True
+
     def record_only(trial):
         trial.suggest_categorical("batch_size", [8, 16, 32, 64])
         trial.suggest_categorical("scaling_rule", ["linear", "sqrt", "none"])
         trial.report(0.5, 1)
         trial.should_prune()
-        for i in range(16):
-            trial.set_user_attr(f"attr{i}", i)
+        record = {f"attr{i}": i for i in range(16)}
+        if BATCHED:
+            set_user_attrs(trial, record)
+        else:
+            for key, value in record.items():
+                trial.set_user_attr(key, value)
         return 0.5
     """
 )
@@ -66,7 +75,7 @@ NOOP_WORKER = RECORD_ONLY + textwrap.dedent(
     from study.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url, total = sys.argv[1], int(sys.argv[2])
+    url, total, BATCHED = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "batched"
     study = optuna.load_study(study_name="noop", storage=open_storage(url))
     run_trials(study, record_only, total, lock=storage_lock(url), poll_s=0.05)
     """
@@ -154,18 +163,24 @@ def steady_rate(trials: list) -> float:
     return len(counted) / max((end - start).total_seconds(), 1e-9) * 60
 
 
-def noop_ms_per_trial(url: str, trials: int, workers: int) -> float:
-    """Milliseconds of storage work per trial (the objective only records, see RECORD_ONLY)."""
+def noop_ms_per_trial(url: str, trials: int, workers: int, batched: bool = True) -> float:
+    """Milliseconds of storage work per trial (the objective only records, see RECORD_ONLY);
+    ``batched``: the record in one transaction, else one commit per attribute."""
     study = optuna.create_study(study_name="noop", storage=open_storage(url))
     if workers == 1:
         started = time.perf_counter()
         namespace: dict = {}
         exec(RECORD_ONLY, namespace)
+        namespace["BATCHED"] = batched
         run_trials(study, namespace["record_only"], trials, lock=storage_lock(url))
         return (time.perf_counter() - started) * 1000 / trials
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     procs = [
-        subprocess.Popen([sys.executable, "-c", NOOP_WORKER, url, str(trials)], env=env)
+        subprocess.Popen(
+            [sys.executable, "-c", NOOP_WORKER, url, str(trials)]
+            + ["batched" if batched else "per-attribute"],
+            env=env,
+        )
         for _ in range(workers)
     ]
     for proc in procs:
@@ -218,19 +233,29 @@ def main() -> int:
             print(
                 "\n2. storage cost per trial: trains nothing, writes what a trial writes "
                 f"(2 params, 1 epoch reported, 16 attributes); {args.noop_trials} trials; "
-                "ms per trial"
+                "ms per trial; the record in one transaction (as trials write it) beside one "
+                "commit per attribute (Optuna's set_user_attr)"
             )
-            print(f"{'storage':<11}{'1 worker':>12}{'4 workers':>12}")
+            cells = [(1, True), (4, True), (1, False), (4, False)]
+            print(
+                f"{'storage':<11}{'1 worker':>12}{'4 workers':>12}"
+                f"{'1 w, per-attr':>16}{'4 w, per-attr':>16}{'1 w ratio':>11}"
+            )
             for kind in kinds:
-                row = []
-                for workers in (1, 4):
+                row: list[float | None] = []
+                for workers, batched in cells:
                     url = storages.new(kind)
                     row.append(
-                        "skipped"
+                        None
                         if url is None
-                        else f"{noop_ms_per_trial(url, args.noop_trials, workers):.1f}"
+                        else noop_ms_per_trial(url, args.noop_trials, workers, batched)
                     )
-                print(f"{kind:<11}{row[0]:>12}{row[1]:>12}", flush=True)
+                text = ["skipped" if ms is None else f"{ms:.1f}" for ms in row]
+                ratio = f"{row[2] / row[0]:.2f}x" if None not in (row[0], row[2]) else "-"
+                print(
+                    f"{kind:<11}{text[0]:>12}{text[1]:>12}{text[2]:>16}{text[3]:>16}{ratio:>11}",
+                    flush=True,
+                )
         finally:
             storages.close()
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import ROOT, run_script, script_env
 from tests.pg_server import PostgresServer, PostgresUnavailable
+from tests.test_attrs import check_one_transaction
 from tests.test_workers import BEAT, LONG, QUICK, _mid_trial, _pid, counts, race
 
 pytestmark = pytest.mark.postgres
@@ -122,3 +123,8 @@ def test_a_missing_database_is_one_line_exit_2(pg):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and 'database "nope" does not exist' in lines[0], proc.stderr
     assert pg.PASSWORD not in proc.stderr
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_postgresql_stores_a_trial_record_in_one_commit(db):
+    check_one_transaction(db)
