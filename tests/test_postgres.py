@@ -11,18 +11,16 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import ROOT, run_script, script_env
+from tests.conftest import run_script
 from tests.pg_server import PostgresServer, PostgresUnavailable
 from tests.test_attrs import check_one_transaction
-from tests.test_workers import BEAT, LONG, QUICK, _mid_trial, _pid, counts, race
+from tests.test_workers import BEAT, LONG, QUICK, _mid_trial, _pid, _start, counts, race
 
 pytestmark = pytest.mark.postgres
 _names = itertools.count()
@@ -44,17 +42,6 @@ def pg():
 def db(pg) -> str:
     """A fresh, empty database (Optuna creates its tables): its URL, password included."""
     return pg.create_database(f"study_{os.getpid()}_{next(_names)}")
-
-
-def _start(url: str, trials: int, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts/run_study.py"), "--trials", str(trials)]
-        + ["--storage", url, *extra],
-        env=script_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 @pytest.mark.parametrize("attempt", range(2))

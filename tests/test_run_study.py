@@ -41,25 +41,17 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# The 4-trial study with accumulation that ``finished_study`` runs (and reruns compare with).
+FINISHED_STUDY = ["--trials", "4", *FAST, "--max-batch-size", "32", "--max-accumulation", "4"]
+FINISHED_STUDY += ["--pruner", "none"]
+
+
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory) -> tuple[str, Path, subprocess.CompletedProcess]:
     """A 4-trial study with accumulation, run once for several tests to read."""
     db = tmp_path_factory.mktemp("study") / "s.db"
     url = f"sqlite:///{db}"
-    proc = run_script(
-        "run_study.py",
-        "--trials",
-        "4",
-        *FAST,
-        "--max-batch-size",
-        "32",
-        "--max-accumulation",
-        "4",
-        "--pruner",
-        "none",
-        "--storage",
-        url,
-    )
+    proc = run_script("run_study.py", *FINISHED_STUDY, "--storage", url)
     assert proc.returncode == 0, proc.stderr
     return url, db, proc
 
@@ -95,20 +87,7 @@ def test_a_study_records_every_trial_and_its_setup(finished_study):
 def test_rerunning_a_finished_study_prints_the_summary_and_changes_nothing(finished_study):
     url, db, _ = finished_study
     before = digest(db)
-    proc = run_script(
-        "run_study.py",
-        "--trials",
-        "4",
-        *FAST,
-        "--max-batch-size",
-        "32",
-        "--max-accumulation",
-        "4",
-        "--pruner",
-        "none",
-        "--storage",
-        url,
-    )
+    proc = run_script("run_study.py", *FINISHED_STUDY, "--storage", url)
     assert proc.returncode == 0, proc.stderr
     assert "best (by validation accuracy)" in proc.stdout
     assert len(load(url).trials) == 4 and digest(db) == before
