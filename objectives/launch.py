@@ -36,7 +36,7 @@ from study.runner import create_or_resume, finished_count, run_trials, trial_sam
 from study.scaling import resolve_rule
 from study.space import BatchSpace, SpaceError, build_space
 from study.storage import JOURNAL_PREFIX, StorageError, open_storage, redact
-from study.summary import budget_text, summary, trial_line
+from study.report.summary import budget_text, summary, trial_line
 from study.workers import EXIT_INTERRUPTED, EXIT_USAGE, WorkerPool, describe_exit, plan_workers
 
 #: Errors a user causes with flags or inputs: one line and exit code 2.
@@ -245,8 +245,8 @@ def run_study(config: StudyConfig, out=sys.stdout) -> optuna.Study:
 
 def _publish(study: optuna.Study, config: StudyConfig, out) -> None:
     """Update the study's dashboard note and attach the HTML report as study artifacts."""
-    from study.dashboard import attach_report
-    from study.note import write_study_note
+    from study.report.dashboard import attach_report
+    from study.report.note import write_study_note
 
     try:
         write_study_note(study)

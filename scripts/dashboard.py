@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from study.cli import OneLineParser  # noqa: E402
-from study.report import DEFAULT_STORAGE, ReportError, open_existing_storage  # noqa: E402
+from study.report.html import DEFAULT_STORAGE, ReportError, open_existing_storage  # noqa: E402
 
 USER_ERROR_EXIT = 2
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    from study.dashboard import make_dashboard_server
+    from study.report.dashboard import make_dashboard_server
     from study.storage import redact
 
     try:

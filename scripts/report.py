@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from study.cli import OneLineParser  # noqa: E402
-from study.report import (  # noqa: E402
+from study.report.html import (  # noqa: E402
     DEFAULT_STORAGE,
     DEFAULT_STUDY_NAME,
     ReportError,

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from study.dashboard import attach_report
-from study.note import write_study_note
-from study.report import write_report
+from study.report.dashboard import attach_report
+from study.report.note import write_study_note
+from study.report.html import write_report
 
 try:
     from report_studies import build_study

@@ -21,16 +21,16 @@ import optuna
 import pytest
 from optuna_dashboard import get_note
 
-from study.dashboard import attach_report, save_dashboard_figures
-from study.note import write_study_note
-from study.report import (
+from study.report.dashboard import attach_report, save_dashboard_figures
+from study.report.note import write_study_note
+from study.report.html import (
     build_report,
     load_study_for_report,
     render_html_report,
     render_text_report,
     write_report,
 )
-from study.report_data import collect_report_data, rule_of_thumb, trial_record
+from study.report.data import collect_report_data, rule_of_thumb, trial_record
 
 try:
     from report_studies import LR_WIDTH, STEPS, TRAIN_SIZE, build_study
@@ -411,7 +411,7 @@ def test_attach_report_uploads_html_and_figures(tmp_path: Path) -> None:
 
 def test_study_package_does_not_import_torch() -> None:
     code = (
-        "import sys, study, study.report, study.dashboard, study.note; "
+        "import sys, study, study.report, study.report.dashboard, study.report.note; "
         "print('torch' in sys.modules)"
     )
     result = subprocess.run(

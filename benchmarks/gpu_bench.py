@@ -18,7 +18,7 @@ few per epoch (the epoch's permutation copy, the loss read, evaluation), never p
 Without dataset files under ``--data-dir`` it uses random tensors of the dataset's shape and
 size (throughput does not depend on pixel values); it says which.
 
-    python scripts/gpu_bench.py [--task cifar10] [--model resnet] [--batch-size 256]
+    python benchmarks/gpu_bench.py [--task cifar10] [--model resnet] [--batch-size 256]
                                 [--precisions fp32,bf16,fp16] [--compile] [--epochs 3]
 """
 

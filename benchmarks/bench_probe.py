@@ -16,8 +16,8 @@ measure a step the same way, so the columns compare search strategies. Steps are
 steps (forward, backward, optimizer step); a "+n" is the throughput table's timed steps.
 
 Example:
-    python scripts/bench_probe.py
-    python scripts/bench_probe.py --device cuda
+    python benchmarks/bench_probe.py
+    python benchmarks/bench_probe.py --device cuda
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ cap itself ran out of memory (unsafe), 2 when CUDA is not available. About a min
 H100 with the defaults.
 
 Example:
-    python scripts/gpu_probe_check.py
-    python scripts/gpu_probe_check.py --limit-gib 2 --hidden 8192 --optimizer sgd
+    python benchmarks/gpu_probe_check.py
+    python benchmarks/gpu_probe_check.py --limit-gib 2 --hidden 8192 --optimizer sgd
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ validation accuracy first reaches --target; the best learning rate's count is th
 steps-to-target. Fits S = S_min (1 + B_crit / B) and prints B_crit beside B_simple from the
 gradient-noise estimator on the same task.
 
-    python scripts/bench_critical_batch.py [--task digits] [--target 0.95]
+    python benchmarks/bench_critical_batch.py [--task digits] [--target 0.95]
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Prints, for each batch size, the seconds per epoch of both loops (same model, same data,
 same number of updates), measured side by side in one run, and their ratio.
 
-    python scripts/bench_loader.py [--task digits] [--model mlp] [--epochs 3] [--repeats 3]
+    python benchmarks/bench_loader.py [--task digits] [--model mlp] [--epochs 3] [--repeats 3]
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ median is steadier than the ratio of minimums when the machine's speed drifts be
 A fourth, instrumented run of the study splits its time by where it goes (training,
 storage, sampling, pruning, checkpoints, the note and report written at the end, the rest).
 
-    python scripts/bench_overhead.py [--epochs 5] [--repeats 3] [--threads 1]
+    python benchmarks/bench_overhead.py [--epochs 5] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations

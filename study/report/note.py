@@ -22,8 +22,8 @@ import re
 import optuna
 from optuna_dashboard import save_note
 
-from study.report import advice, report_tables
-from study.report_data import ReportData, TrialRecord, collect_report_data
+from study.report.html import advice, report_tables
+from study.report.data import ReportData, TrialRecord, collect_report_data
 from study.units import format_bytes
 
 

@@ -30,7 +30,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.storages import BaseStorage
 from optuna_dashboard import save_plotly_graph_object, wsgi
 
-from study.report import Report, build_report, file_stem, render_html_report
+from study.report.html import Report, build_report, file_stem, render_html_report
 
 DEFAULT_ARTIFACT_DIR = "storage/artifacts"
 #: Figures drawn on the dashboard's study page (kept small: they live in the study's attributes);

@@ -9,7 +9,7 @@ batch sizes and scaling rules enqueued in a fixed cycle, so every batch size has
 allocator's bytes. A leak shows as growth between the two rows; equal rows mean every trial
 gave back what it took.
 
-    python scripts/bench_leak.py [--trials 30] [--early 5] [--epochs 2] [--device cpu]
+    python benchmarks/bench_leak.py [--trials 30] [--early 5] [--epochs 2] [--device cpu]
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The report's figures, built with Plotly from a :class:`~study.report_data.ReportData`.
+"""The report's figures, built with Plotly from a :class:`~study.report.data.ReportData`.
 
 Every figure's axes say what is measured and in which unit. Batch size is drawn on a log2
 axis: the x coordinate is ``log2(batch)`` and the ticks read as the batch sizes, so the
@@ -8,7 +8,7 @@ says why) when the study has nothing to draw yet.
 
 Example:
     >>> import optuna
-    >>> from study.report_data import collect_report_data
+    >>> from study.report.data import collect_report_data
     >>> study = optuna.create_study(direction="maximize")
     >>> [f.key for f in build_figures(study, collect_report_data(study)) if f.figure is None][:2]
     ['accuracy', 'learning-curves']
@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from study.report_data import ReportData, median
+from study.report.data import ReportData, median
 
 RULE_COLORS = {"linear": "#1f77b4", "sqrt": "#ff7f0e", "none": "#2ca02c"}
 OTHER_COLOR = "#7f7f7f"

@@ -32,7 +32,7 @@ from plotly.offline import get_plotlyjs
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from study.report_data import (
+from study.report.data import (
     Folklore,
     ReportData,
     TrialRecord,
@@ -40,7 +40,7 @@ from study.report_data import (
     rule_of_thumb,
     study_shape_problem,
 )
-from study.report_figures import ReportFigure, build_figures
+from study.report.figures import ReportFigure, build_figures
 from study.storage import StorageError, open_storage, redact
 from study.units import format_bytes
 

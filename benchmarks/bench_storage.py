@@ -15,8 +15,8 @@ PostgreSQL runs on a throwaway local server (``tests/pg_server.py``, fsync on) u
 ``--postgres-url`` names one (an empty database per cell is created in it: the user needs
 CREATEDB); without server binaries its rows are skipped.
 
-    python scripts/bench_storage.py                 # about 5 minutes on two CPU cores
-    python scripts/bench_storage.py --trials 40 --workers 1,2,4,8
+    python benchmarks/bench_storage.py                 # about 5 minutes on two CPU cores
+    python benchmarks/bench_storage.py --trials 40 --workers 1,2,4,8
 """
 
 from __future__ import annotations
