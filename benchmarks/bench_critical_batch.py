@@ -12,19 +12,15 @@ gradient-noise estimator on the same task.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from objectives.critical import fit_critical_batch, steps_to_target  # noqa: E402
-from objectives.data import as_tensors  # noqa: E402
-from objectives.noise import noise_scale_over_training  # noqa: E402
-from objectives.tasks import load_task  # noqa: E402
-from study.scaling import scaled_lr  # noqa: E402
+from objectives.critical import fit_critical_batch, steps_to_target
+from objectives.data import as_tensors
+from objectives.noise import noise_scale_over_training
+from objectives.tasks import load_task
+from study.scaling import scaled_lr
 
 
 def main() -> None:

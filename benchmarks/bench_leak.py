@@ -17,12 +17,9 @@ from __future__ import annotations
 import argparse
 import gc
 import resource
-import sys
 import tempfile
 import warnings
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
@@ -78,8 +75,10 @@ def main() -> None:
 
     import optuna
 
-    import objectives.launch as launch
+    from objectives.backend import TorchBackend
+    from objectives.objective import BatchSizeObjective
     from study.config import StudyConfig
+    from study.orchestrate import plan_space, run_study
     from study.runner import create_or_resume
     from study.storage import open_storage
 
@@ -101,12 +100,13 @@ def main() -> None:
         storage=f"sqlite:///{db}",
         study_name="leak",
     ).validate()
-    device = launch.resolve_device(config.device)
+    backend = TorchBackend()
+    device = backend.device(config)
 
     # Create the study as run_study would, then enqueue the fixed cycle of trials.
     storage = open_storage(config.storage, config.heartbeat_interval, config.grace_period)
     study, space, _ = create_or_resume(
-        config, storage, lambda: launch.plan_space(config, launch.build_task(config), device)
+        config, storage, lambda: plan_space(config, backend.build_task(config), device, backend)
     )
     sizes, rules = space.batch_sizes, space.scaling_rules
     for i in range(args.trials):  # every batch size first, then again with the next rule
@@ -116,9 +116,8 @@ def main() -> None:
         print(f"note: {len(space.batch_sizes)} batch sizes; not all have run by trial {args.early}")
 
     rows: dict[int, dict] = {}
-    base = launch.BatchSizeObjective
 
-    class Recording(base):  # the real objective; memory is read after each trial
+    class Recording(BatchSizeObjective):  # the real objective; memory is read after each trial
         done = 0
 
         def __call__(self, trial: optuna.Trial) -> float:
@@ -129,9 +128,12 @@ def main() -> None:
                 if Recording.done in (args.early, args.trials):
                     rows[Recording.done] = snapshot(device)
 
-    launch.BatchSizeObjective = Recording
+    class RecordingBackend(TorchBackend):
+        def objective(self, config, task, space, device, log):  # noqa: ANN001, ANN201
+            return Recording(task, config, space, device, None)
+
     with open("/dev/null", "w") as quiet:
-        launch.run_study(config, out=quiet)
+        run_study(config, RecordingBackend(), out=quiet)
 
     print(
         f"{args.trials} trials in one process: task {args.task}, model {args.model}, "

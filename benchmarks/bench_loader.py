@@ -9,18 +9,14 @@ same number of updates), measured side by side in one run, and their ratio.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from objectives.tasks import load_task  # noqa: E402
-from objectives.train import TrainSettings, place, train_model  # noqa: E402
+from objectives.tasks import load_task
+from objectives.train import TrainSettings, place, train_model
 
 
 def dataloader_epochs(task, batch_size: int, epochs: int, lr: float) -> float:

@@ -20,7 +20,11 @@ median is steadier than the ratio of minimums when the machine's speed drifts be
 A fourth, instrumented run of the study splits its time by where it goes (training,
 storage, sampling, pruning, checkpoints, the note and report written at the end, the rest).
 
+Last, the start-up of a one-trial, one-epoch study is measured against ``import torch`` on
+its own line (``--startup-only`` runs just that part).
+
     python benchmarks/bench_overhead.py [--epochs 5] [--repeats 3] [--threads 1]
+    python benchmarks/bench_overhead.py --startup-only --repeats 5
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 STUDY_NAME = "overhead"
 
@@ -180,12 +183,12 @@ def _wrap_methods(clock: _Clock, cls: type, category: str, names=None) -> None:
 
 def instrumented_study(study_argv: list[str]) -> dict:
     """Run run_study.py's main in this process with its time split by category."""
-    import importlib.util
-
     import optuna
 
-    import objectives.launch as launch_module
+    import objectives.backend as backend_module
     import objectives.objective as objective_module
+    import study.orchestrate as orchestrate_module
+    from study import commands
 
     clock = _Clock()
     objective_module.train_model = clock.wrap("training", objective_module.train_model)
@@ -193,10 +196,10 @@ def instrumented_study(study_argv: list[str]) -> dict:
     if hasattr(objective_module, "set_user_attrs"):  # the record in one transaction
         wrapped = clock.wrap("storage (SQLite)", objective_module.set_user_attrs)
         objective_module.set_user_attrs = wrapped
-    launch_module.build_task = clock.wrap("task loading (once)", launch_module.build_task)
-    if hasattr(launch_module, "_publish"):  # the study note and the HTML report at the end
-        wrapped = clock.wrap("note and HTML report (once, at the end)", launch_module._publish)
-        launch_module._publish = wrapped
+    backend_module.build_task = clock.wrap("task loading (once)", backend_module.build_task)
+    # the study note and the HTML report at the end
+    wrapped = clock.wrap("note and HTML report (once, at the end)", orchestrate_module._publish)
+    orchestrate_module._publish = wrapped
     if hasattr(objective_module, "release_memory"):
         wrapped = clock.wrap("release_memory (gc.collect)", objective_module.release_memory)
         objective_module.release_memory = wrapped
@@ -218,11 +221,8 @@ def instrumented_study(study_argv: list[str]) -> dict:
                     _wrap_methods(clock, cls, "checkpoints")
     except ImportError:
         pass
-    spec = importlib.util.spec_from_file_location("run_study", ROOT / "scripts" / "run_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     started = time.perf_counter()
-    code = module.main(study_argv)
+    code = commands.run(study_argv)
     return {
         "wall": time.perf_counter() - started,
         "code": code,
@@ -238,6 +238,8 @@ def read_plan(storage: str) -> list[dict]:
     """The study's finished trials as ``batch_size, micro_batch_size, lr, seed, eval_batch``."""
     import optuna
 
+    from study.record import read_record
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
     eval_batch = study.user_attrs["space"]["memory_cap"]
@@ -245,15 +247,15 @@ def read_plan(storage: str) -> list[dict]:
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if t.state != optuna.trial.TrialState.COMPLETE:
             raise SystemExit(f"trial {t.number} ended {t.state.name}; the benchmark needs all")
-        a = t.user_attrs
+        r = read_record(t)
         plan.append(
             dict(
-                batch_size=a["batch_size"],
-                micro_batch_size=a["micro_batch_size"],
-                lr=a["lr"],
-                seed=a["seed"],
+                batch_size=r.batch_size,
+                micro_batch_size=r.micro_batch_size,
+                lr=r.lr,
+                seed=r.seed,
                 eval_batch=eval_batch,
-                val_accuracy=a["val_accuracy"],
+                val_accuracy=r.val_accuracy,
             )
         )
     return plan
@@ -270,6 +272,48 @@ def timed_run(argv: list[str], env: dict) -> tuple[float, float, str]:
         raise SystemExit(f"{' '.join(argv[:2])} failed:\n{proc.stderr[-2000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu, proc.stdout
+
+
+def startup(args: argparse.Namespace, env: dict, tmp: Path) -> None:
+    """Start-up of a short study against torch's own import, in interleaved rounds.
+
+    Each round times ``python -c "import torch"`` and a one-trial, one-epoch study (no probe,
+    no report artifacts) back to back; the study's start-up is its CPU time less the CPU its
+    trial spent training (the record's ``train_time_s``, one thread). Medians and ranges over
+    ``--repeats`` rounds; the goal is a start-up within torch's import plus 1.5 s.
+    """
+    import optuna
+
+    from study.record import read_record
+
+    rows: dict[str, list[float]] = {"torch": [], "study": [], "training": [], "start-up": []}
+    for r in range(args.repeats):
+        _, torch_cpu, _ = timed_run(["-c", "import torch"], env)
+        storage = f"sqlite:///{tmp / f'startup{r}.db'}"
+        flags = ["--trials", "1", "--epochs", "1", "--task", args.task, "--model", args.model,
+                 "--max-batch-size", "64", "--artifact-dir", "none", "--checkpoint-dir",
+                 "none", "--storage", storage, "--data-dir", args.data_dir]  # fmt: skip
+        _, study_cpu, _ = timed_run([str(ROOT / "scripts" / "run_study.py"), *flags], env)
+        trial = optuna.load_study(study_name="batch-size", storage=storage).trials[0]
+        training = read_record(trial).train_time_s or 0.0
+        for key, value in zip(
+            rows, (torch_cpu, study_cpu, training, study_cpu - training), strict=True
+        ):
+            rows[key].append(value)
+    print(f"\nstart-up, CPU seconds, median [min-max] of {args.repeats} interleaved rounds:")
+    for key, values in rows.items():
+        label = {
+            "torch": "python -c 'import torch'",
+            "study": "one-trial one-epoch study (whole process)",
+            "training": "  of which the trial's training (train_time_s)",
+            "start-up": "  start-up: the rest",
+        }[key]
+        print(
+            f"  {label:<46} {statistics.median(values):6.2f} [{min(values):.2f}-{max(values):.2f}]"
+        )
+    budget = statistics.median(rows["torch"]) + 1.5
+    verdict = "within" if statistics.median(rows["start-up"]) <= budget else "over"
+    print(f"  goal: start-up at most torch's import + 1.5 s = {budget:.2f} s: {verdict}")
 
 
 def _grid_size(min_batch: int, max_batch: int, train_size: int) -> int:
@@ -290,6 +334,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every run")
+    parser.add_argument(
+        "--startup-only", action="store_true", help="measure only the start-up of a short study"
+    )
     parser.add_argument("--loop", choices=["bare", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     parser.add_argument("--instrumented", action="store_true", help=argparse.SUPPRESS)
@@ -312,10 +359,13 @@ def main() -> None:
         print(json.dumps(instrumented_study(study_argv)))
         return
 
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    if args.startup_only:
+        startup(args, env, tmp)
+        return
     train_size = _load(args).info["train_size"]
     trials = _grid_size(args.min_batch_size, args.max_batch_size, train_size)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     common = ["--task", args.task, "--model", args.model, "--data-dir", args.data_dir,
               "--epochs", str(args.epochs), "--seed", str(args.seed)]  # fmt: skip
     study_flags = common + [
@@ -391,6 +441,7 @@ def main() -> None:
         print(f"{name:<40} {seconds:>7.2f} {seconds / trials * 1000:>9.1f} {calls:>7}")
     rest = split["wall"] - accounted
     print(f"{'rest (objective glue, runner, tqdm)':<40} {rest:>7.2f} {rest / trials * 1000:>9.1f}")
+    startup(args, env, tmp)
 
 
 if __name__ == "__main__":

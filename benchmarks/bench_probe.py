@@ -27,9 +27,6 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 #: Timed runs per method and scenario; the best is shown.
 REPEATS = 2
@@ -55,21 +52,19 @@ SCENARIOS = [
 
 
 def main(argv: list[str] | None = None) -> int:
+    from study.config import OPTIMIZERS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--optimizer", default="adam", choices=("sgd", "adam", "adamw"))
+    parser.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
     args = parser.parse_args(argv)
 
     import torch
 
     from objectives.memory import PeakMemory
-    from objectives.probe import (
-        available_memory,
-        doubling_search,
-        format_bytes,
-        probe_batch_size,
-    )
+    from objectives.probe import available_memory, doubling_search, probe_batch_size
     from objectives.tasks import load_task
+    from study.units import format_bytes
 
     with PeakMemory(args.device):  # start the profiler once, so no method pays its set-up
         torch.ones(4, device=args.device).sum()

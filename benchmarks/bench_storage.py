@@ -11,7 +11,7 @@ Two tables, measured side by side in one run:
    writes (two parameters, one reported epoch, 16 user attributes), in milliseconds per trial,
    with 1 worker and with 4 racing worker processes.
 
-PostgreSQL runs on a throwaway local server (``tests/pg_server.py``, fsync on) unless
+PostgreSQL runs on a throwaway local server (``study/pg_server.py``, fsync on) unless
 ``--postgres-url`` names one (an empty database per cell is created in it: the user needs
 CREATEDB); without server binaries its rows are skipped.
 
@@ -30,14 +30,14 @@ import textwrap
 import time
 from pathlib import Path
 
+import optuna
+
+from study.locks import storage_lock
+from study.record import read_record
+from study.runner import run_trials
+from study.storage import open_storage
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import optuna  # noqa: E402
-
-from study.locks import storage_lock  # noqa: E402
-from study.runner import run_trials  # noqa: E402
-from study.storage import open_storage  # noqa: E402
 
 TASK = ["--task", "digits", "--model", "mlp", "--hidden", "64", "--epochs", "1"]
 TASK += ["--max-batch-size", "64", "--pruner", "none"]
@@ -93,7 +93,7 @@ class Storages:
         self.postgres_note = ""
         if postgres_url is None:
             try:
-                from tests.pg_server import PostgresServer
+                from study.pg_server import PostgresServer
 
                 self.server = PostgresServer(durable=True).start()
                 self.postgres_base = self.server.url("postgres")
@@ -153,7 +153,7 @@ def steady_rate(trials: list) -> float:
     done = [t for t in trials if t.datetime_complete is not None and t.state.is_finished()]
     first_by_worker: dict[str, object] = {}
     for t in done:
-        worker = t.user_attrs.get("worker", "")
+        worker = read_record(t).worker or ""
         first_by_worker[worker] = min(
             first_by_worker.get(worker, t.datetime_start), t.datetime_start
         )
@@ -174,12 +174,10 @@ def noop_ms_per_trial(url: str, trials: int, workers: int, batched: bool = True)
         namespace["BATCHED"] = batched
         run_trials(study, namespace["record_only"], trials, lock=storage_lock(url))
         return (time.perf_counter() - started) * 1000 / trials
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", NOOP_WORKER, url, str(trials)]
-            + ["batched" if batched else "per-attribute"],
-            env=env,
+            + ["batched" if batched else "per-attribute"]
         )
         for _ in range(workers)
     ]

@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from objectives.train import torch_flags
 
 SIZES = {"mnist": (55_000, 5_000), "fashion-mnist": (55_000, 5_000), "cifar10": (45_000, 5_000)}
 
@@ -165,32 +163,44 @@ def main() -> None:
     variants = [(p, False) for p in precisions]
     if args.compile:
         variants += [(p, True) for p in precisions]
-    torch.backends.cudnn.benchmark = True  # both loops: the fastest convolution per shape
-    for precision, compiled in variants:
-        speeds: dict[str, list[float]] = {"plain": [], "trainer": []}
-        for _ in range(args.repeats):
-            for kind in ("plain", "trainer"):
-                torch.manual_seed(0)
-                model = factory().to(device)
-                if kind == "plain":
-                    net = torch.compile(model) if compiled else model
-                    times = plain_loop(net, train, args.batch_size, args.epochs, precision, device)
-                else:
-                    times = trainer_loop(
-                        model, train, val, args.batch_size, args.epochs, precision, compiled, device
-                    )
-                speeds[kind].append(len(train) * (len(times) - 1) / sum(times[1:]))
-                del model
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        torch.manual_seed(0)
-        syncs = count_syncs(factory().to(device), train, val, args.batch_size, precision, device)
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0
-        plain, trainer = (statistics.median(speeds[k]) for k in ("plain", "trainer"))
-        print(
-            f"{precision:<10} {'yes' if compiled else 'no':<8} {plain:>16,.0f} {trainer:>18,.0f} "
-            f"{trainer / plain:>14.3f} {peak:>9,.0f} {syncs if syncs is not None else '-':>12}"
-        )
+    with torch_flags(device):  # both loops: cudnn.benchmark, the fastest convolution per shape
+        for precision, compiled in variants:
+            speeds: dict[str, list[float]] = {"plain": [], "trainer": []}
+            for _ in range(args.repeats):
+                for kind in ("plain", "trainer"):
+                    torch.manual_seed(0)
+                    model = factory().to(device)
+                    if kind == "plain":
+                        net = torch.compile(model) if compiled else model
+                        times = plain_loop(
+                            net, train, args.batch_size, args.epochs, precision, device
+                        )
+                    else:
+                        times = trainer_loop(
+                            model,
+                            train,
+                            val,
+                            args.batch_size,
+                            args.epochs,
+                            precision,
+                            compiled,
+                            device,
+                        )
+                    speeds[kind].append(len(train) * (len(times) - 1) / sum(times[1:]))
+                    del model
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            torch.manual_seed(0)
+            syncs = count_syncs(
+                factory().to(device), train, val, args.batch_size, precision, device
+            )
+            peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0
+            plain, trainer = (statistics.median(speeds[k]) for k in ("plain", "trainer"))
+            print(
+                f"{precision:<10} {'yes' if compiled else 'no':<8} {plain:>16,.0f} "
+                f"{trainer:>18,.0f} "
+                f"{trainer / plain:>14.3f} {peak:>9,.0f} {syncs if syncs is not None else '-':>12}"
+            )
 
 
 if __name__ == "__main__":

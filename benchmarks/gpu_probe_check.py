@@ -27,9 +27,6 @@ import argparse
 import gc
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 GiB = 1024**3
 
@@ -39,11 +36,13 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from study.config import OPTIMIZERS, PRECISIONS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda or cuda:N")
     parser.add_argument("--limit-gib", type=float, default=4.0, help="GPU memory for this check")
-    parser.add_argument("--optimizer", default="adam", choices=("sgd", "adam", "adamw"))
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--hidden", type=_hidden, default=(4096, 4096), help="MLP widths")
     parser.add_argument("--features", type=int, default=512)
     parser.add_argument("--samples", type=int, default=131072)
@@ -63,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from objectives.data import place
-    from objectives.probe import ProbeError, format_bytes, probe_batch_size
+    from objectives.probe import ProbeError, probe_batch_size
     from objectives.tasks import load_task
     from objectives.train import TrainSettings, make_step
+    from study.units import format_bytes
 
     device = torch.device(args.device)
     if device.index is None:

@@ -8,14 +8,14 @@ worker killed while writing leaves the previous epoch's checkpoint. A finished t
 removed; a retried trial that finds one resumes after its last epoch and records
 ``resumed_from_epoch``.
 
-The training loop (:func:`objectives.train.train_model`) builds its optimizer itself;
-:class:`OptimizerCapture` finds it at its first step (a global step pre-hook of
-``torch.optim``, removed right after), loads the saved state into it there, and keeps it so
-that each epoch's checkpoint can save its state.
+The objective builds the trial's step (:func:`objectives.train.make_step`), loads a saved
+optimizer state into ``step.optimizer`` before training, hands the step to
+:func:`objectives.train.train_model`, and saves that same optimizer with each epoch.
 
-Example:
-    >>> store = CheckpointStore("storage/checkpoints/batch-size")  # doctest: +SKIP
-    >>> store.load(7, "batch-size/7/2025-01-01T12:00:00", "cpu") is None  # doctest: +SKIP
+Example (not run as a doctest: it needs a study, files or a server)::
+
+    store = CheckpointStore("storage/checkpoints/batch-size")
+    store.load(7, "batch-size/7/2025-01-01T12:00:00", "cpu") is None
     True
 """
 
@@ -29,18 +29,14 @@ from pathlib import Path
 
 import optuna
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from objectives.train import EpochResult, TrainResult
+from study.compat import trial_system_attrs
 
 
 def first_attempt(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
     """The number of the trial's first attempt (itself, unless it retries a dead one)."""
-    if isinstance(trial, optuna.Trial):  # (Optuna 5's Trial no longer shows system_attrs)
-        system_attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
-    else:
-        system_attrs = trial.system_attrs
-    return int(system_attrs.get("failed_trial", trial.number))
+    return int(trial_system_attrs(trial).get("failed_trial", trial.number))
 
 
 def run_id(trial: optuna.Trial, first: int) -> str:
@@ -157,39 +153,3 @@ class CheckpointStore:
                 continue
             if key not in keys:
                 path.unlink(missing_ok=True)
-
-
-class OptimizerCapture:
-    """Within ``with``: find the optimizer of ``model`` at its first step; load ``state``.
-
-    Args:
-        model: The model whose optimizer to find (by its first parameter).
-        state: An optimizer ``state_dict`` to load before that first step, or ``None``.
-    """
-
-    def __init__(self, model: torch.nn.Module, state: dict | None = None) -> None:
-        self._param = next(model.parameters(), None)
-        self._state = state
-        self._handle = None
-        self.optimizer: torch.optim.Optimizer | None = None
-
-    def _hook(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-        owns = any(p is self._param for g in optimizer.param_groups for p in g["params"])
-        if self.optimizer is not None or not owns:
-            return
-        self.optimizer = optimizer
-        if self._state is not None:
-            optimizer.load_state_dict(self._state)
-        self._remove()
-
-    def _remove(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-
-    def __enter__(self) -> OptimizerCapture:
-        self._handle = register_optimizer_step_pre_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._remove()

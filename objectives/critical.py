@@ -18,10 +18,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from objectives.data import Tensors
-from objectives.train import evaluate, make_optimizer, update_groups
+from objectives.train import TrainSettings, evaluate, make_step, update_groups
 
 
 @dataclass
@@ -66,19 +65,26 @@ def steps_to_target(
     """Optimizer steps until validation accuracy first reaches ``target`` (``None``: never).
 
     Validation is checked every ``eval_every`` steps, so the count is exact to that grain.
+    Each update is the trials' own (:meth:`objectives.train.Step.update`, fp32).
     """
     generator = torch.Generator().manual_seed(seed)
-    opt = make_optimizer(optimizer, model.parameters(), lr)
     device = train.x.device
+    settings = TrainSettings(
+        epochs=1,
+        batch_size=batch_size,
+        micro_batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        seed=seed,
+        device=str(device),
+    )
+    update = make_step(model, settings).update
     step = 0
     while step < max_steps:
         for micro_batches, group_size in update_groups(
             train, batch_size, batch_size, generator, device
         ):
-            opt.zero_grad(set_to_none=True)
-            for x, y in micro_batches:
-                (F.cross_entropy(model(x), y, reduction="sum") / group_size).backward()
-            opt.step()
+            update(micro_batches, group_size)
             step += 1
             if step % eval_every == 0:
                 if evaluate(model, val, 4096, device) >= target:

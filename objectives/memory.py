@@ -50,21 +50,9 @@ def _cpu_allocation_peak(prof: torch.profiler.profile) -> int:
     the profiler, so the caller should free them first (the peak would otherwise be too high,
     never too low).
     """
-    try:
-        roots = prof.profiler.kineto_results.experimental_event_tree()
-    except AttributeError as exc:  # a torch whose profiler lacks the event tree
-        raise RuntimeError(
-            f"torch {torch.__version__}: the profiler does not expose allocation events, so CPU "
-            "step memory cannot be measured; use a torch between 2.1 and 2.x"
-        ) from exc
-    events: list[tuple[int, int]] = []
-    stack = list(roots)
-    while stack:
-        node = stack.pop()
-        fields = node.extra_fields
-        if type(fields).__name__ == "_ExtraFields_Allocation" and fields.device.type == "cpu":
-            events.append((node.start_time_ns, int(fields.alloc_size)))
-        stack.extend(node.children)
+    from study.compat import allocation_events  # (optuna's internals load only here)
+
+    events = allocation_events(prof)  # torch's private event tree: study.compat
     # At equal timestamps count allocations before frees: a tie can only raise the peak.
     events.sort(key=lambda e: (e[0], -e[1]))
     level = peak = 0

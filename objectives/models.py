@@ -15,7 +15,7 @@ update of one large batch (batch norm would see the micro-batches; see the READM
 
 Example:
     >>> factory = build_model_factory("resnet", input_shape=(3, 32, 32), num_classes=10)
-    >>> factory()(torch.zeros(2, 3, 32, 32)).shape  # doctest: +SKIP
+    >>> factory()(torch.zeros(2, 3, 32, 32)).shape
     torch.Size([2, 10])
 """
 
@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-MODELS = ("mlp", "cnn", "resnet")
+from study.config import MODELS
 
 #: Images at least this many pixels a side get the pooled two-stage ``cnn``.
 LARGE_IMAGE_SIDE = 16

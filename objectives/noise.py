@@ -13,9 +13,10 @@ than the average of ratios). Each repeat draws one batch of ``b_big`` samples an
 into ``b_big / b_small`` small batches, so the big gradient is the mean of the small ones and
 one repeat costs one forward/backward pass over ``b_big`` samples.
 
-Example:
-    >>> estimate = estimate_noise_scale(model, data, b_small=8, b_big=128)  # doctest: +SKIP
-    >>> estimate.b_simple                                                   # doctest: +SKIP
+Example (not run as a doctest: it needs a study, files or a server)::
+
+    estimate = estimate_noise_scale(model, data, b_small=8, b_big=128)
+    estimate.b_simple
     41.7
 """
 

@@ -15,15 +15,19 @@ What a long study meets is handled inside the trial, never as a crash of the stu
 * a killed worker: with a :class:`~objectives.checkpoint.CheckpointStore`, each epoch is
   checkpointed and the retried trial resumes after the last one (``resumed_from_epoch``).
 
-Example:
-    >>> objective = BatchSizeObjective(task, config, space)  # doctest: +SKIP
-    >>> study.optimize(objective, n_trials=10)               # doctest: +SKIP
+Example (not run as a doctest: it needs a study, files or a server)::
+
+    objective = BatchSizeObjective(task, config, space)
+    study.optimize(objective, n_trials=10)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import optuna
@@ -32,7 +36,6 @@ import torch
 from objectives.checkpoint import (
     Checkpoint,
     CheckpointStore,
-    OptimizerCapture,
     first_attempt,
     run_id,
 )
@@ -47,13 +50,15 @@ from objectives.train import (
     TrainResult,
     TrainSettings,
     finish,
+    make_step,
     place,
     step_periods,
     steps_per_epoch,
+    torch_flags,
     train_model,
 )
-from study.attrs import set_user_attrs
 from study.config import StudyConfig
+from study.record import OutOfMemory, TrialRecord, write_record
 from study.scaling import scaled_lr
 from study.space import BatchSpace
 
@@ -82,6 +87,39 @@ class _Attempt:
         return self.saved.epoch if self.saved is not None else 0
 
 
+class ProgressLog:
+    """Progress lines at a modest rate: a line is passed on only once ``interval_s`` seconds
+    have gone by since the log started (or last passed a line), so short epochs and short
+    trials print nothing and a long trial prints about one line per ``interval_s``.
+
+    Example:
+        >>> ticks = iter([0.0, 4.0, 11.0, 12.0, 25.0])
+        >>> progress = ProgressLog(print, interval_s=10, clock=lambda: next(ticks))
+        >>> for epoch in (1, 2, 3, 4):
+        ...     _ = progress(f"epoch {epoch}")
+        epoch 2
+        epoch 4
+    """
+
+    def __init__(
+        self,
+        log: Callable[[str], None],
+        interval_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log, self._interval, self._clock = log, interval_s, clock
+        self._last = clock()
+
+    def __call__(self, line: str) -> bool:
+        """Pass ``line`` on if it is time to; return whether it was."""
+        now = self._clock()
+        if now - self._last < self._interval:
+            return False
+        self._last = now
+        self._log(line)
+        return True
+
+
 class BatchSizeObjective:
     """Callable objective over one task; data is placed on the device once, not per trial.
 
@@ -92,6 +130,10 @@ class BatchSizeObjective:
         device: Where to train (``cpu``, ``cuda``, ``cuda:N``).
         checkpoints: Where each epoch is checkpointed so a retried trial resumes (``None``:
             no checkpoints).
+        log: Called with a progress line after an epoch of a long trial (see
+            :class:`ProgressLog`: at most one line per ``log_interval_s`` seconds, none for
+            a trial shorter than that). ``None``: silent.
+        log_interval_s: The fewest seconds between two progress lines.
     """
 
     def __init__(
@@ -101,12 +143,16 @@ class BatchSizeObjective:
         space: BatchSpace,
         device: str = "cpu",
         checkpoints: CheckpointStore | None = None,
+        log: Callable[[str], None] | None = None,
+        log_interval_s: float = 10.0,
     ) -> None:
         self.task = task
         self.config = config
         self.space = space
         self.device = torch.device(device)
         self.checkpoints = checkpoints
+        self.log = log
+        self.log_interval_s = log_interval_s
         self.train, self.val, self.test = (
             place(d, self.device) for d in (task.train, task.val, task.test)
         )
@@ -128,18 +174,17 @@ class BatchSizeObjective:
         key = first_attempt(trial)  # a retry continues its first attempt's run and seed
         run = run_id(trial, key) if self.checkpoints is not None else ""
         seed = trial_seed(config.seed, key)
-        record: dict = {
-            "batch_size": batch_size,
-            "micro_batch_size": micro,
-            "accumulation_steps": accumulation,
-            "lr": lr,
-            "scaling_rule": rule,
-            "seed": seed,
+        record = TrialRecord(
+            batch_size=batch_size,
+            micro_batch_size=micro,
+            accumulation_steps=accumulation,
+            lr=lr,
+            scaling_rule=rule,
+            seed=seed,
+            lr_multiplier=multiplier,
             **self._device_record(),
-        }
-        if multiplier is not None:
-            record["lr_multiplier"] = multiplier
-        ooms: list[dict] = []
+        )
+        ooms: list[OutOfMemory] = []
         retries = OOM_RETRIES
         attempt = self._resume(key, run, micro, record)
         if attempt.micro_batch_size < micro:  # an earlier attempt already halved it
@@ -152,12 +197,12 @@ class BatchSizeObjective:
                 if attempt.outcome != "oom":
                     break
                 ooms.append(
-                    {
-                        "micro_batch_size": attempt.micro_batch_size,
-                        "accumulation_steps": batch_size // attempt.micro_batch_size,
-                        "epoch": len(attempt.result.epochs) + 1,
-                        "error": attempt.detail,
-                    }
+                    OutOfMemory(
+                        micro_batch_size=attempt.micro_batch_size,
+                        accumulation_steps=batch_size // attempt.micro_batch_size,
+                        epoch=len(attempt.result.epochs) + 1,
+                        error=attempt.detail,
+                    )
                 )
                 if retries == 0 or attempt.micro_batch_size == 1:
                     break
@@ -169,18 +214,18 @@ class BatchSizeObjective:
             self._forget(key)
             raise
         self._forget(key)
-        record["micro_batch_size"] = attempt.micro_batch_size
-        record["accumulation_steps"] = batch_size // attempt.micro_batch_size
-        if ooms:
-            record["oom"] = ooms
-        if attempt.outcome == "diverged":
-            record["diverged"] = True
+        record.micro_batch_size = attempt.micro_batch_size
+        record.accumulation_steps = batch_size // attempt.micro_batch_size
+        record.oom = tuple(ooms)
+        record.diverged = attempt.outcome == "diverged"
         if config.budget == "steps":  # passes over the data differ by batch size here
-            record["optimizer_steps"] = attempt.result.optimizer_steps
-            record["epochs_completed"] = round(attempt.result.samples_seen / len(self.train), 2)
+            passes = attempt.result.samples_seen / len(self.train)
+            record.optimizer_steps = attempt.result.optimizer_steps
+            record.epochs_completed = int(passes)  # whole passes; the fraction beside it
+            record.passes_completed = round(passes, 2)
         if config.multi_objective:  # no intermediate values: keep the learning curve here
-            record["val_accuracy_per_epoch"] = [e.val_accuracy for e in attempt.result.epochs]
-        record.update(attempt.noise)
+            record.val_accuracy_per_epoch = tuple(e.val_accuracy for e in attempt.result.epochs)
+        record = dataclasses.replace(record, **attempt.noise)
         _write(trial, record, attempt.result)
         if attempt.outcome == "oom":
             raise optuna.TrialPruned(
@@ -217,12 +262,13 @@ class BatchSizeObjective:
                 record["gpu"] = visible
         return record
 
-    def _resume(self, key: int, run: str, micro: int, record: dict) -> _Attempt:
+    def _resume(self, key: int, run: str, micro: int, record: TrialRecord) -> _Attempt:
         """A fresh attempt at ``micro``, continuing the checkpoint of ``key`` if there is one."""
         saved = self.checkpoints.load(key, run, self.device) if self.checkpoints else None
         if saved is None:
             return _Attempt(micro)
-        record.setdefault("resumed_from_epoch", saved.epoch)
+        if record.resumed_from_epoch is None:  # the first resume of this trial
+            record.resumed_from_epoch = saved.epoch
         return _Attempt(min(micro, saved.micro_batch_size), saved, saved.result)
 
     def _forget(self, key: int) -> None:
@@ -268,63 +314,77 @@ class BatchSizeObjective:
         model = self.task.build_model().to(self.device)
         if saved is not None:
             model.load_state_dict(saved.model_state)
-        capture = OptimizerCapture(model, saved.optimizer_state if saved else None)
 
         multi = self.config.multi_objective
+        progress = ProgressLog(self.log, self.log_interval_s) if self.log else None
+        unit = "epoch" if self.config.budget == "epochs" else "evaluation"
 
-        def on_epoch(epoch: EpochResult) -> None:
-            epoch.epoch += start
+        def on_epoch(epoch: EpochResult) -> None:  # epochs are numbered from start + 1
             if not multi:  # Optuna reports and prunes single-objective trials only
                 with warnings.catch_warnings():  # a retry re-reporting keeps the first value
                     warnings.filterwarnings("ignore", message="The reported value is ignored")
                     trial.report(epoch.val_accuracy, epoch.epoch)
             if self.checkpoints is not None and epoch.epoch < len(plan):
                 self.checkpoints.save(
-                    key, run, model, capture.optimizer, attempt.result, attempt.micro_batch_size
+                    key, run, model, step.optimizer, attempt.result, attempt.micro_batch_size
+                )
+            if progress is not None:
+                progress(
+                    f"trial {trial.number}: {unit} {epoch.epoch}/{len(plan)}, batch "
+                    f"{batch_size}, train loss {epoch.train_loss:.4f}, val accuracy "
+                    f"{epoch.val_accuracy:.4f} ({epoch.train_time_s:.1f} s)"
                 )
             if not multi and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after evaluation {epoch.epoch}")
 
         try:
-            with capture:
-                train_model(model, self.train, self.val, settings, on_epoch, attempt.result)
-            finish(
-                attempt.result,
-                model,
-                self.train,
-                self.test,
-                settings.eval_batch,
-                self.device,
-                settings.precision,
-            )
-            if self.config.noise_scale:
-                attempt.noise = self._noise_scale(model, seed)
+            with torch_flags(self.device):
+                step = make_step(model, settings)
+                if saved is not None and saved.optimizer_state is not None:
+                    step.optimizer.load_state_dict(saved.optimizer_state)
+                train_model(
+                    model,
+                    self.train,
+                    self.val,
+                    settings,
+                    on_epoch,
+                    attempt.result,
+                    step=step,
+                    start_epoch=start,
+                )
+                finish(
+                    attempt.result,
+                    model,
+                    self.train,
+                    self.test,
+                    settings.eval_batch,
+                    self.device,
+                    settings.precision,
+                )
+                if self.config.noise_scale:
+                    attempt.noise = self._noise_scale(model, seed)
             attempt.outcome = "complete"
         except Diverged as diverged:
-            attempt.outcome = "diverged"
-            attempt.detail = str(Diverged(diverged.epoch + start))
+            attempt.outcome, attempt.detail = "diverged", str(diverged)
         except optuna.TrialPruned as pruned:
             attempt.outcome, attempt.detail = "pruned", str(pruned)
-        except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError too
+        except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError: a RuntimeError
             if not is_out_of_memory(error):
                 raise
             attempt.outcome, attempt.detail = "oom", oom_summary(error)
 
 
-def _write(trial: optuna.Trial, record: dict, result: TrainResult) -> None:
-    """Store the trial's record as user attributes."""
-    record.setdefault("epochs_completed", len(result.epochs))
-    record["train_time_s"] = round(result.train_time_s, 4)
+def _write(trial: optuna.Trial, record: TrialRecord, result: TrainResult) -> None:
+    """Fill in what the attempt measured and store the trial's record as user attributes."""
+    if record.epochs_completed is None:
+        record.epochs_completed = len(result.epochs)
+    record.train_time_s = round(result.train_time_s, 4)
     if result.epochs:
-        record["val_accuracy"] = result.val_accuracy
-    if result.train_accuracy is not None:
-        record["train_accuracy"] = result.train_accuracy
+        record.val_accuracy = result.val_accuracy
+    record.train_accuracy = result.train_accuracy
     if result.samples_seen:
-        record.update(
-            samples_per_s=round(result.samples_per_s, 1),
-            peak_memory_bytes=result.peak_memory_bytes,
-            memory_source=result.memory_source,
-        )
-    if result.test_accuracy is not None:
-        record["test_accuracy"] = result.test_accuracy
-    set_user_attrs(trial, record)  # one transaction on SQLite and PostgreSQL
+        record.samples_per_s = round(result.samples_per_s, 1)
+        record.peak_memory_bytes = result.peak_memory_bytes
+        record.memory_source = result.memory_source
+    record.test_accuracy = result.test_accuracy
+    write_record(trial, record)  # one transaction on SQLite and PostgreSQL

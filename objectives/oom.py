@@ -18,13 +18,27 @@ import gc
 
 import torch
 
-#: Messages of allocator failures: CUDA's, and the CPU allocator's (which raises RuntimeError).
-OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+#: Messages of allocator failures: CUDA's, and the CPU allocator's (which raises RuntimeError;
+#: "not enough memory" is its wording on Windows).
+OOM_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "not enough memory",
+)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocator failure on CUDA or CPU."""
-    if isinstance(exc, torch.OutOfMemoryError):
+    """Whether ``exc`` is an allocator failure on CUDA or CPU.
+
+    ``torch.OutOfMemoryError`` (CUDA), Python's ``MemoryError``, or a ``RuntimeError`` with
+    one of :data:`OOM_MESSAGES` (the CPU allocator's).
+
+    Example:
+        >>> is_out_of_memory(MemoryError()), is_out_of_memory(RuntimeError("shape mismatch"))
+        (True, False)
+    """
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     if isinstance(exc, RuntimeError):
         text = str(exc).lower()

@@ -28,6 +28,8 @@ evaluation batch of the same size under ``no_grad`` and the same autocast.
 
 Nothing outside the probe changes: the caller's random number generators are restored, the
 task's data is only read, and the probe's model, optimizer and device memory are released.
+It says what it is doing, one short line per measured batch size and phase, to its ``log``
+argument (for example :func:`log_to_stderr`).
 
 Example:
     >>> from objectives.tasks import load_task
@@ -42,8 +44,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,9 +55,11 @@ from torch.utils.data import default_collate
 
 from objectives.data import Tensors, place
 from objectives.memory import PeakMemory, state_bytes, tensor_bytes
+from objectives.oom import is_out_of_memory
 from objectives.tasks import Task
-from objectives.train import OPTIMIZERS, Step, TrainSettings, make_step
-from study.units import parse_bytes
+from objectives.train import Step, TrainSettings, make_step, torch_flags
+from study.config import OPTIMIZERS
+from study.units import format_bytes, parse_bytes
 
 #: The knee is the smallest batch whose throughput is within this fraction of the best.
 KNEE_TOLERANCE = 0.1
@@ -64,6 +69,18 @@ GROWTH_LIMIT = 8
 MIN_TIMED_SECONDS = 0.05
 #: ... but never past this many steps per batch size.
 MAX_TIMED_STEPS = 50
+
+#: Where the probe says what it is doing: called with one short line at a time.
+Log = Callable[[str], None]
+
+
+def log_to_stderr(line: str) -> None:
+    """A ``log`` for :func:`probe_batch_size`: ``probe: <line>`` on standard error."""
+    print(f"probe: {line}", file=sys.stderr, flush=True)
+
+
+def _silent(line: str) -> None:
+    """The default ``log``: say nothing."""
 
 
 class ProbeError(ValueError):
@@ -82,24 +99,6 @@ class ProbeError(ValueError):
         self.budget_bytes = budget_bytes
         self.batch_size = batch_size
         self.needed_bytes = needed_bytes
-
-
-def format_bytes(n: float | None) -> str:
-    """``n`` bytes in binary units for people, e.g. ``'1.50 GiB'``; ``'-'`` for ``None``.
-
-    Example:
-        >>> format_bytes(1536), format_bytes(3 * 1024**3), format_bytes(12)
-        ('1.50 KiB', '3.00 GiB', '12 B')
-    """
-    if n is None:
-        return "-"
-    if abs(n) < 1024:
-        return f"{int(n)} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        n /= 1024
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.2f} {unit}"
-    raise AssertionError("unreachable")
 
 
 def knee_batch_size(
@@ -153,16 +152,6 @@ def available_memory(device: torch.device | str) -> tuple[int, str]:
         budget_bytes=0,
         batch_size=0,
         needed_bytes=None,
-    )
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocator's out-of-memory error (CUDA or CPU)."""
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
     )
 
 
@@ -543,18 +532,15 @@ def _settings(
 
 @contextlib.contextmanager
 def _no_trace(device: torch.device, seed: int) -> Iterator[None]:
-    """Seed the probe's own randomness; restore the caller's generators, grad mode and
-    ``cudnn.benchmark`` (which :func:`objectives.train.make_step` turns on for CUDA)."""
-    benchmark = torch.backends.cudnn.benchmark
+    """Seed the probe's own randomness; restore the caller's generators and grad mode; run
+    under the trials' global torch flags (:func:`objectives.train.torch_flags`), restored
+    on exit."""
     rng_devices = [device.index] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
-            torch.random.default_generator.manual_seed(seed)
-            if device.type == "cuda":
-                torch.cuda.manual_seed(seed)
-            yield
-    finally:
-        torch.backends.cudnn.benchmark = benchmark
+    with torch.random.fork_rng(devices=rng_devices), torch.enable_grad(), torch_flags(device):
+        torch.random.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        yield
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -577,6 +563,7 @@ def probe_batch_size(
     timed_steps: int = 3,
     measure_throughput: bool = True,
     seed: int = 0,
+    log: Log | None = None,
 ) -> ProbeResult:
     """Find the largest batch whose training step fits the memory budget, and its throughput.
 
@@ -607,6 +594,9 @@ def probe_batch_size(
             (more are run while a batch size has been timed for under 50 ms).
         measure_throughput: Whether to build the throughput table (and the knee).
         seed: Seeds the probe's model and batches (the caller's generators are restored).
+        log: Called with one short line per phase and measured batch size (what the probe
+            is doing; a probe can take a minute): e.g. :func:`log_to_stderr`. ``None``:
+            silent.
 
     Returns:
         A :class:`ProbeResult`; ``result.to_dict()`` is the JSON the study stores.
@@ -646,10 +636,16 @@ def probe_batch_size(
         budget = int(free * (1 - memory_margin))
         budget_source = f"{where} {format_bytes(free)} less {memory_margin:.0%}"
     settings = _settings(optimizer, dev, precision, compile, seed)
+    log = log or _silent
+    log(
+        f"budget {format_bytes(budget)} ({budget_source}); searching batch sizes "
+        f"{ladder[0]}..{ladder[-1]} on {dev} ({optimizer}, {precision}"
+        + (", torch.compile)" if compile else ")")
+    )
     with _no_trace(dev, seed):
         rig = _StepRig(task, settings)
         try:
-            result = _search(rig, ladder, budget, timed_steps, measure_throughput)
+            result = _search(rig, ladder, budget, timed_steps, measure_throughput, log)
         finally:
             rig.close()
     result.task = task.name
@@ -667,11 +663,20 @@ def probe_batch_size(
     result.search_limit = ladder[-1]
     result.timed_steps = timed_steps
     result.seconds = round(time.perf_counter() - started, 3)
+    log(
+        f"done in {result.seconds:.1f} s: cap {result.max_batch_size}"
+        + (f", knee {result.knee_batch_size}" if result.knee_batch_size is not None else "")
+    )
     return result
 
 
 def _search(
-    rig: _StepRig, ladder: list[int], budget: int, timed_steps: int, measure_throughput: bool
+    rig: _StepRig,
+    ladder: list[int],
+    budget: int,
+    timed_steps: int,
+    measure_throughput: bool,
+    log: Log = _silent,
 ) -> ProbeResult:
     """The cap search and the throughput table (see the module docstring)."""
     measured: dict[int, int | None] = {}  # batch -> peak bytes, None = out of memory
@@ -684,8 +689,17 @@ def _search(
         points = [(b, m) for b, m in measured.items() if m is not None]
         return fit_memory(points, held_bytes=held[max(points)[0]])
 
+    def measure(b: int) -> None:
+        measured[b], held[b] = rig.measure(b)
+        m = measured[b]
+        verdict = "fits" if fits(b) else "over the budget" if m is not None else "out of memory"
+        log(
+            f"batch {b}: "
+            + (f"{format_bytes(m)} measured, {verdict}" if m is not None else verdict)
+        )
+
     smallest = ladder[0]
-    measured[smallest], held[smallest] = rig.measure(smallest)
+    measure(smallest)
     if not fits(smallest):
         needed = measured[smallest]
         what = (
@@ -717,8 +731,7 @@ def _search(
         ]
         if not candidates:
             break
-        b = max(candidates)
-        measured[b], held[b] = rig.measure(b)
+        measure(max(candidates))
     steps_run = rig.steps
     cap = lo
 
@@ -735,6 +748,9 @@ def _search(
         return f"{nxt} is predicted to need {format_bytes(fit.predict(nxt))} > budget"
 
     reason = stop_reason()
+    log(f"cap {cap}: {reason}")
+    if measure_throughput:
+        log(f"timing throughput at {ladder.index(cap) + 1} batch sizes up to {cap}")
 
     rows: list[ProbeRow] = []
     for b in ladder[: ladder.index(cap) + 1]:
@@ -743,11 +759,14 @@ def _search(
             row.measured_bytes, _ = rig.measure(b)  # also the warm-up step
             if row.measured_bytes is not None and row.measured_bytes <= budget:
                 row.samples_per_s = rig.samples_per_s(b, timed_steps)
-            if row.samples_per_s is None:
+            if row.samples_per_s is not None:
+                log(f"batch {b}: {row.samples_per_s:,.0f} samples/s")
+            else:
                 # Not above the cap, yet it did not fit this time (memory not monotone in the
                 # batch, or the allocator's cache in steady state): lower the cap to what ran.
                 cap = rows[-1].batch_size if rows else cap
                 reason = f"{b} did not fit when run again for the throughput table"
+                log(f"batch {b} did not fit when run again: cap lowered to {cap}")
                 break
         rows.append(row)
     rejected = [

@@ -5,6 +5,8 @@ samples (one optimizer update each), splits each group into micro-batches of at 
 ``micro_batch_size``, weights each micro-batch's summed loss by ``1 / samples in the group``
 (so a short last group or micro-batch counts for what it holds), then evaluates on the
 validation split and hands the epoch to ``on_epoch`` (the objective reports and prunes there).
+Every optimizer update, here, in the hardware probe and in the critical-batch measurement, is
+:meth:`Step.update`.
 
 GPU efficiency: ``precision`` runs the forward pass and loss under ``torch.autocast``
 (``bf16``, or ``fp16`` with a gradient scaler), ``compile`` trains through ``torch.compile``,
@@ -12,7 +14,8 @@ optimizers are fused on CUDA, copies to the device are non-blocking, and nothing
 loop waits for the device: the loss is summed on the device and read once per epoch, where it
 is reported. :func:`make_step` builds the pieces (module, optimizer, scaler, autocast) from
 :class:`TrainSettings`, so that other code (the hardware probe) runs steps exactly as trials
-do.
+do. The process-wide torch flags training wants (``cudnn.benchmark`` on CUDA) are set, and
+restored afterwards, by :func:`torch_flags` and nowhere else.
 
 Example:
     >>> from objectives.tasks import load_task
@@ -30,7 +33,7 @@ import inspect
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -39,9 +42,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from objectives.data import Tensors, make_loader, place
 from objectives.memory import PeakMemory, state_bytes
-from study.config import PRECISIONS, ConfigError
+from study.config import EVALUATION_PERIODS, OPTIMIZERS, ConfigError, check_precision
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -109,16 +111,8 @@ class TrainSettings:
         return start + (self.lr - start) * (step + 1) / self.warmup_steps
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"--precision {self.precision!r} is not one of: {', '.join(PRECISIONS)}"
-            )
         device = torch.device(self.device)
-        if self.precision == "fp16" and device.type != "cuda":
-            raise ConfigError(
-                f"--precision fp16 needs a CUDA GPU (fp16 autocast with a gradient scaler), "
-                f"this run trains on {device}: use --precision bf16 or fp32"
-            )
+        check_precision(self.precision, str(device))
         if (
             self.precision == "bf16"
             and device.type == "cuda"
@@ -166,7 +160,7 @@ class TrainResult:
 
 
 def make_optimizer(name: str, params, lr: float, fused: bool = False) -> torch.optim.Optimizer:
-    """Build optimizer ``name`` (see :data:`OPTIMIZERS`) over ``params``.
+    """Build optimizer ``name`` (one of ``study.config.OPTIMIZERS``) over ``params``.
 
     ``fused`` (used on CUDA) updates all parameters in one kernel and, with a gradient scaler,
     checks for infinite gradients without waiting for the device.
@@ -190,6 +184,9 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
     return torch.autocast(torch.device(device).type, dtype=_AUTOCAST_DTYPES[precision])
 
 
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
 @dataclass
 class Step:
     """What runs one trial's training steps, built by :func:`make_step` from its settings.
@@ -202,8 +199,9 @@ class Step:
             the loss unchanged and ``step`` is ``optimizer.step``).
         settings: The settings it was built from.
 
-    Calling it runs one whole update on one batch, as the trainer does with a single
-    micro-batch: ``loss = step(x, y)`` (the batch's summed loss, still on the device).
+    :meth:`update` is the one optimizer update of the project (the training loop, the probe
+    and the critical-batch measurement all call it); calling the step runs it on a single
+    batch: ``loss = step(x, y)`` (the batch's summed loss, still on the device).
     """
 
     model: torch.nn.Module
@@ -214,14 +212,42 @@ class Step:
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.settings.device, self.settings.precision)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def update(self, micro_batches: Iterable[Batch], samples: int) -> torch.Tensor:
+        """One optimizer update over the micro-batches of one group of ``samples`` samples.
+
+        Exact gradient accumulation: each micro-batch's summed loss is divided by
+        ``samples`` (the whole group's size, not the micro-batch's), so the gradient is that
+        of the group's mean loss however the group is split, short last micro-batch
+        included. The forward pass and loss run under the settings' autocast; with ``fp16``
+        the loss is scaled and the update skipped on infinite gradients. The gradients stay
+        until the next update (they are cleared at its start).
+
+        Returns:
+            The group's summed loss, on the device (reading it would wait for the device).
+
+        Example:
+            >>> step = make_step(torch.nn.Linear(4, 3), TrainSettings(1, 6, 3, lr=0.1))
+            >>> x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+            >>> loss = step.update([(x[:3], y[:3]), (x[3:], y[3:])], samples=6)
+            >>> loss.shape
+            torch.Size([])
+        """
         self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss = F.cross_entropy(self.model(x), y, reduction="sum")
-        self.scaler.scale(loss / len(y)).backward()
-        self.scaler.step(self.optimizer)
+        total: torch.Tensor | None = None
+        for x, y in micro_batches:
+            with self.autocast():
+                loss = F.cross_entropy(self.model(x), y, reduction="sum")
+            self.scaler.scale(loss / samples).backward()
+            loss = loss.detach()
+            total = loss if total is None else total + loss
+        if total is None:
+            raise ValueError("an update needs at least one micro-batch")
+        self.scaler.step(self.optimizer)  # optimizer.step(), skipped on inf/NaN grads in fp16
         self.scaler.update()
-        return loss.detach()
+        return total
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.update(((x, y),), len(y))
 
 
 def _grad_scaler(device_type: str, enabled: bool) -> torch.amp.GradScaler:
@@ -244,18 +270,35 @@ def make_step(model: torch.nn.Module, settings: TrainSettings) -> Step:
     """
     device = torch.device(settings.device)
     on_cuda = device.type == "cuda"
-    if on_cuda:
-        torch.backends.cudnn.benchmark = True  # pick the fastest convolution per shape
     optimizer = make_optimizer(settings.optimizer, model.parameters(), settings.lr, on_cuda)
     scaler = _grad_scaler(device.type, enabled=settings.precision == "fp16")
     runner = torch.compile(model) if settings.compile else model
     return Step(runner, optimizer, scaler, settings)
 
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+@contextlib.contextmanager
+def torch_flags(device: torch.device | str) -> Iterator[None]:
+    """The process-wide torch flags training runs under, set on entry and restored on exit.
+
+    On CUDA, ``torch.backends.cudnn.benchmark`` is on (cuDNN picks the fastest convolution
+    algorithm per input shape); on CPU nothing changes. Training (:func:`train_model`,
+    :func:`train_task`, the objective's attempts) and the probe run inside it; no other
+    code sets global torch flags.
+
+    Example:
+        >>> with torch_flags("cpu"):
+        ...     pass
+    """
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        if torch.device(device).type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
 
 
-def step_periods(total_steps: int, periods: int = 10) -> tuple[int, ...]:
+def step_periods(total_steps: int, periods: int = EVALUATION_PERIODS) -> tuple[int, ...]:
     """Split a budget of ``total_steps`` updates into up to ``periods`` evaluation periods.
 
     Every batch size is evaluated (and pruned) at the same fractions of its budget.
@@ -340,17 +383,35 @@ def train_model(
     settings: TrainSettings,
     on_epoch: Callable[[EpochResult], None] | None = None,
     result: TrainResult | None = None,
+    *,
+    step: Step | None = None,
+    start_epoch: int = 0,
 ) -> TrainResult:
     """Train ``model`` on ``train`` as ``settings`` say, evaluating on ``val`` each epoch.
 
     ``on_epoch`` is called after each epoch; it may raise (for example ``optuna.TrialPruned``)
     to stop training. ``result`` (filled in place, epoch by epoch) keeps what was measured
     when training stops early. Raises :class:`Diverged` when the loss becomes NaN or infinite.
+
+    Args:
+        model: The model, on ``settings.device``.
+        train: Training data (:class:`Tensors` on the device, or a dataset to stream).
+        val: Validation data, evaluated after each epoch (or evaluation period).
+        settings: How to train.
+        on_epoch: Called with each epoch's :class:`EpochResult`.
+        result: Filled in place (a resumed trial passes what its earlier epochs measured).
+        step: The optimizer, scaler and module to train with, from
+            ``make_step(model, settings)``; the caller keeps it (to checkpoint or restore
+            the optimizer's state). ``None`` builds one with a fresh optimizer.
+        start_epoch: Epochs (or evaluation periods) done before this call, as when resuming
+            a trial: the epochs trained here are numbered from ``start_epoch + 1``.
     """
     device = torch.device(settings.device)
+    if step is None:
+        step = make_step(model, settings)
+    elif not _optimizes(step.optimizer, model):
+        raise ValueError("train_model: the step's optimizer is not over this model's parameters")
     generator = torch.Generator().manual_seed(settings.seed)
-    step = make_step(model, settings)
-    net, optimizer, scaler = step.model, step.optimizer, step.scaler
     loader = None
     if not isinstance(train, Tensors):  # streamed through workers and pinned memory
         loader = make_loader(
@@ -363,62 +424,69 @@ def train_model(
     cpu_peak_bytes = 0  # on CPU, measured over the first update as the probe measures a step
     model.train()
 
+    def groups() -> Iterator[tuple[Iterator[Batch], int]]:
+        return update_groups(train, settings.batch_size, micro, generator, device, loader)
+
     def updates_forever() -> Iterator[tuple[Iterator[Batch], int]]:
         while True:
-            yield from update_groups(train, settings.batch_size, micro, generator, device, loader)
+            yield from groups()
 
     micro = settings.micro_batch_size
     stream = updates_forever()
     plan = settings.period_steps or (None,) * settings.epochs
     global_step = settings.first_step
-    for epoch, period_steps in enumerate(plan, 1):
-        started = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        seen = 0
-        if period_steps is None:  # an epoch: one pass over the data
-            updates = update_groups(train, settings.batch_size, micro, generator, device, loader)
-        else:  # a share of a step budget, walking on across epochs
-            updates = itertools.islice(stream, period_steps)
-        for micro_batches, group_size in updates:
-            if global_step < settings.warmup_steps + 1:  # the warm-up ramp, then the rule's LR
-                for group in optimizer.param_groups:
-                    group["lr"] = settings.lr_at(global_step)
-            optimizer.zero_grad(set_to_none=True)
-            measure = not on_cuda and cpu_peak_bytes == 0
-            held = state_bytes(model, optimizer) if measure else 0
-            with PeakMemory(device) if measure else contextlib.nullcontext() as peak:
-                for x, y in micro_batches:
-                    with step.autocast():
-                        loss = F.cross_entropy(net(x), y, reduction="sum")
-                    scaler.scale(loss / group_size).backward()
-                    loss_sum += loss.detach()
-                scaler.step(optimizer)  # optimizer.step(), skipped on inf/NaN gradients in fp16
-                scaler.update()
-            if measure:
-                cpu_peak_bytes = held + peak.bytes
-            seen += group_size
-            global_step += 1
-        if on_cuda:
-            torch.cuda.synchronize(device)
-        epoch_time = time.perf_counter() - started
-        result.train_time_s += epoch_time
-        result.samples_seen += seen
-        result.optimizer_steps = global_step
-        if on_cuda:
-            result.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
-            result.memory_source = "cuda_max_memory_allocated"
-        else:
-            result.peak_memory_bytes = cpu_peak_bytes
-            result.memory_source = "cpu_allocator_profile"
-        train_loss = loss_sum.item() / seen
-        if not math.isfinite(train_loss):
-            raise Diverged(epoch)
-        val_accuracy = evaluate(net, val, settings.eval_batch, device, settings.precision)
-        epoch_result = EpochResult(epoch, train_loss, val_accuracy, epoch_time)
-        result.epochs.append(epoch_result)
-        if on_epoch is not None:
-            on_epoch(epoch_result)
+    with torch_flags(device):
+        for epoch, period_steps in enumerate(plan, start_epoch + 1):
+            started = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            seen = 0
+            if period_steps is None:  # an epoch: one pass over the data
+                updates = groups()
+            else:  # a share of a step budget, walking on across epochs
+                updates = itertools.islice(stream, period_steps)
+            for micro_batches, group_size in updates:
+                if global_step < settings.warmup_steps + 1:  # the warm-up ramp, then the LR
+                    for group in step.optimizer.param_groups:
+                        group["lr"] = settings.lr_at(global_step)
+                if not on_cuda and cpu_peak_bytes == 0:  # measured as the probe measures
+                    step.optimizer.zero_grad(set_to_none=True)  # freed before, not during
+                    held = state_bytes(model, step.optimizer)
+                    with PeakMemory(device) as peak:
+                        loss_sum += step.update(micro_batches, group_size)
+                    cpu_peak_bytes = held + peak.bytes
+                else:
+                    loss_sum += step.update(micro_batches, group_size)
+                seen += group_size
+                global_step += 1
+            if on_cuda:
+                torch.cuda.synchronize(device)
+            epoch_time = time.perf_counter() - started
+            result.train_time_s += epoch_time
+            result.samples_seen += seen
+            result.optimizer_steps = global_step
+            if on_cuda:
+                result.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
+                result.memory_source = "cuda_max_memory_allocated"
+            else:
+                result.peak_memory_bytes = cpu_peak_bytes
+                result.memory_source = "cpu_allocator_profile"
+            train_loss = loss_sum.item() / seen
+            if not math.isfinite(train_loss):
+                raise Diverged(epoch)
+            val_accuracy = evaluate(
+                step.model, val, settings.eval_batch, device, settings.precision
+            )
+            epoch_result = EpochResult(epoch, train_loss, val_accuracy, epoch_time)
+            result.epochs.append(epoch_result)
+            if on_epoch is not None:
+                on_epoch(epoch_result)
     return result
+
+
+def _optimizes(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> bool:
+    """Whether ``optimizer`` updates ``model``'s (first) parameter."""
+    first = next(model.parameters(), None)
+    return first is None or any(p is first for g in optimizer.param_groups for p in g["params"])
 
 
 def train_task(task, settings: TrainSettings, on_epoch=None) -> TrainResult:
@@ -427,8 +495,9 @@ def train_task(task, settings: TrainSettings, on_epoch=None) -> TrainResult:
     torch.manual_seed(settings.seed)
     model = task.build_model().to(device)
     train, val, test = (place(d, device) for d in (task.train, task.val, task.test))
-    result = train_model(model, train, val, settings, on_epoch)
-    finish(result, model, train, test, settings.eval_batch, device, settings.precision)
+    with torch_flags(device):
+        result = train_model(model, train, val, settings, on_epoch)
+        finish(result, model, train, test, settings.eval_batch, device, settings.precision)
     return result
 
 

@@ -18,9 +18,10 @@ stratified tenth of the official training set (``seed`` picks it); the rest trai
 are scaled to [0, 1] and standardised per channel with the training split's mean and
 standard deviation. The images are held as float32 tensors (CIFAR-10: about 0.7 GiB).
 
-Example:
-    >>> task = vision_task("mnist", data_dir="storage/data", model="cnn")  # doctest: +SKIP
-    >>> task.train[0][0].shape, len(task.test)                              # doctest: +SKIP
+Example (not run as a doctest: it needs a study, files or a server)::
+
+    task = vision_task("mnist", data_dir="storage/data", model="cnn")
+    task.train[0][0].shape, len(task.test)
     (torch.Size([1, 28, 28]), 10000)
 """
 

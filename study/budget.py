@@ -15,9 +15,10 @@ attempts) do not count. Stale trials (no heartbeat for the grace period) are fai
 same lock before each count, and their retries queued as WAITING; WAITING trials still left
 when the budget is spent are closed as FAIL with the user attribute ``dropped``.
 
-Example:
-    >>> claim = claim_trial(study, total=20, lock=storage_lock(url))  # doctest: +SKIP
-    >>> claim.done, claim.trial                                       # doctest: +SKIP
+Example (not run as a doctest: it needs a study, files or a server)::
+
+    claim = claim_trial(study, total=20, lock=storage_lock(url))
+    claim.done, claim.trial
     (False, <optuna.trial._trial.Trial object at ...>)
 """
 
@@ -28,10 +29,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import optuna
-from optuna.storages._heartbeat import fail_stale_trials, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
+from study.compat import (
+    fail_stale_trials,
+    heartbeat_enabled,
+    storage_of,
+    study_id_of,
+    trial_id_of,
+)
 from study.locks import StorageLock
+from study.record import TrialRecord
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -64,15 +72,13 @@ class Claim:
 
 def fail_stale(study: optuna.Study) -> None:
     """Fail RUNNING trials whose heartbeat is older than the grace period; queue retries."""
-    if is_heartbeat_enabled(study._storage):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            fail_stale_trials(study)
+    if heartbeat_enabled(storage_of(study)):
+        fail_stale_trials(study)
 
 
 def reap(study: optuna.Study, lock: StorageLock) -> None:
     """:func:`fail_stale` under the study's lock (for a process that runs no trials)."""
-    with lock.scope(study._study_id):
+    with lock.scope(study_id_of(study)):
         fail_stale(study)
 
 
@@ -95,7 +101,7 @@ def claim_trial(
         A :class:`Claim`: ``trial`` is RUNNING for this worker, with a first heartbeat already
         recorded (so it can be found stale should the worker die at once).
     """
-    with lock.scope(study._study_id):
+    with lock.scope(study_id_of(study)):
         fail_stale(study)
         trials = study.get_trials(deepcopy=False)
         count = Tally.of(trials)
@@ -111,8 +117,9 @@ def claim_trial(
             warnings.simplefilter("ignore")
             trial = study.ask()  # pops a WAITING retry first, else creates a trial
         try:
-            if is_heartbeat_enabled(study._storage):
-                study._storage.record_heartbeat(trial._trial_id)
+            storage = storage_of(study)
+            if heartbeat_enabled(storage):
+                storage.record_heartbeat(trial_id_of(trial))
         except BaseException:  # interrupted: leave nothing RUNNING
             study.tell(trial, state=TrialState.FAIL)
             raise
@@ -121,11 +128,14 @@ def claim_trial(
 
 def _drop_waiting(study: optuna.Study, trials: list[FrozenTrial]) -> None:
     """Close WAITING trials the spent budget has no room for (FAIL, ``dropped``)."""
+    storage = storage_of(study)
+    dropped = TrialRecord(dropped="budget spent").to_user_attrs()
     for t in trials:
         if t.state != TrialState.WAITING:
             continue
         try:
-            study._storage.set_trial_user_attr(t._trial_id, "dropped", "budget spent")
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            for key, value in dropped.items():
+                storage.set_trial_user_attr(trial_id_of(t), key, value)
+            storage.set_trial_state_values(trial_id_of(t), TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass

@@ -49,6 +49,44 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+#: Seeds go to Optuna's samplers, which take 0 <= seed < 2**32.
+MAX_SEED = 2**32 - 1
+
+
+def seed_value(text: str) -> int:
+    """argparse type: a seed, a whole number from 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a seed: use a whole number from 0 to {MAX_SEED}"
+        )
+    return value
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port: use 1 to 65535, or 0 for any free port"
+        )
+    return value
+
+
+#: ``--storage`` help: what a journal URL means, relative or absolute.
+STORAGE_HELP = (
+    "SQLAlchemy URL (sqlite:///FILE, postgresql://USER@HOST/DB), or journal:///FILE for an "
+    "Optuna journal file; journal:///storage/x.log is relative to the current folder, "
+    "journal:////abs/path/x.log absolute"
+)
+
+
 def byte_size(text: str) -> int:
     """argparse type: ``6GiB`` -> bytes (see :func:`study.units.parse_bytes`)."""
     try:
@@ -61,7 +99,7 @@ def add_task_arguments(group, defaults: StudyConfig | None = None) -> None:
     """The flags that name a task and its model, shared by every script that builds one.
 
     The parsed namespace has the :class:`StudyConfig` field names, so
-    ``objectives.launch.build_task(args)`` builds the task from it.
+    ``objectives.backend.build_task(args)`` builds the task from it.
     """
     d = defaults or StudyConfig()
     group.add_argument(
@@ -95,13 +133,16 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
     g = p.add_argument_group("budget and storage")
     g.add_argument("--trials", type=int, default=d.trials, help="study total (finished trials)")
     g.add_argument(
-        "--storage", default=None, help="SQLAlchemy URL; default sqlite:///storage/<study-name>.db"
+        "--storage",
+        default=None,
+        help=STORAGE_HELP + "; default sqlite:///storage/<study-name>.db",
     )
     g.add_argument("--study-name", default=d.study_name, help="name of the study in the storage")
     g.add_argument(
         "--artifact-dir",
         default=d.artifact_dir,
-        help="where the HTML report and figures are stored as study artifacts ('none' = off)",
+        help="where the HTML report and figures are stored as study artifacts ('none' = off, "
+        "as in dashboard.py)",
     )
     add_task_arguments(p.add_argument_group("task and model"), d)
     g = p.add_argument_group("training")
@@ -139,7 +180,13 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
     g = p.add_argument_group("search")
     g.add_argument("--sampler", default=d.sampler, choices=SAMPLERS)
     g.add_argument("--pruner", default=d.pruner, choices=PRUNERS)
-    g.add_argument("--seed", type=int, default=d.seed, help="seeds the sampler and each trial")
+    g.add_argument(
+        "--seed",
+        type=seed_value,
+        default=d.seed,
+        help="seeds the sampler, each trial and the built-in tasks' data split (so a resume "
+        "must keep it)",
+    )
     g = p.add_argument_group("workers")
     g.add_argument(
         "--heartbeat-interval",

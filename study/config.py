@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from study.scaling import SCALING_CHOICES
 from study.space import is_power_of_two
@@ -21,6 +21,8 @@ MODELS = ("mlp", "cnn", "resnet")
 IMAGE_TASKS = ("mnist", "fashion-mnist", "cifar10")
 BUILTIN_TASKS = ("digits", "synthetic", *IMAGE_TASKS)
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: How many times a trial with a step budget (``--budget steps``) reports and may be pruned.
+EVALUATION_PERIODS = 10
 
 #: Settings that define what a study measures: a resume that changes one of them would mix
 #: incomparable trials, so it is refused.
@@ -49,6 +51,8 @@ IDENTITY_FIELDS = (
     "steps",
     "warmup_epochs",
     "lr_search_width",
+    "seed",  # chooses the built-in tasks' train/validation/test split
+    "data_dir",  # the image datasets' files
 )
 OBJECTIVES = {("accuracy",): ["maximize"], ("accuracy", "time"): ["maximize", "minimize"]}
 METRIC_NAMES = {"accuracy": "val_accuracy", "time": "train_time_s"}
@@ -59,7 +63,7 @@ class ConfigError(ValueError):
     """A setting is invalid; the message names the flag, the bad value and the fix."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudyConfig:
     """Every setting of a study run (the flags of ``scripts/run_study.py``).
 
@@ -156,11 +160,17 @@ class StudyConfig:
         return [METRIC_NAMES[o] for o in self.objectives]
 
     def validate(self) -> StudyConfig:
-        """Check every setting; fill in the default storage. Raise :class:`ConfigError`."""
+        """Check every setting and return the config to run, with the derived values filled in.
+
+        The config itself is frozen and never changed: the result is a copy
+        (``dataclasses.replace``) with the default storage, the worker count of ``--gpus`` and
+        tuples where lists were given. Raise :class:`ConfigError` naming the flag and the fix.
+        """
         _positive("--trials", self.trials)
         _positive("--epochs", self.epochs)
-        self.objectives = tuple(self.objectives)
-        if self.objectives not in OBJECTIVES:
+        if type(self.seed) is not int or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed {self.seed}: use a whole number from 0 to {2**32 - 1}")
+        if tuple(self.objectives) not in OBJECTIVES:
             raise ConfigError(
                 f"--objectives {','.join(self.objectives)}: use accuracy, or accuracy,time "
                 "(maximise validation accuracy, minimise training time)"
@@ -231,9 +241,14 @@ class StudyConfig:
             raise ConfigError(
                 f"--study-name {self.study_name!r}: use letters, digits, '.', '_' and '-'"
             )
-        if self.storage is None:
-            self.storage = f"sqlite:///storage/{self.study_name}.db"
-        return self
+        return replace(
+            self,
+            objectives=tuple(self.objectives),
+            hidden=tuple(self.hidden),
+            gpus=tuple(self.gpus) if self.gpus is not None else None,
+            workers=len(self.gpus) * self.workers_per_gpu if self.gpus else self.workers,
+            storage=self.storage or f"sqlite:///storage/{self.study_name}.db",
+        )
 
     def _validate_workers(self) -> None:
         _positive("--workers", self.workers)
@@ -250,7 +265,6 @@ class StudyConfig:
                 f"--workers {self.workers} contradicts --gpus {','.join(self.gpus)} x "
                 f"--workers-per-gpu {self.workers_per_gpu} = {per_gpu} workers: drop --workers"
             )
-        self.workers = per_gpu
         if self.device not in ("auto", "cuda"):
             raise ConfigError(
                 f"--device {self.device} with --gpus: use --device cuda or auto (each worker "
@@ -258,12 +272,7 @@ class StudyConfig:
             )
 
     def _validate_data_and_precision(self) -> None:
-        _choice("--precision", self.precision, PRECISIONS)
-        if self.precision == "fp16" and self.device == "cpu":
-            raise ConfigError(
-                "--precision fp16 needs a CUDA GPU (fp16 autocast with a gradient scaler): "
-                "use --precision bf16 or fp32 on --device cpu"
-            )
+        check_precision(self.precision, self.device)
         if not str(self.data_dir).strip():
             raise ConfigError("--data-dir is empty: give a folder, e.g. storage/data")
         if self.download and self.task not in IMAGE_TASKS:
@@ -308,3 +317,29 @@ def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 CONFIG_FIELDS = tuple(f.name for f in fields(StudyConfig))
+
+
+def check_precision(precision: str, device: str) -> None:
+    """Refuse a precision the device cannot run: one of :data:`PRECISIONS`; ``fp16`` on CUDA.
+
+    Torch-free: ``device`` is the name (``cpu``, ``cuda``, ``cuda:N``); ``auto`` is not
+    decided yet and passes. (Whether a GPU has bfloat16 needs torch: the trainer checks that.)
+
+    Example:
+        >>> check_precision("bf16", "cpu")
+        >>> try:
+        ...     check_precision("fp16", "cpu")
+        ... except ConfigError as error:
+        ...     print(str(error)[:33])
+        --precision fp16 needs a CUDA GPU
+
+    Raises:
+        ConfigError: an unknown precision, or ``fp16`` on a device that is not CUDA.
+    """
+    _choice("--precision", precision, PRECISIONS)
+    device = str(device)
+    if precision == "fp16" and device != "auto" and not device.startswith("cuda"):
+        raise ConfigError(
+            "--precision fp16 needs a CUDA GPU (fp16 autocast with a gradient scaler), "
+            f"this run trains on {device}: use --precision bf16 or fp32"
+        )

@@ -13,10 +13,11 @@ must be one step, or two workers both see room for the last trial. The lock fits
   SQLite nor ``flock`` is reliable on network filesystems.)
 * Anything else (MySQL, ...): no lock; several workers may then overshoot the budget.
 
-Example:
-    >>> lock = storage_lock("sqlite:///storage/example.db")  # doctest: +SKIP
-    >>> with lock.scope(1):                                  # doctest: +SKIP
-    ...     pass  # count and claim here
+Example (not run as a doctest: it needs a study, files or a server)::
+
+    lock = storage_lock("sqlite:///storage/example.db")
+    with lock.scope(1):
+        pass  # count and claim here
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@ is refused rather than mixing incomparable trials. ``--trials N`` is the study's
 continues until N trials are finished (COMPLETE or PRUNED), never redoing finished ones, and
 with any number of workers it ends with exactly N (the claims of :mod:`study.budget`).
 
-Example:
-    >>> config = StudyConfig(trials=3).validate()                        # doctest: +SKIP
-    >>> study, space, created = create_or_resume(config, storage, make_space)  # doctest: +SKIP
-    >>> run_trials(study, objective, total=config.trials)               # doctest: +SKIP
+Example (not run as a doctest: it needs a study, files or a server)::
+
+    config = StudyConfig(trials=3).validate()
+    study, space, created = create_or_resume(config, storage, make_space)
+    run_trials(study, objective, total=config.trials)
 """
 
 from __future__ import annotations
@@ -22,12 +23,19 @@ import warnings
 from collections.abc import Callable
 
 import optuna
-from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from study.budget import FINISHED, claim_trial
-from study.config import ConfigError, StudyConfig, differences
+from study.compat import (
+    heartbeat_enabled,
+    heartbeat_thread,
+    in_optimize_loop,
+    storage_of,
+    trial_id_of,
+)
+from study.config import EVALUATION_PERIODS, ConfigError, StudyConfig, differences
 from study.locks import SETUP_SCOPE, NoLock, StorageLock
+from study.record import TrialRecord, write_record
 from study.space import BatchSpace
 
 MAX_CONSECUTIVE_FAILURES = 3
@@ -88,7 +96,7 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
 def evaluation_periods(config: StudyConfig) -> int:
     """How often a trial reports: each epoch, or (step budget) at tenths of the budget."""
     if config.budget == "steps":
-        return max(1, min(10, config.steps or 1))
+        return max(1, min(EVALUATION_PERIODS, config.steps or 1))
     return config.epochs
 
 
@@ -205,11 +213,9 @@ def run_trials(
     lock = lock or NoLock()
     worker = worker or worker_name()
     states: list[TrialState] = []
-    in_loop = study._thread_local.in_optimize_loop
     # As inside Study.optimize: GridSampler stops "the optimize loop" when its grid is spent,
     # which outside the loop raises. The budget decides when this loop ends.
-    study._thread_local.in_optimize_loop = True
-    try:
+    with in_optimize_loop(study):
         while True:
             claim = claim_trial(study, total, lock, sampler_for)
             if claim.done:
@@ -226,8 +232,6 @@ def run_trials(
                     f"the last {MAX_CONSECUTIVE_FAILURES} trials failed without an exception "
                     "(the objective returned no number); see the warnings above"
                 )
-    finally:
-        study._thread_local.in_optimize_loop = in_loop
     return len(states)
 
 
@@ -237,10 +241,20 @@ def _queue_retry(study: optuna.Study, failed: FrozenTrial) -> None:
     Ctrl-C, SIGTERM from a scheduler before a time limit or a preemption: the next run takes
     the WAITING copy first and, with checkpoints, resumes it from its last epoch.
     """
-    if is_heartbeat_enabled(study._storage):
-        retry = study._storage.get_heartbeat_stale_trial_callback()
-        if retry is not None:
+    storage = storage_of(study)
+    if not heartbeat_enabled(storage):
+        return
+    retry = storage.get_heartbeat_stale_trial_callback()
+    if retry is None:
+        return
+    for attempt in range(3):  # several workers stopping at once contend for an SQLite file
+        try:
             retry(study, failed)
+            return
+        except Exception:
+            if attempt == 2:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _run_claimed(
@@ -254,8 +268,8 @@ def _run_claimed(
     state: TrialState | None = None
     error: BaseException | None = None
     try:
-        trial.set_user_attr("worker", worker)
-        with get_heartbeat_thread(trial._trial_id, study._storage):
+        write_record(trial, TrialRecord(worker=worker))
+        with heartbeat_thread(trial_id_of(trial), storage_of(study)):
             try:
                 value = objective(trial)
             except optuna.TrialPruned:

@@ -7,8 +7,9 @@ are on, so a trial whose process was killed is marked FAIL after the grace perio
 staying RUNNING forever (journal files get heartbeats from :class:`HeartbeatJournalStorage`).
 Passwords in URLs are never printed: every message uses :func:`redact`.
 
-Example:
-    >>> storage = open_storage("sqlite:///storage/example.db")  # doctest: +SKIP
+Example (not run as a doctest: it needs a study, files or a server)::
+
+    storage = open_storage("sqlite:///storage/example.db")
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 from optuna.storages import BaseStorage, JournalStorage
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from study.locks import SETUP_SCOPE, storage_lock
+from study import safety
+from study.compat import BaseHeartbeat, trial_id_of
+from study.locks import SETUP_SCOPE, NoLock, storage_lock
 
 #: Seconds between a running trial's heartbeats, and after which a silent trial is failed.
 HEARTBEAT_INTERVAL_S = 10
@@ -52,22 +54,25 @@ class StorageError(RuntimeError):
 
 
 def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``; unparsable URLs are hidden whole."""
-    if url.startswith(JOURNAL_PREFIX):
-        return url
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparsable storage URL>"
+    """``url`` with every secret replaced by ``***`` (see :func:`study.safety.redact`)."""
+    return safety.redact(url)
 
 
 def _check_url(url: str) -> sqlalchemy.URL:
+    problem = safety.unencoded_userinfo_problem(url)
+    if problem:
+        raise StorageError(f"--storage {redact(url)}: {problem}")
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise StorageError(
             f"--storage {redact(url)} is not a database URL: use e.g. sqlite:///storage/x.db "
             "or postgresql://user@host/db"
+        ) from None
+    except ValueError:  # e.g. a port that is not a number
+        raise StorageError(
+            f"--storage {redact(url)} is not a valid database URL (is the port a number?): "
+            "use e.g. postgresql://user@host:5432/db"
         ) from None
     try:
         dialect = parsed.get_dialect()
@@ -94,6 +99,9 @@ def _prepare_sqlite(parsed: sqlalchemy.URL, url: str) -> None:
             "give a file, e.g. sqlite:///storage/x.db"
         )
     path = Path(database)
+    problem = safety.sqlite_problem(path)
+    if problem:
+        raise StorageError(f"--storage {redact(url)}: {problem}")
     _make_parent(url, path)
     if path.exists():
         with open(path, "rb") as handle:
@@ -139,6 +147,8 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
     Each running trial's heartbeat is a system attribute holding the worker's clock
     (``time.time()``), so the workers of one journal file should share a clock (one machine).
+    It implements Optuna's private heartbeat interface (:data:`study.compat.BaseHeartbeat`,
+    ``_get_stale_trial_ids`` included), which ``tests/test_compat.py`` checks.
 
     Args:
         backend: The journal backend (e.g. ``JournalFileBackend(path)``).
@@ -168,7 +178,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         now = time.time()
         running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
         return [
-            t._trial_id
+            trial_id_of(t)
             for t in running
             if now - t.system_attrs.get(self.HEARTBEAT_ATTR, now) > self._grace_period
         ]
@@ -197,6 +207,9 @@ def _open_journal(url: str, heartbeat: dict) -> HeartbeatJournalStorage | Journa
     path = Path(url[len(JOURNAL_PREFIX) :])
     if not path.name:
         raise StorageError(f"--storage {url}: give a file, e.g. journal:///storage/x.log")
+    problem = safety.journal_problem(path)
+    if problem:
+        raise StorageError(f"--storage {url}: {problem}")
     _make_parent(url, path)
     if path.exists() and not os.access(path, os.W_OK):
         raise StorageError(f"--storage {url}: {path} is read-only; make it writable")
@@ -221,8 +234,13 @@ def open_storage(
     url: str,
     heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
     grace_period: int = GRACE_PERIOD_S,
+    *,
+    read_only: bool = False,
 ) -> BaseStorage:
     """Open the study storage at ``url``, creating an SQLite file and its folder if needed.
+
+    With ``read_only`` (reports, the dashboard) an SQLite file must already hold Optuna's
+    tables (nothing is created in it, not even the lock file next to it).
 
     Args:
         url: SQLAlchemy URL, e.g. ``sqlite:///storage/batch-size.db``, or a journal file,
@@ -256,17 +274,23 @@ def open_storage(
     parsed = _check_url(url)
     engine_kwargs: dict = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
+        if read_only:
+            problem = safety.sqlite_problem(Path(parsed.database or ""), require_optuna=True)
+            if problem:
+                raise StorageError(f"--storage {redact(url)}: {problem}")
         _prepare_sqlite(parsed, url)
         engine_kwargs["connect_args"] = {"timeout": 60}
     elif parsed.get_backend_name() == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    lock = storage_lock(url)  # new schemas race when several processes create them at once
+    # new schemas race when several processes create them at once (a reader creates none)
+    lock = NoLock() if read_only else storage_lock(url)
     try:
         with lock.scope(SETUP_SCOPE), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
     except Exception as exc:  # SQLAlchemy/driver errors carry the URL: never echo them raw
-        raise StorageError(f"--storage {redact(url)}: {_reason(exc, parsed.password)}") from None
+        reason = safety.scrub(_reason(exc, parsed.password), [url])
+        raise StorageError(f"--storage {redact(url)}: {reason}") from None
     finally:
         lock.close()
 

@@ -4,7 +4,7 @@ Example:
     >>> parse_bytes("512MiB")
     536870912
     >>> format_bytes(536870912)
-    '512.0 MiB'
+    '512.00 MiB'
 """
 
 from __future__ import annotations
@@ -66,10 +66,32 @@ def parse_bytes(text: str | int) -> int:
     return value
 
 
-def format_bytes(n: float) -> str:
-    """``n`` bytes in the largest binary unit that keeps the number at least 1."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+def format_bytes(n: float | None) -> str:
+    """``n`` bytes in binary units for people, e.g. ``'1.50 GiB'``; ``'-'`` for ``None``.
+
+    The largest unit that keeps the number at least 1, with two decimals (the probe's table
+    and the reports print sizes this way).
+
+    Example:
+        >>> format_bytes(1536), format_bytes(3 * 1024**3), format_bytes(12), format_bytes(None)
+        ('1.50 KiB', '3.00 GiB', '12 B', '-')
+    """
+    if n is None:
+        return "-"
+    if abs(n) < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
         n /= 1024
-    return f"{n:.1f} TiB"
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.2f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def format_percent(fraction: float | None, missing: str = "-") -> str:
+    """A fraction as a percentage with one decimal, ``missing`` where there is none.
+
+    Example:
+        >>> format_percent(0.9234), format_percent(None), format_percent(None, "n/a")
+        ('92.3%', '-', 'n/a')
+    """
+    return missing if fraction is None else f"{100 * fraction:.1f}%"

@@ -168,6 +168,7 @@ def _trial(
         attrs["lr"] = scaled_lr(rule, batch) * multiplier
         attrs["lr_multiplier"] = multiplier
         attrs["optimizer_steps"] = STEPS
+        attrs["passes_completed"] = round(STEPS * batch / TRAIN_SIZE, 2)
     if state in (TrialState.FAIL, TrialState.RUNNING):
         attrs = {"batch_size": batch, "scaling_rule": rule, "lr": scaled_lr(rule, batch)}
     params: dict = {"batch_size": batch}

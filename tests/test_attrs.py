@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy
 
 from study.attrs import set_user_attrs
+from study.compat import rdb_backend, storage_of
 from study.storage import open_storage
 
 # ask() on a storage with heartbeats warns that they are meant for optimize(): expected here.
@@ -21,7 +22,7 @@ RECORD = {"batch_size": 64, "lr": 0.0125, "oom": [{"micro_batch_size": 32}], "no
 
 def committed_transactions(storage: optuna.storages.BaseStorage) -> list[int]:
     """A counter of the commits the RDB storage's engine makes from now on."""
-    engine = storage._backend.engine if hasattr(storage, "_backend") else storage.engine
+    engine = rdb_backend(storage).engine
     commits: list[int] = []
     sqlalchemy.event.listen(engine, "commit", lambda _conn: commits.append(1))
     return commits
@@ -33,7 +34,7 @@ def check_one_transaction(url: str) -> None:
     a study opens it (heartbeats on)."""
     study = optuna.create_study(study_name="attrs", storage=open_storage(url))
     trial = study.ask()
-    commits = committed_transactions(study._storage)
+    commits = committed_transactions(storage_of(study))
     set_user_attrs(trial, RECORD)
     assert len(commits) == 1  # the plain loop commits once per attribute
     assert study.trials[0].user_attrs == RECORD

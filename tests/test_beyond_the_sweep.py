@@ -1,5 +1,5 @@
-"""Issue 6 in a real study: accuracy-vs-time fronts, step budgets, warm-up, LR multipliers,
-and the per-trial noise scale."""
+"""Beyond the plain sweep, in real studies: accuracy-vs-time fronts, step budgets, warm-up,
+LR multipliers, and the per-trial noise scale."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def load(url: str) -> optuna.Study:
     return optuna.load_study(study_name="batch-size", storage=url)
 
 
+@pytest.mark.slow
 def test_accuracy_and_time_make_a_two_objective_study_with_a_pareto_front(sqlite_url):
     proc = run_script(
         "run_study.py",
@@ -56,6 +57,7 @@ def test_multi_objective_help_says_pruning_is_off():
     assert "cannot prune multi-objective" in " ".join(proc.stdout.split())
 
 
+@pytest.mark.slow
 def test_a_step_budget_gives_every_batch_size_the_same_number_of_updates(sqlite_url):
     proc = run_script(
         "run_study.py",
@@ -85,8 +87,10 @@ def test_a_step_budget_gives_every_batch_size_the_same_number_of_updates(sqlite_
     for t in trials:
         assert t.user_attrs["optimizer_steps"] == 30
         assert sorted(t.intermediate_values) == list(range(1, 11))  # tenths of the budget
-        expected_epochs = 30 * t.params["batch_size"] / study.user_attrs["task_info"]["train_size"]
-        assert t.user_attrs["epochs_completed"] == pytest.approx(expected_epochs, abs=0.05)
+        passes = 30 * t.params["batch_size"] / study.user_attrs["task_info"]["train_size"]
+        assert t.user_attrs["passes_completed"] == pytest.approx(passes, abs=0.05)
+        epochs = t.user_attrs["epochs_completed"]  # whole passes, stored as an int
+        assert isinstance(epochs, int) and epochs == int(t.user_attrs["passes_completed"])
     assert "30 optimizer steps per trial" in proc.stdout
 
 
@@ -119,6 +123,7 @@ def test_warm_up_ramps_the_learning_rate_from_the_base_to_the_rule_value():
     assert seen == pytest.approx([0.175, 0.25, 0.325, 0.4, 0.4, 0.4, 0.4, 0.4])
 
 
+@pytest.mark.slow
 def test_lr_multiplier_is_searched_around_the_rule_and_the_noise_scale_recorded(sqlite_url):
     proc = run_script(
         "run_study.py",
@@ -161,7 +166,7 @@ def test_lr_multiplier_is_searched_around_the_rule_and_the_noise_scale_recorded(
         (["--lr-search-width", "0.5"], "--lr-search-width 0.5"),
     ],
 )
-def test_bad_issue_6_flags_are_one_line_exit_2(args, message, sqlite_url):
+def test_bad_budget_objective_and_lr_flags_are_one_line_exit_2(args, message, sqlite_url):
     proc = run_script("run_study.py", "--trials", "1", "--storage", sqlite_url, *args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

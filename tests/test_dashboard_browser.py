@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from study.report.dashboard import attach_report
-from study.report.note import write_study_note
 from study.report.html import write_report
+from study.report.note import write_study_note
 
 try:
     from report_studies import build_study

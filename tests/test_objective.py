@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import optuna
+import pytest
+import torch
 from optuna.trial import TrialState
 
 from objectives import BatchSizeObjective, load_task, trial_seed
+from objectives.checkpoint import CheckpointStore
+from objectives.data import as_tensors
+from objectives.oom import is_out_of_memory
+from objectives.train import TrainSettings, make_step, steps_per_epoch, train_model
 from study.config import StudyConfig
 from study.space import build_space
 
@@ -40,3 +46,61 @@ def test_each_trial_seeds_its_own_run_from_the_study_seed_and_number():
     a, b = study.trials
     assert a.params == b.params and a.user_attrs["seed"] != b.user_attrs["seed"]
     assert a.user_attrs["micro_batch_size"] == 32 and a.user_attrs["accumulation_steps"] == 2
+
+
+def test_long_trials_log_progress_lines_at_a_modest_rate_and_short_ones_stay_silent():
+    lines: list[str] = []
+    objective = _objective(epochs=2)
+    objective.log, objective.log_interval_s = lines.append, 0.0  # every epoch is "long"
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"batch_size": 64, "scaling_rule": "none"})
+    study.optimize(objective, n_trials=1)
+    assert [line.split(",")[0] for line in lines] == ["trial 0: epoch 1/2", "trial 0: epoch 2/2"]
+    assert "val accuracy" in lines[0] and "batch 64" in lines[0]
+    quiet: list[str] = []
+    objective.log, objective.log_interval_s = quiet.append, 10.0  # a trial of a second or so
+    study.optimize(objective, n_trials=1)
+    assert quiet == []
+
+
+def test_a_resumed_run_numbers_its_epochs_on_and_continues_the_checkpointed_optimizer(tmp_path):
+    task = load_task("digits", model="mlp", hidden=(16,))
+    train, val = (as_tensors(d) for d in (task.train, task.val))
+    settings = TrainSettings(epochs=1, batch_size=64, micro_batch_size=32, lr=1e-3)
+    torch.manual_seed(0)
+    model = task.build_model()
+    step = make_step(model, settings)
+    first = train_model(model, train, val, settings, step=step)
+    store = CheckpointStore(tmp_path)
+    store.save(7, "run", model, step.optimizer, first, settings.micro_batch_size)
+
+    saved = store.load(7, "run", "cpu")
+    resumed = task.build_model()
+    resumed.load_state_dict(saved.model_state)
+    resumed_step = make_step(resumed, settings)
+    resumed_step.optimizer.load_state_dict(saved.optimizer_state)
+    seen: list[int] = []
+    result = train_model(
+        resumed,
+        train,
+        val,
+        settings,
+        lambda epoch: seen.append(epoch.epoch),
+        saved.result,
+        step=resumed_step,
+        start_epoch=saved.epoch,
+    )
+    assert seen == [2] and [e.epoch for e in result.epochs] == [1, 2]
+    updates = 2 * steps_per_epoch(len(train), 64)  # Adam counts on from the checkpoint
+    assert all(s["step"].item() == updates for s in resumed_step.optimizer.state.values())
+    with pytest.raises(ValueError, match="not over this model"):
+        train_model(task.build_model(), train, val, settings, step=resumed_step)
+
+
+def test_out_of_memory_is_recognised_from_cuda_cpu_and_python_alike():
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp] not enough memory"))
+    assert is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(ValueError("out of memory"))  # not an allocator's error

@@ -2,7 +2,7 @@
 joined from several "machines" (parent processes), an exact budget, killed workers, and
 storage errors that never show the password.
 
-The server binaries are needed (see ``tests/pg_server.py``); without them these tests are
+The server binaries are needed (see ``study/pg_server.py``); without them these tests are
 skipped, unless ``BATCHSIZE_REQUIRE_POSTGRES=1`` (CI) makes that a failure.
 """
 
@@ -17,8 +17,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from study.pg_server import PostgresServer, PostgresUnavailable
 from tests.conftest import run_script
-from tests.pg_server import PostgresServer, PostgresUnavailable
 from tests.test_attrs import check_one_transaction
 from tests.test_workers import BEAT, LONG, QUICK, _mid_trial, _pid, _start, counts, race
 
@@ -51,6 +51,7 @@ def test_four_racing_workers_spend_exactly_the_budget(db, attempt):
     assert counts(trials) == {"COMPLETE": 24}  # not one trial created past the budget
 
 
+@pytest.mark.slow
 def test_two_machines_join_one_new_study_and_end_with_exactly_the_budget(db, tmp_path, pg):
     # The same command started twice at once on a new database: the schema and the study
     # are created once, the others join; two workers each.
@@ -66,6 +67,7 @@ def test_two_machines_join_one_new_study_and_end_with_exactly_the_budget(db, tmp
     assert sum("created in" in out for out, _ in outputs) == 1  # one created, one resumed
 
 
+@pytest.mark.slow
 def test_a_killed_worker_s_trial_is_retried_and_resumed(db, tmp_path):
     args = [*LONG, *BEAT, "--workers", "2", "--checkpoint-dir", str(tmp_path)]
     proc = _start(db, 3, *args)

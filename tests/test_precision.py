@@ -10,9 +10,9 @@ from torch.utils.data import Dataset, TensorDataset
 
 from objectives.data import Tensors, make_loader
 from objectives.models import mlp
-from objectives.train import TrainSettings, make_step, train_model
+from objectives.train import TrainSettings, make_step, torch_flags, train_model
 from study.cli import parse_config
-from study.config import ConfigError, StudyConfig, differences
+from study.config import ConfigError, StudyConfig, check_precision, differences
 from tests.conftest import run_script
 
 
@@ -48,6 +48,10 @@ def test_fp16_needs_cuda_one_clear_error_everywhere():
         TrainSettings(1, 8, 8, 0.1, device="cpu", precision="fp16")
     with pytest.raises(ConfigError, match="not one of"):
         TrainSettings(1, 8, 8, 0.1, precision="fp8")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU.*trains on cpu"):
+        check_precision("fp16", "cpu")
+    for precision, device in (("fp16", "cuda:1"), ("fp16", "auto"), ("bf16", "cpu")):
+        check_precision(precision, device)  # the device decides later (auto), or it can
     proc = run_script("run_study.py", "--precision", "fp16", "--device", "cpu")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
@@ -57,7 +61,7 @@ def test_precision_and_compile_are_flags_and_part_of_the_study_identity():
     assert (config.precision, config.compile, config.data_dir) == ("bf16", True, "/data")
     identity = config.identity()
     assert identity["precision"] == "bf16" and identity["compile"] is True
-    assert "data_dir" not in identity and "download" not in identity
+    assert identity["data_dir"] == "/data" and "download" not in identity  # files, not fetching
     other = StudyConfig(precision="fp32").validate().identity()
     changed = differences(identity, other)
     assert any("--precision" in c for c in changed) and any("--compile" in c for c in changed)
@@ -65,18 +69,22 @@ def test_precision_and_compile_are_flags_and_part_of_the_study_identity():
         StudyConfig(task="digits", download=True).validate()
 
 
-def test_make_step_is_the_trainers_step():
-    """One update through ``make_step`` equals one update of the training loop (fp32)."""
-    data = _data(16)
-    torch.manual_seed(0)
-    model = mlp((6,), 3, (8,))
-    by_step = copy.deepcopy(model)
-    settings = TrainSettings(epochs=1, batch_size=16, micro_batch_size=16, lr=0.1)
-    train_model(model, data, data, settings)  # one epoch = one update of all 16 samples
-    order = torch.randperm(16, generator=torch.Generator().manual_seed(settings.seed))
-    step = make_step(by_step, settings)
-    step(data.x[order], data.y[order])
-    assert torch.allclose(_params(model), _params(by_step), atol=1e-6)
+def test_global_torch_flags_are_set_only_inside_training_and_restored():
+    """``cudnn.benchmark`` (on for CUDA) is set by ``torch_flags`` only, never by building
+    a step, and is back to the caller's value afterwards (also after an error)."""
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        make_step(mlp((6,), 3, (8,)), TrainSettings(1, 8, 8, 0.1))
+        assert torch.backends.cudnn.benchmark is False
+        with torch_flags("cpu"):
+            assert torch.backends.cudnn.benchmark is False
+        with pytest.raises(RuntimeError), torch_flags("cuda"):
+            assert torch.backends.cudnn.benchmark is True
+            raise RuntimeError("training failed")
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def test_compiled_training_matches_eager():

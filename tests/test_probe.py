@@ -11,7 +11,6 @@ project's imports (the same MLP is built from ``torch.nn``; its repr is compared
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -32,7 +31,8 @@ from objectives.probe import (
     probe_batch_size,
 )
 from objectives.tasks import Task, load_task
-from tests.conftest import ROOT, run_script, script_env
+from study import commands
+from tests.conftest import run_script, script_env
 
 MiB = 1024**2
 #: A wide MLP on the synthetic task: activations dominate, so a small budget binds.
@@ -243,6 +243,22 @@ def test_the_probe_builds_its_own_model_and_leaves_no_trace(digits):
         assert torch.equal(tensor, before)
 
 
+def test_the_probe_says_what_it_is_doing_one_line_per_measured_batch_and_phase(digits):
+    lines: list[str] = []
+    result = probe_batch_size(
+        digits, memory_budget="64MiB", max_batch_size=64, timed_steps=1, log=lines.append
+    )
+    assert lines[0].startswith(
+        "budget 64.00 MiB (given memory budget); searching batch sizes 1..64"
+    )
+    searched = [line for line in lines if line.endswith("measured, fits")]
+    assert len(searched) == result.steps_run  # one line per search step
+    assert f"cap {result.max_batch_size}: the search limit" in lines[len(searched) + 1]
+    timed = [line for line in lines if line.endswith("samples/s")]
+    assert len(timed) == len(result.rows)
+    assert lines[-1].startswith("done in ") and f"cap {result.max_batch_size}" in lines[-1]
+
+
 def test_a_budget_below_the_smallest_step_raises_probe_error(digits):
     with pytest.raises(ProbeError, match=r"--memory-budget") as info:
         probe_batch_size(digits, memory_budget="100KiB")
@@ -312,13 +328,10 @@ def test_probe_script_json_has_the_documented_keys():
 
 
 def test_probe_script_rejects_a_bad_budget_in_one_line(capsys):
-    spec = importlib.util.spec_from_file_location("probe_script", ROOT / "scripts" / "probe.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     with pytest.raises(SystemExit) as exit_info:
-        script.main(["--memory-budget", "6 gigs"])
+        commands.probe(["--memory-budget", "6 gigs"])
     assert exit_info.value.code == 2
     assert "memory size '6 gigs' is not understood" in capsys.readouterr().err.splitlines()[-1]
-    assert script.main(["--memory-budget", "100KiB"]) == 1
+    assert commands.probe(["--memory-budget", "100KiB"]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("probe: error: memory budget 100.00 KiB") and error.count("\n") == 1
+    assert error.startswith("probe.py: error: memory budget 100.00 KiB") and error.count("\n") == 1

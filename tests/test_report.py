@@ -6,7 +6,6 @@ the scripts run in real subprocesses where their exit code and output are the be
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -21,8 +20,10 @@ import optuna
 import pytest
 from optuna_dashboard import get_note
 
+from study import commands
+from study.record import read_record
 from study.report.dashboard import attach_report, save_dashboard_figures
-from study.report.note import write_study_note
+from study.report.data import collect_report_data, rule_of_thumb
 from study.report.html import (
     build_report,
     load_study_for_report,
@@ -30,7 +31,7 @@ from study.report.html import (
     render_text_report,
     write_report,
 )
-from study.report.data import collect_report_data, rule_of_thumb, trial_record
+from study.report.note import write_study_note
 
 try:
     from report_studies import LR_WIDTH, STEPS, TRAIN_SIZE, build_study
@@ -42,17 +43,6 @@ ALL_FIGURES = ["accuracy", "learning-curves", "hardware", "learning-rate", "hist
 PARETO_FIGURES = ["pareto", *ALL_FIGURES]
 MULTIPLIER_FIGURES = [*ALL_FIGURES[:4], "lr-multiplier", *ALL_FIGURES[4:]]
 NOISE_LABEL = "B_simple (gradient noise scale) \u2248 "
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-report_cli = _script("report.py")
-dashboard_cli = _script("dashboard.py")
 
 
 def run_report(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -259,7 +249,7 @@ def test_html_shows_best_trial_tables_and_folklore(full_html: str) -> None:
 
 
 def test_text_format_prints_the_same_tables(full_db: Path, capsys: pytest.CaptureFixture) -> None:
-    assert report_cli.main(["--storage", _url(full_db), "--format", "text"]) == 0
+    assert commands.report(["--storage", _url(full_db), "--format", "text"]) == 0
     out = capsys.readouterr().out
     for text in (
         "Best trial",
@@ -323,7 +313,7 @@ def test_missing_database_is_one_line_exit_2_and_creates_nothing(tmp_path: Path)
 
 
 def test_unknown_study_name_lists_the_names(full_db: Path, capsys: pytest.CaptureFixture) -> None:
-    assert report_cli.main(["--storage", _url(full_db), "--study-name", "nope"]) == 2
+    assert commands.report(["--storage", _url(full_db), "--study-name", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "no study named 'nope'" in err and "studies there: batch-size" in err
@@ -331,7 +321,7 @@ def test_unknown_study_name_lists_the_names(full_db: Path, capsys: pytest.Captur
 
 def test_password_in_storage_url_is_never_printed(capsys: pytest.CaptureFixture) -> None:
     url = "postgresql://user:s3cret-pw@127.0.0.1:1/db"
-    assert report_cli.main(["--storage", url]) == 2
+    assert commands.report(["--storage", url]) == 2
     captured = capsys.readouterr()
     assert "s3cret-pw" not in captured.err + captured.out
     assert "user:***@127.0.0.1" in captured.err
@@ -339,7 +329,7 @@ def test_password_in_storage_url_is_never_printed(capsys: pytest.CaptureFixture)
 
 def test_a_study_of_another_kind_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     optuna.create_study(storage=_url(tmp_path / "x.db"), study_name="quadratic")  # minimises
-    assert report_cli.main(["--storage", _url(tmp_path / "x.db"), "--study-name", "quadratic"]) == 2
+    assert commands.report(["--storage", _url(tmp_path / "x.db"), "--study-name", "quadratic"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "was not made by run_study.py" in err
 
@@ -348,21 +338,21 @@ def test_dashboard_refuses_a_missing_database_or_a_taken_port(
     tmp_path: Path, full_db: Path, capsys: pytest.CaptureFixture
 ) -> None:
     missing = tmp_path / "nope.db"
-    assert dashboard_cli.main(["--storage", _url(missing), "--artifact-dir", str(tmp_path)]) == 2
+    assert commands.dashboard(["--storage", _url(missing), "--artifact-dir", str(tmp_path)]) == 2
     assert "no study database at" in capsys.readouterr().err and not missing.exists()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
         args = ["--storage", _url(full_db), "--artifact-dir", str(tmp_path), "--port", port]
-        assert dashboard_cli.main(args) == 2
+        assert commands.dashboard(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err
 
 
 def test_bad_flag_exits_2(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exc:
-        report_cli.main(["--format", "pdf"])
+        commands.report(["--format", "pdf"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
 
@@ -464,7 +454,7 @@ def test_two_objective_study_reports_its_pareto_front(
         assert text in pareto_html, text
     assert "Best trial" not in pareto_html
 
-    assert report_cli.main(["--storage", _url(pareto_db), "--format", "text"]) == 0
+    assert commands.report(["--storage", _url(pareto_db), "--format", "text"]) == 0
     out = capsys.readouterr().out
     assert "Trials on the Pareto front" in out and "Best trial" not in out
     row = next(line for line in out.splitlines() if line.startswith("#7 "))
@@ -483,15 +473,15 @@ def test_two_objective_note_and_artifacts(tmp_path: Path) -> None:
     assert {"batch-size-report.html", "batch-size-pareto.json"} <= names
 
 
-def test_trial_record_reads_two_objective_values_by_name() -> None:
+def test_a_two_objective_trial_s_record_reads_its_values_by_name() -> None:
     names = ["val_accuracy", "train_time_s"]
     bare = optuna.trial.create_trial(values=[0.9, 12.5], user_attrs={"batch_size": 64})
-    record = trial_record(bare, "sqrt", names)
+    record = read_record(bare, "sqrt", names)
     assert (record.val_accuracy, record.train_time_s, record.scaling_rule) == (0.9, 12.5, "sqrt")
     assert record.curve == () and record.b_simple is None and record.lr_multiplier is None
     attrs = {"val_accuracy_per_epoch": [0.5, 0.7], "b_simple": 99.0, "lr_multiplier": 2.0}
     rich = optuna.trial.create_trial(values=[0.7, 3.0], user_attrs={**attrs, "lr": 0.2})
-    record = trial_record(rich, None, names)
+    record = read_record(rich, None, names)
     assert record.curve == ((1, 0.5), (2, 0.7)) and record.b_simple == 99.0
     assert record.rule_lr == pytest.approx(0.1)
 
@@ -503,7 +493,7 @@ def test_other_multi_objective_shapes_are_refused(
     optuna.create_study(storage=url, study_name="maxmax", directions=["maximize", "maximize"])
     optuna.create_study(storage=url, study_name="three", directions=["maximize"] * 3)
     for name, why in (("maxmax", "objective 1 (maximize)"), ("three", "has 3 objectives")):
-        assert report_cli.main(["--storage", url, "--study-name", name]) == 2
+        assert commands.report(["--storage", url, "--study-name", name]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "was not made by run_study.py" in err and why in err
         with pytest.raises(ValueError, match="a batch-size study maximises val_accuracy"):
@@ -564,6 +554,8 @@ def test_step_budget_and_lr_multiplier(multiplier_db: Path, multiplier_html: str
     assert epochs[16] == 1 and epochs[256] == 16  # a step budget: epochs grow with the batch
     best = data.best
     assert best is not None and best.optimizer_steps == STEPS
+    passes = STEPS * best.batch_size / TRAIN_SIZE
+    assert f"{passes:g} passes over the training data" in multiplier_html
     assert best.lr == pytest.approx(best.rule_lr * best.lr_multiplier)
 
     assert f"a budget of {STEPS} optimizer steps per trial" in multiplier_html

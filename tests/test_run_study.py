@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import signal
 import subprocess
 import sys
@@ -81,7 +82,12 @@ def test_a_study_records_every_trial_and_its_setup(finished_study):
     assert attrs["space"]["memory_cap"] == 32 and attrs["space"]["cap_source"] == "--max-batch-size"
     assert attrs["task_info"]["train_size"] > 1000
     assert "per batch size" in proc.stdout and "optuna-dashboard" in proc.stdout
-    assert proc.stdout.count("trial ") >= 4
+    lines = [line for line in proc.stdout.splitlines() if re.match(r"\[\d/4\] trial", line)]
+    assert [line[:5] for line in lines] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    for t, line in zip(trials, lines, strict=True):  # each trial's own line, with its results
+        assert f"trial {t.number:>3} complete" in line
+        assert f"batch {t.params['batch_size']:>5}" in line
+        assert f"val {t.value:.4f}" in line
 
 
 def test_rerunning_a_finished_study_prints_the_summary_and_changes_nothing(finished_study):

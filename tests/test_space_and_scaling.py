@@ -52,7 +52,7 @@ def test_min_above_cap_names_the_bound():
 
 
 @pytest.mark.parametrize("rule, expected", [("linear", 4e-3), ("sqrt", 2e-3), ("none", 1e-3)])
-def test_scaling_rules(rule: str, expected: float):
+def test_each_rule_scales_the_base_lr_with_the_batch_ratio(rule: str, expected: float):
     assert math.isclose(scaled_lr(rule, 1e-3, 32, 128), expected)
     assert math.isclose(scaled_lr(rule, 1e-3, 32, 32), 1e-3)
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from objectives import Task, TaskError, load_task
 from objectives.data import labels_of
 from objectives.models import ModelError
-from tests.conftest import run_script
+from tests.conftest import run_script, script_env
 
 
 def test_digits_split_is_stratified_seeded_and_standardised_with_training_statistics():
@@ -32,6 +35,26 @@ def test_digits_split_is_stratified_seeded_and_standardised_with_training_statis
     assert torch.equal(again.test.tensors[1], task.test.tensors[1])
     other = load_task("digits", model="mlp", seed=1)
     assert not torch.equal(other.test.tensors[0], task.test.tensors[0])
+
+
+def test_digits_are_scikit_learns_digits_read_without_importing_scikit_learn():
+    from sklearn.datasets import load_digits
+
+    from objectives.tasks import load_digits_arrays
+
+    images, target = load_digits_arrays()
+    expected = load_digits()
+    assert images.dtype == expected.images.dtype and target.dtype == expected.target.dtype
+    assert np.array_equal(images, expected.images) and np.array_equal(target, expected.target)
+    code = (
+        "import sys; from objectives.tasks import load_task; load_task('digits'); "
+        "print('sklearn' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=script_env(), timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
 
 
 def test_synthetic_is_deterministic_sized_by_flags_and_learnable():

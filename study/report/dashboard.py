@@ -9,12 +9,12 @@ The command-line equivalent of the server::
 
     optuna-dashboard sqlite:///storage/batch-size.db --artifact-dir storage/artifacts
 
-Example:
-    >>> study = optuna.load_study(study_name="batch-size", storage=url)  # doctest: +SKIP
-    >>> attach_report(study, "storage/artifacts")                        # doctest: +SKIP
-    >>> server = make_dashboard_server(url, artifact_dir="storage/artifacts", port=8080)
-    ... # doctest: +SKIP
-    >>> server.serve_forever()                                           # doctest: +SKIP
+Example (not run as a doctest: it needs a study, files or a server)::
+
+    study = optuna.load_study(study_name="batch-size", storage=url)
+    attach_report(study, "storage/artifacts")
+    server = make_dashboard_server(url, artifact_dir="storage/artifacts", port=8080)
+    server.serve_forever()
 """
 
 from __future__ import annotations

@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
+
+from study.record import TrialRecord, int_or_none, number_or_none, read_record
+from study.units import format_percent
 
 #: Order in which scaling rules are listed; other names follow alphabetically.
 RULE_ORDER = ("linear", "sqrt", "none")
@@ -37,64 +40,6 @@ STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 TWO_OBJECTIVES = ("val_accuracy", "train_time_s")
 TWO_DIRECTIONS = (optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE)
 TWO_OBJECTIVES_CONFIG = ("accuracy", "time")
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One trial as the report sees it (``None`` where the trial did not record the value).
-
-    Args:
-        number: Optuna's trial number.
-        state: ``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING`` or ``WAITING``.
-        batch_size: Effective batch size (samples per update).
-        scaling_rule: Learning-rate scaling rule the trial used.
-        lr: Learning rate the trial used.
-        val_accuracy: Validation accuracy after the last epoch it ran (fraction).
-        test_accuracy: Test accuracy (complete trials only, usually).
-        epochs_completed: Epochs it trained.
-        train_time_s: Wall-clock training time in seconds.
-        samples_per_s: Training throughput.
-        peak_memory_bytes: Peak memory of a training step.
-        memory_source: How the peak memory was measured (e.g. CUDA allocator, estimate).
-        micro_batch_size: Samples per forward/backward pass.
-        accumulation_steps: Micro-batches per update.
-        diverged: The loss became NaN or infinite.
-        curve: ``(epoch, validation accuracy)`` pairs, epoch 1-based: the intermediate
-            values, else the user attribute ``val_accuracy_per_epoch`` (a list, epoch 1
-            first), which a two-objective study records since Optuna's ``report`` refuses it.
-        optimizer_steps: Updates it made (recorded under a step budget).
-        lr_multiplier: Factor on the rule's learning rate (when the multiplier is searched).
-        b_simple: Gradient noise scale of its final model, in samples (``--noise-scale``).
-        b_simple_se: Standard error of ``b_simple``.
-    """
-
-    number: int
-    state: str
-    batch_size: int | None
-    scaling_rule: str | None
-    lr: float | None
-    val_accuracy: float | None
-    test_accuracy: float | None
-    epochs_completed: int | None
-    train_time_s: float | None
-    samples_per_s: float | None
-    peak_memory_bytes: float | None
-    memory_source: str | None
-    micro_batch_size: int | None
-    accumulation_steps: int | None
-    diverged: bool
-    curve: tuple[tuple[int, float], ...]
-    optimizer_steps: int | None = None
-    lr_multiplier: float | None = None
-    b_simple: float | None = None
-    b_simple_se: float | None = None
-
-    @property
-    def rule_lr(self) -> float | None:
-        """The learning rate the scaling rule gave, before the searched multiplier."""
-        if self.lr is None or not self.lr_multiplier:
-            return self.lr
-        return self.lr / self.lr_multiplier
 
 
 @dataclass(frozen=True)
@@ -148,7 +93,7 @@ class NoiseScale:
         """The batch range ``scripts/noise_scale.py`` recommended, when the study records it."""
         pair = (self.study or {}).get("recommended_range")
         if isinstance(pair, list | tuple) and len(pair) == 2:
-            low, high = _number(pair[0]), _number(pair[1])
+            low, high = number_or_none(pair[0]), number_or_none(pair[1])
             if low and high and 0 < low <= high:
                 return int(low), int(high)
         return None
@@ -176,11 +121,11 @@ class NoiseScale:
         epochs = [e for e in ns.get("per_epoch") or [] if isinstance(e, dict)]
         first = epochs[0] if epochs else ns
         last = epochs[-1] if len(epochs) > 1 else None
-        if _number(first.get("b_simple")) is not None:
+        if number_or_none(first.get("b_simple")) is not None:
             parts.append(f"{_estimate(first)} at initialisation")
-        if last is not None and _number(last.get("b_simple")) is not None:
+        if last is not None and number_or_none(last.get("b_simple")) is not None:
             parts.append(f"{_estimate(last)} after epoch {last.get('epoch')}")
-        recommended = _int(ns.get("recommended_batch_size"))
+        recommended = int_or_none(ns.get("recommended_batch_size"))
         if recommended:
             text = f"recommended batch {recommended}"
             if self.recommended_range:
@@ -193,7 +138,7 @@ class NoiseScale:
         """Where :attr:`value` came from, in words."""
         if self.source == "trials":
             return "the median over the trials' final models"
-        if _number((self.study or {}).get("recommended_batch_size")) == self.value:
+        if number_or_none((self.study or {}).get("recommended_batch_size")) == self.value:
             return "the batch scripts/noise_scale.py recommended"
         return "the latest estimate of scripts/noise_scale.py"
 
@@ -218,8 +163,8 @@ def _round_samples(value: float) -> str:
 
 
 def _estimate(entry: dict[str, Any]) -> str:
-    value = _number(entry.get("b_simple")) or 0.0
-    se = _number(entry.get("b_simple_se"))
+    value = number_or_none(entry.get("b_simple")) or 0.0
+    se = number_or_none(entry.get("b_simple_se"))
     return _round_samples(value) + (f" \u00b1 {_round_samples(se)}" if se is not None else "")
 
 
@@ -254,7 +199,7 @@ class Folklore:
             return start + " No complete trial yet, so no measured optimum to compare."
         measured = (
             f" Measured optimum: batch {self.optimum} (rule {self.optimum_rule}, median "
-            f"validation accuracy {_pct(self.optimum_median_val)})"
+            f"validation accuracy {format_percent(self.optimum_median_val, 'n/a')})"
         )
         if self.verdict == "inside":
             return start + measured + ", inside the range: the folklore held."
@@ -305,7 +250,7 @@ class ReportData:
     def steps(self) -> int | None:
         """The optimizer steps every trial made under a step budget, from the config."""
         value = self.config.get("steps") if self.step_budget else None
-        return _int(value)
+        return int_or_none(value)
 
     def budget_words(self) -> str | None:
         """``20 epochs`` or ``500 optimizer steps``; ``None`` when the config has neither."""
@@ -324,12 +269,12 @@ class ReportData:
     @property
     def warmup_epochs(self) -> int:
         """Epochs of learning-rate warm-up (config ``warmup_epochs``; 0 = none)."""
-        return _int(self.config.get("warmup_epochs")) or 0
+        return int_or_none(self.config.get("warmup_epochs")) or 0
 
     @property
     def lr_search_width(self) -> float:
         """``F``: the multiplier on the rule's learning rate is searched in [1/F, F] (1 = off)."""
-        return _number(self.config.get("lr_search_width")) or 1.0
+        return number_or_none(self.config.get("lr_search_width")) or 1.0
 
     @property
     def searched_multiplier(self) -> bool:
@@ -437,80 +382,6 @@ def median(values: Iterable[float | None]) -> float | None:
     return statistics.median(finite) if finite else None
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _int(value: Any) -> int | None:
-    number = _number(value)
-    return int(number) if number is not None else None
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
-def trial_record(
-    trial: FrozenTrial,
-    default_rule: str | None = None,
-    metric_names: Sequence[str] | None = None,
-) -> TrialRecord:
-    """Read one trial in the core's record format (user attributes first, then params).
-
-    Args:
-        trial: The trial.
-        default_rule: The scaling rule when the trial records none (the study's fixed rule).
-        metric_names: The study's metric names; a complete trial's values are read by name
-            (``val_accuracy``, and ``train_time_s`` in a two-objective study).
-    """
-    attrs = trial.user_attrs
-    params = trial.params
-    steps = sorted(trial.intermediate_values.items())
-    per_epoch = attrs.get("val_accuracy_per_epoch")
-    if not steps and isinstance(per_epoch, list):  # two objectives: Optuna refuses report()
-        steps = list(enumerate(per_epoch, start=1))
-    curve = tuple((int(step), float(value)) for step, value in steps if _number(value) is not None)
-    names = list(metric_names or ["val_accuracy"])
-    values = dict(zip(names, trial.values or [], strict=False))
-    complete = trial.state == TrialState.COMPLETE
-    val = _number(attrs.get("val_accuracy"))
-    if complete and "val_accuracy" in values:
-        val = _number(values["val_accuracy"])
-    elif complete and trial.values and len(trial.values) == 1:
-        val = _number(trial.values[0])
-    if val is None and curve and not complete:
-        val = curve[-1][1]
-    train_time = _number(attrs.get("train_time_s"))
-    if train_time is None and complete:
-        train_time = _number(values.get("train_time_s"))
-    rule = attrs.get("scaling_rule", params.get("scaling_rule", default_rule))
-    multiplier = _number(attrs.get("lr_multiplier", params.get("lr_multiplier")))
-    return TrialRecord(
-        number=trial.number,
-        state=trial.state.name,
-        batch_size=_int(attrs.get("batch_size", params.get("batch_size"))),
-        scaling_rule=str(rule) if rule is not None else None,
-        lr=_number(attrs.get("lr")),
-        val_accuracy=val,
-        test_accuracy=_number(attrs.get("test_accuracy")),
-        epochs_completed=_int(attrs.get("epochs_completed")) or (curve[-1][0] if curve else None),
-        train_time_s=train_time,
-        samples_per_s=_number(attrs.get("samples_per_s")),
-        peak_memory_bytes=_number(attrs.get("peak_memory_bytes")),
-        memory_source=str(attrs["memory_source"]) if attrs.get("memory_source") else None,
-        micro_batch_size=_int(attrs.get("micro_batch_size")),
-        accumulation_steps=_int(attrs.get("accumulation_steps")),
-        diverged=bool(attrs.get("diverged", False)),
-        curve=curve,
-        optimizer_steps=_int(attrs.get("optimizer_steps")),
-        lr_multiplier=multiplier if multiplier and multiplier > 0 else None,
-        b_simple=_number(attrs.get("b_simple")),
-        b_simple_se=_number(attrs.get("b_simple_se")),
-    )
-
-
 def group_rows(trials: Sequence[TrialRecord]) -> list[GroupRow]:
     """One row per (batch size, rule) pair that any trial used, sorted by batch then rule."""
     keys = sorted(
@@ -546,7 +417,7 @@ def group_rows(trials: Sequence[TrialRecord]) -> list[GroupRow]:
 
 
 def _folklore(task_info: dict[str, Any], groups: Sequence[GroupRow]) -> Folklore | None:
-    train_size = _int(task_info.get("train_size"))
+    train_size = int_or_none(task_info.get("train_size"))
     if train_size is None or train_size < 0:
         return None
     low, high = rule_of_thumb(train_size)
@@ -664,7 +535,7 @@ def _noise_scale(attrs: dict[str, Any], trials: Sequence[TrialRecord]) -> NoiseS
         epochs[-1].get("b_simple") if epochs else None,
         study_ns.get("b_simple"),
     )
-    value = next((v for v in map(_number, candidates) if v is not None and v > 0), None)
+    value = next((v for v in map(number_or_none, candidates) if v is not None and v > 0), None)
     return NoiseScale(value, "study", (), study_ns) if value is not None else None
 
 
@@ -689,7 +560,7 @@ def collect_report_data(study: optuna.Study, *, importances: bool = True) -> Rep
     default_rule = config.get("scaling") if config.get("scaling") != "search" else None
     multi = len(study.directions) > 1
     metric_names = list(study.metric_names or (TWO_OBJECTIVES if multi else ["value"]))
-    trials = [trial_record(t, default_rule, metric_names) for t in study.get_trials(deepcopy=False)]
+    trials = [read_record(t, default_rule, metric_names) for t in study.get_trials(deepcopy=False)]
     counts = {state: sum(t.state == state for t in trials) for state in STATES}
     complete = [t for t in trials if t.state == "COMPLETE" and t.val_accuracy is not None]
     best = None

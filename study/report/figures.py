@@ -25,6 +25,7 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from study.record import read_record
 from study.report.data import ReportData, median
 
 RULE_COLORS = {"linear": "#1f77b4", "sqrt": "#ff7f0e", "none": "#2ca02c"}
@@ -864,11 +865,9 @@ def history_figure(study: optuna.Study, data: ReportData) -> ReportFigure:
 
 
 def _val_accuracy(trial: optuna.trial.FrozenTrial) -> float:
-    """A trial's validation accuracy: the user attribute, else its first objective value."""
-    value = trial.user_attrs.get("val_accuracy")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return float(trial.values[0]) if trial.values else float("nan")
+    """A trial's validation accuracy as its record reads it (NaN where there is none)."""
+    value = read_record(trial).val_accuracy
+    return float("nan") if value is None else value
 
 
 def importance_figure(study: optuna.Study, data: ReportData) -> ReportFigure:

@@ -11,11 +11,11 @@ so the file opens offline. The report
 reads the study and never writes to it; a study still running or with no complete trial gives
 a report that says so.
 
-Example:
-    >>> study = load_study_for_report("sqlite:///storage/batch-size.db", "batch-size")
-    ... # doctest: +SKIP
-    >>> write_report(study, "storage/batch-size-report.html")  # doctest: +SKIP
-    >>> print(render_text_report(study))  # doctest: +SKIP
+Example (not run as a doctest: it needs a study, files or a server)::
+
+    study = load_study_for_report("sqlite:///storage/batch-size.db", "batch-size")
+    write_report(study, "storage/batch-size-report.html")
+    print(render_text_report(study))
 """
 
 from __future__ import annotations
@@ -32,17 +32,17 @@ from plotly.offline import get_plotlyjs
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from study.record import TrialRecord
 from study.report.data import (
     Folklore,
     ReportData,
-    TrialRecord,
     collect_report_data,
     rule_of_thumb,
     study_shape_problem,
 )
 from study.report.figures import ReportFigure, build_figures
 from study.storage import StorageError, open_storage, redact
-from study.units import format_bytes
+from study.units import format_bytes, format_percent
 
 __all__ = [
     "Report",
@@ -182,8 +182,16 @@ def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
     """Open the storage at ``url`` for reading; an SQLite file that does not exist is an error.
 
     Raises:
-        ReportError: malformed URL, missing SQLite file, or a storage that cannot be opened.
+        ReportError: malformed URL, missing SQLite or journal file, or a storage that cannot
+            be opened (never created: a missing file stays missing).
     """
+    if url.startswith("journal:///"):
+        journal = Path(url[len("journal:///") :])
+        if not journal.is_file():
+            raise ReportError(
+                f"no journal file at {journal}: run scripts/run_study.py first, or pass the "
+                "study's --storage (journal:///relative/path.log or journal:////abs/path.log)"
+            )
     path = _sqlite_file(url)
     if path is not None and not path.is_file():
         where = "" if path.parent.is_dir() else f" (folder {path.parent} does not exist)"
@@ -192,7 +200,7 @@ def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
             "--storage sqlite:///PATH/TO/FILE.db"
         )
     try:
-        return open_storage(url, heartbeat_interval=None)
+        return open_storage(url, heartbeat_interval=None, read_only=True)
     except StorageError as exc:
         raise ReportError(str(exc)) from None
 
@@ -241,10 +249,6 @@ def default_report_path(study_name: str) -> Path:
 # --------------------------------------------------------------------------- tables
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 def _lr(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
@@ -255,6 +259,15 @@ def _rate(value: float | None) -> str:
 
 def _mem(value: float | None) -> str:
     return "-" if value is None else format_bytes(value)
+
+
+def epochs_text(t: TrialRecord) -> str:
+    """``4 epochs``, under a step budget ``1.78 passes over the training data``; ``-``."""
+    if t.passes_completed is not None:
+        return f"{t.passes_completed:g} passes over the training data"
+    if t.epochs_completed is None:
+        return "-"
+    return f"{t.epochs_completed} epoch{'s' if t.epochs_completed != 1 else ''}"
 
 
 def _secs(value: float | None) -> str:
@@ -364,9 +377,9 @@ def _best_table(data: ReportData) -> Table:
         ["Batch size", _batch_text(t)],
         ["Scaling rule", t.scaling_rule or "-"],
         ["Learning rate", _lr(t.lr)],
-        [f"Validation accuracy ({data.metric_name})", _pct(t.val_accuracy)],
-        ["Test accuracy", _pct(t.test_accuracy)],
-        ["Epochs", str(t.epochs_completed) if t.epochs_completed is not None else "-"],
+        [f"Validation accuracy ({data.metric_name})", format_percent(t.val_accuracy)],
+        ["Test accuracy", format_percent(t.test_accuracy)],
+        ["Epochs", epochs_text(t)],
         ["Training time", _secs(t.train_time_s)],
         ["Throughput", f"{_rate(t.samples_per_s)} samples/s" if t.samples_per_s else "-"],
         ["Peak memory", _mem(t.peak_memory_bytes)],
@@ -390,8 +403,8 @@ def _front_table(data: ReportData) -> Table:
             _batch_text(t),
             t.scaling_rule or "-",
             _lr(t.lr),
-            _pct(t.val_accuracy),
-            _pct(t.test_accuracy),
+            format_percent(t.val_accuracy),
+            format_percent(t.test_accuracy),
             _secs(t.train_time_s),
         ]
         for t in data.front
@@ -425,7 +438,11 @@ def _groups_table(data: ReportData) -> Table:
     for g in data.groups:
         row = [str(g.batch_size), g.scaling_rule, _lr(g.lr), str(g.complete), str(g.pruned)]
         row += [str(g.failed)] + ([str(g.running)] if running else [])
-        row += [_pct(g.best_val), _pct(g.median_val), _pct(g.median_test)]
+        row += [
+            format_percent(g.best_val),
+            format_percent(g.median_val),
+            format_percent(g.median_test),
+        ]
         if multiplier:
             row += [f"{g.best_multiplier:.3g}" if g.best_multiplier is not None else "-"]
         row += [_rate(g.median_samples_per_s), _mem(g.peak_memory_bytes)]
@@ -464,7 +481,7 @@ def _folklore_table(folklore: Folklore | None) -> Table:
             "-"
             if folklore.optimum is None
             else f"{folklore.optimum} (rule {folklore.optimum_rule}, median val "
-            f"{_pct(folklore.optimum_median_val)})",
+            f"{format_percent(folklore.optimum_median_val)})",
         ],
         ["Verdict", VERDICTS[folklore.verdict]],
     ]
@@ -530,7 +547,7 @@ def _noise_table(data: ReportData) -> Table | None:
 
 
 def _importance_table(data: ReportData) -> Table:
-    rows = [[name, _pct(value)] for name, value in (data.importances or {}).items()]
+    rows = [[name, format_percent(value)] for name, value in (data.importances or {}).items()]
     return Table(
         "importances",
         "Parameter importances",

@@ -20,15 +20,14 @@ from __future__ import annotations
 import re
 
 import optuna
-from optuna_dashboard import save_note
 
-from study.report.html import advice, report_tables
-from study.report.data import ReportData, TrialRecord, collect_report_data
-from study.units import format_bytes
+from study.record import TrialRecord
+from study.report.data import ReportData, collect_report_data
+from study.report.html import advice, epochs_text, report_tables
+from study.units import format_bytes, format_percent
 
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
+#: A missing percentage in the note's sentences and table ("-" would read as a dash).
+NA = "n/a"
 
 
 def _cell(text: object) -> str:
@@ -45,14 +44,14 @@ def _best_sentence(data: ReportData, t: TrialRecord) -> str:
     if t.accumulation_steps and t.accumulation_steps > 1:
         batch += f" ({t.micro_batch_size} x {t.accumulation_steps} accumulated)"
     parts = [
-        f"Trial {t.number}: **{data.metric_name} {_pct(t.val_accuracy)}** "
-        f"(test {_pct(t.test_accuracy)}) at batch size {batch}",
+        f"Trial {t.number}: **{data.metric_name} {format_percent(t.val_accuracy, NA)}** "
+        f"(test {format_percent(t.test_accuracy, NA)}) at batch size {batch}",
         f"rule {t.scaling_rule}, lr {t.lr:.3g}" if t.lr is not None else f"rule {t.scaling_rule}",
     ]
     if t.lr_multiplier is not None:
         parts.append(f"lr multiplier {t.lr_multiplier:.3g}")
-    if t.epochs_completed is not None:
-        parts.append(f"{t.epochs_completed} epochs")
+    if t.epochs_completed is not None or t.passes_completed is not None:
+        parts.append(epochs_text(t))
     if t.optimizer_steps is not None:
         parts.append(f"{t.optimizer_steps:,} optimizer steps")
     if t.train_time_s is not None:
@@ -81,7 +80,8 @@ def _front_lines(data: ReportData) -> list[str]:
         time = f"{t.train_time_s:.1f} s" if t.train_time_s is not None else "-"
         lines.append(
             f"| {t.number} | {t.batch_size} | {_cell(t.scaling_rule)} | {lr} | "
-            f"{_pct(t.val_accuracy)} | {_pct(t.test_accuracy)} | {time} |"
+            f"{format_percent(t.val_accuracy, NA)} | "
+            f"{format_percent(t.test_accuracy, NA)} | {time} |"
         )
     return lines
 
@@ -143,6 +143,8 @@ def write_study_note(study: optuna.Study) -> str:
     Returns:
         The Markdown saved (the dashboard shows it on the study's page).
     """
+    from optuna_dashboard import save_note  # only when a note is written
+
     body = study_note(study)
     save_note(study, body)
     return body

@@ -5,31 +5,41 @@ Every figure says its unit and its budget (epochs per trial) and how many trials
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
+
+from study.record import TrialRecord, read_record
 
 
 def trial_line(trial: FrozenTrial) -> str:
-    """One line for a finished trial: state, batch (and accumulation), rule, LR, results."""
-    a = trial.user_attrs
-    batch = f"batch {a.get('batch_size', trial.params.get('batch_size', '?')):>5}"
-    if a.get("accumulation_steps", 1) > 1:
-        batch += f" ({a['micro_batch_size']}x{a['accumulation_steps']})"
-    parts = [f"trial {trial.number:>3} {trial.state.name.lower():<8}", batch]
-    if "scaling_rule" in a:
-        parts.append(f"{a['scaling_rule']:<6} lr {a['lr']:.2e}")
-    if "val_accuracy" in a:
-        parts.append(f"val {a['val_accuracy']:.4f}")
-    if "test_accuracy" in a:
-        parts.append(f"test {a['test_accuracy']:.4f}")
-    if "optimizer_steps" in a:
-        parts.append(f"{a['optimizer_steps']} steps {a.get('train_time_s', 0):.1f} s")
-    elif "epochs_completed" in a:
-        parts.append(f"{a['epochs_completed']} ep {a.get('train_time_s', 0):.1f} s")
-    if a.get("diverged"):
+    """One line for a finished trial: state, batch (and accumulation), rule, LR, results,
+    and why it stopped early (diverged, out of memory)."""
+    r = read_record(trial)
+    batch = f"batch {r.batch_size if r.batch_size is not None else '?':>5}"
+    if r.accumulation_steps and r.accumulation_steps > 1:
+        batch += f" ({r.micro_batch_size}x{r.accumulation_steps})"
+    parts = [f"trial {r.number:>3} {r.state.lower():<8}", batch]
+    if r.scaling_rule is not None and r.lr is not None:
+        parts.append(f"{r.scaling_rule:<6} lr {r.lr:.2e}")
+    if r.val_accuracy is not None:
+        parts.append(f"val {r.val_accuracy:.4f}")
+    if r.test_accuracy is not None:
+        parts.append(f"test {r.test_accuracy:.4f}")
+    if r.optimizer_steps is not None:
+        parts.append(f"{r.optimizer_steps} steps {r.train_time_s or 0:.1f} s")
+    elif r.epochs_completed is not None:
+        parts.append(f"{r.epochs_completed} ep {r.train_time_s or 0:.1f} s")
+    if r.diverged:
         parts.append("diverged")
+    if r.oom:
+        last = r.oom[-1]
+        if r.state == "PRUNED" and last.micro_batch_size == r.micro_batch_size:
+            parts.append(f"out of memory at micro-batch {last.micro_batch_size}")
+        else:
+            parts.append(f"after {len(r.oom)} out-of-memory attempt(s)")
     return "  ".join(parts)
 
 
@@ -47,26 +57,32 @@ def budget_text(config: dict) -> str:
     return f"{config.get('epochs', '?')} epochs"
 
 
-def _best_line(label: str, t: FrozenTrial) -> str:
-    a = t.user_attrs
-    accumulation = a.get("accumulation_steps", 1)
-    micro = f" ({a['micro_batch_size']}x{accumulation})" if accumulation > 1 else ""
-    multiplier = f" (x{a['lr_multiplier']:.2f})" if "lr_multiplier" in a else ""
+def _best_line(label: str, r: TrialRecord) -> str:
+    micro = ""
+    if r.accumulation_steps and r.accumulation_steps > 1:
+        micro = f" ({r.micro_batch_size}x{r.accumulation_steps})"
+    multiplier = f" (x{r.lr_multiplier:.2f})" if r.lr_multiplier is not None else ""
     return (
-        f"{label}trial {t.number}, batch size {a['batch_size']}{micro}, rule "
-        f"{a['scaling_rule']}, lr {a['lr']:.3g}{multiplier}, val {a['val_accuracy']:.4f}, "
-        f"test {a.get('test_accuracy', float('nan')):.4f}, {a['train_time_s']:.1f} s training"
+        f"{label}trial {r.number}, batch size {r.batch_size}{micro}, rule "
+        f"{r.scaling_rule}, lr {_num(r.lr, '.3g')}{multiplier}, val {_num(r.val_accuracy)}, "
+        f"test {_num(r.test_accuracy)}, {_num(r.train_time_s, '.1f')} s training"
     )
+
+
+def _num(value: float | None, spec: str = ".4f") -> str:
+    return format(math.nan if value is None else value, spec)
 
 
 def summary(study: optuna.Study) -> str:
     """The best trial (or, for accuracy-vs-time studies, the Pareto front) and, per batch
     size, best and median accuracy, time and throughput."""
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    failed = [t for t in trials if t.state == TrialState.FAIL]
     config = study.user_attrs.get("config", {})
+    multi = len(study.directions) > 1
+    names = study.metric_names or (["val_accuracy", "train_time_s"] if multi else None)
+    records = [read_record(t, None, names) for t in study.get_trials(deepcopy=False)]
+    complete = [r for r in records if r.state == "COMPLETE"]
+    pruned = [r for r in records if r.state == "PRUNED"]
+    failed = [r for r in records if r.state == "FAIL"]
     budget = budget_text(config)
     head = (
         f"study {study.study_name!r}: {len(complete)} complete, {len(pruned)} pruned, "
@@ -75,40 +91,42 @@ def summary(study: optuna.Study) -> str:
     if not complete:
         return head + "\nno complete trial yet: nothing to compare."
     lines = [head, ""]
-    if len(study.directions) > 1:
-        front = sorted(study.best_trials, key=lambda t: t.user_attrs["train_time_s"])
+    by_number = {r.number: r for r in records}
+    if multi:
+        front = [by_number[t.number] for t in study.best_trials]
+        front.sort(key=lambda r: (r.train_time_s or math.inf, r.number))
         lines.append(
             f"Pareto front of validation accuracy against training time ({len(front)} trials, "
             "fastest first): no trial on it is both more accurate and faster than another"
         )
-        lines += [_best_line("  ", t) for t in front]
+        lines += [_best_line("  ", r) for r in front]
     else:
-        lines.append(_best_line("best (by validation accuracy): ", study.best_trial))
-    noise = [t.user_attrs["b_simple"] for t in complete if "b_simple" in t.user_attrs]
+        best = by_number[study.best_trial.number]
+        lines.append(_best_line("best (by validation accuracy): ", best))
+    noise = [r.b_simple for r in complete if r.b_simple is not None]
     if noise:
         lines.append(
             f"gradient noise scale B_simple (median over {len(noise)} trials' final models): "
             f"{statistics.median(noise):.0f} samples"
         )
     lines += ["", f"per batch size (complete trials, {budget} each; accuracy as a fraction):"]
-    by_batch: dict[int, list[FrozenTrial]] = {}
-    for t in complete:
-        by_batch.setdefault(t.user_attrs["batch_size"], []).append(t)
-    pruned_by_batch: dict[int, int] = {}
-    for t in pruned:
-        b = t.user_attrs.get("batch_size", t.params.get("batch_size"))
-        pruned_by_batch[b] = pruned_by_batch.get(b, 0) + 1
+    by_batch: dict[int | None, list[TrialRecord]] = {}
+    for r in complete:
+        by_batch.setdefault(r.batch_size, []).append(r)
+    pruned_by_batch: dict[int | None, int] = {}
+    for r in pruned:
+        pruned_by_batch[r.batch_size] = pruned_by_batch.get(r.batch_size, 0) + 1
     rows = []
-    for b in sorted(set(by_batch) | set(pruned_by_batch)):
-        ts = by_batch.get(b, [])
-        val = [t.user_attrs["val_accuracy"] for t in ts]
-        test = [t.user_attrs.get("test_accuracy", float("nan")) for t in ts]
-        time_s = [t.user_attrs["train_time_s"] for t in ts]
-        speed = [t.user_attrs.get("samples_per_s", 0.0) for t in ts]
+    for b in sorted(set(by_batch) | set(pruned_by_batch), key=lambda b: (b is None, b or 0)):
+        rs = by_batch.get(b, [])
+        val = [r.val_accuracy for r in rs if r.val_accuracy is not None]
+        test = [math.nan if r.test_accuracy is None else r.test_accuracy for r in rs]
+        time_s = [r.train_time_s for r in rs if r.train_time_s is not None]
+        speed = [r.samples_per_s or 0.0 for r in rs]
         rows.append(
             [
-                str(b),
-                str(len(ts)),
+                str(b if b is not None else "?"),
+                str(len(rs)),
                 str(pruned_by_batch.get(b, 0)),
                 f"{max(val):.4f}" if val else "-",
                 f"{statistics.median(val):.4f}" if val else "-",

@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server on 127.0.0.1 for tests and benchmarks.
+"""A throwaway PostgreSQL server on 127.0.0.1, for the tests and the storage benchmark.
 
 ``initdb`` in a temporary folder, ``postgres`` on a free port (TCP only, no Unix socket),
 password authentication (scram-sha-256), stopped and deleted afterwards. The server binaries
@@ -6,9 +6,10 @@ are looked up in ``$PG_BIN``, on ``PATH``, through ``pg_config --bindir`` and in
 ``/usr/lib/postgresql/*/bin``. PostgreSQL refuses to run as root: as root the server runs as
 the ``postgres`` user if there is one, else as ``nobody`` (no user is created).
 
-Example:
-    >>> with PostgresServer() as pg:                       # doctest: +SKIP
-    ...     url = pg.create_database("study1")             # a URL with the password in it
+Example (not run as a doctest: it needs a study, files or a server)::
+
+    with PostgresServer() as pg:
+        url = pg.create_database("study1")             # a URL with the password in it
 """
 
 from __future__ import annotations

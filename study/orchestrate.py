@@ -1,13 +1,16 @@
-"""One study run from a validated config: the edge where ``study`` and ``objectives`` meet.
+"""One study run from a validated config: create or resume, probe once, run, publish.
 
-``scripts/run_study.py`` parses flags and calls :func:`run_study`; Python users can call it
-with the same :class:`~study.config.StudyConfig`. With ``workers > 1`` or ``gpus``, the study
-is created here first and then worker processes (``python -m objectives.launch``, see
-:func:`worker_main`) run its trials (see :mod:`study.workers`).
+This module owns a run's path and imports no torch. What trains is handed in as a
+:class:`Backend` (the PyTorch one is :class:`objectives.backend.TorchBackend`): it builds the
+task, measures the memory cap and makes the Optuna objective. With ``workers > 1`` or
+``gpus``, the study is created here first and then worker processes (``python -m
+study.commands worker``, see :func:`worker_main`) run its trials (see :mod:`study.workers`).
 
-Example:
-    >>> from study.config import StudyConfig
-    >>> run_study(StudyConfig(trials=5, epochs=2, max_batch_size=64).validate())  # doctest: +SKIP
+Example (not run as a doctest: it needs a study, files or a server)::
+
+    from objectives.backend import TorchBackend
+    run_study(StudyConfig(trials=5, epochs=2, max_batch_size=64).validate(),
+              TorchBackend())
 """
 
 from __future__ import annotations
@@ -18,30 +21,55 @@ import json
 import os
 import signal
 import sys
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any, Protocol, TextIO
 
 import optuna
-import torch
-from sqlalchemy.engine import make_url
-from tqdm import tqdm
 
-from objectives.checkpoint import CheckpointStore, first_attempt
-from objectives.models import ModelError
-from objectives.objective import BatchSizeObjective
-from objectives.tasks import Task, TaskError, load_task
 from study.budget import Tally, reap
 from study.config import ConfigError, StudyConfig
 from study.locks import NoLock, storage_lock
+from study.report.summary import budget_text, summary, trial_line
 from study.runner import create_or_resume, finished_count, run_trials, trial_sampler
 from study.scaling import resolve_rule
 from study.space import BatchSpace, SpaceError, build_space
 from study.storage import JOURNAL_PREFIX, StorageError, open_storage, redact
-from study.report.summary import budget_text, summary, trial_line
 from study.workers import EXIT_INTERRUPTED, EXIT_USAGE, WorkerPool, describe_exit, plan_workers
 
-#: Errors a user causes with flags or inputs: one line and exit code 2.
-USER_ERRORS = (ConfigError, StorageError, TaskError, ModelError, SpaceError)
-REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Errors of the Optuna side that a user causes with flags or inputs: one line and exit 2.
+STUDY_ERRORS: tuple[type[Exception], ...] = (ConfigError, StorageError, SpaceError)
+
+
+class Backend(Protocol):
+    """What trains: the task, the hardware cap and the objective (see ``TorchBackend``)."""
+
+    #: Errors the backend raises for a user's mistake (bad task, model, device).
+    user_errors: tuple[type[Exception], ...]
+
+    def device(self, config: StudyConfig) -> str:
+        """Where this process trains or probes (``cpu``, ``cuda:N``), checked."""
+
+    def worker_device(self, config: StudyConfig) -> str:
+        """Where a worker process trains (with ``gpus``: its one visible GPU)."""
+
+    def build_task(self, config: StudyConfig) -> Any:
+        """The task the config names (with ``info`` and a sized ``train`` split)."""
+
+    def memory_cap(self, config: StudyConfig, task: Any, device: str) -> tuple[int, str, dict]:
+        """The largest micro-batch that fits, where it came from, and attributes to store."""
+
+    def objective(
+        self,
+        config: StudyConfig,
+        task: Any,
+        space: BatchSpace,
+        device: str,
+        log: Callable[[str], None],
+    ) -> Callable[[optuna.Trial], Any]:
+        """The Optuna objective of one process."""
+
+    def tidy(self, config: StudyConfig, study: optuna.Study) -> None:
+        """Drop what no unfinished trial needs any more (checkpoints)."""
 
 
 class WorkersError(RuntimeError):
@@ -52,57 +80,19 @@ class WorkersError(RuntimeError):
         self.code = code
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` becomes ``cuda`` when a GPU is there, else ``cpu``; others are checked."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
-    return device
-
-
-def build_task(config: StudyConfig) -> Task:
-    """The task the config names, built with its model settings.
-
-    Any object with the same field names works, such as the namespace of a script that
-    declared its flags with :func:`study.cli.add_task_arguments`.
-    """
-    return load_task(
-        config.task,
-        model=config.model,
-        hidden=tuple(config.hidden),
-        seed=config.seed,
-        synthetic_samples=config.synthetic_samples,
-        synthetic_features=config.synthetic_features,
-        synthetic_classes=config.synthetic_classes,
-        data_dir=config.data_dir,
-        download=getattr(config, "download", False),
-    )
-
-
-def plan_space(config: StudyConfig, task: Task, device: str) -> tuple[BatchSpace, dict]:
+def plan_space(
+    config: StudyConfig, task: Any, device: str, backend: Backend
+) -> tuple[BatchSpace, dict]:
     """The batch-size space of a new study, and the attributes recorded with it.
 
-    The memory cap is ``--max-batch-size`` when given, else the hardware probe's cap.
+    The memory cap is ``--max-batch-size`` when given, else the backend's hardware probe.
     """
     extra: dict = {"task_info": task.info}
     if config.max_batch_size is not None:
         cap, source = config.max_batch_size, "--max-batch-size"
     else:
-        from objectives.probe import probe_batch_size
-
-        result = probe_batch_size(
-            task,
-            optimizer=config.optimizer,
-            device=device,
-            memory_budget=config.memory_budget,
-            memory_margin=config.memory_margin,
-            min_batch_size=config.min_batch_size,
-            precision=config.precision,  # the trials' settings, so the cap holds for them
-            compile=config.compile,
-        )
-        extra["probe"] = result.to_dict()
-        cap, source = result.max_batch_size, f"probe ({device})"
+        cap, source, probed = backend.memory_cap(config, task, device)
+        extra.update(probed)
     space = build_space(
         config.min_batch_size,
         cap,
@@ -114,80 +104,40 @@ def plan_space(config: StudyConfig, task: Task, device: str) -> tuple[BatchSpace
     return space, extra
 
 
-def parent_device(config: StudyConfig) -> str:
-    """Where this process trains or probes: with ``--gpus``, the first listed GPU."""
-    if not config.gpus:
-        return resolve_device(config.device)
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            f"--gpus {','.join(config.gpus)}: no CUDA GPU is visible; use --workers N on the CPU"
-        )
-    first = config.gpus[0]
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
-    if first in visible:
-        return resolve_device(f"cuda:{visible.index(first)}")
-    count = torch.cuda.device_count()
-    missing = [g for g in config.gpus if g.isdigit() and int(g) >= count]
-    if missing and "CUDA_VISIBLE_DEVICES" not in os.environ:
-        raise ConfigError(
-            f"--gpus {','.join(config.gpus)}: this machine has {count} GPU(s), "
-            f"ids 0-{count - 1}; drop {','.join(missing)}"
-        )
-    return resolve_device(f"cuda:{first}" if first.isdigit() else "cuda")
-
-
-def checkpoint_store(config: StudyConfig) -> CheckpointStore | None:
-    """Where the study's trials checkpoint each epoch (``None`` with ``--checkpoint-dir none``).
-
-    Default: ``checkpoints/<study>`` next to an SQLite or journal file, else
-    ``storage/checkpoints/<study>`` (workers on several machines need ``--checkpoint-dir``
-    on a filesystem they share).
-    """
-    if config.checkpoint_dir is not None:
-        if config.checkpoint_dir.lower() == "none":
-            return None
-        return CheckpointStore(Path(config.checkpoint_dir) / config.study_name)
-    url = config.storage or ""
-    base = Path("storage")
-    if url.startswith(JOURNAL_PREFIX):
-        base = Path(url[len(JOURNAL_PREFIX) :]).parent
-    elif url.startswith("sqlite"):
-        base = Path(make_url(url).database or "storage/x.db").parent
-    return CheckpointStore(base / "checkpoints" / config.study_name)
-
-
-def run_study(config: StudyConfig, out=sys.stdout) -> optuna.Study:
+def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) -> optuna.Study:
     """Create or resume the study of ``config`` and run trials until its budget is spent.
 
     With ``config.workers > 1`` or ``config.gpus``, worker processes run the trials; this
     process creates the study before they start, fails the trials of workers that die, and
     prints the summary when they are done.
 
+    Args:
+        config: The validated settings (never changed here).
+        backend: What trains (``objectives.backend.TorchBackend()``).
+        out: Where progress and the summary go (default: standard output).
+
     Raises:
         KeyboardInterrupt: on Ctrl-C, after the running trials are marked FAIL.
-        One of :data:`USER_ERRORS` for bad settings, storage or task.
+        One of :data:`STUDY_ERRORS` or ``backend.user_errors`` for bad settings, storage or
+        task.
         WorkersError: every worker ended before the budget was spent.
     """
+    out = out or sys.stdout
     if config.multi_objective and config.pruner != "none":
         print(
             f"note: --objectives {','.join(config.objectives)} makes the study multi-objective, "
             "and Optuna cannot prune multi-objective trials: pruning is off (--pruner none)",
             file=out,
         )
-        config.pruner = "none"
-    device = parent_device(config)
-    if config.precision == "fp16" and not device.startswith("cuda"):
-        raise ConfigError(
-            f"--precision fp16 needs a CUDA GPU and this run trains on {device}: "
-            "use --precision bf16 or fp32"
-        )
+        config = dataclasses.replace(config, pruner="none")
+    device = backend.device(config)
     storage = open_storage(config.storage, config.heartbeat_interval, config.grace_period)
     lock = storage_lock(config.storage)
-    built: list[Task] = []
+    built: list[Any] = []
 
     def make_space() -> tuple[BatchSpace, dict]:
-        built.append(build_task(config))
-        return plan_space(config, built[0], device)
+        built.append(backend.build_task(config))
+        return plan_space(config, built[0], device, backend)
 
     study, space, created = create_or_resume(config, storage, make_space, lock)
     where = redact(config.storage)
@@ -197,39 +147,29 @@ def run_study(config: StudyConfig, out=sys.stdout) -> optuna.Study:
         f"(memory cap {space.memory_cap} from {space.cap_source}), "
         f"rules {space.scaling_rules}, {budget_text(config.to_dict())} per trial",
         file=out,
+        flush=True,
     )
     done = finished_count(study)
-    checkpoints = checkpoint_store(config)
     if done < config.trials and (config.workers > 1 or config.gpus):
         built.clear()  # the workers load the task themselves
         _run_workers(config, study, lock, out)
     elif done < config.trials:
-        task = built[0] if built else build_task(config)
-        objective = BatchSizeObjective(task, config, space, device, checkpoints)
-        with tqdm(total=config.trials, initial=done, unit="trial", file=sys.stderr) as bar:
+        task = built[0] if built else backend.build_task(config)
 
-            def on_trial(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-                bar.write(trial_line(trial), file=out)
-                if trial.state in (
-                    optuna.trial.TrialState.COMPLETE,
-                    optuna.trial.TrialState.PRUNED,
-                ):
-                    bar.update(1)
+        def log(line: str) -> None:
+            print(line, file=out, flush=True)
 
+        objective = backend.objective(config, task, space, device, log)
+        with _Progress(config.trials, done, out) as progress:
             run_trials(
                 study,
                 objective,
                 config.trials,
-                on_trial=on_trial,
+                on_trial=progress.on_trial,
                 lock=lock,
                 sampler_for=trial_sampler(config, space),
             )
-    if checkpoints is not None:  # keep only what a RUNNING or WAITING retry may resume
-        unfinished = study.get_trials(
-            deepcopy=False,
-            states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING),
-        )
-        checkpoints.keep_only({first_attempt(t) for t in unfinished})
+    backend.tidy(config, study)
     lock.close()
     if created or done < config.trials:  # a rerun of a finished study changes nothing
         _publish(study, config, out)
@@ -243,7 +183,42 @@ def run_study(config: StudyConfig, out=sys.stdout) -> optuna.Study:
     return study
 
 
-def _publish(study: optuna.Study, config: StudyConfig, out) -> None:
+class _Progress:
+    """A trial's line as it finishes; a progress bar too, but only on a terminal.
+
+    Redirected output (a log file, CI) gets plain lines with the count instead of a bar's
+    carriage-return frames.
+    """
+
+    def __init__(self, total: int, done: int, out: TextIO) -> None:
+        self.total, self.done, self.out = total, done, out
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="trial", file=sys.stderr)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def on_trial(self, _study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        finished = trial.state in (
+            optuna.trial.TrialState.COMPLETE,
+            optuna.trial.TrialState.PRUNED,
+        )
+        self.done += int(finished)
+        if self.bar is not None:
+            self.bar.write(trial_line(trial), file=self.out)
+            self.bar.update(int(finished))
+        else:
+            print(f"[{self.done}/{self.total}] {trial_line(trial)}", file=self.out, flush=True)
+
+
+def _publish(study: optuna.Study, config: StudyConfig, out: TextIO) -> None:
     """Update the study's dashboard note and attach the HTML report as study artifacts."""
     from study.report.dashboard import attach_report
     from study.report.note import write_study_note
@@ -260,7 +235,11 @@ def _publish(study: optuna.Study, config: StudyConfig, out) -> None:
         print(f"warning: writing the note or the report failed ({exc})", file=sys.stderr)
 
 
-def _run_workers(config: StudyConfig, study: optuna.Study, lock, out) -> None:
+#: The command that starts one worker process (it reads its settings on stdin).
+WORKER_COMMAND = [sys.executable, "-m", "study.commands", "worker"]
+
+
+def _run_workers(config: StudyConfig, study: optuna.Study, lock, out: TextIO) -> None:
     """Run the study's trials in worker processes; return when they are all done."""
     specs = plan_workers(config.workers, config.gpus, config.workers_per_gpu)
     if isinstance(lock, NoLock):
@@ -275,11 +254,7 @@ def _run_workers(config: StudyConfig, study: optuna.Study, lock, out) -> None:
         file=out,
         flush=True,
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    pool = WorkerPool(
-        [sys.executable, "-m", "objectives.launch"], specs, config_to_json(config), env
-    )
+    pool = WorkerPool(WORKER_COMMAND, specs, config_to_json(config), dict(os.environ))
     pool.start()
 
     def tick() -> None:  # fail the trials of dead workers so that the others retry them
@@ -318,14 +293,14 @@ def config_from_json(text: str) -> StudyConfig:
     return StudyConfig(**data).validate()
 
 
-def worker_main(argv: list[str] | None = None) -> int:
+def worker_main(backend: Backend, argv: list[str] | None = None) -> int:
     """A worker process: claim and run the study's trials until its budget is spent.
 
     Reads its settings from stdin (:func:`config_to_json`); the study must exist. Prints
     one line per trial. Exit codes: 0 done, 2 bad settings/storage/task, 130 interrupted
     (SIGINT or SIGTERM: the running trial is marked FAIL first).
     """
-    parser = argparse.ArgumentParser(prog="python -m objectives.launch")
+    parser = argparse.ArgumentParser(prog="python -m study.commands worker")
     parser.add_argument("--worker-index", type=int, required=True)
     args = parser.parse_args(argv)
     name = os.environ.get("BATCHSIZE_WORKER", f"w{args.worker_index}")
@@ -340,13 +315,15 @@ def worker_main(argv: list[str] | None = None) -> int:
             raise StorageError(f"study {config.study_name!r} does not exist; workers only join")
 
         study, space, _ = create_or_resume(config, storage, no_new_study, lock)
-        device = resolve_device("cuda" if config.gpus else config.device)  # no silent CPU
-        objective = BatchSizeObjective(
-            build_task(config), config, space, device, checkpoint_store(config)
-        )
+        device = backend.worker_device(config)
+
+        def log(line: str) -> None:
+            print(f"{line}  [{name}]", flush=True)
+
+        objective = backend.objective(config, backend.build_task(config), space, device, log)
 
         def on_trial(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            print(f"{trial_line(trial)}  [{name}]", flush=True)
+            log(trial_line(trial))
 
         run_trials(
             study,
@@ -356,13 +333,9 @@ def worker_main(argv: list[str] | None = None) -> int:
             lock=lock,
             sampler_for=trial_sampler(config, space),
         )
-    except USER_ERRORS as exc:
+    except STUDY_ERRORS + backend.user_errors as exc:
         print(f"error: [{name}] {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main())

@@ -1,0 +1,601 @@
+"""The command line: ``batchsize-study run|probe|report|dashboard|noise-scale``.
+
+Each command is also a script in ``scripts/`` (``python scripts/run_study.py`` is ``batchsize-study
+run``) with the same flags. This module is the edge where the two sides meet: it parses flags,
+hands the PyTorch backend (:class:`objectives.backend.TorchBackend`) to the torch-free
+orchestrator, and prints. Only the commands that train import torch, and only when they run.
+
+Example:
+    >>> main(["--help"])  # doctest: +ELLIPSIS
+    usage: batchsize-study COMMAND [FLAGS]
+    ...
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import functools
+import json
+import math
+import signal
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from study import safety
+from study.cli import (
+    STORAGE_HELP,
+    OneLineParser,
+    add_task_arguments,
+    byte_size,
+    fail,
+    parse_config,
+    port_number,
+    seed_value,
+)
+from study.config import OPTIMIZERS, PRECISIONS, ConfigError, StudyConfig
+
+#: Exit code of a user's mistake (a bad flag, storage, study or task).
+USER_ERROR_EXIT = 2
+#: Exit code of an unexpected internal error (a bug: the traceback goes to a log file).
+INTERNAL_ERROR_EXIT = 1
+#: Exit code after Ctrl-C (or SIGTERM during a run).
+INTERRUPTED_EXIT = 130
+#: OS errors that are the machine's state rather than a bug: one line, exit 2.
+ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE}
+)
+
+
+def guarded(command: Callable[..., int]) -> Callable[..., int]:
+    """Run ``command`` so that nothing ends in a traceback.
+
+    A full disk or a permission problem is one line and exit code 2; Ctrl-C is one line and
+    130; any other unexpected exception is an internal error: one line naming the log file
+    that holds the traceback (secrets scrubbed), exit code 1.
+    """
+
+    @functools.wraps(command)
+    def wrapper(argv: list[str] | None = None, prog: str | None = None) -> int:
+        prog = prog or command.__defaults__[-1]
+        args = list(sys.argv[1:] if argv is None else argv)
+        try:
+            return command(args, prog=prog)
+        except SystemExit:
+            raise
+        except KeyboardInterrupt:
+            print(f"\n{prog}: interrupted", file=sys.stderr)
+            return INTERRUPTED_EXIT
+        except OSError as exc:
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                return safety.internal_error(prog, exc, args)
+            where = f" ({exc.filename})" if exc.filename else ""
+            text = safety.scrub(f"{exc.strerror}{where}", safety.urls_in(args))
+            print(
+                f"{prog}: error: {text}: free some space or fix the permissions, then run the "
+                "same command again",
+                file=sys.stderr,
+            )
+            return USER_ERROR_EXIT
+        except Exception as exc:
+            return safety.internal_error(prog, exc, args)
+
+    return wrapper
+
+
+def _usage_error(prog: str, message: str) -> NoReturn:
+    """One line ``prog: error: message`` on stderr, exit code 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(USER_ERROR_EXIT)
+
+
+def _check_folder(flag: str, folder: str | Path | None, prog: str) -> None:
+    problem = None if folder is None else safety.folder_problem(flag, folder)
+    if problem:
+        _usage_error(prog, problem)
+
+
+def _task_config(args: argparse.Namespace, prog: str, **extra) -> StudyConfig:
+    """The task, model and device flags of a script checked as a run would check them."""
+    fields = ("task", "model", "hidden", "synthetic_samples", "synthetic_features")
+    fields += ("synthetic_classes", "data_dir", "device", "optimizer", "seed")
+    values = {name: getattr(args, name) for name in fields}
+    try:
+        return StudyConfig(**values, **extra).validate()
+    except ConfigError as exc:
+        _usage_error(prog, str(exc))
+
+
+def _device(config: StudyConfig, prog: str) -> str:
+    from objectives.backend import resolve_device
+
+    try:
+        return resolve_device(config.device)
+    except ConfigError as exc:
+        _usage_error(prog, str(exc))
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@guarded
+def run(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
+    """Run (or resume) a study: ``python scripts/run_study.py --trials 50``.
+
+    Every folder the run will write is checked first; when the run fails before it stores a
+    study, the storage file, lock and folders it created are removed again.
+    """
+    config = parse_config(argv, prog=prog)
+    from objectives.backend import TorchBackend, checkpoint_folder
+
+    if config.checkpoint_dir is not None:
+        if config.checkpoint_dir.lower() != "none":
+            _check_folder("--checkpoint-dir", config.checkpoint_dir, prog)
+    else:  # the default, next to the storage file (whose own problems are reported first)
+        storage_file = safety.storage_file(config.storage)
+        if storage_file is None or not safety.folder_problem("", storage_file.parent):
+            _check_folder("the default --checkpoint-dir", checkpoint_folder(config), prog)
+    if config.artifact_dir.lower() != "none":
+        _check_folder("--artifact-dir", config.artifact_dir, prog)
+    _check_folder("--data-dir", config.data_dir, prog)
+    _quiet_optuna()
+    from study.orchestrate import STUDY_ERRORS, WorkersError, run_study
+
+    backend = TorchBackend()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # e.g. Kubernetes: stop cleanly
+    leftovers = safety.Leftovers.before(config.storage)
+    try:
+        run_study(config, backend)
+    except STUDY_ERRORS + backend.user_errors as exc:
+        leftovers.remove()
+        fail(safety.scrub(str(exc), [config.storage]))
+    except WorkersError as exc:
+        fail(safety.scrub(str(exc), [config.storage]), exc.code)
+    except KeyboardInterrupt:
+        leftovers.remove()
+        print(
+            "\ninterrupted: finished trials are stored; run the same command again to continue",
+            file=sys.stderr,
+        )
+        return INTERRUPTED_EXIT
+    except BaseException:
+        leftovers.remove()
+        raise
+    return 0
+
+
+def worker(argv: list[str] | None = None) -> int:
+    """One worker process of a study (started by ``run`` with ``--workers``/``--gpus``)."""
+    from objectives.backend import TorchBackend
+    from study.orchestrate import worker_main
+
+    return worker_main(TorchBackend(), argv)
+
+
+def probe_parser(prog: str = "probe.py") -> argparse.ArgumentParser:
+    """The flags of the hardware probe."""
+    parser = OneLineParser(
+        prog=prog,
+        description="Find the largest batch size whose training step fits in memory, and the "
+        "throughput of every power of two up to it.",
+    )
+    add_task_arguments(parser, StudyConfig(model="mlp"))
+    parser.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="the trials' autocast (fp16 needs CUDA)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="probe through torch.compile, as trials would"
+    )
+    parser.add_argument(
+        "--memory-budget",
+        type=byte_size,
+        help="bytes one training step may use, e.g. 6GiB, 512MiB or 1048576 "
+        "(default: the device's free memory less --memory-margin)",
+    )
+    parser.add_argument(
+        "--memory-margin",
+        type=float,
+        default=None,
+        help="fraction of the free memory left unused when no --memory-budget is given "
+        "(default 0.1)",
+    )
+    parser.add_argument("--min-batch-size", type=int, default=1)
+    parser.add_argument("--max-batch-size", type=int, default=None)
+    parser.add_argument("--timed-steps", type=int, default=3, help="fewest timed steps per size")
+    parser.add_argument("--seed", type=seed_value, default=0)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def _check_probe_flags(args: argparse.Namespace, prog: str) -> None:
+    if args.memory_budget is not None and args.memory_margin is not None:
+        _usage_error(
+            prog,
+            "--memory-margin applies to the detected free memory; with --memory-budget give "
+            "the budget you want the step to fit",
+        )
+    if args.min_batch_size < 1:
+        _usage_error(prog, f"--min-batch-size {args.min_batch_size} must be at least 1")
+    if args.max_batch_size is not None and args.max_batch_size < args.min_batch_size:
+        _usage_error(
+            prog,
+            f"--max-batch-size {args.max_batch_size} must be at least --min-batch-size "
+            f"{args.min_batch_size}",
+        )
+    if args.timed_steps < 1:
+        _usage_error(prog, f"--timed-steps {args.timed_steps} must be at least 1")
+    if args.memory_budget is not None and args.memory_budget <= 0:
+        _usage_error(prog, f"--memory-budget {args.memory_budget} must be positive, e.g. 6GiB")
+    if args.memory_margin is not None and not 0 <= args.memory_margin < 1:
+        _usage_error(prog, f"--memory-margin {args.memory_margin}: use a fraction in [0, 1)")
+
+
+@guarded
+def probe(argv: list[str] | None = None, prog: str = "probe.py") -> int:
+    """Probe the hardware: the largest batch whose training step fits, and its speed."""
+    args = probe_parser(prog).parse_args(argv)
+    _check_probe_flags(args, prog)
+    config = _task_config(args, prog, precision=args.precision)
+    device = _device(config, prog)
+    from objectives.backend import TorchBackend, build_task
+    from objectives.probe import log_to_stderr, probe_batch_size
+
+    try:
+        task = build_task(config)
+        if args.min_batch_size > len(task.train):
+            _usage_error(
+                prog,
+                f"--min-batch-size {args.min_batch_size} is larger than the training set "
+                f"({len(task.train)} samples): use a smaller --min-batch-size",
+            )
+        result = probe_batch_size(
+            task,
+            optimizer=args.optimizer,
+            device=device,
+            memory_budget=args.memory_budget,
+            memory_margin=0.1 if args.memory_margin is None else args.memory_margin,
+            min_batch_size=args.min_batch_size,
+            max_batch_size=args.max_batch_size,
+            precision=args.precision,
+            compile=args.compile,
+            timed_steps=args.timed_steps,
+            seed=args.seed,
+            log=log_to_stderr if sys.stderr.isatty() else None,  # redirected: errors only
+        )
+    except TorchBackend.user_errors + (ValueError,) as exc:  # ProbeError, TaskError, ...
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.format_table())
+    return 0
+
+
+def report_parser(prog: str = "report.py") -> argparse.ArgumentParser:
+    """The report's flags."""
+    from study.report.html import DEFAULT_STORAGE, DEFAULT_STUDY_NAME
+
+    parser = OneLineParser(
+        prog=prog,
+        description="Write the report of a batch-size study (HTML, or text tables).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=STORAGE_HELP)
+    parser.add_argument("--study-name", default=DEFAULT_STUDY_NAME, help="study in the storage")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="HTML file to write (default: storage/<study-name>-report.html); with "
+        "--format text, a text file instead of the terminal",
+    )
+    parser.add_argument("--format", choices=("html", "text"), default="html")
+    return parser
+
+
+@guarded
+def report(argv: list[str] | None = None, prog: str = "report.py") -> int:
+    """Write a study's report (HTML, or the same tables as text); never creates a study."""
+    args = report_parser(prog).parse_args(argv)
+    _quiet_optuna()
+    from study.report.html import (
+        ReportError,
+        build_report,
+        default_report_path,
+        load_study_for_report,
+        render_text_report,
+        write_report,
+    )
+
+    try:
+        study = load_study_for_report(args.storage, args.study_name)
+        if args.format == "text":
+            text = render_text_report(build_report(study, storage_url=args.storage, figures=False))
+            if args.out is None:
+                sys.stdout.write(text)
+                return 0
+            path = Path(args.out)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise ReportError(f"--out {path}: cannot write ({exc.strerror})") from None
+            print(f"wrote {path}")
+            return 0
+        out = Path(args.out) if args.out else default_report_path(args.study_name)
+        path, built = write_report(study, out, storage_url=args.storage)
+    except ReportError as exc:
+        print(f"{prog}: error: {safety.scrub(str(exc), [args.storage])}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    size_mb = path.stat().st_size / 1e6
+    print(
+        f"wrote {path} ({len(built.drawn)} figures, {size_mb:.1f} MB, opens offline); "
+        f"{built.data.state_summary()}"
+    )
+    status = built.data.status_sentence()
+    if status:
+        print(status)
+    return 0
+
+
+def dashboard_parser(prog: str = "dashboard.py") -> argparse.ArgumentParser:
+    """The dashboard's flags."""
+    from study.report.html import DEFAULT_STORAGE
+
+    parser = OneLineParser(
+        prog=prog,
+        description="Serve optuna-dashboard on a batch-size study, with its report artifacts.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=STORAGE_HELP)
+    parser.add_argument(
+        "--artifact-dir",
+        default="storage/artifacts",
+        help="folder of the report artifacts ('none' = off, as in run_study.py)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (this machine only)")
+    parser.add_argument(
+        "--port", type=port_number, default=8080, help="port (1-65535); 0 picks a free one"
+    )
+    parser.add_argument("--verbose", action="store_true", help="log every request on stderr")
+    return parser
+
+
+@guarded
+def dashboard(argv: list[str] | None = None, prog: str = "dashboard.py") -> int:
+    """Serve optuna-dashboard on an existing study, bound to 127.0.0.1, with its artifacts."""
+    args = dashboard_parser(prog).parse_args(argv)
+    artifact_dir = None if args.artifact_dir.lower() == "none" else args.artifact_dir
+    _check_folder("--artifact-dir", artifact_dir, prog)
+    _quiet_optuna()
+    from study.report.dashboard import make_dashboard_server
+    from study.report.html import ReportError, open_existing_storage
+    from study.storage import redact
+
+    try:
+        storage = open_existing_storage(args.storage)
+    except ReportError as exc:
+        print(f"{prog}: error: {safety.scrub(str(exc), [args.storage])}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    if artifact_dir is not None:
+        try:
+            Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _usage_error(prog, f"--artifact-dir {artifact_dir}: cannot create it ({exc.strerror})")
+    try:
+        server = make_dashboard_server(
+            storage,
+            artifact_dir=artifact_dir,
+            host=args.host,
+            port=args.port,
+            quiet=not args.verbose,
+        )
+    except OSError as exc:
+        print(
+            f"{prog}: error: cannot listen on {args.host}:{args.port} ({exc.strerror}); "
+            "pass another --port, or --port 0 for a free one",
+            file=sys.stderr,
+        )
+        return USER_ERROR_EXIT
+    host, port = server.server_address[:2]
+    print(
+        f"optuna-dashboard on http://{host}:{port}/dashboard/ (storage {redact(args.storage)}, "
+        f"artifacts {artifact_dir or 'off'}); Ctrl-C to stop",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def noise_scale_parser(prog: str = "noise_scale.py") -> argparse.ArgumentParser:
+    """The flags of the gradient-noise-scale estimate."""
+    p = OneLineParser(
+        prog=prog,
+        description="Estimate the gradient noise scale B_simple of a task, and the batch sizes "
+        "it recommends.",
+    )
+    add_task_arguments(p, StudyConfig(model="mlp"))
+    p.add_argument(
+        "--epochs", type=int, default=3, help="epochs of training after the first estimate"
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="batch size of that training")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of that training")
+    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    p.add_argument("--b-small", type=int, default=8, help="small batch of the estimator")
+    p.add_argument("--b-big", type=int, default=128, help="big batch, a multiple of --b-small")
+    p.add_argument("--repeats", type=int, default=16, help="big batches per estimate")
+    p.add_argument("--seed", type=seed_value, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def _check_noise_flags(args: argparse.Namespace, prog: str) -> None:
+    for flag, value, least in (
+        ("--epochs", args.epochs, 0),
+        ("--batch-size", args.batch_size, 1),
+        ("--b-small", args.b_small, 1),
+        ("--repeats", args.repeats, 2),
+    ):
+        if value < least:
+            _usage_error(prog, f"{flag} {value} must be at least {least}")
+    if args.b_big <= args.b_small or args.b_big % args.b_small:
+        _usage_error(
+            prog,
+            f"--b-big {args.b_big} must be a multiple of --b-small {args.b_small} above it, "
+            f"e.g. {args.b_small * 16}",
+        )
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        _usage_error(prog, f"--lr {args.lr} must be a positive number, e.g. 1e-3")
+
+
+def _diverged(model_box: list, task, start_loss: list) -> str | None:
+    """Why the trained model counts as diverged (loss not finite or far above its start)."""
+    if not model_box or not start_loss:
+        return None
+    from objectives.backend import training_loss
+
+    end = training_loss(model_box[0], task.train)
+    start = start_loss[0]
+    if math.isfinite(end) and (not math.isfinite(start) or end <= 2 * start + 1):
+        return None
+    return f"the training loss went from {start:.3g} to {end:.3g}"
+
+
+@guarded
+def noise_scale(argv: list[str] | None = None, prog: str = "noise_scale.py") -> int:
+    """Estimate B_simple during a short training run and print the batch sizes it suggests.
+
+    A model that diverged (loss not finite, or far above its start; e.g. ``--lr 1e6``) gives
+    meaningless estimates: the command says so on stderr instead of recommending silently.
+    """
+    args = noise_scale_parser(prog).parse_args(argv)
+    _check_noise_flags(args, prog)
+    config = _task_config(args, prog)
+    device = _device(config, prog)
+    from objectives.backend import TorchBackend, build_task, training_loss
+    from objectives.noise import noise_scale_over_training
+
+    model_box: list = []
+    start_loss: list[float] = []
+    try:
+        task = build_task(config)
+        build_model = task.build_model
+
+        def watched_build_model():  # keep the trained model, to check it did not diverge
+            model = build_model()
+            model_box.append(model)
+            start_loss.append(training_loss(model, task.train))
+            return model
+
+        task.build_model = watched_build_model
+        if 2 * args.b_small > len(task.train):
+            _usage_error(
+                prog,
+                f"--b-small {args.b_small} needs at least twice as many training samples "
+                f"(the training set has {len(task.train)}): use a smaller --b-small",
+            )
+        result = noise_scale_over_training(
+            task,
+            args.epochs,
+            args.batch_size,
+            args.lr,
+            args.optimizer,
+            args.b_small,
+            args.b_big,
+            args.repeats,
+            args.seed,
+            device,
+        )
+    except TorchBackend.user_errors + (ValueError,) as exc:
+        fail(str(exc))
+    diverged = _diverged(model_box, task, start_loss)
+    if diverged:
+        result["diverged"] = diverged
+        print(
+            f"warning: the model diverged during training ({diverged}), so these estimates "
+            "and the recommended batch size are meaningless: lower --lr (e.g. 1e-3)",
+            file=sys.stderr,
+        )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    m = result["measured_with"]
+    print(
+        f"gradient noise scale of {args.task} ({m['train_size']} training samples), from "
+        f"gradient norms at batches {m['b_small']} and {m['b_big']}, {m['repeats']} repeats "
+        f"each; training between estimates: batch {m['train_batch_size']}, lr {m['lr']}, "
+        f"{m['optimizer']}"
+    )
+    print(
+        f"{'epoch':>5} {'B_simple (samples)':>19} {'+/- s.e.':>9} {'tr(Sigma)':>11} {'|G|^2':>11}"
+    )
+    for e in result["per_epoch"]:
+        print(
+            f"{e['epoch']:>5} {e['b_simple']:>19.1f} {e['b_simple_se']:>9.1f} "
+            f"{e['trace_sigma']:>11.4g} {e['grad_norm_sq']:>11.4g}"
+        )
+    low, high = result["recommended_range"]
+    print(
+        f"recommended batch size: {result['recommended_batch_size']} (range {low}-{high}: "
+        "below B_simple doubling the batch nearly halves the steps; above it, it mostly "
+        "wastes compute)"
+    )
+    return 0
+
+
+#: The console command's subcommands: name -> (function, one-line help).
+COMMANDS: dict[str, tuple[Callable[..., int], str]] = {
+    "run": (run, "run or resume a study (scripts/run_study.py)"),
+    "probe": (probe, "measure the largest batch that fits, and its speed (scripts/probe.py)"),
+    "report": (report, "write a study's HTML or text report (scripts/report.py)"),
+    "dashboard": (dashboard, "serve optuna-dashboard on a study (scripts/dashboard.py)"),
+    "noise-scale": (noise_scale, "estimate the gradient noise scale (scripts/noise_scale.py)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``batchsize-study COMMAND [FLAGS]``; ``batchsize-study COMMAND --help`` lists the flags."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "worker":  # internal: started by `run` for --workers / --gpus
+        return worker(argv[1:])
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: batchsize-study COMMAND [FLAGS]\n\ncommands:")
+        for name, (_, text) in COMMANDS.items():
+            print(f"  {name:<12} {text}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(
+                f"batchsize-study: error: unknown command {argv[0]!r}: use one of "
+                f"{', '.join(COMMANDS)}",
+                file=sys.stderr,
+            )
+            return USER_ERROR_EXIT
+        if not argv:
+            print(
+                f"batchsize-study: error: give a command: {', '.join(COMMANDS)} "
+                "(batchsize-study COMMAND --help lists its flags)",
+                file=sys.stderr,
+            )
+            return USER_ERROR_EXIT
+        return 0
+    command, _ = COMMANDS[argv[0]]
+    return command(argv[1:], prog=f"batchsize-study {argv[0]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Every use of Optuna's and torch's private internals, each behind one small named function.
+
+Optuna's public API has no way to run trials outside ``Study.optimize`` with heartbeats, to
+write a trial's attributes in one transaction, or to reach a study's storage; torch's has no
+list of the CPU allocator's events. The project needs all of these, so they live here and
+nowhere else: a new Optuna or torch that changes one breaks this module only, and
+``tests/test_compat.py`` says which function, on a real SQLite storage and a real profile.
+
+torch is imported inside the functions that need it, so ``import study`` never imports it.
+
+Example:
+    >>> import optuna
+    >>> study = optuna.create_study(storage="sqlite:///:memory:")
+    >>> study_id_of(study) == storage_of(study).get_study_id_from_name(study.study_name)
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._heartbeat import fail_stale_trials as _fail_stale_trials
+from optuna.storages._heartbeat import get_heartbeat_thread as _get_heartbeat_thread
+from optuna.storages._heartbeat import is_heartbeat_enabled as _is_heartbeat_enabled
+from optuna.trial import FrozenTrial
+
+if TYPE_CHECKING:
+    import torch
+
+try:  # the internals of Optuna's RDB storage that one transaction needs
+    from optuna.storages._rdb import models as _rdb_models
+    from optuna.storages._rdb.storage import _create_scoped_session
+except ImportError:  # pragma: no cover - an Optuna that moved them: the plain loop
+    _rdb_models = None
+    _create_scoped_session = None
+
+__all__ = [
+    "BaseHeartbeat",
+    "allocation_events",
+    "cache_user_attrs",
+    "fail_stale_trials",
+    "heartbeat_enabled",
+    "heartbeat_thread",
+    "in_optimize_loop",
+    "rdb_backend",
+    "set_user_attrs_in_one_commit",
+    "storage_of",
+    "study_id_of",
+    "trial_id_of",
+    "trial_system_attrs",
+]
+
+# --------------------------------------------------------------------------- Optuna: handles
+
+
+def storage_of(study: optuna.Study) -> BaseStorage:
+    """The storage ``study`` reads and writes (Optuna's ``Study._storage``)."""
+    return study._storage
+
+
+def study_id_of(study: optuna.Study) -> int:
+    """The storage's id of ``study`` (Optuna's ``Study._study_id``)."""
+    return study._study_id
+
+
+def trial_id_of(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of a running or frozen trial (Optuna's ``_trial_id``)."""
+    return trial._trial_id
+
+
+def trial_system_attrs(trial: optuna.Trial | FrozenTrial) -> dict[str, Any]:
+    """The system attributes of a running or frozen trial (Optuna 5's ``Trial`` no longer
+    shows them, so they are read from its storage by id)."""
+    if isinstance(trial, FrozenTrial):
+        return trial.system_attrs
+    return trial.storage.get_trial_system_attrs(trial_id_of(trial))
+
+
+@contextlib.contextmanager
+def in_optimize_loop(study: optuna.Study) -> Iterator[None]:
+    """Run the block as if inside ``Study.optimize`` (Optuna's ``_thread_local`` flag).
+
+    The grid sampler stops "the optimize loop" when its grid is spent, which outside the loop
+    raises; a loop of its own (:func:`study.runner.run_trials`) sets the flag as Optuna does.
+    """
+    local = study._thread_local
+    before = local.in_optimize_loop
+    local.in_optimize_loop = True
+    try:
+        yield
+    finally:
+        local.in_optimize_loop = before
+
+
+# --------------------------------------------------------------------------- Optuna: heartbeats
+
+
+def heartbeat_enabled(storage: BaseStorage) -> bool:
+    """``storage`` records heartbeats of running trials (Optuna's ``is_heartbeat_enabled``)."""
+    return _is_heartbeat_enabled(storage)
+
+
+def heartbeat_thread(trial_id: int, storage: BaseStorage) -> contextlib.AbstractContextManager:
+    """A context that records trial ``trial_id``'s heartbeat while it is open (a no-op
+    where ``storage`` has heartbeats off; Optuna's ``get_heartbeat_thread``)."""
+    return _get_heartbeat_thread(trial_id, storage)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the RUNNING trials whose heartbeat is past the grace period and run the storage's
+    stale-trial callback on each (Optuna's ``fail_stale_trials``, without its warning that
+    heartbeats are experimental)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        _fail_stale_trials(study)
+
+
+# --------------------------------------------------------------------------- Optuna: RDB storage
+
+
+def rdb_backend(storage: BaseStorage | None) -> RDBStorage | None:
+    """The :class:`RDBStorage` behind ``storage`` (Optuna wraps it in a cache, ``_backend``),
+    or ``None`` where it is not relational or lacks what one transaction needs."""
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, RDBStorage) or _create_scoped_session is None:
+        return None
+    if not hasattr(backend, "_set_trial_attr_without_commit"):
+        return None
+    return backend
+
+
+def set_user_attrs_in_one_commit(rdb: RDBStorage, trial_id: int, attrs: dict[str, Any]) -> None:
+    """Write every ``attrs`` item as a user attribute of trial ``trial_id`` in one session
+    and one commit, through the per-attribute upsert Optuna itself uses (all or nothing)."""
+    with _create_scoped_session(rdb.scoped_session) as session:
+        for key, value in attrs.items():
+            rdb._set_trial_attr_without_commit(
+                session, _rdb_models.TrialUserAttributeModel, trial_id, key, value
+            )
+
+
+def cache_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Keep the running ``trial``'s own view of its user attributes current after a write
+    that bypassed ``Trial.set_user_attr`` (Optuna's ``_cached_frozen_trial``)."""
+    trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
+# --------------------------------------------------------------------------- torch: profiler
+
+
+def allocation_events(profile: torch.profiler.profile) -> list[tuple[int, int]]:
+    """The CPU allocator's allocation and free events of a finished ``profile``
+    (``profile_memory=True``): ``(time in ns, bytes)``, positive for an allocation and
+    negative for a free, in no particular order.
+
+    Reads torch's private Kineto event tree (``experimental_event_tree`` and the
+    ``_ExtraFields_Allocation`` nodes).
+
+    Raises:
+        RuntimeError: this torch's profiler does not expose the event tree.
+    """
+    import torch
+
+    try:
+        roots = profile.profiler.kineto_results.experimental_event_tree()
+    except AttributeError as exc:  # a torch whose profiler lacks the event tree
+        raise RuntimeError(
+            f"torch {torch.__version__}: the profiler does not expose allocation events, so CPU "
+            "step memory cannot be measured; use a torch between 2.1 and 2.x"
+        ) from exc
+    events: list[tuple[int, int]] = []
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        fields = node.extra_fields
+        if type(fields).__name__ == "_ExtraFields_Allocation" and fields.device.type == "cpu":
+            events.append((node.start_time_ns, int(fields.alloc_size)))
+        stack.extend(node.children)
+    return events

@@ -1,0 +1,311 @@
+"""The trial record: what one trial measured, stored as the Optuna trial's user attributes.
+
+:class:`TrialRecord` is the one schema. The objective fills one and stores it with
+:func:`write_record` (one transaction on SQLite and PostgreSQL, see :mod:`study.attrs`); the
+runner writes the ``worker`` part when a trial starts and the budget the ``dropped`` part of
+a closed retry. Every reader (the run's summary lines, the report, the dashboard note, the
+figures) gets one from :func:`read_record`, the only place that knows how older or partial
+records fall back: a trial killed before it wrote its record, a two-objective study's values,
+parameters that stand in for attributes, and ``epochs_completed`` stored as a float.
+
+Each stored field is a user attribute of the same name, stored only when it has a value (not
+``None``, ``False`` or empty); ``docs/record.md`` (or the README) lists them in a table that
+``tests/test_record.py`` checks against :meth:`TrialRecord.attribute_names`. ``number``,
+``state`` and ``curve`` are read from the trial itself and never stored.
+
+Nothing here imports torch.
+
+Example:
+    >>> import optuna
+    >>> study = optuna.create_study(direction="maximize")
+    >>> trial = study.ask()
+    >>> write_record(trial, TrialRecord(batch_size=64, lr=0.01, epochs_completed=3))
+    >>> frozen = study.tell(trial, 0.9)
+    >>> record = read_record(frozen)
+    >>> record.batch_size, record.val_accuracy, record.epochs_completed, record.state
+    (64, 0.9, 3, 'COMPLETE')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from study.attrs import set_user_attrs
+
+#: Metadata of the fields read from the trial itself (never stored as user attributes).
+_FROM_TRIAL = {"stored": False}
+
+
+@dataclass(frozen=True)
+class OutOfMemory:
+    """One out-of-memory failure of a trial's attempt (an item of ``TrialRecord.oom``).
+
+    Args:
+        micro_batch_size: Samples per forward/backward pass of the attempt that failed.
+        accumulation_steps: Micro-batches per update of that attempt.
+        epoch: The epoch (1-based) in which it failed.
+        error: The first line of the error.
+    """
+
+    micro_batch_size: int
+    accumulation_steps: int
+    epoch: int
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form: a JSON object with the same keys."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrialRecord:
+    """One trial's record; ``None`` (or ``False``, empty) where the trial did not record it.
+
+    Stored fields (user attributes of the same name):
+
+    Args:
+        batch_size: Effective batch size (samples per update).
+        micro_batch_size: Samples per forward/backward pass (what finally trained).
+        accumulation_steps: Micro-batches per update (``batch_size = micro x steps``).
+        lr: Learning rate the trial used (the searched multiplier included).
+        scaling_rule: Learning-rate scaling rule that gave ``lr``.
+        val_accuracy: Validation accuracy after the last epoch run (fraction). Read back,
+            a complete trial's objective value wins, and a trial without the attribute
+            takes the last point of its curve.
+        test_accuracy: Test accuracy of the final model (complete trials).
+        train_accuracy: Training accuracy of the final model.
+        epochs_completed: Whole passes over the training data: the epochs run under an
+            epoch budget (fewer when pruned); under a step budget, the whole passes its
+            updates made. Always an ``int``.
+        passes_completed: Step budget only: training samples seen / training-set size, to
+            two decimals (studies written before this field stored that fraction as
+            ``epochs_completed``; :func:`read_record` reads it here).
+        train_time_s: Seconds in training steps (evaluation excluded). Read back, a
+            two-objective trial's second value stands in when the attribute is missing.
+        samples_per_s: Training samples per second over those seconds.
+        peak_memory_bytes: Peak memory of a training step, in bytes.
+        memory_source: How it was measured (``cuda_max_memory_allocated``,
+            ``cpu_allocator_profile``, ...).
+        seed: The trial's own seed (a retry keeps its first attempt's).
+        diverged: The loss became NaN or infinite (the trial was pruned).
+        lr_multiplier: The sampled factor on the rule's learning rate (``--lr-search-width``).
+        optimizer_steps: Updates the trial made (``--budget steps``).
+        val_accuracy_per_epoch: The learning curve of a two-objective trial (Optuna refuses
+            intermediate values there), epoch 1 first.
+        b_simple: Gradient noise scale of the final model, in samples (``--noise-scale``).
+        b_simple_se: Standard error of ``b_simple``.
+        worker: The process that ran the trial, ``hostname:pid`` (written when it starts).
+        device: Where it trained: ``cpu``, ``cuda``, ``cuda:N``.
+        device_name: CUDA only: the GPU's name.
+        gpu: CUDA only: the GPU's id as the worker saw it in ``CUDA_VISIBLE_DEVICES``.
+        oom: Its out-of-memory failures, first first.
+        resumed_from_epoch: The epoch a retried trial resumed after.
+        dropped: ``budget spent``: a queued retry closed as FAIL with no budget left.
+
+    Read from the trial, not stored:
+
+    Args:
+        number: Optuna's trial number.
+        state: ``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING`` or ``WAITING``.
+        curve: ``(epoch, validation accuracy)`` pairs, epoch 1-based: the intermediate values,
+            else ``val_accuracy_per_epoch``.
+    """
+
+    batch_size: int | None = None
+    micro_batch_size: int | None = None
+    accumulation_steps: int | None = None
+    lr: float | None = None
+    scaling_rule: str | None = None
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    train_accuracy: float | None = None
+    epochs_completed: int | None = None
+    passes_completed: float | None = None
+    train_time_s: float | None = None
+    samples_per_s: float | None = None
+    peak_memory_bytes: int | None = None
+    memory_source: str | None = None
+    seed: int | None = None
+    diverged: bool = False
+    lr_multiplier: float | None = None
+    optimizer_steps: int | None = None
+    val_accuracy_per_epoch: tuple[float, ...] = ()
+    b_simple: float | None = None
+    b_simple_se: float | None = None
+    worker: str | None = None
+    device: str | None = None
+    device_name: str | None = None
+    gpu: str | None = None
+    oom: tuple[OutOfMemory, ...] = ()
+    resumed_from_epoch: int | None = None
+    dropped: str | None = None
+    number: int = field(default=-1, metadata=_FROM_TRIAL)
+    state: str = field(default="RUNNING", metadata=_FROM_TRIAL)
+    curve: tuple[tuple[int, float], ...] = field(default=(), metadata=_FROM_TRIAL)
+
+    @classmethod
+    def attribute_names(cls) -> tuple[str, ...]:
+        """The user attributes a record may store, in the order of the fields."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("stored", True))
+
+    def to_user_attrs(self) -> dict[str, Any]:
+        """The stored form: every stored field that has a value, as JSON-ready values."""
+        attrs: dict[str, Any] = {}
+        for name in self.attribute_names():
+            value = getattr(self, name)
+            if value is None or value is False or (isinstance(value, tuple) and not value):
+                continue
+            if name == "oom":
+                value = [o.to_dict() for o in value]
+            elif isinstance(value, tuple):
+                value = list(value)
+            attrs[name] = value
+        return attrs
+
+    @property
+    def rule_lr(self) -> float | None:
+        """The learning rate the scaling rule gave, before the searched multiplier."""
+        if self.lr is None or not self.lr_multiplier:
+            return self.lr
+        return self.lr / self.lr_multiplier
+
+
+def write_record(trial: optuna.Trial, record: TrialRecord) -> None:
+    """Store ``record``'s attributes on the running ``trial`` (one transaction where the
+    storage is relational); attributes already stored and not in ``record`` are kept."""
+    set_user_attrs(trial, record.to_user_attrs())
+
+
+def read_record(
+    trial: FrozenTrial,
+    default_rule: str | None = None,
+    metric_names: Sequence[str] | None = None,
+) -> TrialRecord:
+    """Read one trial's record: its user attributes, and where they are missing, what stands
+    in for them (parameters, objective values, the reported curve).
+
+    Args:
+        trial: The trial.
+        default_rule: The scaling rule when the trial records none (the study's fixed rule).
+        metric_names: The study's metric names; a complete trial's values are read by name
+            (``val_accuracy``, and ``train_time_s`` in a two-objective study).
+    """
+    attrs = trial.user_attrs
+    params = trial.params
+    steps = sorted(trial.intermediate_values.items())
+    listed = attrs.get("val_accuracy_per_epoch")
+    per_epoch = tuple(float(v) for v in listed if _finite(v)) if _listy(listed) else ()
+    if not steps and per_epoch:  # two objectives: Optuna refuses report()
+        steps = list(enumerate(per_epoch, start=1))
+    curve = tuple((int(step), float(value)) for step, value in steps if _finite(value))
+    names = list(metric_names or ["val_accuracy"])
+    values = dict(zip(names, trial.values or [], strict=False))
+    complete = trial.state == TrialState.COMPLETE
+    val = number_or_none(attrs.get("val_accuracy"))
+    if complete and "val_accuracy" in values:
+        val = number_or_none(values["val_accuracy"])
+    elif complete and trial.values and len(trial.values) == 1:
+        val = number_or_none(trial.values[0])
+    if val is None and curve and not complete:
+        val = curve[-1][1]
+    train_time = number_or_none(attrs.get("train_time_s"))
+    if train_time is None and complete:
+        train_time = number_or_none(values.get("train_time_s"))
+    rule = attrs.get("scaling_rule", params.get("scaling_rule", default_rule))
+    multiplier = number_or_none(attrs.get("lr_multiplier", params.get("lr_multiplier")))
+    epochs, passes = _epochs_and_passes(attrs)
+    return TrialRecord(
+        number=trial.number,
+        state=trial.state.name,
+        curve=curve,
+        batch_size=int_or_none(attrs.get("batch_size", params.get("batch_size"))),
+        micro_batch_size=int_or_none(attrs.get("micro_batch_size")),
+        accumulation_steps=int_or_none(attrs.get("accumulation_steps")),
+        lr=number_or_none(attrs.get("lr")),
+        scaling_rule=str(rule) if rule is not None else None,
+        val_accuracy=val,
+        test_accuracy=number_or_none(attrs.get("test_accuracy")),
+        train_accuracy=number_or_none(attrs.get("train_accuracy")),
+        epochs_completed=epochs,
+        passes_completed=passes,
+        train_time_s=train_time,
+        samples_per_s=number_or_none(attrs.get("samples_per_s")),
+        peak_memory_bytes=int_or_none(attrs.get("peak_memory_bytes")),
+        memory_source=_text(attrs.get("memory_source")),
+        seed=int_or_none(attrs.get("seed")),
+        diverged=bool(attrs.get("diverged", False)),
+        lr_multiplier=multiplier if multiplier and multiplier > 0 else None,
+        optimizer_steps=int_or_none(attrs.get("optimizer_steps")),
+        val_accuracy_per_epoch=per_epoch,
+        b_simple=number_or_none(attrs.get("b_simple")),
+        b_simple_se=number_or_none(attrs.get("b_simple_se")),
+        worker=_text(attrs.get("worker")),
+        device=_text(attrs.get("device")),
+        device_name=_text(attrs.get("device_name")),
+        gpu=_text(attrs.get("gpu")),
+        oom=_ooms(attrs.get("oom")),
+        resumed_from_epoch=int_or_none(attrs.get("resumed_from_epoch")),
+        dropped=_text(attrs.get("dropped")),
+    )
+
+
+def _epochs_and_passes(attrs: dict[str, Any]) -> tuple[int | None, float | None]:
+    """``epochs_completed`` as an int and ``passes_completed``; a float ``epochs_completed``
+    is a study written before ``passes_completed`` existed (a step budget's passes)."""
+    stored = attrs.get("epochs_completed")
+    passes = number_or_none(attrs.get("passes_completed"))
+    if isinstance(stored, float) and number_or_none(stored) is not None:
+        return math.floor(stored), passes if passes is not None else stored
+    return int_or_none(stored), passes
+
+
+def _ooms(value: Any) -> tuple[OutOfMemory, ...]:
+    if not _listy(value):
+        return ()
+    return tuple(
+        OutOfMemory(
+            micro_batch_size=int_or_none(o.get("micro_batch_size")) or 0,
+            accumulation_steps=int_or_none(o.get("accumulation_steps")) or 0,
+            epoch=int_or_none(o.get("epoch")) or 0,
+            error=str(o.get("error", "")),
+        )
+        for o in value
+        if isinstance(o, dict)
+    )
+
+
+def _finite(value: Any) -> bool:
+    return number_or_none(value) is not None
+
+
+def _listy(value: Any) -> bool:
+    return isinstance(value, list | tuple)
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def number_or_none(value: Any) -> float | None:
+    """``value`` as a finite float; ``None`` for anything else (bools, text, NaN, missing).
+
+    Example:
+        >>> number_or_none(3), number_or_none(True), number_or_none(float("nan"))
+        (3.0, None, None)
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def int_or_none(value: Any) -> int | None:
+    """``value`` as an int (a finite number truncated); ``None`` for anything else."""
+    number = number_or_none(value)
+    return int(number) if number is not None else None

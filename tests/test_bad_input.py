@@ -1,0 +1,463 @@
+"""The bad-input corpus: every entry point answers a user's mistake with one line and exit 2.
+
+Each case is one line of :data:`CASES`: the entry point, its flags, the expected exit code, a
+piece of the one-line message, the files set up beforehand and (optionally) that it runs as a
+real subprocess. Every case runs in an empty temporary folder (its working directory) and
+checks the contract: the exit code; stderr is one short line with the message and no
+traceback; no password of any URL appears in stdout or stderr; every file there is unchanged
+(sha256 before and after) and nothing was created (no schema-only SQLite file, no empty
+journal, no lock file, no folder). Most cases run in-process (``study.commands.run(argv)``),
+which checks the same code as the script and is ~50x faster; every entry point keeps real
+subprocess samples (``proc=True``).
+
+Flags in ``argv`` may use ``{tmp}`` for the case's folder. Setups (``setup=``) are named in
+:data:`SETUPS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from study import commands, safety
+from tests.conftest import ROOT, script_env
+
+#: Secrets used in the URLs below; none may ever be printed (nor a fragment of them).
+SECRETS = ("s3cretpw", "hunter", "22ab")
+#: Flags that make a run reach its first trial in about a second (no case should get there).
+FAST = ["--epochs", "1", "--max-batch-size", "64", "--model", "mlp", "--hidden", "8"]
+STUDY = ["--trials", "1", *FAST, "--storage", "sqlite:///study.db", "--artifact-dir", "none"]
+PG = "postgresql://alice:s3cretpw@127.0.0.1:9/db"  # nothing listens on port 9: refused at once
+NOISE = ["--epochs", "1", "--repeats", "2", "--b-big", "16", "--model", "mlp", "--hidden", "8"]
+NO_CUDA = not torch.cuda.is_available()
+TASK_CHECK = "task check before storing (issue 13.5)"
+
+BROKEN_TASKS = """
+import torch
+from torch.utils.data import TensorDataset
+from objectives.tasks import Task
+
+def _data(labels=None):
+    y = torch.arange(64) % 2 if labels is None else labels
+    return TensorDataset(torch.randn(64, 4), y)
+
+class Raises(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 2)
+    def forward(self, x):
+        raise RuntimeError("forward is broken")
+
+def width():
+    return Task("width", lambda: torch.nn.Linear(5, 2), _data(), _data(), _data())
+def outputs():
+    return Task("outputs", lambda: torch.nn.Linear(4, 1), _data(), _data(), _data())
+def raises():
+    return Task("raises", Raises, _data(), _data(), _data())
+def label():
+    bad = torch.arange(64) % 2 - (torch.arange(64) == 5).long() * 2
+    return Task("label", lambda: torch.nn.Linear(4, 2), _data(bad), _data(), _data())
+def none():
+    return Task("none", lambda: None, _data(), _data(), _data())
+def not_a_task():
+    return 42
+def fails():
+    raise KeyError("no such dataset")
+"""
+
+
+def _foreign_db(folder: Path) -> None:
+    import sqlite3
+
+    connection = sqlite3.connect(folder / "other.db")
+    connection.execute("CREATE TABLE contacts (name TEXT, phone TEXT)")
+    connection.execute("INSERT INTO contacts VALUES ('Ada', '123')")
+    connection.commit()
+    connection.close()
+
+
+def _study(folder: Path) -> None:
+    shutil.copy(_study_template(), folder / "study.db")
+
+
+_TEMPLATE: list[Path] = []
+
+
+def _study_template() -> Path:
+    """A finished one-trial study, made once (in-process) and copied into each case."""
+    if not _TEMPLATE:
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="bad-input-study-"))
+        argv = [*STUDY[:-4], "--storage", f"sqlite:///{folder / 'study.db'}"]
+        argv += ["--artifact-dir", "none", "--checkpoint-dir", "none"]
+        assert commands.run(argv) == 0
+        _TEMPLATE.append(folder / "study.db")
+    return _TEMPLATE[0]
+
+
+SETUPS = {
+    "notes": lambda d: (d / "notes.log").write_text("my notes\nnot a journal\n"),
+    "foreign_db": _foreign_db,
+    "folder_db": lambda d: (d / "folder.db").mkdir(),
+    "afile": lambda d: (d / "afile").write_text("a user's file\n"),
+    "garbage_db": lambda d: (d / "garbage.db").write_bytes(b"\x00\xffgarbage" * 100),
+    "empty_journal": lambda d: (d / "empty.log").write_text(""),
+    "tasks": lambda d: (d / "tasks.py").write_text(BROKEN_TASKS),
+    "study": _study,
+}
+
+
+def case(entry, argv, message, *, code=2, setup=(), proc=False, xfail=None, cuda_free=False):
+    """One corpus line: ``entry`` is run, probe, report, dashboard, noise or cli."""
+    setup = (setup,) if isinstance(setup, str) else tuple(setup)
+    marks = []
+    if xfail:
+        marks.append(pytest.mark.xfail(reason=xfail, strict=True))
+    if cuda_free:
+        marks.append(pytest.mark.skipif(not NO_CUDA, reason="needs a machine without CUDA"))
+    name = f"{entry}{'-proc' if proc else ''}:{' '.join(argv)[:60]}"
+    return pytest.param(entry, list(argv), code, message, setup, proc, marks=marks, id=name)
+
+
+# fmt: off
+CASES = [
+    # ---- storage: files that are not an Optuna storage are refused unchanged
+    case("run", [*FAST, "--storage", "journal:///notes.log"], "not an Optuna journal file", setup="notes", proc=True),  # noqa: E501
+    case("run", [*FAST, "--storage", "journal:///{tmp}/notes.log"], "not an Optuna journal file", setup="notes"),  # noqa: E501
+    case("run", [*FAST, "--storage", "sqlite:///other.db"], "another program's SQLite database", setup="foreign_db", proc=True),  # noqa: E501
+    case("run", [*FAST, "--storage", "sqlite:///folder.db"], "is a folder", setup="folder_db"),
+    case("run", [*FAST, "--storage", "journal:///folder.db"], "is a folder", setup="folder_db"),
+    case("run", [*FAST, "--storage", "sqlite:///garbage.db"], "not an SQLite database", setup="garbage_db"),  # noqa: E501
+    case("run", [*FAST, "--storage", "sqlite:///:memory:"], "in-memory"),
+    case("run", [*FAST, "--storage", "sqlite:///afile/x.db"], "cannot create folder", setup="afile"),  # noqa: E501
+    case("run", [*FAST, "--storage", "journal:///"], "give a file"),
+    case("run", [*FAST, "--storage", "not a url"], "is not a database URL"),
+    case("run", [*FAST, "--storage", "nosuchdb://x/y"], "unknown database kind"),
+    # ---- URLs with secrets: never printed, in any form
+    case("run", [*FAST, "--storage", "postgresql://alice:s3cretpw@host:abc/db"], "port a number"),  # noqa: E501
+    case("run", [*FAST, "--storage", PG], "cannot connect", proc=True),
+    case("run", [*FAST, "--storage", "postgresql://alice@127.0.0.1:9/db?password=s3cretpw"], "cannot connect"),  # noqa: E501
+    case("run", [*FAST, "--storage", "postgresql://alice@127.0.0.1:9/db?sslmode=disable&password=s3cretpw"], "password=***"),  # noqa: E501
+    case("run", [*FAST, "--storage", "postgresql://alice:hunter@22ab@127.0.0.1:9/db"], "unencoded '@'"),  # noqa: E501
+    case("run", [*FAST, "--storage=postgresql://alice:hunter%4022ab@127.0.0.1:9/db"], "cannot connect"),  # noqa: E501
+    case("run", [*FAST, "--storage", "mysql://u:s3cretpw@127.0.0.1/x"], "driver is missing"),
+    case("report", ["--storage", PG], "cannot connect", proc=True),
+    case("report", ["--storage", "postgresql://alice@127.0.0.1:9/db?password=s3cretpw"], "cannot connect"),  # noqa: E501
+    case("report", ["--storage", "postgresql://alice:hunter@22ab@127.0.0.1:9/db"], "unencoded '@'"),  # noqa: E501
+    case("dashboard", ["--storage", "postgresql://alice@127.0.0.1:9/db?password=s3cretpw"], "cannot connect"),  # noqa: E501
+    # ---- run: every flag's edge values
+    case("run", [*FAST, "--seed", "-1"], "is not a seed", proc=True),
+    case("run", [*FAST, "--seed", "1e20"], "is not a seed"),
+    case("run", [*FAST, "--seed", "4294967296"], "is not a seed"),
+    case("run", [*FAST, "--trials", "0"], "--trials 0 must be at least 1"),
+    case("run", [*FAST, "--trials", "x"], "invalid int value"),
+    case("run", [*FAST, "--epochs", "0"], "--epochs 0 must be at least 1"),
+    case("run", [*FAST, "--epochs", "-1"], "--epochs -1 must be at least 1"),
+    case("run", [*FAST, "--min-batch-size", "0"], "not a power of two"),
+    case("run", [*FAST, "--max-batch-size", "3"], "not a power of two"),
+    case("run", [*FAST, "--base-batch-size", "0"], "not a power of two"),
+    case("run", [*FAST, "--min-batch-size", "128"], "is above --max-batch-size"),
+    case("run", [*FAST, "--max-accumulation", "0"], "--max-accumulation 0 must be at least 1"),
+    case("run", [*FAST, "--base-lr", "0"], "must be a positive number"),
+    case("run", [*FAST, "--base-lr", "nan"], "must be a positive number"),
+    case("run", [*FAST, "--base-lr", "inf"], "must be a positive number"),
+    case("run", [*FAST, "--hidden", "0"], "positive sizes"),
+    case("run", [*FAST, "--hidden", "a,b"], "positive sizes"),
+    case("run", [*FAST, "--synthetic-samples", "0"], "--synthetic-samples 0 must be at least 1"),
+    case("run", [*FAST, "--synthetic-classes", "1"], "use at least 2"),
+    case("run", [*FAST, "--task", "synthetic", "--synthetic-samples", "10"], "too small"),
+    case("run", [*FAST, "--memory-budget", "lots"], "is not understood"),
+    case("run", [*FAST, "--memory-budget", "0"], "must be at least 1 byte"),
+    case("run", [*FAST[:2], "--model", "mlp", "--hidden", "8", "--memory-budget", "1KiB"], "too small"),  # noqa: E501
+    case("run", [*FAST, "--memory-margin", "1"], "fraction in [0, 1)"),
+    case("run", [*FAST, "--memory-margin", "-0.1"], "fraction in [0, 1)"),
+    case("run", [*FAST, "--device", "tpu"], "use cpu, cuda, cuda:N or auto"),
+    case("run", [*FAST, "--device", "cuda:0"], "no CUDA GPU", cuda_free=True),
+    case("run", [*FAST, "--gpus", "0"], "no CUDA GPU", cuda_free=True),
+    case("run", [*FAST, "--gpus", ","], "list GPU ids"),
+    case("run", [*FAST, "--workers-per-gpu", "2"], "needs --gpus"),
+    case("run", [*FAST, "--workers", "0"], "--workers 0 must be at least 1"),
+    case("run", [*FAST, "--heartbeat-interval", "0"], "must be positive and below"),
+    case("run", [*FAST, "--heartbeat-interval", "40"], "must be positive and below"),
+    case("run", [*FAST, "--precision", "fp16", "--device", "cpu"], "needs a CUDA GPU"),
+    case("run", [*FAST, "--precision", "fp8"], "invalid choice"),
+    case("run", [*FAST, "--optimizer", "lamb"], "invalid choice: 'lamb'"),
+    case("run", [*FAST, "--scaling", "cubic"], "invalid choice: 'cubic'"),
+    case("run", [*FAST, "--objectives", "loss"], "use accuracy, or accuracy,time"),
+    case("run", [*FAST, "--budget", "steps"], "needs --steps"),
+    case("run", [*FAST, "--steps", "5"], "needs --budget steps"),
+    case("run", [*FAST, "--warmup-epochs", "1"], "fewer than --epochs"),
+    case("run", [*FAST, "--lr-search-width", "0.5"], "use 1 (off) or more"),
+    case("run", [*FAST, "--study-name", "bad name"], "--study-name 'bad name'"),
+    case("run", [*FAST, "--download"], "drop --download"),
+    case("run", [*FAST, "--no-such-flag"], "unrecognized arguments"),
+    case("run", [*FAST, "--data-dir", ""], "--data-dir is empty"),
+    case("run", [*FAST, "--grace-period", "5"], "must be positive and below --grace-period 5"),
+    case("run", [*FAST, "--base-batch-size", "3"], "--base-batch-size 3 is not a power of two"),
+    case("run", [*FAST, "--gpus", "0,0"], "list distinct GPU ids"),
+    case("run", [*FAST, "--workers", "3", "--gpus", "0,1"], "--workers 3 contradicts"),
+    case("run", [*FAST, "--study-name", ""], "--study-name ''"),
+    case("run", [*FAST, "--budget", "steps", "--steps", "0"], "--steps 0 must be at least 1"),
+    case("run", [*FAST, "--storage", "journal:///empty.log", "--task", "synthetic", "--synthetic-samples", "10"], "too small", setup="empty_journal"),  # noqa: E501
+    case("run", [*FAST, "--storage", "sqlite:///new/deeper/s.db", "--task", "synthetic", "--synthetic-samples", "10"], "too small"),  # noqa: E501
+    # ---- run: folders that are files are refused before anything is stored
+    case("run", [*FAST, "--checkpoint-dir", "afile"], "--checkpoint-dir afile is a file", setup="afile", proc=True),  # noqa: E501
+    case("run", [*FAST, "--checkpoint-dir", "afile/sub"], "is under afile, a file", setup="afile"),  # noqa: E501
+    case("run", [*FAST, "--artifact-dir", "afile"], "--artifact-dir afile is a file", setup="afile"),  # noqa: E501
+    case("run", [*FAST, "--data-dir", "afile"], "--data-dir afile is a file", setup="afile"),
+    # ---- run: tasks
+    case("run", [*FAST, "--task", "cifar100"], "is not a built-in task"),
+    case("run", [*FAST, "--task", "missing.py:f"], "not found"),
+    case("run", [*FAST, "--task", "no_such_module_x:f"], "importing no_such_module_x failed"),
+    case("run", [*FAST, "--task", "tasks.py:nothing"], "has no callable", setup="tasks"),
+    case("run", [*FAST, "--task", "tasks.py:not_a_task"], "not objectives.Task", setup="tasks"),
+    case("run", [*FAST, "--task", "tasks.py:fails"], "the factory raised KeyError", setup="tasks"),  # noqa: E501
+    case("run", [*FAST, "--task", "tasks.py:width"], "model", setup="tasks", xfail=TASK_CHECK),
+    case("run", [*FAST, "--task", "tasks.py:outputs"], "outputs", setup="tasks", xfail=TASK_CHECK),
+    case("run", [*FAST, "--task", "tasks.py:raises"], "forward", setup="tasks", xfail=TASK_CHECK),
+    case("run", [*FAST, "--task", "tasks.py:label"], "label", setup="tasks", xfail=TASK_CHECK),
+    case("run", [*FAST, "--task", "tasks.py:none"], "build_model", setup="tasks", xfail=TASK_CHECK),  # noqa: E501
+    # ---- run: a resume may not change what the study measures or the data it is judged on
+    case("run", [*STUDY, "--seed", "1"], "--seed 0 (stored) vs 1 (now)", setup="study", proc=True),  # noqa: E501
+    case("run", [*STUDY, "--data-dir", "elsewhere"], "--data-dir 'storage/data' (stored)", setup="study"),  # noqa: E501
+    case("run", [*STUDY, "--epochs", "2"], "--epochs 1 (stored) vs 2 (now)", setup="study"),
+    case("run", [*STUDY, "--hidden", "16"], "--hidden [8] (stored) vs [16] (now)", setup="study"),
+    # ---- probe
+    case("probe", ["--device", "cuda:0"], "no CUDA GPU", proc=True, cuda_free=True),
+    case("probe", ["--bogus"], "unrecognized arguments: --bogus", proc=True),
+    case("probe", ["--device", "tpu"], "use cpu, cuda, cuda:N or auto"),
+    case("probe", ["--min-batch-size", "0"], "--min-batch-size 0 must be at least 1"),
+    case("probe", ["--max-batch-size", "0"], "--max-batch-size 0 must be at least"),
+    case("probe", ["--timed-steps", "0"], "--timed-steps 0 must be at least 1"),
+    case("probe", ["--memory-budget", "0"], "must be at least 1 byte"),
+    case("probe", ["--memory-budget", "6 gigs"], "is not understood"),
+    case("probe", ["--memory-margin", "1.5"], "--memory-margin 1.5"),
+    case("probe", ["--memory-budget", "1GiB", "--memory-margin", "0.2"], "--memory-margin applies"),  # noqa: E501
+    case("probe", ["--model", "mlp", "--hidden", "8", "--memory-budget", "1KiB"], "memory budget 1.00 KiB"),  # noqa: E501
+    case("probe", ["--seed", "-1"], "is not a seed"),
+    case("probe", ["--min-batch-size", "100000"], "--min-batch-size 100000 is larger than the training set"),  # noqa: E501
+    case("probe", ["--hidden", "0"], "positive sizes"),
+    case("probe", ["--task", "nope"], "is not a built-in task"),
+    case("probe", ["--precision", "fp16"], "needs a CUDA GPU"),
+    case("probe", ["--synthetic-classes", "1", "--task", "synthetic"], "use at least 2"),
+    case("probe", ["--task", "tasks.py:fails"], "the factory raised", setup="tasks"),
+    case("probe", ["--task", "tasks.py:width"], "model", setup="tasks", xfail=TASK_CHECK),
+    # ---- noise_scale
+    case("noise", ["--batch-size", "0"], "--batch-size 0 must be at least 1", proc=True),
+    case("noise", ["--epochs", "-1"], "--epochs -1 must be at least 0"),
+    case("noise", ["--device", "cuda:0"], "no CUDA GPU", cuda_free=True),
+    case("noise", ["--b-small", "0"], "--b-small 0 must be at least 1"),
+    case("noise", ["--b-big", "12"], "--b-big 12 must be a multiple of --b-small 8"),
+    case("noise", ["--repeats", "1"], "--repeats 1 must be at least 2"),
+    case("noise", ["--b-small", "2048", "--b-big", "4096"], "--b-small 2048 needs at least twice"),  # noqa: E501
+    case("noise", ["--lr", "0"], "--lr 0.0 must be a positive number"),
+    case("noise", ["--lr", "nan"], "must be a positive number"),
+    case("noise", ["--seed", "1e20"], "is not a seed"),
+    case("noise", ["--bogus"], "unrecognized arguments"),
+    case("noise", ["--task", "nope"], "is not a built-in task"),
+    case("noise", [*NOISE, "--lr", "1e6"], "the model diverged", code=0),
+    case("noise", ["--task", "tasks.py:width"], "model", setup="tasks", xfail=TASK_CHECK),
+    # ---- report: never creates what it reads
+    case("report", ["--storage", "journal:///missing.log"], "no journal file at missing.log", proc=True),  # noqa: E501
+    case("report", ["--storage", "sqlite:///missing.db"], "no study database at missing.db"),
+    case("report", ["--storage", "sqlite:///nowhere/missing.db"], "does not exist"),
+    case("report", ["--storage", "journal:///notes.log"], "not an Optuna journal file", setup="notes"),  # noqa: E501
+    case("report", ["--storage", "sqlite:///other.db"], "another program's", setup="foreign_db"),
+    case("report", ["--storage", "sqlite:///folder.db"], "folder.db", setup="folder_db"),
+    case("report", ["--storage", "sqlite:///garbage.db"], "not an SQLite database", setup="garbage_db"),  # noqa: E501
+    case("report", ["--storage", "journal:///empty.log"], "no study named", setup="empty_journal"),  # noqa: E501
+    case("report", ["--storage", "sqlite:///study.db", "--study-name", "other"], "no study named 'other'", setup="study"),  # noqa: E501
+    case("report", ["--storage", "sqlite:///study.db", "--format", "pdf"], "invalid choice", setup="study"),  # noqa: E501
+    case("report", ["--storage", "sqlite:///study.db", "--format", "text", "--out", "afile/x.txt"], "cannot write", setup=("study", "afile")),  # noqa: E501
+    case("report", ["--storage", "not a url"], "is not a database URL"),
+    # ---- dashboard
+    case("dashboard", ["--port", "99999"], "'99999' is not a port", proc=True),
+    case("dashboard", ["--port", "-1"], "is not a port"),
+    case("dashboard", ["--port", "http"], "is not a port"),
+    case("dashboard", ["--storage", "sqlite:///study.db", "--artifact-dir", "afile"], "--artifact-dir afile is a file", setup=("study", "afile"), proc=True),  # noqa: E501
+    case("dashboard", ["--storage", "sqlite:///missing.db"], "no study database"),
+    case("dashboard", ["--storage", "journal:///missing.log"], "no journal file"),
+    case("dashboard", ["--storage", "sqlite:///other.db"], "another program's", setup="foreign_db"),  # noqa: E501
+    # ---- the console command
+    case("cli", ["nope"], "unknown command 'nope'", proc=True),
+    case("cli", [], "give a command"),
+    case("cli", ["probe", "--device", "cuda:0"], "no CUDA GPU", proc=True, cuda_free=True),
+    case("cli", ["run", *FAST, "--seed", "-1"], "is not a seed"),
+    case("cli", ["report", "--storage", "journal:///missing.log"], "no journal file"),
+    case("cli", ["dashboard", "--port", "70000"], "is not a port"),
+    case("cli", ["noise-scale", "--epochs", "-1"], "--epochs -1 must be at least 0"),
+]
+# fmt: on
+
+IN_PROCESS = {
+    "run": commands.run,
+    "probe": commands.probe,
+    "report": commands.report,
+    "dashboard": commands.dashboard,
+    "noise": commands.noise_scale,
+    "cli": commands.main,
+}
+SCRIPTS = {
+    "run": "run_study.py",
+    "probe": "probe.py",
+    "report": "report.py",
+    "dashboard": "dashboard.py",
+    "noise": "noise_scale.py",
+}
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file (sha256) and folder under ``folder``, by relative path."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if "__pycache__" in path.parts:
+            continue
+        rel = str(path.relative_to(folder))
+        out[rel] = "folder" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def run_case(entry: str, argv: list[str], folder: Path, proc: bool, capsys) -> tuple:
+    """``(exit code, stdout, stderr)`` of one entry point with ``argv``, run in ``folder``."""
+    if proc:
+        command = (
+            [sys.executable, str(ROOT / "scripts" / SCRIPTS[entry])]
+            if entry in SCRIPTS
+            else [sys.executable, "-m", "study.commands"]
+        )  # noqa: E501
+        done = subprocess.run(
+            [*command, *argv],
+            cwd=folder,
+            env=script_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return done.returncode, done.stdout, done.stderr
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        code = IN_PROCESS[entry](argv)
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("entry, argv, code, message, setup, proc", CASES)
+def test_bad_input_is_one_line_and_changes_nothing(
+    entry, argv, code, message, setup, proc, tmp_path, monkeypatch, capsys
+):
+    for name in setup:
+        SETUPS[name](tmp_path)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    before = snapshot(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    got, out, err = run_case(entry, argv, tmp_path, proc, capsys)
+    shown = out + err
+    assert got == code, shown
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in shown and len(lines[0]) < 400, err
+    for secret in SECRETS:
+        assert secret not in shown, shown
+    after = snapshot(tmp_path)
+    if entry in ("run", "cli") and "study" in setup:  # a run may lock a study it resumes
+        after.pop("study.db.claim-lock", None)
+    assert after == before
+
+
+def test_the_corpus_holds_a_subprocess_sample_of_every_entry_point():
+    sampled = {c.values[0] for c in CASES if c.values[5]}
+    assert sampled == set(IN_PROCESS)
+    assert len(CASES) >= 100
+
+
+def test_an_internal_error_is_one_line_naming_its_log_without_secrets(
+    tmp_path, monkeypatch, capsys
+):
+    import study.orchestrate
+
+    def crash(config, backend):
+        raise RuntimeError(f"boom while opening {config.storage}")
+
+    monkeypatch.setattr(study.orchestrate, "run_study", crash)
+    monkeypatch.setattr(safety, "CRASH_DIR", tmp_path / "crashes")
+    monkeypatch.chdir(tmp_path)
+    code = commands.run([*FAST, "--storage", PG])
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "internal error (RuntimeError: boom" in lines[0]
+    logs = list((tmp_path / "crashes").glob("crash-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in lines[0]
+    text = logs[0].read_text()
+    assert "Traceback" in text and "boom" in text
+    assert "s3cretpw" not in err + text
+
+
+def test_a_disk_full_error_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import study.orchestrate
+
+    def full(config, backend):
+        raise OSError(errno.ENOSPC, "No space left on device", "storage/x.db")
+
+    monkeypatch.setattr(study.orchestrate, "run_study", full)
+    monkeypatch.chdir(tmp_path)
+    assert commands.run(FAST) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device (storage/x.db)" in err[0]
+
+
+def test_artifact_dir_none_means_off_in_the_dashboard_too(tmp_path, monkeypatch, capsys):
+    import study.report.dashboard
+
+    _study(tmp_path)
+    seen = {}
+
+    def server(storage, *, artifact_dir, host, port, quiet):
+        seen["artifact_dir"] = artifact_dir
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(study.report.dashboard, "make_dashboard_server", server)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--storage", "sqlite:///study.db", "--artifact-dir", "none"]
+    assert commands.dashboard(argv) == 2
+    assert seen == {"artifact_dir": None} and not (tmp_path / "none").exists()
+    assert "cannot listen" in capsys.readouterr().err
+
+
+def test_a_run_refused_after_opening_its_storage_leaves_no_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = [*FAST, "--task", "synthetic", "--synthetic-samples", "10"]
+    for url in ("sqlite:///new/s.db", "journal:///new/s.log"):
+        with pytest.raises(SystemExit):
+            commands.run([*argv, "--storage", url])
+        assert list(tmp_path.iterdir()) == [], url
+    assert "too small" in capsys.readouterr().err
+
+
+def test_the_success_line_hides_the_password():
+    from study.storage import redact
+
+    for url in (
+        "postgresql://alice:s3cretpw@host/db",
+        "postgresql://alice@host/db?password=s3cretpw",
+        "postgresql://alice:hunter@22ab@host/db",
+        "postgresql+psycopg://alice:hunter%4022ab@host:5432/db?sslmode=require",
+    ):
+        shown = redact(url)
+        assert not any(s in shown for s in SECRETS), shown
+        assert shown.startswith(url.split("://")[0] + "://alice")
