@@ -61,6 +61,7 @@ from study.config import StudyConfig
 from study.record import OutOfMemory, TrialRecord, write_record
 from study.scaling import scaled_lr
 from study.space import BatchSpace
+from study.workers import raise_if_interrupted
 
 #: Out-of-memory retries of one trial (each halves the micro-batch) before it is pruned.
 OOM_RETRIES = 1
@@ -320,6 +321,7 @@ class BatchSizeObjective:
         unit = "epoch" if self.config.budget == "epochs" else "evaluation"
 
         def on_epoch(epoch: EpochResult) -> None:  # epochs are numbered from start + 1
+            raise_if_interrupted()  # a worker's interrupt that a finalizer swallowed
             if not multi:  # Optuna reports and prunes single-objective trials only
                 with warnings.catch_warnings():  # a retry re-reporting keeps the first value
                     warnings.filterwarnings("ignore", message="The reported value is ignored")

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable
 from typing import Any, Protocol, TextIO
@@ -34,7 +33,14 @@ from study.runner import create_or_resume, finished_count, run_trials, trial_sam
 from study.scaling import resolve_rule
 from study.space import BatchSpace, SpaceError, build_space
 from study.storage import JOURNAL_PREFIX, StorageError, open_storage, redact
-from study.workers import EXIT_INTERRUPTED, EXIT_USAGE, WorkerPool, describe_exit, plan_workers
+from study.workers import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    WorkerPool,
+    describe_exit,
+    plan_workers,
+    stop_on_signals,
+)
 
 #: Errors of the Optuna side that a user causes with flags or inputs: one line and exit 2.
 STUDY_ERRORS: tuple[type[Exception], ...] = (ConfigError, StorageError, SpaceError)
@@ -220,12 +226,13 @@ class _Progress:
 
 def _publish(study: optuna.Study, config: StudyConfig, out: TextIO) -> None:
     """Update the study's dashboard note and attach the HTML report as study artifacts."""
-    from study.report.dashboard import attach_report
     from study.report.note import write_study_note
 
     try:
         write_study_note(study)
         if config.artifact_dir.lower() != "none":
+            from study.report.dashboard import attach_report  # Plotly: only when attaching
+
             ids = attach_report(study, config.artifact_dir)
             print(
                 f"report attached to the study ({len(ids)} artifacts in {config.artifact_dir})",
@@ -304,7 +311,7 @@ def worker_main(backend: Backend, argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-index", type=int, required=True)
     args = parser.parse_args(argv)
     name = os.environ.get("BATCHSIZE_WORKER", f"w{args.worker_index}")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
+    stop_on_signals()  # SIGTERM stops like Ctrl-C
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         config = config_from_json(sys.stdin.read())

@@ -37,6 +37,7 @@ from study.config import EVALUATION_PERIODS, ConfigError, StudyConfig, differenc
 from study.locks import SETUP_SCOPE, NoLock, StorageLock
 from study.record import TrialRecord, write_record
 from study.space import BatchSpace
+from study.workers import raise_if_interrupted
 
 MAX_CONSECUTIVE_FAILURES = 3
 #: Seconds between claims while the rest of the budget is running in other workers.
@@ -217,6 +218,7 @@ def run_trials(
     # which outside the loop raises. The budget decides when this loop ends.
     with in_optimize_loop(study):
         while True:
+            raise_if_interrupted()  # a worker's interrupt that a finalizer swallowed
             claim = claim_trial(study, total, lock, sampler_for)
             if claim.done:
                 break

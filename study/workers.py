@@ -34,6 +34,32 @@ STOP_GRACE_S = 30.0
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
 
+#: Signals a worker process received (see :func:`stop_on_signals`).
+_RECEIVED: list[int] = []
+
+
+def stop_on_signals() -> None:
+    """In a worker process: SIGINT and SIGTERM raise KeyboardInterrupt, and are remembered.
+
+    Raised at an arbitrary point, the interrupt can land in a garbage collector's finalizer
+    (SQLAlchemy has some), where Python prints and ignores it; :func:`raise_if_interrupted`,
+    called between epochs and before each claim, stops the worker all the same.
+    """
+
+    def handler(signum: int, _frame: object) -> None:
+        _RECEIVED.append(signum)
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if this worker was told to stop (a no-op elsewhere)."""
+    if _RECEIVED:
+        raise KeyboardInterrupt
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """One worker process: its index on this machine and the GPU it sees (``None``: all)."""
@@ -148,30 +174,55 @@ class WorkerPool:
     def wait(self, tick: Callable[[], None] | None = None, tick_s: float = 1.0) -> dict[int, int]:
         """Wait for every worker; call ``tick`` about every ``tick_s`` seconds meanwhile.
 
-        Returns ``{worker index: exit code}`` (negative: killed by that signal). On
-        KeyboardInterrupt, stops the workers (:meth:`stop`) and re-raises.
+        Returns ``{worker index: exit code}`` (negative: killed by that signal). On Ctrl-C
+        or SIGTERM, stops the workers (:meth:`stop`) and raises KeyboardInterrupt.
+
+        While waiting, SIGINT and SIGTERM only set a flag that the loop reads: raised as an
+        exception at an arbitrary point, an interrupt can land in a garbage collector's
+        finalizer (SQLAlchemy's, during ``tick``), where Python prints and ignores it, and the
+        workers would never hear of it.
         """
-        last_tick = time.monotonic()
+        interrupted: list[int] = []
+        previous = {
+            sig: signal.signal(sig, lambda signum, _frame: interrupted.append(signum))
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
         try:
-            while len(self.codes) < len(self.procs):
-                for spec, proc in zip(self.specs, self.procs, strict=True):
-                    code = proc.poll()
-                    if code is None or spec.index in self.codes:
-                        continue
-                    self.codes[spec.index] = code
-                    if code != EXIT_OK:
-                        print(
-                            f"worker {spec.name} (pid {proc.pid}) {describe_exit(code)}",
-                            file=self.log,
-                            flush=True,
-                        )
-                if tick is not None and time.monotonic() - last_tick >= tick_s:
-                    last_tick = time.monotonic()
-                    tick()
-                time.sleep(0.1)
+            return self._wait(interrupted, tick, tick_s)
         except KeyboardInterrupt:
+            restore()  # a second Ctrl-C while stopping cuts the grace period short
             self.stop()
             raise
+        finally:
+            restore()
+
+    def _wait(
+        self, interrupted: list[int], tick: Callable[[], None] | None, tick_s: float
+    ) -> dict[int, int]:
+        last_tick = time.monotonic()
+        while len(self.codes) < len(self.procs):
+            if interrupted:
+                raise KeyboardInterrupt
+            for spec, proc in zip(self.specs, self.procs, strict=True):
+                code = proc.poll()
+                if code is None or spec.index in self.codes:
+                    continue
+                self.codes[spec.index] = code
+                if code != EXIT_OK:
+                    print(
+                        f"worker {spec.name} (pid {proc.pid}) {describe_exit(code)}",
+                        file=self.log,
+                        flush=True,
+                    )
+            if tick is not None and time.monotonic() - last_tick >= tick_s:
+                last_tick = time.monotonic()
+                tick()
+            time.sleep(0.1)
         return dict(self.codes)
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:

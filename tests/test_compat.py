@@ -124,3 +124,17 @@ def test_allocation_events_list_the_cpu_allocator_s_allocations_and_frees():
     sizes = [size for _, size in events]
     assert 1024 * 256 * 4 in sizes and -1024 * 256 * 4 in sizes
     assert all(isinstance(ns, int) and ns > 0 for ns, _ in events)
+
+
+def test_a_study_note_saved_here_is_the_note_optuna_dashboard_reads(study):
+    from optuna_dashboard import get_note, save_note
+
+    long = "# answer\n" + "x" * 5000  # three chunks of the dashboard's 2045 characters
+    compat.save_study_note(study, long)
+    assert get_note(study) == long
+    compat.save_study_note(study, "short")  # a shorter note replaces, not appends
+    assert get_note(study) == "short"
+    save_note(study, "from the dashboard")  # and the dashboard's own writer continues the count
+    assert get_note(study) == "from the dashboard"
+    compat.save_study_note(study, "again")
+    assert get_note(study) == "again"

@@ -21,6 +21,7 @@ import re
 
 import optuna
 
+from study.compat import save_study_note
 from study.record import TrialRecord
 from study.report.data import ReportData, collect_report_data
 from study.report.html import advice, epochs_text, report_tables
@@ -143,8 +144,6 @@ def write_study_note(study: optuna.Study) -> str:
     Returns:
         The Markdown saved (the dashboard shows it on the study's page).
     """
-    from optuna_dashboard import save_note  # only when a note is written
-
     body = study_note(study)
-    save_note(study, body)
+    save_study_note(study, body)
     return body
