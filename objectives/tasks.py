@@ -238,7 +238,110 @@ def validate_task(task: object, spec: str) -> Task:
         from objectives.data import labels_of
 
         task.num_classes = int(labels_of(task.train).max().item()) + 1
+    check_task_runs(task, spec)
     return task
+
+
+#: Items of each split sent through a fresh model by :func:`check_task_runs`.
+CHECK_ITEMS = 8
+#: Labels read per split by the range check when a split is not held as tensors.
+CHECK_LABELS = 4096
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _split_labels(dataset: Dataset) -> torch.Tensor:
+    """The split's labels: all of a TensorDataset, else the first :data:`CHECK_LABELS`."""
+    from torch.utils.data import TensorDataset
+
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].long().reshape(-1)
+    n = min(len(dataset), CHECK_LABELS)
+    return torch.tensor([int(dataset[i][1]) for i in range(n)], dtype=torch.long)
+
+
+def check_task_runs(task: Task, spec: str) -> None:
+    """One forward and backward pass of a few items of each split through a fresh model.
+
+    Run when a task is loaded, before anything is stored, so that a model that does not fit
+    its data, a label outside the model's outputs, or a ``build_model`` that returns no
+    module is one line (:class:`TaskError`) instead of a crash inside the first trial. The
+    global random state is left as it was.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.randn(16, 4), torch.arange(16) % 3)
+        >>> task = Task("t", lambda: torch.nn.Linear(4, 2), data, data, data, num_classes=3)
+        >>> check_task_runs(task, "t")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        objectives.tasks.TaskError: task 't': the model gives 2 outputs per item but ...
+    """
+    import torch.nn.functional as F
+
+    labels_of_split = {
+        name: _split_labels(getattr(task, name)) for name in ("train", "val", "test")
+    }
+    for split_name, labels in labels_of_split.items():
+        if labels.numel() and int(labels.min()) < 0:
+            where = int((labels < 0).nonzero()[0])
+            raise TaskError(
+                f"task {spec!r}: {split_name} item {where} has label {int(labels[where])}: "
+                f"labels must be class indices 0..{task.num_classes - 1}"
+            )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            model = task.build_model()
+        except Exception as exc:
+            raise TaskError(f"task {spec!r}: build_model() raised {_first_line(exc)}") from exc
+        if not isinstance(model, torch.nn.Module):
+            raise TaskError(
+                f"task {spec!r}: build_model() returned {type(model).__name__}, not a "
+                "torch.nn.Module: return a fresh model on each call"
+            )
+        for split_name in ("train", "val", "test"):
+            dataset = getattr(task, split_name)
+            items = [dataset[i] for i in range(min(CHECK_ITEMS, len(dataset)))]
+            x = torch.stack([item[0] for item in items])
+            y = torch.tensor([int(item[1]) for item in items], dtype=torch.long)
+            try:
+                out = model(x)
+            except Exception as exc:
+                raise TaskError(
+                    f"task {spec!r}: the model does not fit its data: the forward pass on "
+                    f"{len(items)} {split_name} items of shape {list(x.shape[1:])} raised "
+                    f"{_first_line(exc)}"
+                ) from exc
+            if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(y):
+                shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise TaskError(
+                    f"task {spec!r}: the model's forward pass gives {shape} for {len(y)} "
+                    "items: it must return class scores of shape [items, classes]"
+                )
+            if out.shape[1] < task.num_classes:
+                raise TaskError(
+                    f"task {spec!r}: the model gives {out.shape[1]} outputs per item but the "
+                    f"labels go up to {task.num_classes - 1}: it needs at least "
+                    f"{task.num_classes} outputs (one per class)"
+                )
+            high = int(labels_of_split[split_name].max())
+            if high >= out.shape[1]:
+                raise TaskError(
+                    f"task {spec!r}: {split_name} has label {high} but the model gives "
+                    f"{out.shape[1]} outputs: labels must be class indices below it"
+                )
+            try:
+                F.cross_entropy(out.float(), y).backward()
+            except Exception as exc:
+                raise TaskError(
+                    f"task {spec!r}: the backward pass through the model on {split_name} "
+                    f"items raised {_first_line(exc)}"
+                ) from exc
 
 
 def load_task(

@@ -37,7 +37,6 @@ STUDY = ["--trials", "1", *FAST, "--storage", "sqlite:///study.db", "--artifact-
 PG = "postgresql://alice:s3cretpw@127.0.0.1:9/db"  # nothing listens on port 9: refused at once
 NOISE = ["--epochs", "1", "--repeats", "2", "--b-big", "16", "--model", "mlp", "--hidden", "8"]
 NO_CUDA = not torch.cuda.is_available()
-TASK_CHECK = "task check before storing (issue 13.5)"
 
 BROKEN_TASKS = """
 import torch
@@ -220,11 +219,11 @@ CASES = [
     case("run", [*FAST, "--task", "tasks.py:nothing"], "has no callable", setup="tasks"),
     case("run", [*FAST, "--task", "tasks.py:not_a_task"], "not objectives.Task", setup="tasks"),
     case("run", [*FAST, "--task", "tasks.py:fails"], "the factory raised KeyError", setup="tasks"),  # noqa: E501
-    case("run", [*FAST, "--task", "tasks.py:width"], "model", setup="tasks", xfail=TASK_CHECK),
-    case("run", [*FAST, "--task", "tasks.py:outputs"], "outputs", setup="tasks", xfail=TASK_CHECK),
-    case("run", [*FAST, "--task", "tasks.py:raises"], "forward", setup="tasks", xfail=TASK_CHECK),
-    case("run", [*FAST, "--task", "tasks.py:label"], "label", setup="tasks", xfail=TASK_CHECK),
-    case("run", [*FAST, "--task", "tasks.py:none"], "build_model", setup="tasks", xfail=TASK_CHECK),  # noqa: E501
+    case("run", [*FAST, "--task", "tasks.py:width"], "model", setup="tasks"),
+    case("run", [*FAST, "--task", "tasks.py:outputs"], "outputs", setup="tasks"),
+    case("run", [*FAST, "--task", "tasks.py:raises"], "forward", setup="tasks"),
+    case("run", [*FAST, "--task", "tasks.py:label"], "label", setup="tasks"),
+    case("run", [*FAST, "--task", "tasks.py:none"], "build_model", setup="tasks"),  # noqa: E501
     # ---- run: a resume may not change what the study measures or the data it is judged on
     case("run", [*STUDY, "--seed", "1"], "--seed 0 (stored) vs 1 (now)", setup="study", proc=True),  # noqa: E501
     case("run", [*STUDY, "--data-dir", "elsewhere"], "--data-dir 'storage/data' (stored)", setup="study"),  # noqa: E501
@@ -249,7 +248,7 @@ CASES = [
     case("probe", ["--precision", "fp16"], "needs a CUDA GPU"),
     case("probe", ["--synthetic-classes", "1", "--task", "synthetic"], "use at least 2"),
     case("probe", ["--task", "tasks.py:fails"], "the factory raised", setup="tasks"),
-    case("probe", ["--task", "tasks.py:width"], "model", setup="tasks", xfail=TASK_CHECK),
+    case("probe", ["--task", "tasks.py:width"], "model", setup="tasks"),
     # ---- noise_scale
     case("noise", ["--batch-size", "0"], "--batch-size 0 must be at least 1", proc=True),
     case("noise", ["--epochs", "-1"], "--epochs -1 must be at least 0"),
@@ -264,7 +263,7 @@ CASES = [
     case("noise", ["--bogus"], "unrecognized arguments"),
     case("noise", ["--task", "nope"], "is not a built-in task"),
     case("noise", [*NOISE, "--lr", "1e6"], "the model diverged", code=0),
-    case("noise", ["--task", "tasks.py:width"], "model", setup="tasks", xfail=TASK_CHECK),
+    case("noise", ["--task", "tasks.py:width"], "model", setup="tasks"),
     # ---- report: never creates what it reads
     case("report", ["--storage", "journal:///missing.log"], "no journal file at missing.log", proc=True),  # noqa: E501
     case("report", ["--storage", "sqlite:///missing.db"], "no study database at missing.db"),

@@ -173,3 +173,18 @@ def test_user_task_runs_a_study(user_task_file, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "batch sizes [8, 16]" in proc.stdout
+
+
+def test_a_task_is_run_once_before_use_and_leaves_the_random_state_alone():
+    from torch.utils.data import TensorDataset
+
+    from objectives.tasks import check_task_runs
+
+    good = TensorDataset(torch.randn(16, 4), torch.arange(16) % 2)
+    high = TensorDataset(torch.randn(16, 4), torch.full((16,), 3))  # a label the model lacks
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    check_task_runs(Task("ok", lambda: torch.nn.Linear(4, 2), good, good, good, 2), "ok")
+    assert torch.equal(torch.get_rng_state(), before)
+    with pytest.raises(TaskError, match="val has label 3 but the model gives 2 outputs"):
+        check_task_runs(Task("high", lambda: torch.nn.Linear(4, 2), good, high, good, 2), "high")
