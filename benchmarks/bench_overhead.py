@@ -255,7 +255,7 @@ def read_plan(storage: str) -> list[dict]:
                 lr=r.lr,
                 seed=r.seed,
                 eval_batch=eval_batch,
-                val_accuracy=r.val_accuracy,
+                val_accuracy=r.val_metric,
             )
         )
     return plan

@@ -1,23 +1,42 @@
 """The PyTorch side: what one trial trains, measures and reports.
 
-Public names: :class:`Task` (data plus a model factory), :func:`load_task`, the training loop
-(:func:`train_model`, :class:`TrainSettings`) and the Optuna objective
+Public names: the task contract (:class:`Task`: data, a model factory, and optionally a
+per-sample loss, a :class:`Metric`, a ``collate``, a :class:`StepHook` and a unit; see
+``docs/tasks.md``), the ready metrics (:data:`ACCURACY`, :data:`MSE`,
+:data:`BITS_PER_CHAR`; losses in :mod:`objectives.metrics`), :func:`load_task`, the training
+loop (:func:`train_model`, :class:`TrainSettings`) and the Optuna objective
 (:class:`BatchSizeObjective`).
 """
 
+from objectives.metrics import ACCURACY, BITS_PER_CHAR, MSE, Metric
 from objectives.objective import BatchSizeObjective, trial_seed
-from objectives.tasks import Task, TaskError, load_task
-from objectives.train import Diverged, TrainResult, TrainSettings, train_model, train_task
+from objectives.tasks import Task, TaskError, load_task, validate_task
+from objectives.train import (
+    Diverged,
+    StepHook,
+    TrainResult,
+    TrainSettings,
+    samples_left_out,
+    train_model,
+    train_task,
+)
 
 __all__ = [
+    "ACCURACY",
+    "BITS_PER_CHAR",
+    "MSE",
     "BatchSizeObjective",
     "Diverged",
+    "Metric",
+    "StepHook",
     "Task",
     "TaskError",
     "TrainResult",
     "TrainSettings",
     "load_task",
+    "samples_left_out",
     "train_model",
     "train_task",
     "trial_seed",
+    "validate_task",
 ]

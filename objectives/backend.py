@@ -24,10 +24,11 @@ from sqlalchemy.engine import make_url
 
 from objectives.checkpoint import CheckpointStore, first_attempt
 from objectives.models import ModelError
-from objectives.objective import BatchSizeObjective
+from objectives.objective import BatchSizeObjective, task_metric
 from objectives.probe import ProbeError
 from objectives.tasks import Task, TaskError, load_task
-from study.config import ConfigError, StudyConfig, check_precision
+from study.config import PYTHON_TASK_PREFIX, ConfigError, StudyConfig, check_precision
+from study.record import MetricInfo
 from study.space import BatchSpace
 from study.storage import JOURNAL_PREFIX
 
@@ -47,6 +48,12 @@ def build_task(config: Any) -> Task:
     Any object with the same field names works, such as the namespace of a script that
     declared its flags with :func:`study.cli.add_task_arguments`.
     """
+    if config.task.startswith(PYTHON_TASK_PREFIX):
+        raise TaskError(
+            f"--task {config.task!r}: this study's task was a Task object given from Python "
+            "(objectives.run_study(task=...)); resume it the same way, or use "
+            "--task package.module:factory"
+        )
     return load_task(
         config.task,
         model=config.model,
@@ -86,31 +93,59 @@ def checkpoint_store(config: StudyConfig) -> CheckpointStore | None:
     return None if folder is None else CheckpointStore(folder)
 
 
-def training_loss(model: torch.nn.Module, dataset: Any, limit: int = 4096) -> float:
-    """Mean cross-entropy of ``model`` on (the first ``limit`` samples of) ``dataset``.
+def training_loss(
+    model: torch.nn.Module,
+    dataset: Any,
+    limit: int = 4096,
+    loss: Callable[[Any, Any], torch.Tensor] | None = None,
+    collate: Callable[[list], Any] | None = None,
+) -> float:
+    """Mean per-sample loss of ``model`` on (the first ``limit`` items of) ``dataset``.
 
-    Used to tell a diverged model (loss far above its start, or not finite) from a trained one.
+    ``loss`` is the task's (``loss(outputs, targets)`` -> per-sample values; default
+    cross-entropy); items are batched with ``collate`` (default: stacked). Used to tell a
+    diverged model (loss far above its start, or not finite) from a trained one.
     """
-    from objectives.data import as_tensors
+    from torch.utils.data import DataLoader, Subset
 
-    data = as_tensors(dataset)
-    if data is None:
-        return float("nan")
+    from objectives.batch import call_model, to_device
+    from objectives.metrics import cross_entropy
+
+    loss = loss or cross_entropy
     device = next(iter(model.parameters()), torch.empty(0)).device
-    x, y = data.x[:limit].to(device), data.y[:limit].to(device)
+    items = Subset(dataset, range(min(limit, len(dataset))))
     was_training = model.training
     model.eval()
+    total, count = 0.0, 0
     try:
         with torch.no_grad():
-            return float(torch.nn.functional.cross_entropy(model(x).float(), y).item())
+            for inputs, targets in DataLoader(items, batch_size=512, collate_fn=collate):
+                inputs, targets = to_device(inputs, device), to_device(targets, device)
+                values = loss(call_model(model, inputs), targets).float()
+                total += float(values.sum())
+                count += values.numel()
     finally:
         model.train(was_training)
+    return total / count if count else float("nan")
+
+
+def _units_per_sample(task: Task, data: Any) -> float:
+    """What one sample counts in the task's unit (tokens per sequence, ...; 1 for samples)."""
+    if task.count is None:
+        return 1.0
+    n = min(8, len(data))
+    return float(task.count(data.x[:n], data.y[:n])) / n
 
 
 class TorchBackend:
     """Trains with PyTorch: the backend of the scripts and the console command."""
 
     user_errors: tuple[type[Exception], ...] = (ConfigError, TaskError, ModelError, ProbeError)
+
+    def __init__(self, task: Task | None = None) -> None:
+        """``task``: a task given as an object (``study.api.run_study(task=...)``), used
+        instead of building the one the config names."""
+        self._task = task
 
     def device(self, config: StudyConfig) -> str:
         """Where this process trains or probes: with ``--gpus``, the first listed GPU."""
@@ -144,7 +179,11 @@ class TorchBackend:
         return resolve_device("cuda" if config.gpus else config.device)
 
     def build_task(self, config: StudyConfig) -> Task:
-        return build_task(config)
+        return self._task if self._task is not None else build_task(config)
+
+    def metric(self, task: Task) -> MetricInfo:
+        """The task's metric (accuracy, maximised, by default) and what it counts."""
+        return task_metric(task)
 
     def memory_cap(self, config: StudyConfig, task: Task, device: str) -> tuple[int, str, dict]:
         """The hardware probe's cap for the trials' settings, and its table to store."""
@@ -172,6 +211,61 @@ class TorchBackend:
         log: Callable[[str], None],
     ) -> BatchSizeObjective:
         return BatchSizeObjective(task, config, space, device, checkpoint_store(config), log=log)
+
+    def measure_speed(
+        self,
+        config: StudyConfig,
+        task: Task,
+        device: str,
+        space: BatchSpace,
+        batch_sizes: list[int],
+    ) -> dict:
+        """Throughput of the answer's candidate batch sizes, timed for the answer.
+
+        Interleaved rounds on a fresh model (:func:`objectives.speed.measure_speed`), each
+        batch at the micro-batch the study trains it with. Returns the timing's JSON
+        (``SpeedResult.to_dict()``) plus ``per_batch``: ``{batch_size: {"samples_per_s",
+        "spread", "micro_batch_size"}}`` in the task's unit; ``{}`` where the data is not
+        held as tensors (the trials' own timings then stand).
+        """
+        from objectives.data import as_tensors
+        from objectives.speed import measure_speed
+        from objectives.train import TrainSettings
+
+        data = as_tensors(task.train)
+        if data is None or not batch_sizes:
+            return {}
+        per_micro: dict[int, list[int]] = {}
+        for b in batch_sizes:
+            per_micro.setdefault(space.split(b)[0], []).append(b)
+        per_batch: dict[int, dict] = {}
+        timings = []
+        for micro, sizes in sorted(per_micro.items()):
+            settings = TrainSettings(
+                epochs=1,
+                batch_size=max(sizes),
+                micro_batch_size=micro,
+                lr=config.base_lr,
+                optimizer=config.optimizer,
+                seed=config.seed,
+                device=device,
+                precision=config.precision,
+                compile=config.compile,
+            )
+            result = measure_speed(
+                task.build_model, data, sizes, settings, min_seconds=0.1, task=task
+            )
+            timings.append(result.to_dict())
+            units = _units_per_sample(task, data)
+            for b in sizes:
+                row = result.row(b)
+                if row.units_per_s:
+                    per_batch[b] = {
+                        "samples_per_s": row.units_per_s * units,
+                        "spread": row.relative_spread,
+                        "micro_batch_size": micro,
+                    }
+        return {"per_batch": per_batch, "timings": timings}
 
     def tidy(self, config: StudyConfig, study: optuna.Study) -> None:
         """Keep only the checkpoints that a RUNNING or WAITING retry may resume."""

@@ -73,9 +73,15 @@ def _result_to_dict(result: TrainResult) -> dict:
 def _result_from_dict(data: dict) -> TrainResult:
     known = {f.name for f in dataclasses.fields(TrainResult)}
     epoch_fields = {f.name for f in dataclasses.fields(EpochResult)}
+    renamed = {"val_accuracy": "val_metric", "test_accuracy": "test_metric"}  # older files
+    renamed["train_accuracy"] = "train_metric"
+    data = {renamed.get(k, k): v for k, v in data.items()}
     values = {k: v for k, v in data.items() if k in known and k != "epochs"}
     epochs = [
-        EpochResult(**{k: v for k, v in e.items() if k in epoch_fields}) for e in data["epochs"]
+        EpochResult(
+            **{renamed.get(k, k): v for k, v in e.items() if renamed.get(k, k) in epoch_fields}
+        )
+        for e in data["epochs"]
     ]
     return TrainResult(epochs=epochs, **values)
 

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 import torch
 
 from objectives.data import Tensors
-from objectives.train import TrainSettings, evaluate, make_step, update_groups
+from objectives.train import (
+    TrainSettings,
+    check_batch_fits,
+    evaluate,
+    make_step,
+    update_groups,
+)
 
 
 @dataclass
@@ -65,8 +71,13 @@ def steps_to_target(
     """Optimizer steps until validation accuracy first reaches ``target`` (``None``: never).
 
     Validation is checked every ``eval_every`` steps, so the count is exact to that grain.
-    Each update is the trials' own (:meth:`objectives.train.Step.update`, fp32).
+    Each update is the trials' own (:meth:`objectives.train.Step.update`, fp32) and uses
+    exactly ``batch_size`` samples (each epoch's short tail sits out).
+
+    Raises:
+        ValueError: ``batch_size`` is above the training set.
     """
+    check_batch_fits(len(train), batch_size)
     generator = torch.Generator().manual_seed(seed)
     device = train.x.device
     settings = TrainSettings(

@@ -4,14 +4,18 @@ In-memory data is batched by slicing device tensors with a per-epoch permutation
 operation per micro-batch) instead of a per-sample DataLoader that collates item by item.
 A split is held on the device when it takes at most :data:`DEVICE_DATA_FRACTION` of the
 device's free memory (on CPU: always, for a ``TensorDataset``, which is used without a copy;
-other datasets are stacked when under :data:`IN_MEMORY_LIMIT_BYTES`). Data that does not fit
-streams through :func:`make_loader`: a DataLoader with worker processes and pinned memory.
+other datasets of ``(tensor, tensor or number)`` items are stacked when under
+:data:`IN_MEMORY_LIMIT_BYTES`). Data that does not fit, data of other structures (dicts,
+tuples) and data whose task gives a ``collate`` streams through :func:`make_loader`: a
+DataLoader with the task's ``collate``, worker processes and pinned memory (on CUDA).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset
@@ -27,7 +31,7 @@ MAX_LOADER_WORKERS = 4
 
 @dataclass
 class Tensors:
-    """A split held as two tensors: inputs ``x`` and integer labels ``y``."""
+    """A split held as two tensors: inputs ``x`` and targets ``y`` (one row per sample)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -54,20 +58,49 @@ def labels_of(dataset: Dataset) -> torch.Tensor:
     return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
 
 
-def as_tensors(dataset: Dataset, limit_bytes: int = IN_MEMORY_LIMIT_BYTES) -> Tensors | None:
-    """Return the dataset as :class:`Tensors`, or ``None`` when it is too large to hold.
+def _targets(y: torch.Tensor) -> torch.Tensor:
+    """Integer class labels as ``long`` (what the default loss wants); others as they are."""
+    integer = not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
+    return y.long() if integer else y
 
-    A ``TensorDataset`` is used as it is (no copy); other datasets are stacked item by item
-    when their estimated size (first item's bytes times length) is under ``limit_bytes``.
+
+def _plain(item: Any) -> bool:
+    """Whether an item is ``(tensor, tensor or number)``, which stacks into :class:`Tensors`."""
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) == 2
+        and isinstance(item[0], torch.Tensor)
+        and isinstance(item[1], (torch.Tensor, int, float))
+        and not isinstance(item[1], bool)
+    )
+
+
+def as_tensors(dataset: Dataset, limit_bytes: int = IN_MEMORY_LIMIT_BYTES) -> Tensors | None:
+    """Return the dataset as :class:`Tensors`, or ``None`` when it cannot or should not be.
+
+    A two-tensor ``TensorDataset`` is used as it is (no copy; integer labels become ``long``);
+    other datasets of ``(tensor, tensor or number)`` items are stacked item by item when their
+    estimated size (first item's bytes times length) is under ``limit_bytes`` and the items
+    have equal shapes. Inputs keep their dtype (token ids stay integers). Anything else
+    (dict or tuple inputs, items of different lengths): ``None``.
     """
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         x, y = dataset.tensors
-        return Tensors(x.float() if not x.is_floating_point() else x, y.long())
+        return Tensors(x, _targets(y))
+    if isinstance(dataset, TensorDataset) or len(dataset) == 0 or not _plain(dataset[0]):
+        return None
     first = dataset[0][0]
     if first.element_size() * first.numel() * len(dataset) > limit_bytes:
         return None
-    xs, ys = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
-    return Tensors(torch.stack(list(xs)), torch.tensor([int(v) for v in ys], dtype=torch.long))
+    items = [dataset[i] for i in range(len(dataset))]
+    if not all(_plain(item) and item[0].shape == first.shape for item in items):
+        return None
+    xs, ys = zip(*items, strict=True)
+    if isinstance(ys[0], torch.Tensor):
+        y = torch.stack([torch.as_tensor(v) for v in ys])
+    else:
+        y = torch.tensor(ys)
+    return Tensors(torch.stack(list(xs)), _targets(y))
 
 
 def fits_on_device(nbytes: int, device: torch.device | str) -> bool:
@@ -83,11 +116,16 @@ def fits_on_device(nbytes: int, device: torch.device | str) -> bool:
     return nbytes <= DEVICE_DATA_FRACTION * free
 
 
-def place(dataset: Dataset, device: torch.device | str) -> Tensors | Dataset:
+def place(
+    dataset: Dataset, device: torch.device | str, collate: Callable | None = None
+) -> Tensors | Dataset:
     """The dataset as device tensors when it fits (:func:`fits_on_device`), else itself.
 
-    Moved once (a non-blocking copy on CUDA); training then batches it by slicing.
+    Moved once (a non-blocking copy on CUDA); training then batches it by slicing. A dataset
+    with a ``collate`` (its task's) always stays itself: its batches are built by ``collate``.
     """
+    if collate is not None:
+        return dataset
     tensors = as_tensors(dataset)
     if tensors is None or not fits_on_device(tensors.nbytes, device):
         return dataset
@@ -114,22 +152,32 @@ def make_loader(
     generator: torch.Generator | None = None,
     shuffle: bool = True,
     workers: int | None = None,
+    drop_last: bool = False,
+    collate: Callable | None = None,
 ) -> DataLoader:
     """A DataLoader that streams ``dataset`` in batches: workers, pinned memory on CUDA.
 
     Workers live for one pass (an epoch), so nothing outlives a trial that stops early; on
     Linux starting them costs milliseconds beside an epoch too large to hold on the device.
-    A ``TensorDataset`` is read a whole batch per index operation (a batch sampler hands each
-    worker the batch's indices) rather than collated sample by sample.
+    A ``TensorDataset`` without ``collate`` is read a whole batch per index operation (a batch
+    sampler hands each worker the batch's indices) rather than collated sample by sample.
+    Training passes ``drop_last=True`` (every update has exactly ``batch_size`` samples) and
+    the task's ``collate`` (``None``: items stacked by ``default_collate``).
     """
     device = torch.device(device)
     n_workers = loader_workers(device, workers)
     common = dict(num_workers=n_workers, pin_memory=device.type == "cuda")
-    if isinstance(dataset, TensorDataset):
+    if isinstance(dataset, TensorDataset) and collate is None:
         sampler = RandomSampler(dataset, generator=generator) if shuffle else None
         indices = sampler if sampler is not None else range(len(dataset))
-        batches = BatchSampler(indices, batch_size, drop_last=False)
+        batches = BatchSampler(indices, batch_size, drop_last=drop_last)
         return DataLoader(dataset, sampler=batches, batch_size=None, **common)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, **common
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        drop_last=drop_last,
+        collate_fn=collate,
+        **common,
     )

@@ -9,6 +9,8 @@
   with a strided convolution), global average pooling and a linear classifier. It normalises
   with GroupNorm, which normalises each sample on its own, so it does not see the
   micro-batches.
+- :class:`CharTransformer`: a tiny causal transformer language model over token ids (the
+  built-in ``charlm`` task); it normalises with LayerNorm, per token.
 
 None uses batch normalisation, so gradient accumulation over micro-batches gives exactly the
 update of one large batch (batch norm would see the micro-batches; see the README).
@@ -135,6 +137,72 @@ def resnet(
         previous = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(previous, num_classes)]
     return nn.Sequential(*layers)
+
+
+class CharTransformer(nn.Module):
+    """A small causal (decoder-only) transformer language model over token ids.
+
+    Token and learned position embeddings, ``layers`` pre-norm transformer blocks with a causal
+    mask, a final LayerNorm and a linear head: ``[n, t]`` int64 ids in, ``[n, t, vocab_size]``
+    logits out, position ``i`` predicting token ``i + 1``. No dropout, no batch statistics, so
+    gradient accumulation is exact. Right padding needs no attention mask: under the causal
+    mask a real token never attends to a later padded one.
+
+    Args:
+        vocab_size: Number of token ids.
+        context: Longest sequence the position embedding covers.
+        d_model: Width of the embeddings and blocks.
+        layers: Number of transformer blocks.
+        heads: Attention heads per block (``d_model`` must be divisible by it).
+        ff_mult: Width of each block's feed-forward layer, in multiples of ``d_model``.
+
+    Example:
+        >>> model = CharTransformer(vocab_size=97, context=64)
+        >>> model(torch.zeros(2, 10, dtype=torch.long)).shape
+        torch.Size([2, 10, 97])
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        context: int,
+        d_model: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        ff_mult: int = 4,
+    ) -> None:
+        super().__init__()
+        if d_model % heads:
+            raise ModelError(f"d_model {d_model} is not divisible by {heads} attention heads")
+        self.context = context
+        self.token = nn.Embedding(vocab_size, d_model)
+        self.position = nn.Embedding(context, d_model)
+        block = nn.TransformerEncoderLayer(
+            d_model, heads, ff_mult * d_model, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size)
+        mask = nn.Transformer.generate_square_subsequent_mask(context)
+        self.register_buffer("causal_mask", mask, persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits ``[n, t, vocab_size]`` for token ids ``[n, t]`` (``t <= context``)."""
+        length = tokens.shape[1]
+        if length > self.context:
+            raise ValueError(f"sequence of {length} tokens, longer than the context {self.context}")
+        positions = torch.arange(length, device=tokens.device)
+        hidden = self.token(tokens) + self.position(positions)
+        mask = self.causal_mask[:length, :length].to(hidden.dtype)
+        hidden = self.blocks(hidden, mask=mask, is_causal=True)
+        return self.head(self.norm(hidden))
+
+
+def char_transformer_factory(
+    vocab_size: int, context: int, d_model: int = 64, layers: int = 2, heads: int = 4
+) -> Callable[[], nn.Module]:
+    """Return a function that builds a fresh :class:`CharTransformer` with these sizes."""
+    return lambda: CharTransformer(vocab_size, context, d_model, layers, heads)
 
 
 def build_model_factory(

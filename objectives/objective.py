@@ -52,19 +52,29 @@ from objectives.train import (
     finish,
     make_step,
     place,
+    samples_left_out,
     step_periods,
     steps_per_epoch,
     torch_flags,
     train_model,
 )
 from study.config import StudyConfig
-from study.record import OutOfMemory, TrialRecord, write_record
+from study.record import MetricInfo, OutOfMemory, TrialRecord, write_record
 from study.scaling import scaled_lr
 from study.space import BatchSpace
 from study.workers import raise_if_interrupted
 
 #: Out-of-memory retries of one trial (each halves the micro-batch) before it is pruned.
 OOM_RETRIES = 1
+
+
+def task_metric(task: Task) -> MetricInfo:
+    """The study-side description of ``task``'s metric: name, direction, unit."""
+    metric = getattr(task, "metric", None)
+    unit = getattr(task, "unit", None) or "samples"
+    if metric is None:
+        return MetricInfo(unit=unit)
+    return MetricInfo(metric.name, metric.direction, unit)
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -154,8 +164,9 @@ class BatchSizeObjective:
         self.checkpoints = checkpoints
         self.log = log
         self.log_interval_s = log_interval_s
+        self.metric = task_metric(task)
         self.train, self.val, self.test = (
-            place(d, self.device) for d in (task.train, task.val, task.test)
+            place(d, self.device, task.collate) for d in (task.train, task.val, task.test)
         )
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
@@ -175,7 +186,9 @@ class BatchSizeObjective:
         key = first_attempt(trial)  # a retry continues its first attempt's run and seed
         run = run_id(trial, key) if self.checkpoints is not None else ""
         seed = trial_seed(config.seed, key)
+        phase = "confirm" if trial.user_attrs.get("phase") == "confirm" else "search"
         record = TrialRecord(
+            phase=phase,
             batch_size=batch_size,
             micro_batch_size=micro,
             accumulation_steps=accumulation,
@@ -183,6 +196,7 @@ class BatchSizeObjective:
             scaling_rule=rule,
             seed=seed,
             lr_multiplier=multiplier,
+            samples_left_out=samples_left_out(len(self.train), batch_size),
             **self._device_record(),
         )
         ooms: list[OutOfMemory] = []
@@ -225,9 +239,9 @@ class BatchSizeObjective:
             record.epochs_completed = int(passes)  # whole passes; the fraction beside it
             record.passes_completed = round(passes, 2)
         if config.multi_objective:  # no intermediate values: keep the learning curve here
-            record.val_accuracy_per_epoch = tuple(e.val_accuracy for e in attempt.result.epochs)
+            record.val_metric_per_epoch = tuple(e.val_metric for e in attempt.result.epochs)
         record = dataclasses.replace(record, **attempt.noise)
-        _write(trial, record, attempt.result)
+        _write(trial, record, attempt.result, self.metric)
         if attempt.outcome == "oom":
             raise optuna.TrialPruned(
                 f"out of memory at micro-batch {attempt.micro_batch_size} "
@@ -236,8 +250,8 @@ class BatchSizeObjective:
         if attempt.outcome in ("pruned", "diverged"):
             raise optuna.TrialPruned(attempt.detail)
         if config.multi_objective:
-            return attempt.result.val_accuracy, round(attempt.result.train_time_s, 4)
-        return attempt.result.val_accuracy
+            return attempt.result.val_metric, round(attempt.result.train_time_s, 4)
+        return attempt.result.val_metric
 
     def _plan(self, batch_size: int) -> tuple[int | None, ...]:
         """The evaluation periods of a trial: epochs, or shares of the step budget."""
@@ -251,7 +265,9 @@ class BatchSizeObjective:
             return {}
         b_big = min(128, len(self.train) - len(self.train) % 8)
         generator = torch.Generator().manual_seed(seed)
-        estimate = estimate_noise_scale(model, self.train, 8, b_big, 8, generator)
+        estimate = estimate_noise_scale(
+            model, self.train, 8, b_big, 8, generator, loss=self.task.loss
+        )
         return {"b_simple": estimate.b_simple, "b_simple_se": estimate.b_simple_se}
 
     def _device_record(self) -> dict:
@@ -317,6 +333,7 @@ class BatchSizeObjective:
             model.load_state_dict(saved.model_state)
 
         multi = self.config.multi_objective
+        prunable = not multi and trial.user_attrs.get("phase") != "confirm"  # confirm: never
         progress = ProgressLog(self.log, self.log_interval_s) if self.log else None
         unit = "epoch" if self.config.budget == "epochs" else "evaluation"
 
@@ -325,7 +342,7 @@ class BatchSizeObjective:
             if not multi:  # Optuna reports and prunes single-objective trials only
                 with warnings.catch_warnings():  # a retry re-reporting keeps the first value
                     warnings.filterwarnings("ignore", message="The reported value is ignored")
-                    trial.report(epoch.val_accuracy, epoch.epoch)
+                    trial.report(epoch.val_metric, epoch.epoch)
             if self.checkpoints is not None and epoch.epoch < len(plan):
                 self.checkpoints.save(
                     key, run, model, step.optimizer, attempt.result, attempt.micro_batch_size
@@ -333,15 +350,15 @@ class BatchSizeObjective:
             if progress is not None:
                 progress(
                     f"trial {trial.number}: {unit} {epoch.epoch}/{len(plan)}, batch "
-                    f"{batch_size}, train loss {epoch.train_loss:.4f}, val accuracy "
-                    f"{epoch.val_accuracy:.4f} ({epoch.train_time_s:.1f} s)"
+                    f"{batch_size}, train loss {epoch.train_loss:.4f}, val {self.metric.name} "
+                    f"{epoch.val_metric:.4f} ({epoch.train_time_s:.1f} s)"
                 )
-            if not multi and trial.should_prune():
+            if prunable and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after evaluation {epoch.epoch}")
 
         try:
             with torch_flags(self.device):
-                step = make_step(model, settings)
+                step = make_step(model, settings, self.task)
                 if saved is not None and saved.optimizer_state is not None:
                     step.optimizer.load_state_dict(saved.optimizer_state)
                 train_model(
@@ -353,6 +370,7 @@ class BatchSizeObjective:
                     attempt.result,
                     step=step,
                     start_epoch=start,
+                    task=self.task,
                 )
                 finish(
                     attempt.result,
@@ -362,6 +380,7 @@ class BatchSizeObjective:
                     settings.eval_batch,
                     self.device,
                     settings.precision,
+                    self.task,
                 )
                 if self.config.noise_scale:
                     attempt.noise = self._noise_scale(model, seed)
@@ -376,17 +395,19 @@ class BatchSizeObjective:
             attempt.outcome, attempt.detail = "oom", oom_summary(error)
 
 
-def _write(trial: optuna.Trial, record: TrialRecord, result: TrainResult) -> None:
+def _write(
+    trial: optuna.Trial, record: TrialRecord, result: TrainResult, metric: MetricInfo
+) -> None:
     """Fill in what the attempt measured and store the trial's record as user attributes."""
     if record.epochs_completed is None:
         record.epochs_completed = len(result.epochs)
     record.train_time_s = round(result.train_time_s, 4)
     if result.epochs:
-        record.val_accuracy = result.val_accuracy
-    record.train_accuracy = result.train_accuracy
+        record.val_metric = result.val_metric
+    record.train_metric = result.train_metric
     if result.samples_seen:
-        record.samples_per_s = round(result.samples_per_s, 1)
+        record.samples_per_s = round(result.units_per_s, 1)  # units (task.unit) per second
         record.peak_memory_bytes = result.peak_memory_bytes
         record.memory_source = result.memory_source
-    record.test_accuracy = result.test_accuracy
-    write_record(trial, record)  # one transaction on SQLite and PostgreSQL
+    record.test_metric = result.test_metric
+    write_record(trial, record, metric)  # one transaction on SQLite and PostgreSQL

@@ -22,9 +22,21 @@ evaluation batch of the same size under ``no_grad`` and the same autocast.
    the budget, once the fit predicts the next power of two not to fit. Steps predicted not to
    fit are never run. An out-of-memory error is caught, nothing it referenced is kept, the
    CUDA cache is emptied, and a fresh model and optimizer are built.
-4. **Throughput.** Samples per second at each batch of the ladder up to the cap (one measured
-   warm-up step, then ``timed_steps`` timed steps, synchronised on CUDA); the knee is the
-   smallest batch within 10% of the best throughput.
+4. **Throughput.** Samples per second (or the task's ``unit`` per second, counted by its
+   ``count``) at each batch of the ladder up to the cap, measured as the answer's speed
+   figures are (:func:`objectives.speed.time_interleaved`): after one measured warm-up step
+   per batch, :data:`SPEED_ROUNDS` interleaved rounds over the batch sizes, each measurement
+   at least ``timed_steps`` steps and :data:`MIN_TIMED_SECONDS` (synchronised on CUDA); the
+   table shows the median with the min-max range. The knee
+   (:func:`objectives.speed.knee_from_timings`) is the smallest batch from which up to the
+   fastest every batch is within 10% of the fastest, compared round by round.
+
+**Variable-length data.** When the task has a ``collate`` (items that are padded to a common
+length), every probing batch of ``b`` samples is built from the ``b`` largest items of the
+training split (sorted by their number of elements, inputs and targets), so the padding
+reaches the longest length the data can produce and the cap holds for every batch a trial can
+draw. Finding them reads every training item once. Without a ``collate`` all items have one
+shape and batches are drawn at random.
 
 Nothing outside the probe changes: the caller's random number generators are restored, the
 task's data is only read, and the probe's model, optimizer and device memory are released.
@@ -51,11 +63,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import default_collate
 
+from objectives.batch import call_model, numel, stack_items, to_device
 from objectives.data import Tensors, place
 from objectives.memory import PeakMemory, state_bytes, tensor_bytes
 from objectives.oom import is_out_of_memory
+from objectives.speed import SpeedResult, knee_from_timings, time_interleaved
 from objectives.tasks import Task
 from objectives.train import Step, TrainSettings, make_step, torch_flags
 from study.config import OPTIMIZERS
@@ -67,8 +80,10 @@ KNEE_TOLERANCE = 0.1
 GROWTH_LIMIT = 8
 #: Throughput timing goes on past ``timed_steps`` until this many seconds have passed ...
 MIN_TIMED_SECONDS = 0.05
-#: ... but never past this many steps per batch size.
+#: ... but never past this many steps per batch size and measurement.
 MAX_TIMED_STEPS = 50
+#: Interleaved timing rounds of the throughput table; its figures are the medians.
+SPEED_ROUNDS = 5
 
 #: Where the probe says what it is doing: called with one short line at a time.
 Log = Callable[[str], None]
@@ -221,7 +236,7 @@ class ProbeRow:
     batch_size: int
     predicted_bytes: int
     measured_bytes: int | None
-    samples_per_s: float | None
+    samples_per_s: float | None  # units (ProbeResult.unit) per second
 
 
 @dataclass
@@ -230,8 +245,8 @@ class ProbeResult:
 
     Args:
         max_batch_size: The cap: the largest batch whose measured step fitted the budget.
-        knee_batch_size: Smallest batch within 10% of the best samples/s (``None`` when
-            throughput was not measured).
+        knee_batch_size: Smallest batch from which up to the fastest every batch is within
+            10% of the fastest's throughput (``None`` when throughput was not measured).
         fixed_bytes: The fit's intercept: parameters, optimizer state, data the device
             holds, and what of the gradients is alive at the step's peak.
         bytes_per_sample: The fit's bytes per sample of batch.
@@ -241,6 +256,8 @@ class ProbeResult:
             over the budget.
         steps_run: Training steps the search ran (each with one evaluation batch).
         throughput_steps: Training steps run for the throughput table (warm-up and timed).
+        speed: The interleaved timings behind the table
+            (:meth:`objectives.speed.SpeedResult.to_dict`; ``None`` when not measured).
     """
 
     max_batch_size: int
@@ -259,11 +276,14 @@ class ProbeResult:
     min_batch_size: int = 1
     search_limit: int = 0
     stop_reason: str = ""
+    unit: str = "samples"
+    longest_items: bool = False
     steps_run: int = 0
     throughput_steps: int = 0
     timed_steps: int = 0
     seconds: float = 0.0
     rejected: list[dict] = field(default_factory=list)
+    speed: dict | None = None
 
     def predicted_bytes(self, batch_size: int) -> int:
         """Bytes the fit predicts for one step at ``batch_size``."""
@@ -294,8 +314,13 @@ class ProbeResult:
             f"batches {self.min_batch_size}..{self.search_limit}; throughput table: "
             f"{self.throughput_steps} steps; {self.seconds:.1f} s in all",
             "",
-            f"{'batch':>7}  {'predicted':>11}  {'measured':>11}  {'samples/s':>11}",
+            f"{'batch':>7}  {'predicted':>11}  {'measured':>11}  {self.unit + '/s':>11}"
+            + (f"  {'min-max':>19}" if self.speed else ""),
         ]
+        spread = {
+            r["batch_size"]: (r.get("units_per_s_min"), r.get("units_per_s_max"))
+            for r in (self.speed or {}).get("rows", [])
+        }
         for row in self.rows:
             marks = []
             if row.batch_size == self.max_batch_size:
@@ -303,9 +328,12 @@ class ProbeResult:
             if row.batch_size == self.knee_batch_size:
                 marks.append("knee")
             speed = f"{row.samples_per_s:,.0f}" if row.samples_per_s is not None else "-"
+            low, high = spread.get(row.batch_size, (None, None))
+            span = f"{low:,.0f}-{high:,.0f}" if low is not None and high is not None else "-"
             lines.append(
                 f"{row.batch_size:>7}  {format_bytes(row.predicted_bytes):>11}  "
                 f"{format_bytes(row.measured_bytes):>11}  {speed:>11}"
+                + (f"  {span:>19}" if self.speed else "")
                 + (f"  <- {', '.join(marks)}" if marks else "")
             )
         for rej in self.rejected:
@@ -318,8 +346,8 @@ class ProbeResult:
         lines += [
             "",
             f"Cap: {self.max_batch_size} ({self.stop_reason})",
-            f"Knee: {self.knee_batch_size} (smallest batch within {KNEE_TOLERANCE:.0%} of the "
-            "best samples/s)"
+            f"Knee: {self.knee_batch_size} (smallest batch from which every batch up to the "
+            f"fastest is within {KNEE_TOLERANCE:.0%} of its {self.unit}/s, round by round)"
             if self.knee_batch_size is not None
             else "Knee: - (throughput not measured)",
             "predicted: the memory model, fitted through the largest measured step; at small "
@@ -328,11 +356,18 @@ class ProbeResult:
         if self.throughput_steps:
             lines += [
                 "measured: one training step with its evaluation batch (the warm-up step)",
-                f"samples/s: training steps only, timed over >= {self.timed_steps} steps and "
-                f">= {MIN_TIMED_SECONDS * 1000:.0f} ms per batch size after the warm-up step",
+                f"{self.unit}/s: training steps only, the median of "
+                f"{(self.speed or {}).get('rounds', SPEED_ROUNDS)} interleaved rounds "
+                f"(min-max beside it), each >= {self.timed_steps} steps and "
+                f">= {MIN_TIMED_SECONDS * 1000:.0f} ms after a warm-up step",
             ]
         else:
             lines.append("measured: the search's steps, each with its evaluation batch")
+        if self.longest_items:
+            lines.append(
+                "batches: the longest training items (padded by the task's collate), so the "
+                "cap holds for the longest batch the data can produce"
+            )
         return "\n".join(lines)
 
 
@@ -353,12 +388,13 @@ class _StepRig:
             self.base_reserved = torch.cuda.memory_reserved(device)
             self.base_allocated = torch.cuda.memory_allocated(device)
         # Held as training holds them (on CUDA this is part of what the allocator measures).
-        splits = [place(d, device) for d in (task.train, task.val, task.test)]
+        splits = [place(d, device, task.collate) for d in (task.train, task.val, task.test)]
         self.train = splits[0]
         self.held_splits = splits
         self.copy_bytes = 0 if self.on_cuda else _copied_bytes(task, splits)
         self.model: torch.nn.Module | None = None
         self.step: Step | None = None
+        self._longest: list[int] | None = None  # training items by size, largest first
         self._build()
 
     @property
@@ -369,7 +405,7 @@ class _StepRig:
         """A fresh model, and the trial's step over it (optimizer, scaler, autocast)."""
         self.model = self.task.build_model().to(self.device)
         self.model.train()
-        self.step = make_step(self.model, self.settings)
+        self.step = make_step(self.model, self.settings, self.task)
 
     def rebuild(self) -> None:
         """Drop the model and optimizer (after an out-of-memory error) and build fresh ones."""
@@ -385,26 +421,43 @@ class _StepRig:
         if self.on_cuda:
             torch.cuda.empty_cache()
 
-    def _batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def longest(self, batch_size: int) -> list[int]:
+        """The indices of the ``batch_size`` largest training items (elements of inputs and
+        targets), found once by reading every item."""
+        if self._longest is None:
+            sizes = torch.tensor([numel(self.train[i]) for i in range(len(self.train))])
+            self._longest = torch.argsort(sizes, descending=True, stable=True).tolist()
+        return self._longest[:batch_size]
+
+    def _batch(self, batch_size: int) -> tuple[object, object]:
+        """A training batch: the longest items with a ``collate``, else random items."""
+        if self.task.collate is not None:
+            x, y = self.task.collate([self.train[i] for i in self.longest(batch_size)])
+            return to_device(x, self.device), to_device(y, self.device)
         index = torch.randint(len(self.train), (batch_size,), generator=self.generator)
         if isinstance(self.train, Tensors):
             index = index.to(self.device)
             return self.train.x[index], self.train.y[index]
-        x, y = default_collate([self.train[i] for i in index.tolist()])
-        return x.to(self.device), torch.as_tensor(y, dtype=torch.long).to(self.device)
+        x, y = stack_items([self.train[i] for i in index.tolist()])
+        return to_device(x, self.device), to_device(y, self.device)
 
-    def train_step(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def units(self, x: object, y: object, batch_size: int) -> object:
+        """The units of a batch: ``batch_size`` samples, or the task's ``count`` (a tensor
+        stays on the device)."""
+        return batch_size if self.task.count is None else self.task.count(x, y)
+
+    def train_step(self, batch_size: int) -> tuple[object, object]:
         """One training step as a trial runs it (:func:`objectives.train.make_step`)."""
         x, y = self._batch(batch_size)
         self.step(x, y)
         self.steps += 1
         return x, y
 
-    def eval_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One evaluation batch as :func:`objectives.train.evaluate` runs it."""
+    def eval_batch(self, x: object, y: object) -> None:
+        """One evaluation batch as :func:`objectives.train.evaluate` runs it (the metric)."""
         self.model.eval()
         with torch.no_grad(), self.step.autocast():
-            (self.step.model(x).argmax(dim=1) == y).sum()
+            self.task.metric.fn(call_model(self.step.model, x), y).sum()
         self.model.train()
 
     def _level(self) -> int:
@@ -444,10 +497,31 @@ class _StepRig:
             return None, 0
         return level + peak.bytes, self._held()
 
+    def run_steps(self, batch_size: int, steps: int) -> float | None:
+        """Run ``steps`` training steps; the units they trained (``None``: out of memory, the
+        rig is then rebuilt). Not synchronised: the caller times it."""
+        out_of_memory = False
+        try:
+            units: object = 0
+            for _ in range(steps):
+                x, y = self.train_step(batch_size)
+                units = units + self.units(x, y, batch_size)
+                del x, y
+            units = float(units)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            out_of_memory = True
+        if out_of_memory:
+            self.rebuild()
+            return None
+        return units
+
     def samples_per_s(
         self, batch_size: int, min_steps: int, min_seconds: float = MIN_TIMED_SECONDS
     ) -> float | None:
-        """Training samples per second (``None`` if out of memory).
+        """Training samples (or the task's units, see :meth:`units`) per second (``None`` if
+        out of memory).
 
         Runs at least ``min_steps`` steps and keeps going until ``min_seconds`` have passed
         (at most :data:`MAX_TIMED_STEPS` steps), so that sub-millisecond steps are not timed
@@ -459,14 +533,18 @@ class _StepRig:
                 torch.cuda.synchronize(self.device)
             started = time.perf_counter()
             steps = 0
+            units: object = 0
             while steps < min_steps or (
                 steps < MAX_TIMED_STEPS and time.perf_counter() - started < min_seconds
             ):
-                self.train_step(batch_size)
+                x, y = self.train_step(batch_size)
+                units = units + self.units(x, y, batch_size)
+                del x, y
                 steps += 1
             if self.on_cuda:
                 torch.cuda.synchronize(self.device)
             elapsed = time.perf_counter() - started
+            units = float(units)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -474,7 +552,7 @@ class _StepRig:
         if out_of_memory:
             self.rebuild()
             return None
-        return steps * batch_size / max(elapsed, 1e-9)
+        return units / max(elapsed, 1e-9)
 
 
 def _copied_bytes(task: Task, placed: list) -> int:
@@ -590,8 +668,9 @@ def probe_batch_size(
             what a step holds.
         compile: Probe through ``torch.compile`` as the trials will (each new batch shape
             may compile first; slow, but the memory is the compiled graph's).
-        timed_steps: The fewest timed training steps per batch size for the throughput table
-            (more are run while a batch size has been timed for under 50 ms).
+        timed_steps: The fewest timed training steps per measurement of the throughput
+            table (more while one measurement would last under 50 ms); each batch size is
+            measured in :data:`SPEED_ROUNDS` interleaved rounds.
         measure_throughput: Whether to build the throughput table (and the knee).
         seed: Seeds the probe's model and batches (the caller's generators are restored).
         log: Called with one short line per phase and measured batch size (what the probe
@@ -649,6 +728,8 @@ def probe_batch_size(
         finally:
             rig.close()
     result.task = task.name
+    result.unit = task.unit
+    result.longest_items = task.collate is not None
     result.device = str(dev)
     result.optimizer = optimizer
     result.precision = precision
@@ -756,12 +837,8 @@ def _search(
     for b in ladder[: ladder.index(cap) + 1]:
         row = ProbeRow(b, fit.predict(b), measured.get(b), None)
         if measure_throughput:
-            row.measured_bytes, _ = rig.measure(b)  # also the warm-up step
-            if row.measured_bytes is not None and row.measured_bytes <= budget:
-                row.samples_per_s = rig.samples_per_s(b, timed_steps)
-            if row.samples_per_s is not None:
-                log(f"batch {b}: {row.samples_per_s:,.0f} samples/s")
-            else:
+            row.measured_bytes, _ = rig.measure(b)  # also a warm-up step
+            if row.measured_bytes is None or row.measured_bytes > budget:
                 # Not above the cap, yet it did not fit this time (memory not monotone in the
                 # batch, or the allocator's cache in steady state): lower the cap to what ran.
                 cap = rows[-1].batch_size if rows else cap
@@ -769,14 +846,35 @@ def _search(
                 log(f"batch {b} did not fit when run again: cap lowered to {cap}")
                 break
         rows.append(row)
+    speed = None
+    if measure_throughput and rows:
+        speed = _time_rows(rig, rows, timed_steps)
+        for row in rows:
+            row.samples_per_s = speed.row(row.batch_size).units_per_s
+        timed = [r for r in rows if r.samples_per_s is not None]
+        if len(timed) < len(rows):  # ran out of memory while timed: the cap is what ran
+            first_failed = next(r.batch_size for r in rows if r.samples_per_s is None)
+            rows = [r for r in rows if r.batch_size < first_failed]
+            cap = rows[-1].batch_size if rows else cap
+            reason = f"{first_failed} did not fit when timed for the throughput table"
+            log(f"batch {first_failed} did not fit when timed: cap lowered to {cap}")
+        for row in rows:
+            timed_row = speed.row(row.batch_size)
+            log(
+                f"batch {row.batch_size}: range {timed_row.units_per_s_min:,.0f}-"
+                f"{timed_row.units_per_s_max:,.0f}, median {row.samples_per_s:,.0f} "
+                f"{rig.task.unit}/s"
+            )
     rejected = [
         {"batch_size": b, "predicted_bytes": fit.predict(b), "measured_bytes": m}
         for b, m in sorted(measured.items())
         if not fits(b)
     ]
     knee = None
-    if measure_throughput and rows:
-        knee = knee_batch_size((r.batch_size, r.samples_per_s) for r in rows)
+    if speed is not None and rows:
+        kept = {r.batch_size for r in rows}
+        speed.rows = [r for r in speed.rows if r.batch_size in kept]
+        knee = knee_from_timings(speed, KNEE_TOLERANCE)
     return ProbeResult(
         max_batch_size=cap,
         knee_batch_size=knee,
@@ -788,6 +886,31 @@ def _search(
         steps_run=steps_run,
         throughput_steps=rig.steps - steps_run,
         rejected=rejected,
+        speed=speed.to_dict() if speed is not None else None,
+    )
+
+
+def _time_rows(rig: _StepRig, rows: list[ProbeRow], timed_steps: int) -> SpeedResult:
+    """Throughput of each row's batch, timed as the answer's speed figures are: interleaved
+    rounds of at least ``timed_steps`` steps and :data:`MIN_TIMED_SECONDS` per measurement,
+    the median over :data:`SPEED_ROUNDS` rounds (:func:`objectives.speed.time_interleaved`)."""
+
+    def run(batch_size: int, steps: int) -> float | None:
+        return rig.run_steps(batch_size, steps)
+
+    def sync() -> None:
+        if rig.on_cuda:
+            torch.cuda.synchronize(rig.device)
+
+    return time_interleaved(
+        run,
+        [r.batch_size for r in rows],
+        rounds=SPEED_ROUNDS,
+        updates=timed_steps,
+        min_seconds=MIN_TIMED_SECONDS,
+        max_updates=MAX_TIMED_STEPS,
+        sync=sync,
+        unit=rig.task.unit,
     )
 
 

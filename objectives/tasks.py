@@ -1,11 +1,13 @@
 """Tasks: the data and the model factory one study trains.
 
-A :class:`Task` is what a trial needs from the user's problem: a way to build a fresh model and
-three datasets yielding ``(input_tensor, int_label)``. Built in are ``digits`` (scikit-learn's
-bundled handwritten digits), ``synthetic`` (a learnable problem of any size) and the image
-datasets ``mnist``, ``fashion-mnist`` and ``cifar10`` (read from ``data_dir``; see
-:mod:`objectives.vision`); a user's own task is ``package.module:factory`` or
-``path/to/file.py:factory``.
+A :class:`Task` is what a trial needs from the user's problem: a way to build a fresh model,
+three datasets of ``(inputs, targets)`` items, and optionally the loss, the metric the study
+selects on, a ``collate`` for items that need padding, a :class:`~objectives.train.StepHook`
+and what a "sample" counts (see ``docs/tasks.md`` for the contract with examples). Built in
+are ``digits`` (scikit-learn's bundled handwritten digits), ``synthetic`` (a learnable
+problem of any size) and the image datasets ``mnist``, ``fashion-mnist`` and ``cifar10``
+(read from ``data_dir``; see :mod:`objectives.vision`); a user's own task is
+``package.module:factory`` or ``path/to/file.py:factory``.
 
 Example:
     >>> from objectives.tasks import load_task
@@ -21,15 +23,28 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from objectives.batch import (
+    batch_len,
+    call_model,
+    describe,
+    layout,
+    leaves,
+    stack_items,
+)
+from objectives.metrics import ACCURACY, IGNORE_INDEX, Metric, cross_entropy, metric_problem
 from objectives.models import build_model_factory
+from objectives.train import StepHook
 from study.config import BUILTIN_TASKS
+
+__all__ = ["Metric", "StepHook", "Task", "TaskError", "load_task", "validate_task"]
 
 
 class TaskError(ValueError):
@@ -38,15 +53,42 @@ class TaskError(ValueError):
 
 @dataclass
 class Task:
-    """Data plus a model factory.
+    """Data, a model factory, and how to train and judge the model.
+
+    Items and batches are ``(inputs, targets)``; ``inputs`` and ``targets`` may each be a
+    tensor, a tuple/list of tensors or a dict of tensors (targets may also be numbers). The
+    model is called ``model(x)``, ``model(*x)`` or ``model(**x)`` accordingly.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> from objectives.metrics import MSE, mse
+        >>> data = TensorDataset(torch.randn(64, 3), torch.randn(64))
+        >>> task = Task("line", lambda: torch.nn.Linear(3, 1), data, data, data,
+        ...             loss=mse, metric=MSE)
+        >>> task.metric_info()
+        {'name': 'mse', 'direction': 'minimize', 'unit': 'samples'}
 
     Args:
         name: Short name shown in reports and stored in the study.
         build_model: Returns a fresh, untrained ``torch.nn.Module`` on each call.
-        train: Training split; items are ``(input_tensor, int_label)``.
-        val: Validation split (the study selects on it).
+        train: Training split: a dataset of ``(inputs, targets)`` items.
+        val: Validation split (the study selects on its metric).
         test: Test split (recorded for every trial, never used to select).
-        num_classes: Number of classes; inferred from the labels when not given.
+        loss: ``loss(outputs, targets)`` -> per-sample losses, shape ``[n]`` (the tool sums
+            them and divides by the update group's size). Default: cross-entropy over class
+            scores in the last dimension (:func:`objectives.metrics.cross_entropy`).
+        metric: The :class:`~objectives.metrics.Metric` the study selects on (its mean over
+            the validation split). Default: :data:`~objectives.metrics.ACCURACY`.
+        collate: ``collate(list_of_items) -> (inputs, targets)``, for items that need it
+            (padding to a common length). Default: items stacked (``default_collate``); plain
+            ``(tensor, tensor)`` data is then held as tensors and sliced (the fast path).
+        step: A :class:`~objectives.train.StepHook` (gradient clipping, a changed or extra
+            loss term) run inside the tool's update.
+        unit: What throughput counts: ``"samples"`` (default), ``"tokens"``, ...
+        count: ``count(inputs, targets)`` -> the units in a batch (an int or a 0-dim tensor,
+            which stays on the device). Default: the batch's samples.
+        num_classes: Classes of the default loss; inferred from the labels when not given.
+        info: Free-form facts about the task (sizes are added when it is loaded).
     """
 
     name: str
@@ -54,8 +96,30 @@ class Task:
     train: Dataset
     val: Dataset
     test: Dataset
+    _: KW_ONLY
+    loss: Callable[[Any, Any], torch.Tensor] | None = None
+    metric: Metric | None = None
+    collate: Callable[[list], tuple[Any, Any]] | None = None
+    step: StepHook | None = None
+    unit: str = "samples"
+    count: Callable[[Any, Any], int | torch.Tensor] | None = None
     num_classes: int | None = None
     info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.loss is None:
+            self.loss = cross_entropy
+        if self.metric is None:
+            self.metric = ACCURACY
+
+    @property
+    def classification(self) -> bool:
+        """Whether the task trains with the default loss (cross-entropy on class indices)."""
+        return self.loss is cross_entropy
+
+    def metric_info(self) -> dict[str, str]:
+        """``{"name", "direction", "unit"}``: what the study stores as its ``metric``."""
+        return {"name": self.metric.name, "direction": self.metric.direction, "unit": self.unit}
 
 
 def _split_indices(labels: torch.Tensor, seed: int, fractions=(0.6, 0.2, 0.2)):
@@ -200,49 +264,8 @@ def _import_factory(spec: str) -> Callable[[], object]:
     return factory
 
 
-def _check_split(spec: str, split_name: str, dataset: object) -> None:
-    """Check that a split is a non-empty dataset of ``(tensor, int label)`` items."""
-    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-        raise TaskError(f"task {spec!r}: split {split_name} is not a Dataset (needs __len__)")
-    if len(dataset) == 0:
-        raise TaskError(f"task {spec!r}: split {split_name} is empty; give it samples")
-    item = dataset[0]
-    if not isinstance(item, (tuple, list)) or len(item) != 2:
-        raise TaskError(f"task {spec!r}: {split_name} items must be (input_tensor, int_label)")
-    inputs, label = item
-    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
-        raise TaskError(f"task {spec!r}: {split_name} inputs must be float tensors")
-    is_int_tensor = (
-        isinstance(label, torch.Tensor)
-        and label.numel() == 1
-        and not (label.is_floating_point() or label.is_complex())
-    )
-    if not (isinstance(label, int) or is_int_tensor) or isinstance(label, bool):
-        raise TaskError(
-            f"task {spec!r}: {split_name} labels must be integers, got {type(label).__name__}"
-            + (f" {label.dtype}" if isinstance(label, torch.Tensor) else "")
-        )
-
-
-def validate_task(task: object, spec: str) -> Task:
-    """Check a user's task and fill in ``num_classes``; raise :class:`TaskError` if wrong."""
-    if not isinstance(task, Task):
-        raise TaskError(
-            f"task {spec!r}: the factory returned {type(task).__name__}, not objectives.Task"
-        )
-    for split_name in ("train", "val", "test"):
-        _check_split(spec, split_name, getattr(task, split_name))
-    if not callable(task.build_model):
-        raise TaskError(f"task {spec!r}: build_model is not callable")
-    if task.num_classes is None:
-        from objectives.data import labels_of
-
-        task.num_classes = int(labels_of(task.train).max().item()) + 1
-    check_task_runs(task, spec)
-    return task
-
-
-#: Items of each split sent through a fresh model by :func:`check_task_runs`.
+#: Items of each split checked, and sent through a fresh model by :func:`check_task_runs`:
+#: spread over the split (the first, the last and evenly between).
 CHECK_ITEMS = 8
 #: Labels read per split by the range check when a split is not held as tensors.
 CHECK_LABELS = 4096
@@ -254,35 +277,182 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _split_labels(dataset: Dataset) -> torch.Tensor:
-    """The split's labels: all of a TensorDataset, else the first :data:`CHECK_LABELS`."""
-    from torch.utils.data import TensorDataset
-
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[1].long().reshape(-1)
-    n = min(len(dataset), CHECK_LABELS)
-    return torch.tensor([int(dataset[i][1]) for i in range(n)], dtype=torch.long)
-
-
-def check_task_runs(task: Task, spec: str) -> None:
-    """One forward and backward pass of a few items of each split through a fresh model.
-
-    Run when a task is loaded, before anything is stored, so that a model that does not fit
-    its data, a label outside the model's outputs, or a ``build_model`` that returns no
-    module is one line (:class:`TaskError`) instead of a crash inside the first trial. The
-    global random state is left as it was.
+def check_indices(size: int, count: int = CHECK_ITEMS) -> list[int]:
+    """Up to ``count`` item indices spread over a split of ``size`` items, first and last in.
 
     Example:
-        >>> from torch.utils.data import TensorDataset
-        >>> data = TensorDataset(torch.randn(16, 4), torch.arange(16) % 3)
-        >>> task = Task("t", lambda: torch.nn.Linear(4, 2), data, data, data, num_classes=3)
-        >>> check_task_runs(task, "t")  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        objectives.tasks.TaskError: task 't': the model gives 2 outputs per item but ...
+        >>> check_indices(100, 5), check_indices(3)
+        ([0, 25, 50, 74, 99], [0, 1, 2])
     """
-    import torch.nn.functional as F
+    if size <= count:
+        return list(range(size))
+    return sorted({round(i * (size - 1) / (count - 1)) for i in range(count)})
 
+
+def _is_structure(obj: object, numbers: bool = False) -> bool:
+    """A tensor, or a non-empty tuple/list/dict of them (``numbers``: ints and floats too)."""
+    if isinstance(obj, torch.Tensor):
+        return True
+    if numbers and isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        return True
+    if isinstance(obj, dict):
+        return bool(obj) and all(
+            isinstance(k, str) and _is_structure(v, numbers) for k, v in obj.items()
+        )
+    if isinstance(obj, (tuple, list)):
+        return bool(obj) and all(_is_structure(v, numbers) for v in obj)
+    return False
+
+
+def _integer_labels(targets: object) -> bool:
+    """Whether ``targets`` are class indices: an int or an integer tensor."""
+    if isinstance(targets, bool):
+        return False
+    if isinstance(targets, int):
+        return True
+    return isinstance(targets, torch.Tensor) and not (
+        targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool
+    )
+
+
+def _check_contract(task: Task, spec: str) -> None:
+    """The task's callables and names, before any data is read."""
+    if not callable(task.build_model):
+        raise TaskError(f"task {spec!r}: build_model is not callable")
+    if not callable(task.loss):
+        raise TaskError(
+            f"task {spec!r}: loss must be callable as loss(outputs, targets) -> per-sample "
+            "losses of shape [n]"
+        )
+    problem = metric_problem(task.metric)
+    if problem:
+        raise TaskError(f"task {spec!r}: {problem}")
+    if task.collate is not None and not callable(task.collate):
+        raise TaskError(
+            f"task {spec!r}: collate must be callable as collate(list_of_items) -> "
+            "(inputs, targets)"
+        )
+    if task.step is not None and not all(
+        hasattr(task.step, name)
+        and (getattr(task.step, name) is None or callable(getattr(task.step, name)))
+        for name in ("loss", "before_update")
+    ):
+        raise TaskError(
+            f"task {spec!r}: step must be an objectives.StepHook(loss=..., before_update=...) "
+            f"of callables, got {type(task.step).__name__}"
+        )
+    if not isinstance(task.unit, str) or not task.unit.strip():
+        raise TaskError(
+            f"task {spec!r}: unit {task.unit!r} must name what a batch counts, e.g. 'samples' "
+            "or 'tokens'"
+        )
+    if task.count is not None and not callable(task.count):
+        raise TaskError(
+            f"task {spec!r}: count must be callable as count(inputs, targets) -> the "
+            f"{task.unit} in a batch"
+        )
+
+
+def _check_split(task: Task, spec: str, split_name: str, dataset: object) -> list:
+    """Check a split's items against the contract; return the items checked.
+
+    :data:`CHECK_ITEMS` items spread over the split must be ``(inputs, targets)`` pairs of
+    tensors (tuples, lists or dicts of them), all of one structure, of one shape each when
+    the task has no ``collate``, with integer labels when the task uses the default loss.
+    """
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise TaskError(f"task {spec!r}: split {split_name} is not a Dataset (needs __len__)")
+    if len(dataset) == 0:
+        raise TaskError(f"task {spec!r}: split {split_name} is empty; give it samples")
+    where = f"task {spec!r}: {split_name} item"
+    items, first = [], None
+    for i in check_indices(len(dataset)):
+        try:
+            item = dataset[i]
+        except Exception as exc:
+            raise TaskError(f"{where} {i} could not be read: {_first_line(exc)}") from exc
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TaskError(
+                f"{where} {i} is {describe(item)}: items must be (inputs, targets) pairs"
+            )
+        inputs, targets = item
+        if not _is_structure(inputs):
+            raise TaskError(
+                f"{where} {i} has inputs {describe(inputs)}: inputs must be a tensor, a "
+                "tuple/list of tensors or a dict of tensors"
+            )
+        if not _is_structure(targets, numbers=True):
+            raise TaskError(
+                f"{where} {i} has targets {describe(targets)}: targets must be a tensor, a "
+                "number, or a tuple/list/dict of tensors"
+            )
+        if task.classification and not _integer_labels(targets):
+            raise TaskError(
+                f"task {spec!r}: {split_name} labels must be integers, got {describe(targets)}"
+                ": the default loss is cross-entropy over class indices; for other targets "
+                "give the task a loss and a metric (e.g. objectives.metrics.mse and MSE)"
+            )
+        if first is None:
+            first = (i, item)
+        elif layout(item) != layout(first[1]):
+            raise TaskError(
+                f"{where} {i} is {describe(item)} but item {first[0]} is "
+                f"{describe(first[1])}: all items need one structure (kinds, keys, dtypes)"
+            )
+        elif task.collate is None and [t.shape for t in leaves(item)] != [
+            t.shape for t in leaves(first[1])
+        ]:
+            raise TaskError(
+                f"{where} {i} is {describe(item)} but item {first[0]} is "
+                f"{describe(first[1])}: items of different shapes need a collate(items) -> "
+                "(inputs, targets) that pads them: Task(..., collate=...)"
+            )
+        items.append(item)
+    return items
+
+
+def validate_task(task: object, spec: str) -> Task:
+    """Check a user's task against the contract and fill in ``num_classes`` (default loss).
+
+    Every violation found is one line: a :class:`TaskError` raised before anything is
+    stored. See :func:`check_task_runs` for the run through a fresh model.
+    """
+    if not isinstance(task, Task):
+        raise TaskError(
+            f"task {spec!r}: the factory returned {type(task).__name__}, not objectives.Task"
+        )
+    _check_contract(task, spec)
+    first = {}
+    for split_name in ("train", "val", "test"):
+        first[split_name] = _check_split(task, spec, split_name, getattr(task, split_name))[0]
+        if layout(first[split_name]) != layout(first["train"]):
+            raise TaskError(
+                f"task {spec!r}: {split_name} item 0 is {describe(first[split_name])} but train "
+                f"item 0 is {describe(first['train'])}: all splits need one structure (kinds, "
+                "keys, dtypes)"
+            )
+    if task.classification and task.num_classes is None:
+        labels = _split_labels(task.train, limit=None)
+        task.num_classes = int(labels.max().item()) + 1 if labels.numel() else 1
+    check_task_runs(task, spec)
+    return task
+
+
+def _split_labels(dataset: Dataset, limit: int | None = CHECK_LABELS) -> torch.Tensor:
+    """The split's class labels, flattened, :data:`~objectives.metrics.IGNORE_INDEX` left out:
+    all of a ``TensorDataset``, else those of the first ``limit`` items (``None``: all)."""
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        labels = dataset.tensors[1].reshape(-1)
+    else:
+        n = len(dataset) if limit is None else min(len(dataset), limit)
+        parts = [torch.as_tensor(dataset[i][1]).reshape(-1) for i in range(n)]
+        labels = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    labels = labels.long()
+    return labels[labels != IGNORE_INDEX]
+
+
+def _check_labels(task: Task, spec: str) -> dict[str, torch.Tensor]:
+    """The default loss's labels are class indices: none negative. Returns them per split."""
     labels_of_split = {
         name: _split_labels(getattr(task, name)) for name in ("train", "val", "test")
     }
@@ -293,6 +463,75 @@ def check_task_runs(task: Task, spec: str) -> None:
                 f"task {spec!r}: {split_name} item {where} has label {int(labels[where])}: "
                 f"labels must be class indices 0..{task.num_classes - 1}"
             )
+    return labels_of_split
+
+
+def _check_class_scores(
+    task: Task, spec: str, split_name: str, out: object, targets: torch.Tensor, high: int | None
+) -> None:
+    """The default loss's outputs: class scores ``[n, classes]`` (or ``[*targets, classes]``)
+    with a score for every label."""
+    n = batch_len(targets)
+    if targets.dim() <= 1:
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n:
+            shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TaskError(
+                f"task {spec!r}: the model's forward pass gives {shape} for {n} items: it "
+                "must return class scores of shape [items, classes]"
+            )
+    elif not isinstance(out, torch.Tensor) or out.shape[:-1] != targets.shape:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TaskError(
+            f"task {spec!r}: the model's forward pass gives {shape} for targets "
+            f"{list(targets.shape)}: the default loss needs class scores of shape "
+            "[*targets, classes]"
+        )
+    classes = out.shape[-1]
+    if task.num_classes is not None and classes < task.num_classes:
+        raise TaskError(
+            f"task {spec!r}: the model gives {classes} outputs per item but the "
+            f"labels go up to {task.num_classes - 1}: it needs at least "
+            f"{task.num_classes} outputs (one per class)"
+        )
+    if high is not None and high >= classes:
+        raise TaskError(
+            f"task {spec!r}: {split_name} has label {high} but the model gives "
+            f"{classes} outputs: labels must be class indices below it"
+        )
+
+
+def _per_sample(spec: str, what: str, values: object, n: int, split_name: str) -> None:
+    """``values`` (from the loss, the hook or the metric) must be a tensor of shape ``[n]``."""
+    if not isinstance(values, torch.Tensor) or tuple(values.shape) != (n,):
+        got = list(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise TaskError(
+            f"task {spec!r}: {what} gives {got} for {n} {split_name} items: it must return "
+            f"one value per sample, shape [{n}] (e.g. reduction='none', then the mean over "
+            "the other dimensions)"
+        )
+
+
+def check_task_runs(task: Task, spec: str) -> None:
+    """A batch of a few items of each split, through a fresh model, the loss and the metric.
+
+    Run when a task is loaded, before anything is stored, so that a model that does not fit
+    its data, a loss or metric that does not return one value per sample, a label outside
+    the model's outputs (default loss), a failing ``collate``, ``count`` or step hook, or a
+    ``build_model`` that returns no module is one line (:class:`TaskError`) instead of a
+    crash inside the first trial. The batch is built from items spread over the split
+    (:func:`check_indices`), with the task's ``collate`` when it has one. The global random
+    state is left as it was.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.randn(16, 4), torch.arange(16) % 3)
+        >>> task = Task("t", lambda: torch.nn.Linear(4, 2), data, data, data, num_classes=3)
+        >>> check_task_runs(task, "t")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        objectives.tasks.TaskError: task 't': the model gives 2 outputs per item but ...
+    """
+    labels_of_split = _check_labels(task, spec) if task.classification else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         try:
@@ -304,44 +543,113 @@ def check_task_runs(task: Task, spec: str) -> None:
                 f"task {spec!r}: build_model() returned {type(model).__name__}, not a "
                 "torch.nn.Module: return a fresh model on each call"
             )
+        model.train()
         for split_name in ("train", "val", "test"):
             dataset = getattr(task, split_name)
-            items = [dataset[i] for i in range(min(CHECK_ITEMS, len(dataset)))]
-            x = torch.stack([item[0] for item in items])
-            y = torch.tensor([int(item[1]) for item in items], dtype=torch.long)
-            try:
-                out = model(x)
-            except Exception as exc:
-                raise TaskError(
-                    f"task {spec!r}: the model does not fit its data: the forward pass on "
-                    f"{len(items)} {split_name} items of shape {list(x.shape[1:])} raised "
-                    f"{_first_line(exc)}"
-                ) from exc
-            if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(y):
-                shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise TaskError(
-                    f"task {spec!r}: the model's forward pass gives {shape} for {len(y)} "
-                    "items: it must return class scores of shape [items, classes]"
-                )
-            if out.shape[1] < task.num_classes:
-                raise TaskError(
-                    f"task {spec!r}: the model gives {out.shape[1]} outputs per item but the "
-                    f"labels go up to {task.num_classes - 1}: it needs at least "
-                    f"{task.num_classes} outputs (one per class)"
-                )
-            high = int(labels_of_split[split_name].max())
-            if high >= out.shape[1]:
-                raise TaskError(
-                    f"task {spec!r}: {split_name} has label {high} but the model gives "
-                    f"{out.shape[1]} outputs: labels must be class indices below it"
-                )
-            try:
-                F.cross_entropy(out.float(), y).backward()
-            except Exception as exc:
-                raise TaskError(
-                    f"task {spec!r}: the backward pass through the model on {split_name} "
-                    f"items raised {_first_line(exc)}"
-                ) from exc
+            items = [dataset[i] for i in check_indices(len(dataset))]
+            _check_batch_runs(task, spec, split_name, model, items, labels_of_split)
+
+
+def _check_batch_runs(
+    task: Task,
+    spec: str,
+    split_name: str,
+    model: torch.nn.Module,
+    items: list,
+    labels_of_split: dict[str, torch.Tensor],
+) -> None:
+    """One split's part of :func:`check_task_runs`."""
+    what = "collate" if task.collate is not None else "stacking"
+    try:
+        batch = (task.collate or stack_items)(items)
+    except Exception as exc:
+        raise TaskError(
+            f"task {spec!r}: {what} {len(items)} {split_name} items raised {_first_line(exc)}"
+            + ("" if task.collate else ": give the task a collate(items) -> (inputs, targets)")
+        ) from exc
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TaskError(
+            f"task {spec!r}: {what} of {split_name} items gives {describe(batch)}: a batch "
+            "must be (inputs, targets)"
+        )
+    inputs, targets = batch
+    try:
+        n = batch_len(targets)
+    except ValueError:
+        n = -1
+    if n != len(items):
+        raise TaskError(
+            f"task {spec!r}: {what} of {len(items)} {split_name} items gives targets "
+            f"{describe(targets)}: their first dimension must be the {len(items)} items"
+        )
+    try:
+        out = call_model(model, inputs)
+    except Exception as exc:
+        raise TaskError(
+            f"task {spec!r}: the model does not fit its data: the forward pass on "
+            f"{len(items)} {split_name} items, inputs {describe(inputs)}, raised "
+            f"{_first_line(exc)}"
+        ) from exc
+    if task.classification and isinstance(targets, torch.Tensor):
+        labels = labels_of_split.get(split_name)
+        high = int(labels.max()) if labels is not None and labels.numel() else None
+        _check_class_scores(task, spec, split_name, out, targets, high)
+    try:
+        losses = task.loss(out, targets)
+    except Exception as exc:
+        raise TaskError(
+            f"task {spec!r}: the loss raised {_first_line(exc)} on {split_name} items "
+            f"(outputs {describe(out)}, targets {describe(targets)})"
+        ) from exc
+    _per_sample(spec, "the loss", losses, n, split_name)
+    hook_loss = getattr(task.step, "loss", None)
+    if hook_loss is not None:
+        try:
+            losses = hook_loss(losses, out, targets, model)
+        except Exception as exc:
+            raise TaskError(
+                f"task {spec!r}: the step hook's loss raised {_first_line(exc)}"
+            ) from exc
+        _per_sample(spec, "the step hook's loss", losses, n, split_name)
+    try:
+        losses.float().sum().backward()
+    except Exception as exc:
+        raise TaskError(
+            f"task {spec!r}: the backward pass through the model on {split_name} "
+            f"items raised {_first_line(exc)}"
+        ) from exc
+    before_update = getattr(task.step, "before_update", None)
+    if before_update is not None and split_name == "train":
+        try:
+            before_update(model, torch.optim.SGD(model.parameters(), lr=0.0))
+        except Exception as exc:
+            raise TaskError(
+                f"task {spec!r}: the step hook's before_update raised {_first_line(exc)}"
+            ) from exc
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        detached = out.detach() if isinstance(out, torch.Tensor) else out
+        try:
+            values = task.metric.fn(detached, targets)
+        except Exception as exc:
+            raise TaskError(
+                f"task {spec!r}: the metric {task.metric.name!r} raised {_first_line(exc)} on "
+                f"{split_name} items"
+            ) from exc
+        _per_sample(spec, f"the metric {task.metric.name!r}", values, n, split_name)
+    if task.count is not None:
+        try:
+            units = task.count(inputs, targets)
+            ok = (isinstance(units, int) and not isinstance(units, bool) and units >= 0) or (
+                isinstance(units, torch.Tensor) and units.numel() == 1 and int(units) >= 0
+            )
+        except Exception as exc:
+            raise TaskError(f"task {spec!r}: count raised {_first_line(exc)}") from exc
+        if not ok:
+            raise TaskError(
+                f"task {spec!r}: count(inputs, targets) gives {describe(units)}: it must "
+                f"return the {task.unit} in the batch, an int or a one-element tensor >= 0"
+            )
 
 
 def load_task(
@@ -372,6 +680,14 @@ def load_task(
         task = synthetic_task(
             synthetic_samples, synthetic_features, synthetic_classes, model, hidden, seed
         )
+    elif name == "charlm":
+        from objectives.text import charlm_task
+
+        task = charlm_task(model=model, seed=seed)
+    elif name == "regression":
+        from objectives.regression import regression_task
+
+        task = regression_task(model=model, hidden=hidden, seed=seed)
     elif name in VISION_TASKS:
         task = vision_task(name, data_dir, download, model=model, hidden=hidden, seed=seed)
     else:
@@ -390,6 +706,11 @@ def load_task(
         val_size=len(task.val),
         test_size=len(task.test),
         num_classes=task.num_classes,
-        input_shape=list(task.train[0][0].shape),
+        input_shape=_input_shape(task.train[0][0]),
     )
     return task
+
+
+def _input_shape(inputs: object) -> list[int] | str:
+    """An item's input shape (a tensor's), or its description (other structures)."""
+    return list(inputs.shape) if isinstance(inputs, torch.Tensor) else describe(inputs)

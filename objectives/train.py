@@ -1,12 +1,14 @@
 """The training loop of one trial: epochs of exact gradient accumulation, evaluated each epoch.
 
-Read top to bottom: each epoch shuffles, walks the training set in groups of ``batch_size``
-samples (one optimizer update each), splits each group into micro-batches of at most
-``micro_batch_size``, weights each micro-batch's summed loss by ``1 / samples in the group``
-(so a short last group or micro-batch counts for what it holds), then evaluates on the
-validation split and hands the epoch to ``on_epoch`` (the objective reports and prunes there).
-Every optimizer update, here, in the hardware probe and in the critical-batch measurement, is
-:meth:`Step.update`.
+Read top to bottom: each epoch shuffles, walks the training set in groups of exactly
+``batch_size`` samples (one optimizer update each; the short tail of the shuffled order,
+:func:`samples_left_out` samples, sits that epoch out and the next shuffle covers it), splits
+each group into micro-batches of at most ``micro_batch_size``, weights each micro-batch's
+summed per-sample loss by ``1 / samples in the group`` (so a short last micro-batch counts for
+what it holds), then evaluates the task's metric on the validation split and hands the epoch
+to ``on_epoch`` (the objective reports and prunes there). Every optimizer update, here, in the
+hardware probe and in the critical-batch measurement, is :meth:`Step.update`; a task's
+:class:`StepHook` changes the loss or the gradients inside it, never the accumulation.
 
 GPU efficiency: ``precision`` runs the forward pass and loss under ``torch.autocast``
 (``bf16``, or ``fp16`` with a gradient scaler), ``compile`` trains through ``torch.compile``,
@@ -22,7 +24,7 @@ Example:
     >>> task = load_task("digits")
     >>> settings = TrainSettings(epochs=1, batch_size=64, micro_batch_size=32, lr=1e-3)
     >>> result = train_task(task, settings)
-    >>> 0.0 <= result.val_accuracy <= 1.0
+    >>> 0.0 <= result.val_metric <= 1.0
     True
 """
 
@@ -35,14 +37,20 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from objectives.batch import batch_len, call_model, micro_batches, to_device
 from objectives.data import Tensors, make_loader, place
 from objectives.memory import PeakMemory, state_bytes
+from objectives.metrics import accuracy, cross_entropy
 from study.config import EVALUATION_PERIODS, OPTIMIZERS, ConfigError, check_precision
+
+if TYPE_CHECKING:
+    from objectives.tasks import Task
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -129,34 +137,50 @@ class TrainSettings:
 
 @dataclass
 class EpochResult:
-    """What one epoch measured."""
+    """What one epoch measured: the mean training loss per sample, the task's metric on the
+    validation split, and the epoch's training time in seconds."""
 
     epoch: int
     train_loss: float
-    val_accuracy: float
+    val_metric: float
     train_time_s: float
 
 
 @dataclass
 class TrainResult:
-    """What a whole training run measured (times in seconds, memory in bytes)."""
+    """What a whole training run measured (times in seconds, memory in bytes).
+
+    ``train_metric`` and ``test_metric`` are the task's metric (accuracy by default) on those
+    splits after training. ``samples_seen`` counts training samples; ``units_seen`` what the
+    task counts (``unit``: samples, or e.g. tokens), from which :attr:`units_per_s` (the
+    record's ``samples_per_s``, "units per second") is computed.
+    """
 
     epochs: list[EpochResult] = field(default_factory=list)
-    train_accuracy: float | None = None
-    test_accuracy: float | None = None
+    train_metric: float | None = None
+    test_metric: float | None = None
     train_time_s: float = 0.0
     samples_seen: int = 0
+    units_seen: int = 0
+    unit: str = "samples"
     optimizer_steps: int = 0
     peak_memory_bytes: int = 0
     memory_source: str = ""
 
     @property
-    def val_accuracy(self) -> float:
-        return self.epochs[-1].val_accuracy if self.epochs else 0.0
+    def val_metric(self) -> float:
+        """The metric on the validation split after the last epoch (0.0 before any)."""
+        return self.epochs[-1].val_metric if self.epochs else 0.0
 
     @property
     def samples_per_s(self) -> float:
+        """Training samples per second."""
         return self.samples_seen / self.train_time_s if self.train_time_s > 0 else 0.0
+
+    @property
+    def units_per_s(self) -> float:
+        """Training units (:attr:`unit`) per second: samples, or what the task counts."""
+        return self.units_seen / self.train_time_s if self.train_time_s > 0 else 0.0
 
 
 def make_optimizer(name: str, params, lr: float, fused: bool = False) -> torch.optim.Optimizer:
@@ -184,7 +208,47 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
     return torch.autocast(torch.device(device).type, dtype=_AUTOCAST_DTYPES[precision])
 
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[Any, Any]
+#: ``loss(outputs, targets)`` -> one loss per sample, shape ``[n]``.
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StepHook:
+    """A task's changes to the training step; the tool keeps the rest of the step.
+
+    Inside every update (:meth:`Step.update`) the tool runs the forward pass and the task's
+    per-sample loss under the trial's precision (autocast), sums the losses and divides by
+    the update group's size (exact accumulation), backpropagates through the gradient
+    scaler, and steps the optimizer at the learning rate the trial derived; memory and time
+    are measured around it. A hook changes two things inside:
+
+    * ``loss(losses, outputs, targets, model) -> [n]``: the per-sample losses the update
+      backpropagates, given the task's ``losses`` (shape ``[n]``) for this micro-batch. Return
+      per-sample values: a label-smoothed loss, or ``losses + penalty`` for an extra term
+      (a batch-level term added to every sample's loss adds exactly ``penalty`` to the
+      group's mean, however the group is split). Runs under autocast.
+    * ``before_update(model, optimizer)``: after the last micro-batch's backward pass and
+      before the optimizer step, with the gradients already unscaled (``fp16``), e.g.
+      ``torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)``. Its changes to the
+      gradients are what the optimizer applies.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> hook = StepHook(
+        ...     loss=lambda losses, out, y, model: F.cross_entropy(
+        ...         out, y, label_smoothing=0.1, reduction="none"),
+        ...     before_update=lambda model, opt: torch.nn.utils.clip_grad_norm_(
+        ...         model.parameters(), 1.0),
+        ... )
+
+    Args:
+        loss: Replaces or adds to the per-sample losses (``None``: the task's loss as it is).
+        before_update: Runs on the unscaled gradients before each optimizer step.
+    """
+
+    loss: Callable[[torch.Tensor, Any, Any, torch.nn.Module], torch.Tensor] | None = None
+    before_update: Callable[[torch.nn.Module, torch.optim.Optimizer], object] | None = None
 
 
 @dataclass
@@ -198,6 +262,8 @@ class Step:
         scaler: The gradient scaler; enabled only for ``fp16`` (otherwise ``scale`` returns
             the loss unchanged and ``step`` is ``optimizer.step``).
         settings: The settings it was built from.
+        loss: The task's per-sample loss (default: cross-entropy).
+        hook: The task's :class:`StepHook` (``None``: none).
 
     :meth:`update` is the one optimizer update of the project (the training loop, the probe
     and the critical-batch measurement all call it); calling the step runs it on a single
@@ -208,6 +274,8 @@ class Step:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     settings: TrainSettings
+    loss: LossFn = cross_entropy
+    hook: StepHook | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.settings.device, self.settings.precision)
@@ -215,12 +283,13 @@ class Step:
     def update(self, micro_batches: Iterable[Batch], samples: int) -> torch.Tensor:
         """One optimizer update over the micro-batches of one group of ``samples`` samples.
 
-        Exact gradient accumulation: each micro-batch's summed loss is divided by
+        Exact gradient accumulation: each micro-batch's summed per-sample loss is divided by
         ``samples`` (the whole group's size, not the micro-batch's), so the gradient is that
         of the group's mean loss however the group is split, short last micro-batch
-        included. The forward pass and loss run under the settings' autocast; with ``fp16``
-        the loss is scaled and the update skipped on infinite gradients. The gradients stay
-        until the next update (they are cleared at its start).
+        included. The forward pass and loss (and the hook's ``loss``) run under the
+        settings' autocast; with ``fp16`` the loss is scaled, the gradients are unscaled
+        before the hook's ``before_update``, and the update is skipped on infinite
+        gradients. The gradients stay until the next update (cleared at its start).
 
         Returns:
             The group's summed loss, on the device (reading it would wait for the device).
@@ -233,21 +302,33 @@ class Step:
             torch.Size([])
         """
         self.optimizer.zero_grad(set_to_none=True)
+        hook_loss = self.hook.loss if self.hook is not None else None
+        fast = self.loss is cross_entropy and hook_loss is None
         total: torch.Tensor | None = None
         for x, y in micro_batches:
             with self.autocast():
-                loss = F.cross_entropy(self.model(x), y, reduction="sum")
+                outputs = call_model(self.model, x)
+                if fast and outputs.dim() == 2 and y.dtype == torch.long:  # the default loss
+                    loss = F.cross_entropy(outputs, y, reduction="sum")  # one kernel fewer
+                else:
+                    losses = self.loss(outputs, y)
+                    if hook_loss is not None:
+                        losses = hook_loss(losses, outputs, y, self.model)
+                    loss = losses.sum()
             self.scaler.scale(loss / samples).backward()
             loss = loss.detach()
             total = loss if total is None else total + loss
         if total is None:
             raise ValueError("an update needs at least one micro-batch")
+        if self.hook is not None and self.hook.before_update is not None:
+            self.scaler.unscale_(self.optimizer)  # the hook sees the true gradients
+            self.hook.before_update(self.model, self.optimizer)
         self.scaler.step(self.optimizer)  # optimizer.step(), skipped on inf/NaN grads in fp16
         self.scaler.update()
         return total
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.update(((x, y),), len(y))
+    def __call__(self, x: Any, y: Any) -> torch.Tensor:
+        return self.update(((x, y),), batch_len(y))
 
 
 def _grad_scaler(device_type: str, enabled: bool) -> torch.amp.GradScaler:
@@ -256,11 +337,12 @@ def _grad_scaler(device_type: str, enabled: bool) -> torch.amp.GradScaler:
     return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
 
 
-def make_step(model: torch.nn.Module, settings: TrainSettings) -> Step:
+def make_step(model: torch.nn.Module, settings: TrainSettings, task: Task | None = None) -> Step:
     """The module, optimizer, gradient scaler and autocast one trial trains with.
 
     ``model`` must already be on ``settings.device``. The hardware probe builds its steps
-    here too, so that the memory cap it measures holds for the trials.
+    here too, so that the memory cap it measures holds for the trials. ``task`` gives the
+    loss and the step hook (``None``: cross-entropy, no hook).
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -273,7 +355,9 @@ def make_step(model: torch.nn.Module, settings: TrainSettings) -> Step:
     optimizer = make_optimizer(settings.optimizer, model.parameters(), settings.lr, on_cuda)
     scaler = _grad_scaler(device.type, enabled=settings.precision == "fp16")
     runner = torch.compile(model) if settings.compile else model
-    return Step(runner, optimizer, scaler, settings)
+    if task is None:
+        return Step(runner, optimizer, scaler, settings)
+    return Step(runner, optimizer, scaler, settings, task.loss, task.step)
 
 
 @contextlib.contextmanager
@@ -313,8 +397,35 @@ def step_periods(total_steps: int, periods: int = EVALUATION_PERIODS) -> tuple[i
 
 
 def steps_per_epoch(train_size: int, batch_size: int) -> int:
-    """Optimizer updates in one pass over ``train_size`` samples (the last may be short)."""
-    return -(-train_size // batch_size)
+    """Optimizer updates in one pass over ``train_size`` samples: each uses exactly
+    ``batch_size`` samples, so the tail (:func:`samples_left_out`) makes none.
+
+    Example:
+        >>> steps_per_epoch(1078, 64), samples_left_out(1078, 64)
+        (16, 54)
+    """
+    return train_size // batch_size
+
+
+def samples_left_out(train_size: int, batch_size: int) -> int:
+    """Samples each epoch leaves out so that every update uses exactly ``batch_size``.
+
+    Which samples sit out changes with every epoch's shuffle.
+
+    Raises:
+        ValueError: ``batch_size`` is above ``train_size`` (no update could be made).
+    """
+    check_batch_fits(train_size, batch_size)
+    return train_size % batch_size
+
+
+def check_batch_fits(train_size: int, batch_size: int) -> None:
+    """Raise :class:`ValueError` when ``batch_size`` is not in ``1..train_size``."""
+    if not 1 <= batch_size <= train_size:
+        raise ValueError(
+            f"batch size {batch_size} is not in 1..{train_size} (the training set): every "
+            "update uses exactly batch_size samples; choose a batch size up to the training set"
+        )
 
 
 def update_groups(
@@ -324,26 +435,31 @@ def update_groups(
     generator: torch.Generator,
     device: torch.device,
     loader: DataLoader | None = None,
+    collate: Callable[[list], Batch] | None = None,
 ) -> Iterator[tuple[Iterator[Batch], int]]:
     """Yield one epoch of ``(micro_batches, samples_in_group)``, one item per update.
 
+    Every group has exactly ``batch_size`` samples: the last ``len(data) % batch_size`` of
+    the epoch's shuffled order are left out of this epoch (the next shuffle covers them).
     :class:`Tensors` already on the device are sliced with a shuffled index; other datasets
-    are read in groups through ``loader`` (a shuffling DataLoader of ``batch_size``; built
-    here when not given), copied to the device without blocking and split there. Micro-batches
-    are sliced one at a time, as they are trained, so memory holds one micro-batch of inputs.
+    are read in groups through ``loader`` (a shuffling DataLoader of ``batch_size`` that drops
+    the short last batch, with the task's ``collate``; built here when not given), copied to
+    the device without blocking and split there. Micro-batches are sliced one at a time, as
+    they are trained, so memory holds one micro-batch of inputs.
     """
     if isinstance(data, Tensors):
-        order = torch.randperm(len(data), generator=generator).to(device)
+        usable = len(data) - len(data) % batch_size
+        order = torch.randperm(len(data), generator=generator)[:usable].to(device)
         for group in order.split(batch_size):
-            yield ((data.x[i], data.y[i]) for i in group.split(micro_batch_size)), len(group)
+            yield ((data.x[i], data.y[i]) for i in group.split(micro_batch_size)), batch_size
         return
     if loader is None:
-        loader = make_loader(data, batch_size, device, generator)
+        loader = make_loader(data, batch_size, device, generator, drop_last=True, collate=collate)
     non_blocking = device.type == "cuda"
     for x, y in loader:
-        x = x.to(device, non_blocking=non_blocking)
-        y = y.to(device, non_blocking=non_blocking)
-        yield zip(x.split(micro_batch_size), y.split(micro_batch_size), strict=True), len(y)
+        x = to_device(x, device, non_blocking)
+        y = to_device(y, device, non_blocking)
+        yield micro_batches((x, y), micro_batch_size), batch_len(y)
 
 
 @torch.no_grad()
@@ -353,27 +469,31 @@ def evaluate(
     batch_size: int,
     device,
     precision: str = "fp32",
+    task: Task | None = None,
 ) -> float:
-    """Accuracy (fraction correct) of ``model`` on ``data``, in batches of ``batch_size``.
+    """The task's metric (default: accuracy) of ``model`` on ``data``: the mean of its
+    per-sample values, in batches of ``batch_size``.
 
-    Runs under the autocast of ``precision``; the count stays on the device until the end.
+    Runs under the autocast of ``precision``; the sum stays on the device until the end.
     """
     device = torch.device(device)
+    metric = task.metric.fn if task is not None else accuracy
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
     if isinstance(data, Tensors):
         batches = zip(data.x.split(batch_size), data.y.split(batch_size), strict=True)
     else:
-        batches = make_loader(data, batch_size, device, shuffle=False)
+        collate = task.collate if task is not None else None
+        batches = make_loader(data, batch_size, device, shuffle=False, collate=collate)
     non_blocking = device.type == "cuda"
     with autocast(device, precision):
         for x, y in batches:
-            x = x.to(device, non_blocking=non_blocking)
-            y = y.to(device, non_blocking=non_blocking)
-            correct += (model(x).argmax(dim=1) == y).sum()
+            x = to_device(x, device, non_blocking)
+            y = to_device(y, device, non_blocking)
+            total += metric(call_model(model, x), y).sum()
     model.train(was_training)
-    return correct.item() / len(data)
+    return total.item() / len(data)
 
 
 def train_model(
@@ -386,6 +506,7 @@ def train_model(
     *,
     step: Step | None = None,
     start_epoch: int = 0,
+    task: Task | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train`` as ``settings`` say, evaluating on ``val`` each epoch.
 
@@ -405,19 +526,36 @@ def train_model(
             the optimizer's state). ``None`` builds one with a fresh optimizer.
         start_epoch: Epochs (or evaluation periods) done before this call, as when resuming
             a trial: the epochs trained here are numbered from ``start_epoch + 1``.
+        task: The task's contract: loss and step hook (when ``step`` is built here),
+            ``collate`` for streamed data, ``count`` and ``unit`` for throughput, and the
+            metric evaluated. ``None``: cross-entropy, accuracy, samples.
+
+    Raises:
+        ValueError: ``settings.batch_size`` is above the training set (every update uses
+            exactly ``batch_size`` samples, so no update could be made).
     """
     device = torch.device(settings.device)
+    check_batch_fits(len(train), settings.batch_size)
     if step is None:
-        step = make_step(model, settings)
+        step = make_step(model, settings, task)
     elif not _optimizes(step.optimizer, model):
         raise ValueError("train_model: the step's optimizer is not over this model's parameters")
     generator = torch.Generator().manual_seed(settings.seed)
+    collate = task.collate if task is not None else None
+    count = task.count if task is not None else None
     loader = None
     if not isinstance(train, Tensors):  # streamed through workers and pinned memory
         loader = make_loader(
-            train, settings.batch_size, device, generator, workers=settings.loader_workers
+            train,
+            settings.batch_size,
+            device,
+            generator,
+            workers=settings.loader_workers,
+            drop_last=True,
+            collate=collate,
         )
     result = result if result is not None else TrainResult()
+    result.unit = task.unit if task is not None else "samples"
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -426,6 +564,14 @@ def train_model(
 
     def groups() -> Iterator[tuple[Iterator[Batch], int]]:
         return update_groups(train, settings.batch_size, micro, generator, device, loader)
+
+    units: Any = 0  # what ``count`` returns, summed (an int, or a tensor on the device)
+
+    def counted(batches: Iterable[Batch]) -> Iterator[Batch]:
+        nonlocal units
+        for x, y in batches:
+            units = units + count(x, y)
+            yield x, y
 
     def updates_forever() -> Iterator[tuple[Iterator[Batch], int]]:
         while True:
@@ -440,22 +586,25 @@ def train_model(
             started = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             seen = 0
+            units = 0
             if period_steps is None:  # an epoch: one pass over the data
                 updates = groups()
             else:  # a share of a step budget, walking on across epochs
                 updates = itertools.islice(stream, period_steps)
-            for micro_batches, group_size in updates:
+            for batches, group_size in updates:
                 if global_step < settings.warmup_steps + 1:  # the warm-up ramp, then the LR
                     for group in step.optimizer.param_groups:
                         group["lr"] = settings.lr_at(global_step)
+                if count is not None:  # units (e.g. tokens) counted as the batches go by
+                    batches = counted(batches)
                 if not on_cuda and cpu_peak_bytes == 0:  # measured as the probe measures
                     step.optimizer.zero_grad(set_to_none=True)  # freed before, not during
                     held = state_bytes(model, step.optimizer)
                     with PeakMemory(device) as peak:
-                        loss_sum += step.update(micro_batches, group_size)
+                        loss_sum += step.update(batches, group_size)
                     cpu_peak_bytes = held + peak.bytes
                 else:
-                    loss_sum += step.update(micro_batches, group_size)
+                    loss_sum += step.update(batches, group_size)
                 seen += group_size
                 global_step += 1
             if on_cuda:
@@ -463,6 +612,7 @@ def train_model(
             epoch_time = time.perf_counter() - started
             result.train_time_s += epoch_time
             result.samples_seen += seen
+            result.units_seen += seen if count is None else int(units)
             result.optimizer_steps = global_step
             if on_cuda:
                 result.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
@@ -473,10 +623,10 @@ def train_model(
             train_loss = loss_sum.item() / seen
             if not math.isfinite(train_loss):
                 raise Diverged(epoch)
-            val_accuracy = evaluate(
-                step.model, val, settings.eval_batch, device, settings.precision
+            val_metric = evaluate(
+                step.model, val, settings.eval_batch, device, settings.precision, task
             )
-            epoch_result = EpochResult(epoch, train_loss, val_accuracy, epoch_time)
+            epoch_result = EpochResult(epoch, train_loss, val_metric, epoch_time)
             result.epochs.append(epoch_result)
             if on_epoch is not None:
                 on_epoch(epoch_result)
@@ -489,21 +639,34 @@ def _optimizes(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> bool
     return first is None or any(p is first for g in optimizer.param_groups for p in g["params"])
 
 
-def train_task(task, settings: TrainSettings, on_epoch=None) -> TrainResult:
-    """Build a fresh model for ``task``, train it, and measure test accuracy at the end."""
+def train_task(
+    task: Task,
+    settings: TrainSettings,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> TrainResult:
+    """Build a fresh model for ``task``, train it, and measure the metric on the training and
+    test splits at the end."""
     device = torch.device(settings.device)
     torch.manual_seed(settings.seed)
     model = task.build_model().to(device)
-    train, val, test = (place(d, device) for d in (task.train, task.val, task.test))
+    train, val, test = (place(d, device, task.collate) for d in (task.train, task.val, task.test))
     with torch_flags(device):
-        result = train_model(model, train, val, settings, on_epoch)
-        finish(result, model, train, test, settings.eval_batch, device, settings.precision)
+        result = train_model(model, train, val, settings, on_epoch, task=task)
+        finish(result, model, train, test, settings.eval_batch, device, settings.precision, task)
     return result
 
 
 def finish(
-    result: TrainResult, model, train, test, batch_size: int, device, precision: str = "fp32"
+    result: TrainResult,
+    model: torch.nn.Module,
+    train: Tensors | Dataset,
+    test: Tensors | Dataset,
+    batch_size: int,
+    device: torch.device | str,
+    precision: str = "fp32",
+    task: Task | None = None,
 ) -> None:
-    """Record the trained model's accuracy on the training and test splits."""
-    result.train_accuracy = evaluate(model, train, batch_size, device, precision)
-    result.test_accuracy = evaluate(model, test, batch_size, device, precision)
+    """Record the trained model's metric (``task``'s; default accuracy) on the training and
+    test splits."""
+    result.train_metric = evaluate(model, train, batch_size, device, precision, task)
+    result.test_metric = evaluate(model, test, batch_size, device, precision, task)

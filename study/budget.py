@@ -9,6 +9,12 @@ count and the claim are one step under a lock that fits the storage (see :mod:`s
 * otherwise the rest of the budget is in flight: wait, and claim again later (a running trial
   may still fail, or its worker may die and its retry become WAITING).
 
+With a confirmation plan (:mod:`study.confirm`), a claim past the search's share first
+enqueues the next confirmation run when one is due and nothing is WAITING, then claims it:
+the count, the plan and the claim are one step under the lock, so workers never enqueue a
+run twice. Every claimed trial carries the user attribute ``phase`` (``search`` or
+``confirm``).
+
 ``finished + running`` never exceeds ``total``, so no worker trains a trial past the budget
 and a study ends with exactly ``total`` finished trials. FAIL records (killed or interrupted
 attempts) do not count. Stale trials (no heartbeat for the grace period) are failed under the
@@ -38,6 +44,7 @@ from study.compat import (
     study_id_of,
     trial_id_of,
 )
+from study.confirm import SEARCH, ConfirmPlan, enqueue_confirm
 from study.locks import StorageLock
 from study.record import TrialRecord
 
@@ -87,6 +94,7 @@ def claim_trial(
     total: int,
     lock: StorageLock,
     sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None,
+    confirm: ConfirmPlan | None = None,
 ) -> Claim:
     """Count and, if the budget allows, claim one trial, all under ``lock``.
 
@@ -96,6 +104,9 @@ def claim_trial(
         lock: The storage's lock (:func:`study.locks.storage_lock`).
         sampler_for: Given the number the new trial will get, returns the sampler it samples
             with (so that its random stream depends on the trial, not on the worker).
+        confirm: The study's confirmation plan: when a confirmation run is due (and no trial
+            is WAITING), it is enqueued here, under the lock, and claimed at once (see
+            :mod:`study.confirm`). A trial without a ``phase`` is marked ``search``.
 
     Returns:
         A :class:`Claim`: ``trial`` is RUNNING for this worker, with a first heartbeat already
@@ -111,15 +122,19 @@ def claim_trial(
             return Claim(done=True)
         if count.finished + count.running >= total:
             return Claim()
+        if confirm is not None:
+            enqueue_confirm(study, trials, confirm)
         if sampler_for is not None:
             study.sampler = sampler_for(len(trials))
         with warnings.catch_warnings():  # "heartbeats are meant for optimize": we run them
             warnings.simplefilter("ignore")
-            trial = study.ask()  # pops a WAITING retry first, else creates a trial
+            trial = study.ask()  # pops a WAITING trial first (retry, confirmation), else new
         try:
             storage = storage_of(study)
             if heartbeat_enabled(storage):
                 storage.record_heartbeat(trial_id_of(trial))
+            if "phase" not in trial.user_attrs:
+                trial.set_user_attr("phase", SEARCH)
         except BaseException:  # interrupted: leave nothing RUNNING
             study.tell(trial, state=TrialState.FAIL)
             raise

@@ -105,8 +105,8 @@ def add_task_arguments(group, defaults: StudyConfig | None = None) -> None:
     group.add_argument(
         "--task",
         default=d.task,
-        help="digits, synthetic, mnist, fashion-mnist, cifar10, or package.module:factory / "
-        "path/to/file.py:factory",
+        help="digits, synthetic, regression, charlm, mnist, fashion-mnist, cifar10, or "
+        "package.module:factory / path/to/file.py:factory",
     )
     group.add_argument("--model", default=d.model, choices=MODELS, help="model for built-in tasks")
     group.add_argument(
@@ -187,6 +187,21 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
         help="seeds the sampler, each trial and the built-in tasks' data split (so a resume "
         "must keep it)",
     )
+    g = p.add_argument_group("the answer")
+    g.add_argument(
+        "--confirm-runs",
+        type=int,
+        default=d.confirm_runs,
+        help="complete, unpruned runs each promising cell gets (fresh seeds) before the answer "
+        "names it",
+    )
+    g.add_argument(
+        "--tolerance",
+        type=float,
+        default=d.tolerance,
+        help="how far (in the metric's units) the fastest recommended cell may be from the most "
+        "accurate",
+    )
     g = p.add_argument_group("workers")
     g.add_argument(
         "--heartbeat-interval",
@@ -241,9 +256,10 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
         "--objectives",
         type=_word_list,
         default=d.objectives,
-        help="accuracy, or accuracy,time: maximise val_accuracy and minimise train_time_s (a "
-        "Pareto front). Optuna cannot prune multi-objective trials: pruning is then turned "
-        "off, with a note",
+        help="metric, or metric,time: optimise the task's validation metric (val_accuracy for "
+        "classification) and with time also minimise train_time_s (a Pareto front; accuracy "
+        "is accepted for metric). Optuna cannot prune trials of two objectives: pruning is "
+        "then turned off, with a note",
     )
     g.add_argument(
         "--budget",

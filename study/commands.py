@@ -288,7 +288,8 @@ def report_parser(prog: str = "report.py") -> argparse.ArgumentParser:
 
     parser = OneLineParser(
         prog=prog,
-        description="Write the report of a batch-size study (HTML, or text tables).",
+        description="Write the report of a batch-size study (HTML, text tables, or the "
+        "answer as JSON).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=STORAGE_HELP)
@@ -297,17 +298,25 @@ def report_parser(prog: str = "report.py") -> argparse.ArgumentParser:
         "--out",
         default=None,
         help="HTML file to write (default: storage/<study-name>-report.html); with "
-        "--format text, a text file instead of the terminal",
+        "--format text or json, a file instead of the terminal",
     )
-    parser.add_argument("--format", choices=("html", "text"), default="html")
+    parser.add_argument(
+        "--format",
+        choices=("html", "text", "json"),
+        default="html",
+        help="html: the report page; text: its tables; json: the study's recommendation "
+        "(computed now when the study stores none)",
+    )
     return parser
 
 
 @guarded
 def report(argv: list[str] | None = None, prog: str = "report.py") -> int:
-    """Write a study's report (HTML, or the same tables as text); never creates a study."""
+    """Write a study's report (HTML, the same tables as text, or its answer as JSON); never
+    creates or changes a study."""
     args = report_parser(prog).parse_args(argv)
     _quiet_optuna()
+    from study.report.data import study_recommendation
     from study.report.html import (
         ReportError,
         build_report,
@@ -319,8 +328,15 @@ def report(argv: list[str] | None = None, prog: str = "report.py") -> int:
 
     try:
         study = load_study_for_report(args.storage, args.study_name)
-        if args.format == "text":
-            text = render_text_report(build_report(study, storage_url=args.storage, figures=False))
+        if args.format in ("text", "json"):
+            if args.format == "json":
+                answer = study_recommendation(study)
+                if answer is None:
+                    raise ReportError("no recommendation: the study stores none")
+                text = json.dumps(answer, indent=2) + "\n"
+            else:
+                report_ = build_report(study, storage_url=args.storage, figures=False)
+                text = render_text_report(report_)
             if args.out is None:
                 sys.stdout.write(text)
                 return 0
@@ -438,7 +454,21 @@ def noise_scale_parser(prog: str = "noise_scale.py") -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
     p.add_argument("--b-small", type=int, default=8, help="small batch of the estimator")
     p.add_argument("--b-big", type=int, default=128, help="big batch, a multiple of --b-small")
-    p.add_argument("--repeats", type=int, default=16, help="big batches per estimate")
+    p.add_argument(
+        "--repeats", type=int, default=16, help="big batches per estimate before the first check"
+    )
+    p.add_argument(
+        "--relative-error",
+        type=float,
+        default=0.2,
+        help="add repeats until the standard error is at most this fraction of B_simple",
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=60.0,
+        help="time limit for the repeats of all estimates together (shared equally)",
+    )
     p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -462,6 +492,10 @@ def _check_noise_flags(args: argparse.Namespace, prog: str) -> None:
         )
     if not (args.lr > 0 and math.isfinite(args.lr)):
         _usage_error(prog, f"--lr {args.lr} must be a positive number, e.g. 1e-3")
+    if not (0 < args.relative_error < math.inf):
+        _usage_error(prog, f"--relative-error {args.relative_error} must be positive, e.g. 0.2")
+    if not (0 <= args.max_seconds < math.inf):
+        _usage_error(prog, f"--max-seconds {args.max_seconds} must be 0 or more, e.g. 60")
 
 
 def _diverged(model_box: list, task, start_loss: list) -> str | None:
@@ -470,7 +504,7 @@ def _diverged(model_box: list, task, start_loss: list) -> str | None:
         return None
     from objectives.backend import training_loss
 
-    end = training_loss(model_box[0], task.train)
+    end = training_loss(model_box[0], task.train, loss=task.loss, collate=task.collate)
     start = start_loss[0]
     if math.isfinite(end) and (not math.isfinite(start) or end <= 2 * start + 1):
         return None
@@ -500,7 +534,9 @@ def noise_scale(argv: list[str] | None = None, prog: str = "noise_scale.py") -> 
         def watched_build_model():  # keep the trained model, to check it did not diverge
             model = build_model()
             model_box.append(model)
-            start_loss.append(training_loss(model, task.train))
+            start_loss.append(
+                training_loss(model, task.train, loss=task.loss, collate=task.collate)
+            )
             return model
 
         task.build_model = watched_build_model
@@ -521,6 +557,8 @@ def noise_scale(argv: list[str] | None = None, prog: str = "noise_scale.py") -> 
             args.repeats,
             args.seed,
             device,
+            target_relative_se=args.relative_error,
+            max_seconds=args.max_seconds,
         )
     except TorchBackend.user_errors + (ValueError,) as exc:
         fail(str(exc))
@@ -532,31 +570,51 @@ def noise_scale(argv: list[str] | None = None, prog: str = "noise_scale.py") -> 
             "and the recommended batch size are meaningless: lower --lr (e.g. 1e-3)",
             file=sys.stderr,
         )
+    if not result["trusted"]:
+        print(f"warning: {result['chosen_because']}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     m = result["measured_with"]
     print(
         f"gradient noise scale of {args.task} ({m['train_size']} training samples), from "
-        f"gradient norms at batches {m['b_small']} and {m['b_big']}, {m['repeats']} repeats "
-        f"each; training between estimates: batch {m['train_batch_size']}, lr {m['lr']}, "
+        f"gradient norms at batches {m['b_small']} and {m['b_big']}; repeats added until the "
+        f"error is at most {m['target_relative_se']:.0%} or {m['max_seconds']:g} s (shared) "
+        f"run out; training between estimates: batch {m['train_batch_size']}, lr {m['lr']}, "
         f"{m['optimizer']}"
     )
     print(
-        f"{'epoch':>5} {'B_simple (samples)':>19} {'+/- s.e.':>9} {'tr(Sigma)':>11} {'|G|^2':>11}"
+        f"{'epoch':>5} {'B_simple (samples)':>19} {'+/- s.e.':>9} {'error':>6} {'repeats':>8} "
+        f"{'stopped by':>13} {'tr(Sigma)':>11} {'|G|^2':>11}"
     )
     for e in result["per_epoch"]:
+        rel = e["relative_se"]
         print(
             f"{e['epoch']:>5} {e['b_simple']:>19.1f} {e['b_simple_se']:>9.1f} "
-            f"{e['trace_sigma']:>11.4g} {e['grad_norm_sq']:>11.4g}"
+            f"{f'{rel:.0%}' if rel is not None else 'inf':>6} {e['repeats']:>8} "
+            f"{_noise_stop_words(e['stop']):>13} {e['trace_sigma']:>11.4g} "
+            f"{e['grad_norm_sq']:>11.4g}"
         )
-    low, high = result["recommended_range"]
+    rel = result["relative_se"]
+    error = f"{rel:.0%}" if rel is not None else "unbounded"
     print(
-        f"recommended batch size: {result['recommended_batch_size']} (range {low}-{high}: "
-        "below B_simple doubling the batch nearly halves the steps; above it, it mostly "
-        "wastes compute)"
+        f"B_simple = {result['b_simple']:.0f} +/- {result['b_simple_se']:.0f} (error {error}, "
+        f"epoch {result['epoch']}, stopped by {_noise_stop_words(result['stop'])}): "
+        f"{result['chosen_because']}"
+    )
+    low, high = result["recommended_range"]
+    verdict = "" if result["trusted"] else " (NOT TRUSTWORTHY: see above)"
+    print(
+        f"recommended batch size: {result['recommended_batch_size']}{verdict} (range "
+        f"{low}-{high}: below B_simple doubling the batch nearly halves the steps; above it, "
+        "it mostly wastes compute)"
     )
     return 0
+
+
+def _noise_stop_words(stop: str) -> str:
+    """How an estimate's repeats ended, in the table's words."""
+    return {"precise": "precision", "time limit": "time limit"}.get(stop, stop)
 
 
 #: The console command's subcommands: name -> (function, one-line help).

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -19,7 +20,9 @@ PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random", "grid")
 MODELS = ("mlp", "cnn", "resnet")
 IMAGE_TASKS = ("mnist", "fashion-mnist", "cifar10")
-BUILTIN_TASKS = ("digits", "synthetic", *IMAGE_TASKS)
+BUILTIN_TASKS = ("digits", "synthetic", "regression", "charlm", *IMAGE_TASKS)
+#: How a study stores a task given as a Python object (``objectives.run_study(task=...)``).
+PYTHON_TASK_PREFIX = "python:"
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: How many times a trial with a step budget (``--budget steps``) reports and may be pruned.
 EVALUATION_PERIODS = 10
@@ -54,8 +57,10 @@ IDENTITY_FIELDS = (
     "seed",  # chooses the built-in tasks' train/validation/test split
     "data_dir",  # the image datasets' files
 )
-OBJECTIVES = {("accuracy",): ["maximize"], ("accuracy", "time"): ["maximize", "minimize"]}
-METRIC_NAMES = {"accuracy": "val_accuracy", "time": "train_time_s"}
+#: ``--objectives`` values: the task's metric alone, or with training time (a Pareto front).
+#: ``accuracy`` is the older spelling of ``metric`` (the default task's metric is accuracy).
+OBJECTIVES = (("metric",), ("metric", "time"))
+OBJECTIVE_ALIASES = {"accuracy": "metric"}
 BUDGETS = ("epochs", "steps")
 
 
@@ -104,6 +109,12 @@ class StudyConfig:
         precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast and a gradient
             scaler; CUDA only).
         compile: Train through ``torch.compile``.
+        objectives: ``("metric",)`` (the task's metric on the validation split, in its own
+            direction) or ``("metric", "time")`` (and training time, minimised).
+        confirm_runs: Complete runs each cell of the answer gets before it is named: the
+            confirmation phase trains the promising cells again with fresh seeds, unpruned.
+        tolerance: How far (in the metric's units) the fastest cell of the answer may be from
+            the most accurate one.
     """
 
     trials: int = 50
@@ -139,25 +150,27 @@ class StudyConfig:
     download: bool = False
     precision: str = "fp32"
     compile: bool = False
-    objectives: tuple[str, ...] = ("accuracy",)
+    objectives: tuple[str, ...] = ("metric",)
     budget: str = "epochs"
     steps: int | None = None
     warmup_epochs: int = 0
     lr_search_width: float = 1.0
     noise_scale: bool = False
+    confirm_runs: int = 3
+    tolerance: float = 0.01
     artifact_dir: str = "storage/artifacts"
 
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
-    @property
-    def directions(self) -> list[str]:
-        return OBJECTIVES[tuple(self.objectives)]
+    def directions(self, metric_direction: str = "maximize") -> list[str]:
+        """The study's directions: the metric's, and ``minimize`` for time."""
+        return [metric_direction if o == "metric" else "minimize" for o in self.objectives]
 
-    @property
-    def metric_names(self) -> list[str]:
-        return [METRIC_NAMES[o] for o in self.objectives]
+    def metric_names(self, metric_name: str = "accuracy") -> list[str]:
+        """The study's objective names: ``val_<metric>``, and ``train_time_s`` for time."""
+        return [f"val_{metric_name}" if o == "metric" else "train_time_s" for o in self.objectives]
 
     def validate(self) -> StudyConfig:
         """Check every setting and return the config to run, with the derived values filled in.
@@ -170,10 +183,20 @@ class StudyConfig:
         _positive("--epochs", self.epochs)
         if type(self.seed) is not int or not 0 <= self.seed < 2**32:
             raise ConfigError(f"--seed {self.seed}: use a whole number from 0 to {2**32 - 1}")
-        if tuple(self.objectives) not in OBJECTIVES:
+        objectives = tuple(OBJECTIVE_ALIASES.get(o, o) for o in self.objectives)
+        if objectives not in OBJECTIVES:
             raise ConfigError(
-                f"--objectives {','.join(self.objectives)}: use accuracy, or accuracy,time "
-                "(maximise validation accuracy, minimise training time)"
+                f"--objectives {','.join(self.objectives)}: use metric, or metric,time "
+                "(the task's validation metric; with time, also minimise training time)"
+            )
+        if type(self.confirm_runs) is not int or self.confirm_runs < 2:
+            raise ConfigError(
+                f"--confirm-runs {self.confirm_runs}: use at least 2 (runs per confirmed cell; "
+                "an interval needs two)"
+            )
+        if not (isinstance(self.tolerance, int | float) and 0 <= self.tolerance < math.inf):
+            raise ConfigError(
+                f"--tolerance {self.tolerance}: use a number of at least 0, in the metric's units"
             )
         _choice("--budget", self.budget, BUDGETS)
         if self.budget == "steps" and self.steps is None:
@@ -243,7 +266,7 @@ class StudyConfig:
             )
         return replace(
             self,
-            objectives=tuple(self.objectives),
+            objectives=objectives,
             hidden=tuple(self.hidden),
             gpus=tuple(self.gpus) if self.gpus is not None else None,
             workers=len(self.gpus) * self.workers_per_gpu if self.gpus else self.workers,
@@ -299,6 +322,9 @@ class StudyConfig:
 def differences(stored: dict, requested: dict) -> list[str]:
     """Human-readable ``--flag stored -> requested`` for identity settings that differ."""
     out = []
+    stored = dict(stored)
+    if isinstance(stored.get("objectives"), list):  # studies stored "accuracy" for "metric"
+        stored["objectives"] = [OBJECTIVE_ALIASES.get(o, o) for o in stored["objectives"]]
     for name in IDENTITY_FIELDS:
         if name in stored and stored[name] != requested.get(name):
             flag = "--" + name.replace("_", "-")

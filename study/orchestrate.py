@@ -28,6 +28,8 @@ import optuna
 from study.budget import Tally, reap
 from study.config import ConfigError, StudyConfig
 from study.locks import NoLock, storage_lock
+from study.recommend import store_recommendation, study_cells
+from study.record import MetricInfo, study_metric
 from study.report.summary import budget_text, summary, trial_line
 from study.runner import create_or_resume, finished_count, run_trials, trial_sampler
 from study.scaling import resolve_rule
@@ -61,6 +63,9 @@ class Backend(Protocol):
     def build_task(self, config: StudyConfig) -> Any:
         """The task the config names (with ``info`` and a sized ``train`` split)."""
 
+    def metric(self, task: Any) -> MetricInfo:
+        """The task's metric: its name, direction and unit (stored with the study)."""
+
     def memory_cap(self, config: StudyConfig, task: Any, device: str) -> tuple[int, str, dict]:
         """The largest micro-batch that fits, where it came from, and attributes to store."""
 
@@ -73,6 +78,12 @@ class Backend(Protocol):
         log: Callable[[str], None],
     ) -> Callable[[optuna.Trial], Any]:
         """The Optuna objective of one process."""
+
+    def measure_speed(
+        self, config: StudyConfig, task: Any, device: str, space: BatchSpace, batch_sizes: list
+    ) -> dict:
+        """Throughput of ``batch_sizes`` timed side by side for the answer: ``{"per_batch":
+        {b: {"samples_per_s", "spread", "micro_batch_size"}}, "timings": [...]}`` or ``{}``."""
 
     def tidy(self, config: StudyConfig, study: optuna.Study) -> None:
         """Drop what no unfinished trial needs any more (checkpoints)."""
@@ -93,7 +104,7 @@ def plan_space(
 
     The memory cap is ``--max-batch-size`` when given, else the backend's hardware probe.
     """
-    extra: dict = {"task_info": task.info}
+    extra: dict = {"task_info": task.info, "metric": backend.metric(task).to_dict()}
     if config.max_batch_size is not None:
         cap, source = config.max_batch_size, "--max-batch-size"
     else:
@@ -166,7 +177,7 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
             print(line, file=out, flush=True)
 
         objective = backend.objective(config, task, space, device, log)
-        with _Progress(config.trials, done, out) as progress:
+        with _Progress(config.trials, done, out, study_metric(study)) as progress:
             run_trials(
                 study,
                 objective,
@@ -178,6 +189,7 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
     backend.tidy(config, study)
     lock.close()
     if created or done < config.trials:  # a rerun of a finished study changes nothing
+        _answer(study, config, backend, built[0] if built else None, device, space, out)
         _publish(study, config, out)
     print("\n" + summary(study), file=out)
     browse = where[len(JOURNAL_PREFIX) :] if where.startswith(JOURNAL_PREFIX) else where
@@ -196,8 +208,8 @@ class _Progress:
     carriage-return frames.
     """
 
-    def __init__(self, total: int, done: int, out: TextIO) -> None:
-        self.total, self.done, self.out = total, done, out
+    def __init__(self, total: int, done: int, out: TextIO, metric: MetricInfo) -> None:
+        self.total, self.done, self.out, self.metric = total, done, out, metric
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -218,10 +230,47 @@ class _Progress:
         )
         self.done += int(finished)
         if self.bar is not None:
-            self.bar.write(trial_line(trial), file=self.out)
+            self.bar.write(trial_line(trial, self.metric), file=self.out)
             self.bar.update(int(finished))
         else:
-            print(f"[{self.done}/{self.total}] {trial_line(trial)}", file=self.out, flush=True)
+            print(
+                f"[{self.done}/{self.total}] {trial_line(trial, self.metric)}",
+                file=self.out,
+                flush=True,
+            )
+
+
+def _answer(
+    study: optuna.Study,
+    config: StudyConfig,
+    backend: Backend,
+    task: Any,
+    device: str,
+    space: BatchSpace,
+    out: TextIO,
+) -> None:
+    """Store the study's answer (``recommendation``), its speeds timed for it.
+
+    The cells the answer may name (those with ``--confirm-runs`` complete runs) are timed
+    side by side in interleaved rounds (``backend.measure_speed``; stored as the study
+    attribute ``speed``), and those figures, not the trials' single timings, rank them by
+    speed. When nothing is confirmed there is nothing to time, and the answer says so.
+    """
+    speeds: dict[tuple[int, int], dict] = {}
+    candidates = sorted({c.batch_size for c in study_cells(study) if c.runs >= config.confirm_runs})
+    if candidates:
+        try:
+            if task is None:
+                task = backend.build_task(config)
+            print(f"timing the answer's candidate batch sizes {candidates} ...", file=out)
+            measured = backend.measure_speed(config, task, device, space, candidates)
+            if measured:
+                study.set_user_attr("speed", measured["timings"])
+                for b, row in measured["per_batch"].items():
+                    speeds[(int(b), int(row["micro_batch_size"]))] = row
+        except Exception as exc:  # the trials' own timings stand; say so
+            print(f"warning: timing the answer's batch sizes failed ({exc})", file=sys.stderr)
+    store_recommendation(study, speeds or None)
 
 
 def _publish(study: optuna.Study, config: StudyConfig, out: TextIO) -> None:
@@ -330,7 +379,7 @@ def worker_main(backend: Backend, argv: list[str] | None = None) -> int:
         objective = backend.objective(config, backend.build_task(config), space, device, log)
 
         def on_trial(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            log(trial_line(trial))
+            log(trial_line(trial, study_metric(_study)))
 
         run_trials(
             study,

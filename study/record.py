@@ -9,7 +9,10 @@ records fall back: a trial killed before it wrote its record, a two-objective st
 parameters that stand in for attributes, and ``epochs_completed`` stored as a float.
 
 Each stored field is a user attribute of the same name, stored only when it has a value (not
-``None``, ``False`` or empty); ``docs/record.md`` (or the README) lists them in a table that
+``None``, ``False`` or empty), except the metric's fields: ``val_metric``, ``test_metric``,
+``train_metric`` and ``val_metric_per_epoch`` are stored under the study metric's name
+(``val_accuracy``, ``val_mse``, ``val_bits_per_char``, ...; see :class:`MetricInfo`);
+``docs/record.md`` (or the README) lists them in a table that
 ``tests/test_record.py`` checks against :meth:`TrialRecord.attribute_names`. ``number``,
 ``state`` and ``curve`` are read from the trial itself and never stored.
 
@@ -22,7 +25,7 @@ Example:
     >>> write_record(trial, TrialRecord(batch_size=64, lr=0.01, epochs_completed=3))
     >>> frozen = study.tell(trial, 0.9)
     >>> record = read_record(frozen)
-    >>> record.batch_size, record.val_accuracy, record.epochs_completed, record.state
+    >>> record.batch_size, record.val_metric, record.epochs_completed, record.state
     (64, 0.9, 3, 'COMPLETE')
 """
 
@@ -41,6 +44,80 @@ from study.attrs import set_user_attrs
 
 #: Metadata of the fields read from the trial itself (never stored as user attributes).
 _FROM_TRIAL = {"stored": False}
+#: Metadata of the metric's fields: stored under the metric's name (``val_metric`` as
+#: ``val_<name>``).
+_METRIC = {"metric": True}
+#: Metric directions Optuna knows.
+DIRECTIONS = ("maximize", "minimize")
+#: The phases of a study: the search, then the confirmation runs of the best cells.
+PHASES = ("search", "confirm")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """The study's metric: its name, its direction and what a "sample" counts.
+
+    Stored as the study user attribute ``metric`` (``{"name", "direction", "unit"}``); a study
+    written before it existed reads as accuracy, maximised, counted in samples.
+
+    Example:
+        >>> mse = MetricInfo("mse", "minimize")
+        >>> mse.val_name, mse.better(0.2, 0.3), mse.sign
+        ('val_mse', True, -1)
+    """
+
+    name: str = "accuracy"
+    direction: str = "maximize"
+    unit: str = "samples"
+
+    @property
+    def sign(self) -> int:
+        """+1 when higher is better, -1 when lower is."""
+        return 1 if self.direction == "maximize" else -1
+
+    @property
+    def val_name(self) -> str:
+        return f"val_{self.name}"
+
+    @property
+    def test_name(self) -> str:
+        return f"test_{self.name}"
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether ``a`` is strictly better than ``b``."""
+        return a * self.sign > b * self.sign
+
+    def label(self) -> str:
+        """``accuracy (higher is better)``."""
+        return f"{self.name} ({'higher' if self.sign > 0 else 'lower'} is better)"
+
+    def stored_name(self, field_name: str) -> str:
+        """The user attribute a metric field is stored as: ``val_metric`` -> ``val_<name>``."""
+        return field_name.replace("metric", self.name, 1)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "direction": self.direction, "unit": self.unit}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> MetricInfo:
+        """Read the stored form; anything missing or malformed is the default."""
+        if not isinstance(data, dict):
+            return cls()
+        direction = data.get("direction")
+        return cls(
+            name=str(data.get("name") or "accuracy"),
+            direction=direction if direction in DIRECTIONS else "maximize",
+            unit=str(data.get("unit") or "samples"),
+        )
+
+
+#: The default metric (classification accuracy).
+ACCURACY = MetricInfo()
+
+
+def study_metric(study: optuna.Study) -> MetricInfo:
+    """The metric of ``study`` (its ``metric`` attribute; accuracy for older studies)."""
+    return MetricInfo.from_dict(study.user_attrs.get("metric"))
 
 
 @dataclass(frozen=True)
@@ -76,11 +153,15 @@ class TrialRecord:
         accumulation_steps: Micro-batches per update (``batch_size = micro x steps``).
         lr: Learning rate the trial used (the searched multiplier included).
         scaling_rule: Learning-rate scaling rule that gave ``lr``.
-        val_accuracy: Validation accuracy after the last epoch run (fraction). Read back,
-            a complete trial's objective value wins, and a trial without the attribute
-            takes the last point of its curve.
-        test_accuracy: Test accuracy of the final model (complete trials).
-        train_accuracy: Training accuracy of the final model.
+        phase: ``search`` or ``confirm`` (a confirmation run of a promising cell, never
+            pruned); read back, a trial without it is ``search``.
+        val_metric: The study metric on the validation split after the last epoch run
+            (stored as ``val_<metric>``, e.g. ``val_accuracy``). Read back, a complete
+            trial's objective value wins, and a trial without the attribute takes the last
+            point of its curve.
+        test_metric: The metric on the test split, final model (complete trials; stored as
+            ``test_<metric>``).
+        train_metric: The metric on the training split, final model (``train_<metric>``).
         epochs_completed: Whole passes over the training data: the epochs run under an
             epoch budget (fewer when pruned); under a step budget, the whole passes its
             updates made. Always an ``int``.
@@ -89,16 +170,21 @@ class TrialRecord:
             ``epochs_completed``; :func:`read_record` reads it here).
         train_time_s: Seconds in training steps (evaluation excluded). Read back, a
             two-objective trial's second value stands in when the attribute is missing.
-        samples_per_s: Training samples per second over those seconds.
+        samples_per_s: Training units per second over those seconds (samples, or what the
+            task counts: tokens, sequences; the study's ``metric`` attribute names it).
+        samples_left_out: Training samples each epoch leaves out so that every update is
+            exactly ``batch_size`` samples (the next epoch's shuffle covers them).
         peak_memory_bytes: Peak memory of a training step, in bytes.
         memory_source: How it was measured (``cuda_max_memory_allocated``,
             ``cpu_allocator_profile``, ...).
         seed: The trial's own seed (a retry keeps its first attempt's).
-        diverged: The loss became NaN or infinite (the trial was pruned).
+        diverged: The loss became NaN or infinite, or the trial collapsed (the trial was
+            pruned; ``stop_reason`` says which).
+        stop_reason: Why a trial stopped early, in words (pruned, diverged, collapsed).
         lr_multiplier: The sampled factor on the rule's learning rate (``--lr-search-width``).
         optimizer_steps: Updates the trial made (``--budget steps``).
-        val_accuracy_per_epoch: The learning curve of a two-objective trial (Optuna refuses
-            intermediate values there), epoch 1 first.
+        val_metric_per_epoch: The learning curve of a two-objective trial (Optuna refuses
+            intermediate values there), epoch 1 first (``val_<metric>_per_epoch``).
         b_simple: Gradient noise scale of the final model, in samples (``--noise-scale``).
         b_simple_se: Standard error of ``b_simple``.
         worker: The process that ran the trial, ``hostname:pid`` (written when it starts).
@@ -123,20 +209,23 @@ class TrialRecord:
     accumulation_steps: int | None = None
     lr: float | None = None
     scaling_rule: str | None = None
-    val_accuracy: float | None = None
-    test_accuracy: float | None = None
-    train_accuracy: float | None = None
+    phase: str | None = None
+    val_metric: float | None = field(default=None, metadata=_METRIC)
+    test_metric: float | None = field(default=None, metadata=_METRIC)
+    train_metric: float | None = field(default=None, metadata=_METRIC)
     epochs_completed: int | None = None
     passes_completed: float | None = None
     train_time_s: float | None = None
     samples_per_s: float | None = None
+    samples_left_out: int | None = None
     peak_memory_bytes: int | None = None
     memory_source: str | None = None
     seed: int | None = None
     diverged: bool = False
+    stop_reason: str | None = None
     lr_multiplier: float | None = None
     optimizer_steps: int | None = None
-    val_accuracy_per_epoch: tuple[float, ...] = ()
+    val_metric_per_epoch: tuple[float, ...] = field(default=(), metadata=_METRIC)
     b_simple: float | None = None
     b_simple_se: float | None = None
     worker: str | None = None
@@ -151,14 +240,23 @@ class TrialRecord:
     curve: tuple[tuple[int, float], ...] = field(default=(), metadata=_FROM_TRIAL)
 
     @classmethod
-    def attribute_names(cls) -> tuple[str, ...]:
-        """The user attributes a record may store, in the order of the fields."""
-        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("stored", True))
+    def attribute_names(cls, metric: MetricInfo = ACCURACY) -> tuple[str, ...]:
+        """The user attributes a record may store, in the order of the fields (the metric's
+        fields under ``metric``'s name)."""
+        return tuple(
+            metric.stored_name(f.name) if f.metadata.get("metric") else f.name
+            for f in dataclasses.fields(cls)
+            if f.metadata.get("stored", True)
+        )
 
-    def to_user_attrs(self) -> dict[str, Any]:
-        """The stored form: every stored field that has a value, as JSON-ready values."""
+    def to_user_attrs(self, metric: MetricInfo = ACCURACY) -> dict[str, Any]:
+        """The stored form: every stored field that has a value, as JSON-ready values, the
+        metric's fields named after ``metric`` (``val_metric`` as ``val_accuracy``)."""
         attrs: dict[str, Any] = {}
-        for name in self.attribute_names():
+        for f in dataclasses.fields(self):
+            if not f.metadata.get("stored", True):
+                continue
+            name = f.name
             value = getattr(self, name)
             if value is None or value is False or (isinstance(value, tuple) and not value):
                 continue
@@ -166,7 +264,7 @@ class TrialRecord:
                 value = [o.to_dict() for o in value]
             elif isinstance(value, tuple):
                 value = list(value)
-            attrs[name] = value
+            attrs[metric.stored_name(name) if f.metadata.get("metric") else name] = value
         return attrs
 
     @property
@@ -177,16 +275,17 @@ class TrialRecord:
         return self.lr / self.lr_multiplier
 
 
-def write_record(trial: optuna.Trial, record: TrialRecord) -> None:
+def write_record(trial: optuna.Trial, record: TrialRecord, metric: MetricInfo = ACCURACY) -> None:
     """Store ``record``'s attributes on the running ``trial`` (one transaction where the
     storage is relational); attributes already stored and not in ``record`` are kept."""
-    set_user_attrs(trial, record.to_user_attrs())
+    set_user_attrs(trial, record.to_user_attrs(metric))
 
 
 def read_record(
     trial: FrozenTrial,
     default_rule: str | None = None,
     metric_names: Sequence[str] | None = None,
+    metric: MetricInfo = ACCURACY,
 ) -> TrialRecord:
     """Read one trial's record: its user attributes, and where they are missing, what stands
     in for them (parameters, objective values, the reported curve).
@@ -194,23 +293,26 @@ def read_record(
     Args:
         trial: The trial.
         default_rule: The scaling rule when the trial records none (the study's fixed rule).
-        metric_names: The study's metric names; a complete trial's values are read by name
-            (``val_accuracy``, and ``train_time_s`` in a two-objective study).
+        metric_names: The study's objective names; a complete trial's values are read by
+            name (``val_<metric>``, and ``train_time_s`` in a two-objective study).
+        metric: The study's metric (:func:`study_metric`): the metric's attributes are read
+            under its name.
     """
     attrs = trial.user_attrs
     params = trial.params
+    val_name = metric.val_name
     steps = sorted(trial.intermediate_values.items())
-    listed = attrs.get("val_accuracy_per_epoch")
+    listed = attrs.get(metric.stored_name("val_metric_per_epoch"))
     per_epoch = tuple(float(v) for v in listed if _finite(v)) if _listy(listed) else ()
     if not steps and per_epoch:  # two objectives: Optuna refuses report()
         steps = list(enumerate(per_epoch, start=1))
     curve = tuple((int(step), float(value)) for step, value in steps if _finite(value))
-    names = list(metric_names or ["val_accuracy"])
+    names = list(metric_names or [val_name])
     values = dict(zip(names, trial.values or [], strict=False))
     complete = trial.state == TrialState.COMPLETE
-    val = number_or_none(attrs.get("val_accuracy"))
-    if complete and "val_accuracy" in values:
-        val = number_or_none(values["val_accuracy"])
+    val = number_or_none(attrs.get(val_name))
+    if complete and val_name in values:
+        val = number_or_none(values[val_name])
     elif complete and trial.values and len(trial.values) == 1:
         val = number_or_none(trial.values[0])
     if val is None and curve and not complete:
@@ -221,6 +323,7 @@ def read_record(
     rule = attrs.get("scaling_rule", params.get("scaling_rule", default_rule))
     multiplier = number_or_none(attrs.get("lr_multiplier", params.get("lr_multiplier")))
     epochs, passes = _epochs_and_passes(attrs)
+    phase = attrs.get("phase")
     return TrialRecord(
         number=trial.number,
         state=trial.state.name,
@@ -230,20 +333,23 @@ def read_record(
         accumulation_steps=int_or_none(attrs.get("accumulation_steps")),
         lr=number_or_none(attrs.get("lr")),
         scaling_rule=str(rule) if rule is not None else None,
-        val_accuracy=val,
-        test_accuracy=number_or_none(attrs.get("test_accuracy")),
-        train_accuracy=number_or_none(attrs.get("train_accuracy")),
+        phase=phase if phase in PHASES else "search",
+        val_metric=val,
+        test_metric=number_or_none(attrs.get(metric.test_name)),
+        train_metric=number_or_none(attrs.get(metric.stored_name("train_metric"))),
         epochs_completed=epochs,
         passes_completed=passes,
         train_time_s=train_time,
         samples_per_s=number_or_none(attrs.get("samples_per_s")),
+        samples_left_out=int_or_none(attrs.get("samples_left_out")),
         peak_memory_bytes=int_or_none(attrs.get("peak_memory_bytes")),
         memory_source=_text(attrs.get("memory_source")),
         seed=int_or_none(attrs.get("seed")),
         diverged=bool(attrs.get("diverged", False)),
+        stop_reason=_text(attrs.get("stop_reason")),
         lr_multiplier=multiplier if multiplier and multiplier > 0 else None,
         optimizer_steps=int_or_none(attrs.get("optimizer_steps")),
-        val_accuracy_per_epoch=per_epoch,
+        val_metric_per_epoch=per_epoch,
         b_simple=number_or_none(attrs.get("b_simple")),
         b_simple_se=number_or_none(attrs.get("b_simple_se")),
         worker=_text(attrs.get("worker")),

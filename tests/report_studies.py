@@ -219,7 +219,11 @@ def build_study(
             on even trials, as ``val_accuracy_per_epoch`` on trials 1, 5, 9, none on others)
             or ``multiplier`` (``--lr-search-width 4 --budget steps --steps 250``: the LR
             multiplier searched, a step budget, the study attribute ``noise_scale``, linear
-            scaling diverged at batch 256 without warm-up).
+            scaling diverged at batch 256 without warm-up); or a study with confirmed cells
+            (see :data:`CELLS`): ``confirmed`` (accuracy, maximised, its recommendation
+            stored), ``confirmed-bare`` (the same trials, no recommendation stored, as an
+            older version wrote them), ``mse`` (regression: ``val_mse`` minimised) or
+            ``charlm`` (``val_bits_per_char`` minimised, throughput in tokens).
         probe: Store the probe's table in the study attributes.
     """
     key = (study_name, kind, probe)
@@ -235,7 +239,82 @@ def build_study(
 _TEMPLATES: dict[tuple[str, str, bool], Path] = {}
 
 
+#: The cells of the ``confirmed`` studies: (batch, rule, validation values, training time s).
+#: The third run of each confirmed cell is a confirmation-phase trial. Batch 16 linear is
+#: the most accurate, 256 linear within 0.01 of it and 8x faster, 256 none far behind, and
+#: 64 none has one run only.
+CELLS = (
+    (16, "linear", (0.900, 0.905, 0.895), 40.0),
+    (64, "linear", (0.897, 0.893, 0.901), 15.0),
+    (256, "linear", (0.896, 0.898, 0.894), 5.0),
+    (256, "none", (0.800, 0.810, 0.790), 5.0),
+    (64, "none", (0.860,), 15.0),
+)
+#: The same cells for a minimised metric (lower is better): 64 linear is best.
+MSE_CELLS = (
+    (16, "linear", (0.30, 0.31, 0.29), 40.0),
+    (64, "linear", (0.20, 0.21, 0.19), 15.0),
+    (256, "linear", (0.25, 0.26, 0.24), 5.0),
+    (256, "none", (0.50, 0.55, 0.45), 5.0),
+    (64, "none", (0.12,), 15.0),
+)
+#: The metric of each cell study kind: (name, direction, unit).
+CELL_METRICS = {
+    "confirmed": ("accuracy", "maximize", "samples"),
+    "confirmed-bare": ("accuracy", "maximize", "samples"),
+    "mse": ("mse", "minimize", "samples"),
+    "charlm": ("bits_per_char", "minimize", "tokens"),
+}
+
+
+def _write_cells_study(path: Path, *, study_name: str, kind: str) -> None:
+    """A study with confirmed cells (:data:`CELLS`), in the record format of issue 10/11."""
+    name, direction, unit = CELL_METRICS[kind]
+    study = optuna.create_study(
+        storage=f"sqlite:///{path}", study_name=study_name, direction=direction
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([f"val_{name}"])
+    if kind != "confirmed" and kind != "confirmed-bare":
+        study.set_user_attr("metric", {"name": name, "direction": direction, "unit": unit})
+    config = dict(CONFIG, scaling="search", confirm_runs=3, tolerance=0.01, trials=13)
+    study.set_user_attr("config", config)
+    study.set_user_attr("space", dict(SPACE, scaling_rules=["linear", "none"]))
+    study.set_user_attr("task_info", TASK_INFO)
+    cells = CELLS if name == "accuracy" else MSE_CELLS
+    number = 0
+    for batch, rule, values, seconds in cells:
+        for run, value in enumerate(values):
+            attrs = _attrs(batch, rule, EPOCHS, number, value)
+            del attrs["val_accuracy"], attrs["train_accuracy"]
+            attrs.update({f"val_{name}": value, f"test_{name}": round(value - 0.01, 4)})
+            attrs["train_time_s"] = seconds + 0.1 * run
+            attrs["phase"] = "confirm" if run == 2 else "search"
+            study.add_trial(
+                optuna.trial.create_trial(
+                    state=TrialState.COMPLETE,
+                    values=[value],
+                    params={"batch_size": batch, "scaling_rule": rule},
+                    distributions={
+                        "batch_size": CategoricalDistribution(BATCH_SIZES),
+                        "scaling_rule": CategoricalDistribution(RULES),
+                    },
+                    user_attrs=attrs,
+                    intermediate_values={e: value for e in range(1, EPOCHS + 1)},
+                )
+            )
+            number += 1
+    if kind != "confirmed-bare":
+        from study.recommend import store_recommendation
+
+        store_recommendation(study)
+
+
 def _write_study(path: Path, *, study_name: str, kind: str, probe: bool) -> None:
+    if kind in CELL_METRICS:
+        _write_cells_study(path, study_name=study_name, kind=kind)
+        return
     pareto = kind == "pareto"
     study = optuna.create_study(
         storage=f"sqlite:///{path}",

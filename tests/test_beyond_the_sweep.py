@@ -43,7 +43,7 @@ def test_accuracy_and_time_make_a_two_objective_study_with_a_pareto_front(sqlite
     study = load(sqlite_url)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert study.metric_names == ["val_accuracy", "train_time_s"]
-    assert study.user_attrs["config"]["objectives"] == ["accuracy", "time"]
+    assert study.user_attrs["config"]["objectives"] == ["metric", "time"]  # accuracy: an alias
     for t in study.get_trials(states=[TrialState.COMPLETE]):
         assert t.values == [t.user_attrs["val_accuracy"], t.user_attrs["train_time_s"]]
         assert len(t.user_attrs["val_accuracy_per_epoch"]) == 2
@@ -54,7 +54,7 @@ def test_accuracy_and_time_make_a_two_objective_study_with_a_pareto_front(sqlite
 
 def test_multi_objective_help_says_pruning_is_off():
     proc = run_script("run_study.py", "--help")
-    assert "cannot prune multi-objective" in " ".join(proc.stdout.split())
+    assert "cannot prune trials of two objectives" in " ".join(proc.stdout.split())
 
 
 @pytest.mark.slow
@@ -161,7 +161,7 @@ def test_lr_multiplier_is_searched_around_the_rule_and_the_noise_scale_recorded(
     [
         (["--budget", "steps"], "--budget steps needs --steps"),
         (["--steps", "100"], "--steps 100 needs --budget steps"),
-        (["--objectives", "accuracy,memory"], "use accuracy, or accuracy,time"),
+        (["--objectives", "accuracy,memory"], "use metric, or metric,time"),
         (["--warmup-epochs", "20"], "--warmup-epochs 20"),
         (["--lr-search-width", "0.5"], "--lr-search-width 0.5"),
     ],

@@ -190,9 +190,23 @@ def test_the_knee_is_the_smallest_batch_within_ten_percent_of_the_best(wide_resu
         knee_batch_size([(1, None)])
     with pytest.raises(ValueError, match="tolerance"):
         knee_batch_size([(1, 1.0)], tolerance=1.0)
-    rows = [(r.batch_size, r.samples_per_s) for r in wide_result.rows]
-    assert wide_result.knee_batch_size == knee_batch_size(rows)
     assert wide_result.knee_batch_size <= wide_result.max_batch_size
+
+
+def test_the_table_is_timed_in_interleaved_rounds_and_the_knee_uses_them(wide_result):
+    """The probe's throughput comes from the answer's speed method: interleaved rounds, the
+    median per batch with its range, the knee compared round by round."""
+    from objectives.probe import SPEED_ROUNDS
+    from objectives.speed import SpeedResult, knee_from_timings
+
+    speed = SpeedResult.from_dict(wide_result.speed)
+    assert speed.rounds == SPEED_ROUNDS and len(speed.order) == SPEED_ROUNDS
+    assert [r.batch_size for r in speed.rows] == [r.batch_size for r in wide_result.rows]
+    for row, timed in zip(wide_result.rows, speed.rows, strict=True):
+        assert row.samples_per_s == timed.units_per_s
+        assert timed.units_per_s_min <= timed.units_per_s <= timed.units_per_s_max
+    assert wide_result.knee_batch_size == knee_from_timings(speed)
+    assert "min-max" in wide_result.format_table()
 
 
 def test_the_fit_is_exact_at_the_largest_step_and_cautious_from_the_flat_part():
@@ -224,7 +238,7 @@ def test_the_probe_builds_its_own_model_and_leaves_no_trace(digits):
         built.append(digits.build_model())
         return built[-1]
 
-    task = Task("digits", build_model, digits.train, digits.val, digits.test, 10)
+    task = Task("digits", build_model, digits.train, digits.val, digits.test, num_classes=10)
     with torch.no_grad():  # the caller's grad mode must not stop the probe, nor be changed
         result = probe_batch_size(
             task, memory_budget="64MiB", max_batch_size=100, measure_throughput=False
@@ -324,6 +338,7 @@ def test_probe_script_json_has_the_documented_keys():
     assert data["steps_run"] <= math.log2(data["max_batch_size"]) + 4
     for row in data["rows"]:
         assert set(row) == {"batch_size", "predicted_bytes", "measured_bytes", "samples_per_s"}
+    assert data["speed"]["unit"] == "samples" and len(data["speed"]["rows"]) == len(data["rows"])
     assert ProbeResult.from_dict(data).to_dict() == data
 
 
@@ -335,3 +350,28 @@ def test_probe_script_rejects_a_bad_budget_in_one_line(capsys):
     assert commands.probe(["--memory-budget", "100KiB"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("probe.py: error: memory budget 100.00 KiB") and error.count("\n") == 1
+
+
+def test_variable_length_data_is_probed_at_its_longest_items():
+    """With a collate, every probing batch of b samples is the b longest training items, so
+    padding reaches the longest length the data has; throughput is in the task's unit."""
+    from tests.test_contract import sequence_task
+
+    task = sequence_task()
+    pad = task.collate
+    calls: list[list[int]] = []
+
+    def recording(items):
+        calls.append(sorted((len(x["tokens"]) for x, _ in items), reverse=True))
+        return pad(items)
+
+    task.collate = recording
+    lengths = sorted(
+        (len(task.train[i][0]["tokens"]) for i in range(len(task.train))), reverse=True
+    )
+    result = probe_batch_size(task, memory_budget="64MiB", max_batch_size=64, timed_steps=1)
+    assert result.longest_items and result.unit == "tokens" and result.max_batch_size == 64
+    assert calls and all(lengths_seen == lengths[: len(lengths_seen)] for lengths_seen in calls)
+    assert {len(c) for c in calls} >= {1, 64}
+    table = result.format_table()
+    assert "longest training items" in table and "tokens/s" in table

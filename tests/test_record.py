@@ -14,7 +14,15 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from study.record import OutOfMemory, TrialRecord, read_record, write_record
+from study.record import (
+    ACCURACY,
+    MetricInfo,
+    OutOfMemory,
+    TrialRecord,
+    read_record,
+    study_metric,
+    write_record,
+)
 from study.report.summary import trial_line
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,20 +35,23 @@ FULL = TrialRecord(
     accumulation_steps=2,
     lr=0.02,
     scaling_rule="linear",
-    val_accuracy=0.91,
-    test_accuracy=0.9,
-    train_accuracy=0.95,
+    phase="confirm",
+    val_metric=0.91,
+    test_metric=0.9,
+    train_metric=0.95,
     epochs_completed=3,
     passes_completed=3.25,
     train_time_s=1.5,
     samples_per_s=1200.0,
+    samples_left_out=12,
     peak_memory_bytes=2_000_000,
     memory_source="cpu_allocator_profile",
     seed=7,
     diverged=True,
+    stop_reason="collapsed: validation accuracy at chance",
     lr_multiplier=1.5,
     optimizer_steps=40,
-    val_accuracy_per_epoch=(0.5, 0.8, 0.91),
+    val_metric_per_epoch=(0.5, 0.8, 0.91),
     b_simple=120.0,
     b_simple_se=10.0,
     worker="host:1",
@@ -87,7 +98,7 @@ def test_the_documented_table_lists_every_record_attribute_once():
 
 
 def test_the_trial_s_own_fields_are_never_stored():
-    names = TrialRecord.attribute_names()
+    names = TrialRecord.attribute_names(MetricInfo("metric"))  # stored names = field names
     assert {"number", "state", "curve"}.isdisjoint(names)
     fields = {f.name for f in dataclasses.fields(TrialRecord)}
     assert fields - set(names) == {"number", "state", "curve"}
@@ -106,7 +117,41 @@ def test_only_recorded_values_are_stored_and_in_json_form():
             "error": "CUDA out of memory",
         }
     ]
-    assert stored["val_accuracy_per_epoch"] == [0.5, 0.8, 0.91]
+    assert stored["val_accuracy_per_epoch"] == [0.5, 0.8, 0.91]  # named after the metric
+    assert stored["val_accuracy"] == 0.91 and "val_metric" not in stored
+
+
+def test_the_metric_s_fields_are_stored_and_read_under_the_metric_s_name(tmp_path):
+    mse = MetricInfo("mse", "minimize")
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="minimize")
+    trial = study.ask()
+    write_record(trial, FULL, mse)
+    study.tell(trial, 0.25)
+    stored = study.trials[0].user_attrs
+    assert stored["val_mse"] == 0.91 and stored["test_mse"] == 0.9 and stored["train_mse"] == 0.95
+    assert stored["val_mse_per_epoch"] == [0.5, 0.8, 0.91]
+    assert not any("accuracy" in name for name in stored)
+    assert set(stored) == set(TrialRecord.attribute_names(mse))
+    record = read_record(study.trials[0], metric=mse)
+    assert (record.val_metric, record.test_metric, record.train_metric) == (0.25, 0.9, 0.95)
+    assert read_record(study.trials[0]).test_metric is None  # read as accuracy: not there
+
+
+def test_an_older_record_without_a_phase_reads_as_search():
+    assert read_record(optuna.trial.create_trial(value=0.9)).phase == "search"
+    odd = optuna.trial.create_trial(value=0.9, user_attrs={"phase": "other"})
+    assert read_record(odd).phase == "search"
+
+
+def test_the_study_metric_defaults_to_accuracy_for_older_studies():
+    study = optuna.create_study(direction="maximize")
+    assert study_metric(study) == MetricInfo("accuracy", "maximize", "samples")
+    study.set_user_attr(
+        "metric", {"name": "bits_per_char", "direction": "minimize", "unit": "tokens"}
+    )
+    metric = study_metric(study)
+    assert (metric.val_name, metric.sign, metric.unit) == ("val_bits_per_char", -1, "tokens")
+    assert metric.better(1.2, 1.3) and not ACCURACY.better(0.5, 0.6)
 
 
 def test_a_record_written_to_sqlite_reads_back_the_same(tmp_path):
@@ -114,7 +159,7 @@ def test_a_record_written_to_sqlite_reads_back_the_same(tmp_path):
     trial = study.ask()
     write_record(trial, TrialRecord(worker="host:1"))  # as the runner does at the start
     write_record(trial, dataclasses.replace(FULL, worker=None))  # the rest, at the end
-    frozen = study.tell(trial, FULL.val_accuracy)
+    frozen = study.tell(trial, FULL.val_metric)
     record = read_record(study.trials[0])
     assert record == dataclasses.replace(FULL, number=0, state="COMPLETE", curve=record.curve)
     assert record.curve == ((1, 0.5), (2, 0.8), (3, 0.91))  # no intermediate values here
@@ -147,14 +192,14 @@ def test_a_trial_killed_before_its_record_falls_back_to_params_and_curve():
     )
     record = read_record(killed, default_rule="sqrt")
     assert (record.batch_size, record.scaling_rule, record.lr_multiplier) == (64, "sqrt", 2.0)
-    assert record.val_accuracy == 0.6 and record.curve == ((1, 0.4), (2, 0.6))
+    assert record.val_metric == 0.6 and record.curve == ((1, 0.4), (2, 0.6))
     assert record.epochs_completed is None and record.lr is None and record.oom == ()
     assert record.worker == "host:9" and record.state == "FAIL"
 
 
 def test_a_complete_trial_s_value_wins_over_its_attribute():
     trial = optuna.trial.create_trial(value=0.93, user_attrs={"val_accuracy": 0.5})
-    assert read_record(trial).val_accuracy == 0.93
+    assert read_record(trial).val_metric == 0.93
     bad = optuna.trial.create_trial(value=0.9, user_attrs={"oom": "not a list", "seed": "x"})
     assert read_record(bad).oom == () and read_record(bad).seed is None
 

@@ -22,8 +22,9 @@ from optuna_dashboard import get_note
 
 from study import commands
 from study.record import read_record
+from study.report.answer import ANSWER_KEYS, CELL_KEYS
 from study.report.dashboard import attach_report, save_dashboard_figures
-from study.report.data import collect_report_data, rule_of_thumb
+from study.report.data import Folklore, collect_report_data, rule_of_thumb
 from study.report.html import (
     build_report,
     load_study_for_report,
@@ -31,7 +32,8 @@ from study.report.html import (
     render_text_report,
     write_report,
 )
-from study.report.note import write_study_note
+from study.report.note import study_note, write_study_note
+from study.report.summary import summary, trial_line
 
 try:
     from report_studies import LR_WIDTH, STEPS, TRAIN_SIZE, build_study
@@ -142,14 +144,14 @@ def test_report_data_reads_the_core_record_format(full_db: Path) -> None:
     assert data.best is not None and data.best.number == best.number
     assert data.best.batch_size == best.params["batch_size"]
     assert data.rules == ["linear", "sqrt", "none"]
-    row = next(g for g in data.groups if (g.batch_size, g.scaling_rule) == (16, "none"))
-    assert (row.complete, row.pruned) == (1, 1)
+    row = next(c for c in data.cells if (c.batch_size, c.scaling_rule) == (16, "none"))
+    assert (row.runs, row.pruned) == (1, 1)
     diverged = [t for t in data.trials if t.diverged]
     assert len(diverged) == 1 and diverged[0].state == "PRUNED"
     assert data.folklore is not None and data.folklore.train_size == TRAIN_SIZE
     assert (data.folklore.low, data.folklore.high) == (32, 256)
     assert data.folklore.optimum == data.best.batch_size == 64
-    assert data.folklore.verdict == "inside"
+    assert data.folklore.verdict == "unconfirmed"  # one run per cell: no verdict
     assert set(data.importances or {}) == {"batch_size", "scaling_rule"}
 
 
@@ -214,10 +216,10 @@ def test_every_figure_has_titled_axes_with_units(
     assert acc["xaxis"]["ticktext"] == ["16", "32", "64", "128", "256"]
 
 
-def test_accuracy_figure_has_points_and_median_per_rule(full_html: str) -> None:
+def test_accuracy_figure_has_points_and_cell_means_per_rule(full_html: str) -> None:
     names = [trace["name"] for trace in _figures(full_html)["accuracy"]["data"]]
     for rule in ("linear", "sqrt", "none"):
-        assert f"rule {rule}: trials" in names and f"rule {rule}: median" in names
+        assert f"rule {rule}: trials" in names and f"rule {rule}: cell mean" in names
 
 
 def test_learning_curves_fade_pruned_trials(full_html: str) -> None:
@@ -237,32 +239,33 @@ def test_hardware_figure_marks_the_probe_cap_and_knee(full_html: str) -> None:
 
 def test_html_shows_best_trial_tables_and_folklore(full_html: str) -> None:
     for text in (
-        "Best trial",
-        "Results per batch size and rule",
+        "Best single trial",
+        "Results per cell (batch size x rule)",
         "Rule-of-thumb range",
         "32-256",
-        "inside the range: the folklore held",
+        "so no verdict on the rule of thumb",
         "Hardware probe",
         "89.8%",
     ):
         assert text in full_html, text
+    assert "folklore held" not in full_html and "folklore missed" not in full_html
 
 
 def test_text_format_prints_the_same_tables(full_db: Path, capsys: pytest.CaptureFixture) -> None:
     assert commands.report(["--storage", _url(full_db), "--format", "text"]) == 0
     out = capsys.readouterr().out
     for text in (
-        "Best trial",
-        "Results per batch size and rule",
+        "Best single trial",
+        "Results per cell (batch size x rule)",
         "Rule of thumb against the measurement",
         "Hardware probe",
         "Parameter importances",
         "89.8%",
-        "folklore held",
+        "no verdict",
     ):
         assert text in out, text
     header = next(line for line in out.splitlines() if line.startswith("Batch  "))
-    assert header.split()[:6] == ["Batch", "Rule", "LR", "Complete", "Pruned", "Failed"]
+    assert header.split()[:7] == ["Batch", "Rule", "LR", "Runs", "Pruned", "Failed", "Diverged"]
 
 
 def test_fixed_rule_degrades_importances_with_a_sentence(tmp_path: Path) -> None:
@@ -290,7 +293,7 @@ def test_running_and_empty_studies_are_reported(tmp_path: Path) -> None:
     empty = build_study(tmp_path / "empty.db", kind="empty")
     _, report = write_report(empty, tmp_path / "empty.html")
     assert "no trials yet" in (tmp_path / "empty.html").read_text(encoding="utf-8")
-    assert "Running" in render_text_report(running).split("Results per batch size")[1]
+    assert "Running" in render_text_report(running).split("Results per cell")[1]
     assert report.data.best is None
 
 
@@ -362,13 +365,16 @@ def test_study_note_summarises_setup_and_best(tmp_path: Path) -> None:
     body = write_study_note(study)
     assert get_note(study) == body
     for text in (
+        "### Answer",
         "### Setup",
-        "### Best result",
+        "### Best single trial",
         "Trial 7",
         "val_accuracy 89.8%",
         "batch size **64**",
     ):
         assert text in body, text
+    assert body.index("### Answer") < body.index("### Setup")
+    assert "Too small to name a winner" in body.split("### Setup")[0]
     assert "4 epochs per trial" in body and "linear, sqrt, none" in body
     empty = build_study(tmp_path / "empty.db", kind="empty")
     assert "No complete trial yet" in write_study_note(empty)
@@ -452,11 +458,11 @@ def test_two_objective_study_reports_its_pareto_front(
         "<td>#8</td><td>128</td><td>none</td>",
     ):
         assert text in pareto_html, text
-    assert "Best trial" not in pareto_html
+    assert "Best single trial" not in pareto_html
 
     assert commands.report(["--storage", _url(pareto_db), "--format", "text"]) == 0
     out = capsys.readouterr().out
-    assert "Trials on the Pareto front" in out and "Best trial" not in out
+    assert "Trials on the Pareto front" in out and "Best single trial" not in out
     row = next(line for line in out.splitlines() if line.startswith("#7 "))
     assert row.split() == ["#7", "64", "sqrt", "0.05", "89.8%", "88.8%", "26.7", "s"]
 
@@ -464,7 +470,7 @@ def test_two_objective_study_reports_its_pareto_front(
 def test_two_objective_note_and_artifacts(tmp_path: Path) -> None:
     study = build_study(tmp_path / "note.db", kind="pareto")
     body = write_study_note(study)
-    assert "### Pareto front" in body and "### Best result" not in body
+    assert "### Pareto front" in body and "### Best single trial" not in body
     assert "| 4 | 256 | sqrt | 0.1 | 84.6% | 83.6% | 8.9 s |" in body
     assert body.index("| 4 |") < body.index("| 8 |") < body.index("| 7 |")
     assert NOISE_LABEL + "105" in body
@@ -477,7 +483,7 @@ def test_a_two_objective_trial_s_record_reads_its_values_by_name() -> None:
     names = ["val_accuracy", "train_time_s"]
     bare = optuna.trial.create_trial(values=[0.9, 12.5], user_attrs={"batch_size": 64})
     record = read_record(bare, "sqrt", names)
-    assert (record.val_accuracy, record.train_time_s, record.scaling_rule) == (0.9, 12.5, "sqrt")
+    assert (record.val_metric, record.train_time_s, record.scaling_rule) == (0.9, 12.5, "sqrt")
     assert record.curve == () and record.b_simple is None and record.lr_multiplier is None
     attrs = {"val_accuracy_per_epoch": [0.5, 0.7], "b_simple": 99.0, "lr_multiplier": 2.0}
     rich = optuna.trial.create_trial(values=[0.7, 3.0], user_attrs={**attrs, "lr": 0.2})
@@ -496,7 +502,7 @@ def test_other_multi_objective_shapes_are_refused(
         assert commands.report(["--storage", url, "--study-name", name]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "was not made by run_study.py" in err and why in err
-        with pytest.raises(ValueError, match="a batch-size study maximises val_accuracy"):
+        with pytest.raises(ValueError, match="a batch-size study maximizes val_accuracy"):
             collect_report_data(optuna.load_study(study_name=name, storage=url))
     plain = optuna.create_study(
         storage=url, study_name="plain", directions=["maximize", "minimize"]
@@ -537,7 +543,7 @@ def test_noise_scale_summary_in_text(pareto_db: Path, multiplier_db: Path) -> No
     text = render_text_report(load_study_for_report(_url(pareto_db), "batch-size"))
     section = text.split("Gradient noise scale B_simple")[1]
     assert "median 105 samples over 10 trial(s) (range 80-155" in section
-    assert "The measured optimum, batch 64, is near it." in section
+    assert "measured optimum" not in section  # no cell has 3 runs: no comparison
     text = render_text_report(load_study_for_report(_url(multiplier_db), "batch-size"))
     section = text.split("Gradient noise scale B_simple")[1]
     assert "B_simple 41.5 \u00b1 6 at initialisation, 150 \u00b1 21 after epoch 3" in section
@@ -571,16 +577,21 @@ def test_step_budget_and_lr_multiplier(multiplier_db: Path, multiplier_html: str
     assert layout["yaxis"]["type"] == "log" and "multiplier" in layout["yaxis"]["title"]["text"]
     assert layout["yaxis"]["tickvals"] == [0.25, 0.5, 1, 2, 4]
     hline = [sh for sh in layout["shapes"] if sh.get("y0") == sh.get("y1") == 1]
-    assert len(hline) == 1 and "the rule held" in " ".join(_annotations(layout))
-    winners = next(t for t in fig["data"] if t["name"] == "best trial per batch size")
-    per_batch = {}
-    for t in data.trials:
-        if t.state == "COMPLETE" and t.val_accuracy > per_batch.get(t.batch_size, (0, 0))[0]:
-            per_batch[t.batch_size] = (t.val_accuracy, t.lr_multiplier)
-    assert winners["y"] == [per_batch[b][1] for b in sorted(per_batch)]
+    assert len(hline) == 1 and "x1: the rule's own learning rate" in " ".join(_annotations(layout))
+    for rule in ("linear", "sqrt", "none"):  # per cell: never the best across rules
+        winners = next(
+            t for t in fig["data"] if t["name"] == f"rule {rule}: best trial per batch size"
+        )
+        per_batch = {}
+        for t in data.trials:
+            if t.state != "COMPLETE" or t.scaling_rule != rule:
+                continue
+            if t.val_metric > per_batch.get(t.batch_size, (0, 0))[0]:
+                per_batch[t.batch_size] = (t.val_metric, t.lr_multiplier)
+        assert winners["y"] == [per_batch[b][1] for b in sorted(per_batch)]
     faint = [t for t in fig["data"] if t["name"].endswith(": trials")]
     assert sum(len(t["y"]) for t in faint) == 17  # every trial, pruned ones too
-    assert "Best mult." in multiplier_html and "LR multiplier" in multiplier_html
+    assert "LR mult." in multiplier_html and "LR multiplier" in multiplier_html
 
 
 def test_warmup_is_suggested_where_linear_scaling_diverged(
@@ -621,9 +632,210 @@ def test_report_reads_a_study_the_core_ran(tmp_path: Path) -> None:
     study = load_study_for_report(url, "batch-size")
     report = build_report(study)
     assert report.data.metric_name == "val_accuracy"
-    assert report.data.best is not None and report.data.best.test_accuracy is not None
+    assert report.data.best is not None and report.data.best.test_metric is not None
+    assert summary(study).startswith("Answer")  # 3 trials: too small to confirm a cell
+    assert "\nAnswer" in run.stdout  # the run's own summary opens with it too
     assert {"accuracy", "learning-curves", "hardware", "learning-rate", "history"} <= {
         f.key for f in report.drawn
     }
     assert report.data.folklore is not None
-    assert "Results per batch size and rule" in render_text_report(report)
+    assert "Results per cell (batch size x rule)" in render_text_report(report)
+
+
+# --------------------------------------------------------------------------- the answer, cells
+
+
+@pytest.fixture(scope="module")
+def confirmed_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Confirmed cells (3 runs), one single-run cell, and the stored recommendation."""
+    path = tmp_path_factory.mktemp("confirmed") / "study.db"
+    build_study(path, kind="confirmed")
+    return path
+
+
+def _study(path: Path) -> optuna.Study:
+    return optuna.load_study(study_name="batch-size", storage=_url(path))
+
+
+def test_summary_opens_with_the_answer_and_its_trade_off(confirmed_db: Path) -> None:
+    lines = summary(_study(confirmed_db)).splitlines()
+    assert lines[0].startswith("Answer, by validation accuracy (higher is better): batch 256")
+    assert lines[1].startswith("  most accurate: batch 16 (rule linear, lr 0.0125): mean ")
+    assert "90.0% (95% interval 88.8%-91.2%, 3 runs)" in lines[1]
+    assert lines[2].startswith("  fastest within 1.0 points: batch 256 (rule linear")
+    assert "89.6% (95% interval 89.1%-90.1%, 3 runs)" in lines[2]
+    assert lines[3] == "    trade-off: 7.9x faster, costs 0.4 points of validation accuracy (mean)"
+    assert lines[5].startswith("study 'batch-size': 13 complete")
+
+
+def test_a_study_too_small_to_confirm_says_so_first(full_db: Path) -> None:
+    text = summary(_study(full_db))
+    assert text.startswith("Answer: Too small to name a winner")
+    assert "most accurate:" not in text
+    note = write_study_note(build_study(Path(full_db.parent / "note-small.db")))
+    assert "Too small to name a winner" in note.split("### Setup")[0]
+
+
+def test_html_and_note_open_with_the_answer(confirmed_db: Path, tmp_path: Path) -> None:
+    study = _study(confirmed_db)
+    path, _ = write_report(study, tmp_path / "r.html")
+    html = path.read_text(encoding="utf-8")
+    sections = re.findall(r'<section id="([^"]+)"', html)
+    assert sections[0] == "table-answer"
+    answer = html.split('<section id="table-answer">')[1].split("</section>")[0]
+    for text in ("Most accurate", "Fastest within 1.0 points", "88.8%-91.2%", "7.9x"):
+        assert text in answer, text
+    text = render_text_report(study)
+    assert text.splitlines()[2] == "The answer"  # after the head line and its underline
+    note = study_note(study)
+    answer_md = note.split("### Answer")[1].split("### Setup")[0]
+    assert "**Most accurate**" in answer_md and "**batch 16**" in answer_md
+    assert "**Fastest within 1.0 points**" in answer_md and "**batch 256**" in answer_md
+    figure = _figures(html)["accuracy"]["data"]
+    stars = [t for t in figure if t["name"].startswith("answer: ")]
+    assert [t["name"] for t in stars] == [
+        "answer: most accurate",
+        "answer: fastest within tolerance",
+    ]
+
+
+def test_cell_tables_never_merge_scaling_rules(confirmed_db: Path, tmp_path: Path) -> None:
+    study = _study(confirmed_db)
+    data = collect_report_data(study, importances=False)
+    keys = [(c.batch_size, c.scaling_rule) for c in data.cells]
+    assert keys == [(16, "linear"), (64, "linear"), (64, "none"), (256, "linear"), (256, "none")]
+    assert {c.runs for c in data.cells if c.batch_size == 256} == {3}  # not 6 pooled
+    rows = [line.split() for line in summary(study).splitlines() if line.startswith("  256")]
+    assert [r[:3] for r in rows] == [["256", "linear", "3"], ["256", "none", "3"]]
+    assert rows[0][4] != rows[1][4]  # each rule its own mean
+    text = render_text_report(study).split("Results per cell")[1].split("Rule of thumb")[0]
+    assert len([line for line in text.splitlines() if line.startswith("256 ")]) == 2
+    path, _ = write_report(study, tmp_path / "r.html")
+    figures = _figures(path.read_text(encoding="utf-8"))
+    for key, suffix in (("accuracy", ": cell mean"), ("hardware", ": cell median")):
+        lines = [t for t in figures[key]["data"] if t["name"].endswith(suffix)]
+        assert {t["name"].split(":")[0] for t in lines} == {"rule linear", "rule none"}, key
+    none = next(t for t in figures["accuracy"]["data"] if t["name"] == "rule none: cell mean")
+    assert len(none["x"]) == 2 and none["y"][1] == pytest.approx(0.80)  # 64 and 256 none
+
+
+def test_phase_is_shown_per_trial(confirmed_db: Path, tmp_path: Path) -> None:
+    study = _study(confirmed_db)
+    trial = study.trials[2]  # the third run of a cell is a confirmation trial
+    assert "  confirm  batch" in trial_line(trial)
+    assert "confirm" not in trial_line(study.trials[0])
+    path, _ = write_report(study, tmp_path / "r.html")
+    table = path.read_text(encoding="utf-8").split('<section id="table-trials">')[1]
+    assert "<th>Phase</th>" in table and "<td>#2</td><td>confirm</td>" in table
+    assert "<td>#0</td><td>search</td>" in table
+
+
+@pytest.mark.parametrize("kind", ["mse", "charlm"])
+def test_a_minimised_metric_is_reported_by_its_name_and_direction(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    name = {"mse": "mse", "charlm": "bits_per_char"}[kind]
+    study = build_study(tmp_path / "m.db", kind=kind)
+    data = collect_report_data(study, importances=False)
+    assert data.metric_name == f"val_{name}" and data.metric.sign == -1
+    assert data.best is not None and data.best.val_metric == pytest.approx(0.12)  # the lowest
+    best = data.recommendation["most_accurate"]
+    assert (best["batch_size"], best["scaling_rule"]) == (64, "linear")  # lowest confirmed mean
+    assert data.folklore is not None and data.folklore.optimum == 64
+    text = summary(study)
+    assert text.startswith(f"Answer, by val {name} (lower is better): ")
+    unconfirmed = "Looked better on too few runs to count (not confirmed): batch 64 none"
+    assert f"{unconfirmed} (0.12, 1 run)" in text
+    assert f"most accurate: batch 64 (rule linear, lr 0.05): mean val {name} 0.2 " in text
+    rows = text.split("per cell")[1].splitlines()[2:]
+    assert rows and not [row for row in rows if "%" in row]  # plain numbers, not percentages
+    path, report = write_report(study, tmp_path / "m.html")
+    html = path.read_text(encoding="utf-8")
+    for words in (f"val {name} (lower is better)", f"Mean val {name}", f"metric val_{name}"):
+        assert words in html, words
+    assert "accuracy" not in render_text_report(report).lower()
+    figures = _figures(html)
+    titles = figures["accuracy"]["layout"]["yaxis"]["title"]["text"]
+    assert titles.startswith(f"val {name} (lower is better")
+    assert "tickformat" not in figures["accuracy"]["layout"]["yaxis"]
+    unit = "tokens/s" if kind == "charlm" else "samples/s"
+    assert f"Throughput ({unit})" in figures["hardware"]["layout"]["yaxis2"]["title"]["text"]
+    assert f"median {unit}" in text
+    note = study_note(study)
+    assert f"val {name} (lower is better)" in note and "accuracy" not in note.lower()
+    assert commands.report(["--storage", _url(tmp_path / "m.db"), "--format", "text"]) == 0
+    assert f"val {name}" in capsys.readouterr().out
+
+
+def test_json_format_prints_the_recommendation_contract(confirmed_db: Path, tmp_path: Path) -> None:
+    result = run_report("--storage", _url(confirmed_db), "--format", "json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert set(ANSWER_KEYS) <= set(answer)
+    for which in ("most_accurate", "fastest_within"):
+        assert set(CELL_KEYS) <= set(answer[which]), which
+    assert answer == _study(confirmed_db).user_attrs["recommendation"]
+    assert answer["most_accurate"]["batch_size"] == 16
+    assert answer["fastest_within"]["batch_size"] == 256
+    assert list(tmp_path.iterdir()) == []  # printed, nothing written
+
+
+def test_json_format_computes_the_answer_of_an_older_study(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    build_study(path, kind="confirmed-bare")
+    assert "recommendation" not in _study(path).user_attrs
+    out = tmp_path / "answer.json"
+    assert commands.report(["--storage", _url(path), "--format", "json", "--out", str(out)]) == 0
+    answer = json.loads(out.read_text(encoding="utf-8"))
+    assert answer["most_accurate"]["batch_size"] == 16 and set(ANSWER_KEYS) <= set(answer)
+    assert "recommendation" not in _study(path).user_attrs  # the report never writes
+    small = tmp_path / "small.db"
+    build_study(small)
+    result = run_report("--storage", _url(small), "--format", "json", cwd=tmp_path)
+    answer = json.loads(result.stdout)
+    assert answer["most_accurate"] is None and answer["fastest_within"] is None
+    assert "Too small" in answer["statement"]
+
+
+def _folklore(runs: int, tied: tuple[int, ...] = (), optimum: int = 64) -> Folklore:
+    return Folklore(
+        train_size=TRAIN_SIZE,
+        low=32,
+        high=256,
+        optimum=optimum,
+        optimum_rule="linear",
+        optimum_mean_val=0.9,
+        optimum_runs=runs,
+        optimum_ci95=(0.88, 0.92) if runs >= 2 else None,
+        tied=tied,
+    )
+
+
+def test_no_verdict_from_fewer_than_three_runs_or_inside_the_intervals(
+    confirmed_db: Path, full_db: Path
+) -> None:
+    held = _folklore(3)
+    assert held.verdict == "inside" and held.sentence().endswith("the folklore held.")
+    assert _folklore(3, optimum=16).sentence().endswith("the folklore missed here.")
+    for folklore in (_folklore(2), _folklore(1), _folklore(3, tied=(512,))):
+        sentence = folklore.sentence()
+        assert "folklore" not in sentence and "no verdict" in sentence, sentence
+    assert _folklore(2).verdict == "unconfirmed"
+    assert _folklore(3, tied=(512,)).verdict == "inconclusive"
+    assert _folklore(3, tied=(128,)).verdict == "inside"  # tied, but on the same side
+
+    # batch 16 is best, but 64 and 256 (inside the range) are within its interval
+    data = collect_report_data(_study(confirmed_db), importances=False)
+    assert data.folklore.optimum == 16 and data.folklore.verdict == "inconclusive"
+    assert set(data.folklore.tied) == {64, 256}
+    for study_db in (confirmed_db, full_db):  # one run per cell in the full study
+        study = _study(study_db)
+        texts = [
+            render_text_report(study),
+            render_html_report(build_report(study, figures=False)),
+            study_note(study),
+            summary(study),
+        ]
+        for text in texts:
+            assert "folklore held" not in text and "folklore missed" not in text
+            assert "is near it" not in text and "is below it" not in text

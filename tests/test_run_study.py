@@ -81,7 +81,7 @@ def test_a_study_records_every_trial_and_its_setup(finished_study):
     assert attrs["space"]["batch_sizes"] == [8, 16, 32, 64, 128]
     assert attrs["space"]["memory_cap"] == 32 and attrs["space"]["cap_source"] == "--max-batch-size"
     assert attrs["task_info"]["train_size"] > 1000
-    assert "per batch size" in proc.stdout and "optuna-dashboard" in proc.stdout
+    assert "per cell" in proc.stdout and "optuna-dashboard" in proc.stdout
     lines = [line for line in proc.stdout.splitlines() if re.match(r"\[\d/4\] trial", line)]
     assert [line[:5] for line in lines] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
     for t, line in zip(trials, lines, strict=True):  # each trial's own line, with its results
@@ -95,7 +95,7 @@ def test_rerunning_a_finished_study_prints_the_summary_and_changes_nothing(finis
     before = digest(db)
     proc = run_script("run_study.py", *FINISHED_STUDY, "--storage", url)
     assert proc.returncode == 0, proc.stderr
-    assert "best (by validation accuracy)" in proc.stdout
+    assert proc.stdout.count("Answer, by validation accuracy") == 1 and "per cell" in proc.stdout
     assert len(load(url).trials) == 4 and digest(db) == before
 
 

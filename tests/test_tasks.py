@@ -66,7 +66,7 @@ def test_synthetic_is_deterministic_sized_by_flags_and_learnable():
     from objectives.train import TrainSettings, train_task
 
     result = train_task(a, TrainSettings(epochs=5, batch_size=16, micro_batch_size=16, lr=3e-3))
-    assert result.val_accuracy > 0.6  # well above chance (1/3)
+    assert result.val_metric > 0.6  # well above chance (1/3)
 
 
 def test_models_build_fresh_and_cnn_refuses_flat_inputs():
@@ -184,7 +184,11 @@ def test_a_task_is_run_once_before_use_and_leaves_the_random_state_alone():
     high = TensorDataset(torch.randn(16, 4), torch.full((16,), 3))  # a label the model lacks
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    check_task_runs(Task("ok", lambda: torch.nn.Linear(4, 2), good, good, good, 2), "ok")
+    check_task_runs(
+        Task("ok", lambda: torch.nn.Linear(4, 2), good, good, good, num_classes=2), "ok"
+    )
     assert torch.equal(torch.get_rng_state(), before)
     with pytest.raises(TaskError, match="val has label 3 but the model gives 2 outputs"):
-        check_task_runs(Task("high", lambda: torch.nn.Linear(4, 2), good, high, good, 2), "high")
+        check_task_runs(
+            Task("high", lambda: torch.nn.Linear(4, 2), good, high, good, num_classes=2), "high"
+        )

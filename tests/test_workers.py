@@ -153,7 +153,7 @@ def test_workers_share_one_study_and_record_worker_and_device(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     proc = run_script("run_study.py", "--trials", "6", *QUICK, "--workers", "3", "--storage", url)
     assert proc.returncode == 0, proc.stderr
-    assert "starting 3 workers" in proc.stdout and "per batch size" in proc.stdout
+    assert "starting 3 workers" in proc.stdout and "per cell" in proc.stdout
     trials = load(url).trials
     assert counts(trials) == {"COMPLETE": 6}
     workers = {t.user_attrs["worker"] for t in trials}
@@ -512,7 +512,7 @@ def test_a_checkpoint_is_only_resumed_by_its_own_run(tmp_path):
     store.save(3, "study/3/2025-01-01T00:00:00", model, None, result, micro_batch_size=16)
     saved = store.load(3, "study/3/2025-01-01T00:00:00", "cpu")
     assert saved.epoch == 1 and saved.micro_batch_size == 16
-    assert saved.result.epochs[0].val_accuracy == 0.75
+    assert saved.result.epochs[0].val_metric == 0.75
     assert torch.equal(saved.model_state["weight"], model.weight.detach())
     # A new study of the same name (its database deleted and started again) starts over.
     assert store.load(3, "study/3/2025-06-01T00:00:00", "cpu") is None

@@ -2,7 +2,9 @@
 
 Nothing here imports torch or writes trials. The modules, each with one job:
 
-* :mod:`study.report.data` -- a study's trials and attributes as typed rows (no plotting);
+* :mod:`study.report.data` -- a study's trials, cells and attributes as typed rows, and how
+  its metric is written (no plotting);
+* :mod:`study.report.answer` -- the study's answer (its recommendation) in words and rows;
 * :mod:`study.report.figures` -- Plotly figures from those rows;
 * :mod:`study.report.html` -- the self-contained HTML page and the plain-text report;
 * :mod:`study.report.summary` -- the lines a run prints (per trial and at the end);
@@ -26,6 +28,7 @@ _EXPORTS = {
     "render_text_report": "html",
     "write_report": "html",
     "collect_report_data": "data",
+    "study_recommendation": "data",
     "study_note": "note",
     "write_study_note": "note",
     "attach_report": "dashboard",
@@ -38,6 +41,6 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"study.report.{_EXPORTS[name]}"), name)
-    if name in ("data", "figures", "html", "summary", "note", "dashboard"):
+    if name in ("data", "answer", "figures", "html", "summary", "note", "dashboard"):
         return importlib.import_module(f"study.report.{name}")
     raise AttributeError(f"module 'study.report' has no attribute {name!r}")

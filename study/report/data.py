@@ -24,7 +24,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from study.record import TrialRecord, int_or_none, number_or_none, read_record
+from study.record import (
+    MetricInfo,
+    TrialRecord,
+    int_or_none,
+    number_or_none,
+    read_record,
+    study_metric,
+)
 from study.units import format_percent
 
 #: Order in which scaling rules are listed; other names follow alphabetically.
@@ -35,20 +42,147 @@ RULES_OF_THUMB = ((1_000, 16, 32), (100_001, 32, 256), (math.inf, 256, 2048))
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
-#: The one multi-objective shape a batch-size study takes (``--objectives accuracy,time``):
-#: its metric names, directions and the ``config["objectives"]`` that asks for it.
-TWO_OBJECTIVES = ("val_accuracy", "train_time_s")
-TWO_DIRECTIONS = (optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE)
-TWO_OBJECTIVES_CONFIG = ("accuracy", "time")
+#: The ``config["objectives"]`` that ask for the two-objective shape (metric and time).
+TWO_OBJECTIVES_CONFIG = (("metric", "time"), ("accuracy", "time"))
+
+#: A cell needs this many complete runs before the report draws a conclusion from it.
+MIN_RUNS = 3
 
 
 @dataclass(frozen=True)
-class GroupRow:
-    """Results of one (batch size, scaling rule) pair.
+class MetricText:
+    """How the report writes the study's metric: names, direction, values and differences.
 
-    ``best_val``, ``median_val`` and ``median_test`` use complete trials only: a pruned trial
-    stopped early, so its accuracy is not comparable. ``lr`` is the rule's learning rate (before
-    a searched multiplier); ``best_multiplier`` the multiplier of the best complete trial.
+    The default metric (accuracy, maximised) keeps the report's wording ("validation
+    accuracy", percentages); any other metric is written by its name and direction,
+    e.g. ``val mse (lower is better)``, its values as plain numbers.
+
+    Example:
+        >>> mse = MetricText(MetricInfo("mse", "minimize", "samples"))
+        >>> mse.full, mse.value(0.01234), mse.best([0.3, 0.1])
+        ('val mse (lower is better)', '0.01234', 0.1)
+        >>> acc = MetricText(MetricInfo())
+        >>> acc.full, acc.value(0.9), acc.difference(0.028)
+        ('validation accuracy (higher is better)', '90.0%', '2.8 points')
+    """
+
+    info: MetricInfo
+
+    @property
+    def name(self) -> str:
+        """The metric's own name (``accuracy``, ``mse``, ``bits_per_char``)."""
+        return self.info.name
+
+    @property
+    def percent(self) -> bool:
+        """Values are fractions written as percentages (the accuracy metric)."""
+        return self.info.name == "accuracy"
+
+    @property
+    def sign(self) -> int:
+        """``+1`` when higher is better, ``-1`` when lower is."""
+        return 1 if self.info.direction == "maximize" else -1
+
+    @property
+    def direction_words(self) -> str:
+        """``higher is better`` or ``lower is better``."""
+        return "higher is better" if self.sign > 0 else "lower is better"
+
+    @property
+    def val(self) -> str:
+        """``validation accuracy`` or ``val mse``: the metric on the validation split."""
+        return "validation accuracy" if self.percent else f"val {self.name}"
+
+    @property
+    def test(self) -> str:
+        """``test accuracy`` or ``test mse``."""
+        return f"test {self.name}"
+
+    @property
+    def full(self) -> str:
+        """``val mse (lower is better)``: the label every heading and axis uses."""
+        return f"{self.val} ({self.direction_words})"
+
+    @property
+    def stored(self) -> str:
+        """The study's metric name, ``val_accuracy`` or ``val_mse``."""
+        return f"val_{self.name}"
+
+    @property
+    def maximised(self) -> str:
+        """``maximised`` or ``minimised``."""
+        return "maximised" if self.sign > 0 else "minimised"
+
+    @property
+    def unit(self) -> str:
+        """What throughput counts: ``samples``, ``tokens``, ``sequences``."""
+        return self.info.unit or "samples"
+
+    @property
+    def rate(self) -> str:
+        """``samples/s`` or ``tokens/s``."""
+        return f"{self.unit}/s"
+
+    @property
+    def axis_unit(self) -> str:
+        """The unit an axis of the metric shows: ``% of samples`` or the metric's name."""
+        return "% of samples" if self.percent else self.name
+
+    @property
+    def tickformat(self) -> str | None:
+        """Plotly's tick format for the metric's axis (percentages for accuracy)."""
+        return ".0%" if self.percent else None
+
+    @property
+    def hover(self) -> str:
+        """Plotly's number format in hover text."""
+        return ".1%" if self.percent else ".4g"
+
+    def value(self, value: float | None, missing: str = "-") -> str:
+        """``89.8%`` for accuracy, ``0.01234`` for others; ``missing`` where there is none."""
+        if value is None:
+            return missing
+        return format_percent(value) if self.percent else f"{value:.4g}"
+
+    def difference(self, diff: float | None, missing: str = "-") -> str:
+        """A difference of two values: ``2.8 points`` for accuracy, ``0.012`` for others."""
+        if diff is None:
+            return missing
+        return f"{100 * diff:.1f} points" if self.percent else f"{diff:.3g}"
+
+    def interval(self, ci: Sequence[float] | None, missing: str = "-") -> str:
+        """``87.1%-91.2%``: a 95% interval; ``missing`` without one."""
+        if not ci or len(ci) != 2 or ci[0] is None or ci[1] is None:
+            return missing
+        return f"{self.value(ci[0])}-{self.value(ci[1])}"
+
+    def key(self, value: float) -> float:
+        """A sort key under which larger is better."""
+        return self.sign * value
+
+    def best(self, values: Iterable[float]) -> float | None:
+        """The best of ``values`` (``None`` when there are none)."""
+        finite = [v for v in values if v is not None]
+        return max(finite, key=self.key) if finite else None
+
+    def better_than(self, a: float, b: float) -> bool:
+        """``a`` is strictly better than ``b``."""
+        return self.key(a) > self.key(b)
+
+
+@dataclass(frozen=True)
+class CellRow:
+    """Results of one cell: a (batch size, scaling rule) pair, and the learning-rate multiplier
+    bucket when ``--lr-search-width`` searched one.
+
+    The statistics are :func:`study.recommend.cell_stats`' (the ones the answer is chosen
+    from), over complete trials only (a pruned trial stopped early, so its value is not
+    comparable): ``complete`` runs, their ``mean_val`` with a 95% interval ``ci95``
+    (Student's t; ``None`` under 2 runs), ``best_val`` and ``median_val`` by the metric's
+    direction. ``lr`` is the median learning rate the cell trained with; ``lr_bucket`` the
+    centre of its multiplier bucket (``None`` unless searched); ``best_multiplier`` the
+    multiplier of the best complete trial; ``confirm`` the complete runs of the confirmation
+    phase; the other counts are over every trial of the cell.
     """
 
     batch_size: int
@@ -64,6 +198,34 @@ class GroupRow:
     median_samples_per_s: float | None
     peak_memory_bytes: float | None
     best_multiplier: float | None = None
+    lr_bucket: float | None = None
+    mean_val: float | None = None
+    ci95: tuple[float, float] | None = None
+    mean_test: float | None = None
+    median_time_s: float | None = None
+    diverged: int = 0
+    confirm: int = 0
+
+    @property
+    def runs(self) -> int:
+        """Complete runs: what the cell's statistics rest on."""
+        return self.complete
+
+    @property
+    def confirmed(self) -> bool:
+        """The cell has the :data:`MIN_RUNS` complete runs a conclusion needs."""
+        return self.complete >= MIN_RUNS and self.ci95 is not None
+
+    @property
+    def key(self) -> tuple[int, str, float | None]:
+        """``(batch_size, scaling_rule, lr_bucket)``."""
+        return (self.batch_size, self.scaling_rule, self.lr_bucket)
+
+    @property
+    def label(self) -> str:
+        """``64 linear`` or, with a searched multiplier, ``64 linear x1.41``."""
+        text = f"{self.batch_size} {self.scaling_rule}"
+        return text + (f" x{self.lr_bucket:.3g}" if self.lr_bucket is not None else "")
 
 
 @dataclass(frozen=True)
@@ -170,40 +332,91 @@ def _estimate(entry: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Folklore:
-    """The rule of thumb for this training-set size beside the measured optimum."""
+    """The rule of thumb for this training-set size beside the measured optimum.
+
+    The optimum is the best cell by mean among the cells with :data:`MIN_RUNS` complete runs
+    (the recommendation's most accurate cell when the study has one). A verdict is given only
+    when that cell has enough runs and no cell on the other side of the range is within its
+    95% interval.
+
+    Args:
+        train_size: Training samples.
+        low: The range's smallest batch.
+        high: Its largest batch.
+        optimum: The best cell's batch size (``None``: no complete trial).
+        optimum_rule: Its scaling rule.
+        optimum_mean_val: Its mean validation metric.
+        optimum_runs: Its complete runs.
+        optimum_ci95: Its 95% interval.
+        tied: Batch sizes of other confirmed cells whose interval overlaps the optimum's.
+        metric: How to write the metric.
+    """
 
     train_size: int
     low: int
     high: int
     optimum: int | None
     optimum_rule: str | None
-    optimum_median_val: float | None
+    optimum_mean_val: float | None
+    optimum_runs: int = 0
+    optimum_ci95: tuple[float, float] | None = None
+    tied: tuple[int, ...] = ()
+    metric: MetricText = field(default_factory=lambda: MetricText(MetricInfo()))
+
+    def _side(self, batch: int) -> str:
+        return "below" if batch < self.low else ("above" if batch > self.high else "inside")
 
     @property
     def verdict(self) -> str:
-        """``inside``, ``below``, ``above``, or ``unknown`` (no complete trial yet)."""
+        """``inside``, ``below``, ``above``; ``unknown`` (no complete trial yet),
+        ``unconfirmed`` (the best cell has fewer than :data:`MIN_RUNS` runs) or
+        ``inconclusive`` (cells on both sides of the range are within its interval)."""
         if self.optimum is None:
             return "unknown"
-        if self.optimum < self.low:
-            return "below"
-        if self.optimum > self.high:
-            return "above"
-        return "inside"
+        if self.optimum_runs < MIN_RUNS or self.optimum_ci95 is None:
+            return "unconfirmed"
+        if {self._side(b) for b in (self.optimum, *self.tied)} != {self._side(self.optimum)}:
+            return "inconclusive"
+        return self._side(self.optimum)
+
+    @property
+    def conclusive(self) -> bool:
+        """The measurement supports a verdict (held or missed)."""
+        return self.verdict in ("inside", "below", "above")
 
     def sentence(self) -> str:
-        """One line a person reads: the range, the optimum, and whether the folklore held."""
+        """One line a person reads: the range, the optimum, and whether the folklore held
+        (only when the runs and intervals support it)."""
         start = (
             f"Rule of thumb for {self.train_size:,} training samples: batch {self.low}-{self.high}."
         )
-        if self.optimum is None:
+        verdict = self.verdict
+        if verdict == "unknown":
             return start + " No complete trial yet, so no measured optimum to compare."
+        m = self.metric
+        runs = f"{self.optimum_runs} run{'s' if self.optimum_runs != 1 else ''}"
         measured = (
-            f" Measured optimum: batch {self.optimum} (rule {self.optimum_rule}, median "
-            f"validation accuracy {format_percent(self.optimum_median_val, 'n/a')})"
+            f" Best cell: batch {self.optimum} (rule {self.optimum_rule}, mean {m.val} "
+            f"{m.value(self.optimum_mean_val, 'n/a')}"
         )
-        if self.verdict == "inside":
+        if verdict == "unconfirmed":
+            return (
+                start + measured + f", {runs}): fewer than {MIN_RUNS} complete runs, so no "
+                "verdict on the rule of thumb."
+            )
+        measured += f", 95% interval {m.interval(self.optimum_ci95)}, {runs})"
+        if verdict == "inconclusive":
+            others = sorted(set(self.tied))
+            names = ", ".join(str(b) for b in others[:-1]) + " and " if len(others) > 1 else ""
+            verb = "are" if len(others) > 1 else "is"
+            return (
+                start + measured + f", but batch {names}{others[-1]} {verb} within its interval "
+                "(some on the other side of the range): the difference is inside the noise, so "
+                "no verdict."
+            )
+        if verdict == "inside":
             return start + measured + ", inside the range: the folklore held."
-        return start + measured + f", {self.verdict} the range: the folklore missed here."
+        return start + measured + f", {verdict} the range: the folklore missed here."
 
 
 @dataclass
@@ -219,7 +432,7 @@ class ReportData:
     trials: list[TrialRecord]
     counts: dict[str, int]
     best: TrialRecord | None
-    groups: list[GroupRow]
+    cells: list[CellRow]
     folklore: Folklore | None
     importances: dict[str, float] | None = None
     importance_note: str = ""
@@ -227,10 +440,28 @@ class ReportData:
     metric_names: list[str] = field(default_factory=list)
     front: list[TrialRecord] = field(default_factory=list)
     noise_scale: NoiseScale | None = None
+    metric: MetricText = field(default_factory=lambda: MetricText(MetricInfo()))
+    recommendation: dict[str, Any] | None = None
+
+    @property
+    def confirmed_optimum(self) -> int | None:
+        """The batch size of the best cell with :data:`MIN_RUNS` complete runs (the
+        recommendation's most accurate when there is one); ``None`` when no cell has them."""
+        chosen = (self.recommendation or {}).get("most_accurate")
+        if isinstance(chosen, dict) and int_or_none(chosen.get("batch_size")):
+            return int_or_none(chosen.get("batch_size"))
+        confirmed = [c for c in self.cells if c.confirmed and c.mean_val is not None]
+        best = max(confirmed, key=lambda c: self.metric.key(c.mean_val), default=None)
+        return best.batch_size if best else None
+
+    @property
+    def phases(self) -> bool:
+        """Some trial belongs to the confirmation phase."""
+        return any(t.phase == "confirm" for t in self.trials)
 
     @property
     def multi_objective(self) -> bool:
-        """The study also minimises training time (``--objectives accuracy,time``)."""
+        """The study also minimises training time (``--objectives metric,time``)."""
         return len(self.metric_names) > 1
 
     @property
@@ -339,8 +570,8 @@ class ReportData:
         if self.counts.get("COMPLETE", 0) == 0:
             notes.append(
                 "No trial completed (all were pruned, failed or are still running): there is "
-                "no best trial and no final accuracy yet; the learning curves show how far "
-                "the trials got."
+                f"no best trial and no final {self.metric.val} yet; the learning curves show "
+                "how far the trials got."
             )
         return " ".join(notes) or None
 
@@ -382,54 +613,114 @@ def median(values: Iterable[float | None]) -> float | None:
     return statistics.median(finite) if finite else None
 
 
-def group_rows(trials: Sequence[TrialRecord]) -> list[GroupRow]:
-    """One row per (batch size, rule) pair that any trial used, sorted by batch then rule."""
-    keys = sorted(
-        {(t.batch_size, t.scaling_rule or "?") for t in trials if t.batch_size is not None},
-        key=lambda k: (k[0], rule_sort_key(k[1])),
+def cell_rows(
+    trials: Sequence[TrialRecord],
+    metric: MetricText | None = None,
+    *,
+    lr_search_width: float = 1.0,
+) -> list[CellRow]:
+    """One row per cell that any trial used, sorted by batch, rule, then multiplier bucket.
+
+    The statistics come from :func:`study.recommend.cell_stats` (complete and pruned trials);
+    cells whose trials all failed or are still running get a row of counts.
+
+    Args:
+        trials: The study's records.
+        metric: The study's metric (default: accuracy, maximised).
+        lr_search_width: The study's ``--lr-search-width``: above 1, cells split by the
+            learning-rate multiplier's bucket.
+    """
+    from study.recommend import cell_key, cell_stats
+
+    metric = metric or MetricText(MetricInfo())
+    members_of: dict[Any, list[TrialRecord]] = {}
+    for t in trials:
+        key = cell_key(t, lr_search_width)
+        if key is not None:
+            members_of.setdefault(key, []).append(t)
+    stats = {s.key: s for s in cell_stats(trials, metric.info, lr_search_width=lr_search_width)}
+    order = sorted(
+        members_of, key=lambda k: (k.batch_size, rule_sort_key(k.scaling_rule), k.lr_bucket or 0)
     )
     rows = []
-    for batch, rule in keys:
-        members = [t for t in trials if t.batch_size == batch and (t.scaling_rule or "?") == rule]
-        complete = [t for t in members if t.state == "COMPLETE"]
-        vals = [t.val_accuracy for t in complete if t.val_accuracy is not None]
-        lrs = [t.rule_lr for t in members if t.rule_lr is not None]
-        best = max(complete, key=lambda t: t.val_accuracy or 0.0, default=None)
-        mems = [t.peak_memory_bytes for t in members if t.peak_memory_bytes is not None]
+    for cell in order:
+        members = members_of[cell]
+        s = stats.get(cell)
+        scored = [t for t in members if t.state == "COMPLETE" and t.val_metric is not None]
+        best = max(scored, key=lambda t: (metric.key(t.val_metric), -t.number), default=None)
+        values = list(s.values) if s else []
+        lrs = [t.lr for t in members if t.lr is not None]
         rows.append(
-            GroupRow(
-                batch_size=batch,
-                scaling_rule=rule,
-                lr=lrs[0] if lrs else None,
-                complete=len(complete),
+            CellRow(
+                batch_size=cell.batch_size,
+                scaling_rule=cell.scaling_rule,
+                lr_bucket=2**cell.lr_bucket if cell.lr_bucket is not None else None,
+                lr=s.lr if s and s.lr is not None else (median(lrs) if lrs else None),
+                complete=s.runs if s else 0,
                 pruned=sum(t.state == "PRUNED" for t in members),
                 failed=sum(t.state == "FAIL" for t in members),
                 running=sum(t.state in ("RUNNING", "WAITING") for t in members),
-                best_val=max(vals) if vals else None,
-                median_val=median(vals),
-                median_test=median(t.test_accuracy for t in complete),
-                median_samples_per_s=median(t.samples_per_s for t in members),
-                peak_memory_bytes=max(mems) if mems else None,
+                best_val=metric.best(values),
+                median_val=median(values),
+                median_test=median(t.test_metric for t in scored),
+                mean_val=s.val_mean if s else None,
+                ci95=tuple(s.val_ci95) if s and s.val_ci95 else None,
+                mean_test=s.test_mean if s else None,
+                median_time_s=s.train_time_s_median if s else None,
+                median_samples_per_s=s.samples_per_s_median if s else None,
+                peak_memory_bytes=s.peak_memory_bytes if s else None,
                 best_multiplier=best.lr_multiplier if best else None,
+                diverged=sum(t.diverged for t in members),
+                confirm=s.confirm_runs if s else 0,
             )
         )
     return rows
 
 
-def _folklore(task_info: dict[str, Any], groups: Sequence[GroupRow]) -> Folklore | None:
+def _folklore(
+    task_info: dict[str, Any],
+    cells: Sequence[CellRow],
+    metric: MetricText,
+    recommendation: dict[str, Any] | None = None,
+) -> Folklore | None:
     train_size = int_or_none(task_info.get("train_size"))
     if train_size is None or train_size < 0:
         return None
     low, high = rule_of_thumb(train_size)
-    scored = [g for g in groups if g.median_val is not None]
-    best = max(scored, key=lambda g: (g.median_val, g.best_val or 0.0), default=None)
+    scored = [c for c in cells if c.mean_val is not None]
+    confirmed = [c for c in scored if c.confirmed]
+    pool = confirmed or scored
+    best = max(pool, key=lambda c: (metric.key(c.mean_val), c.runs), default=None)
+    chosen = (recommendation or {}).get("most_accurate")
+    if isinstance(chosen, dict):
+        best = next(
+            (
+                c
+                for c in confirmed
+                if c.batch_size == chosen.get("batch_size")
+                and c.scaling_rule == chosen.get("scaling_rule")
+            ),
+            best,
+        )
+    tied: tuple[int, ...] = ()
+    if best is not None and best.ci95 is not None:
+        lo, hi = best.ci95
+        tied = tuple(
+            c.batch_size
+            for c in confirmed
+            if c is not best and c.ci95[0] <= hi and lo <= c.ci95[1]  # the intervals overlap
+        )
     return Folklore(
         train_size=train_size,
         low=low,
         high=high,
         optimum=best.batch_size if best else None,
         optimum_rule=best.scaling_rule if best else None,
-        optimum_median_val=best.median_val if best else None,
+        optimum_mean_val=best.mean_val if best else None,
+        optimum_runs=best.runs if best else 0,
+        optimum_ci95=best.ci95 if best else None,
+        tied=tied,
+        metric=metric,
     )
 
 
@@ -450,19 +741,24 @@ def importance_problem(study: optuna.Study) -> str | None:
     varying = varying_params(study)
     if len(varying) < 2:
         which = f"only {varying[0]} varies" if varying else "no parameter varies"
+        if varying == ["batch_size"]:
+            which += " (the scaling rule was fixed)"
         return (
             "Parameter importances compare at least 2 parameters that vary; here "
-            f"{which} (the scaling rule was fixed), so its importance would trivially be 100%."
+            f"{which}, so its importance would trivially be 100%."
         )
     return None
 
 
-def compute_importances(study: optuna.Study) -> tuple[dict[str, float] | None, str]:
+def compute_importances(
+    study: optuna.Study, metric: MetricText | None = None
+) -> tuple[dict[str, float] | None, str]:
     """Optuna's parameter importances (default evaluator) and a note; ``None`` if unavailable.
 
-    For a two-objective study (accuracy and time) the importances are those of reaching the
+    For a two-objective study (metric and time) the importances are those of reaching the
     Pareto front (Optuna's default evaluator on a multi-objective study).
     """
+    metric = metric or MetricText(study_metric(study))
     problem = importance_problem(study)
     if problem is not None:
         return None, problem
@@ -473,41 +769,78 @@ def compute_importances(study: optuna.Study) -> tuple[dict[str, float] | None, s
     if len(study.directions) > 1:
         return dict(importances), (
             "How much each parameter decides whether a trial reaches the Pareto front of "
-            "validation accuracy and training time (Optuna's default importance evaluator, "
+            f"{metric.val} and training time (Optuna's default importance evaluator, "
             "complete trials)."
         )
     return dict(importances), (
-        "Share of the variation in final validation accuracy explained by each parameter "
+        f"Share of the variation in final {metric.full} explained by each parameter "
         "(Optuna's default importance evaluator, complete trials)."
     )
+
+
+def _direction(name: str) -> optuna.study.StudyDirection:
+    return optuna.study.StudyDirection[name.upper()]
 
 
 def study_shape_problem(study: optuna.Study) -> str | None:
     """Why ``study`` is not a batch-size study's shape (``it ...``), or ``None`` if it is.
 
-    A batch-size study maximises ``val_accuracy``; with ``--objectives accuracy,time`` it
-    maximises ``val_accuracy`` and minimises ``train_time_s``. Any other shape is refused.
+    A batch-size study optimises its metric (``val_<name>``) in the metric's direction
+    (the study attribute ``metric``; accuracy, maximised, when absent); with
+    ``--objectives metric,time`` it also minimises ``train_time_s``. Any other shape is
+    refused.
     """
+    metric = study_metric(study)
+    first = _direction(metric.direction)
     directions = tuple(study.directions)
-    if directions == (optuna.study.StudyDirection.MAXIMIZE,):
+    if directions == (first,):
         return None
     if len(directions) == 1:
-        return "minimises its objective"
+        word = "minimises" if directions[0] == optuna.study.StudyDirection.MINIMIZE else "maximises"
+        return f"{word} its objective, but its metric {metric.name} is to be {metric.direction}d"
     config = study.user_attrs.get("config")
     asked = config.get("objectives") if isinstance(config, dict) else None
     names = study.metric_names
-    named = names is not None and tuple(names) == TWO_OBJECTIVES
-    if directions == TWO_DIRECTIONS and (
-        named or (names is None and asked is not None and tuple(asked) == TWO_OBJECTIVES_CONFIG)
-    ):
+    expected = (f"val_{metric.name}", "train_time_s")
+    named = names is not None and tuple(names) == expected
+    asked_two = asked is not None and tuple(asked) in TWO_OBJECTIVES_CONFIG
+    two = (first, optuna.study.StudyDirection.MINIMIZE)
+    if directions == two and (named or (names is None and asked_two)):
         return None
     if len(directions) == 2:
         shown = ", ".join(
             f"{n} ({d.name.lower()})"
             for n, d in zip(names or ["objective 0", "objective 1"], directions, strict=False)
         )
-        return f"has the objectives {shown}, not val_accuracy (maximize), train_time_s (minimize)"
+        return (
+            f"has the objectives {shown}, not {expected[0]} ({metric.direction}), "
+            "train_time_s (minimize)"
+        )
     return f"has {len(directions)} objectives"
+
+
+def shape_words(study: optuna.Study) -> str:
+    """What a batch-size study of this metric optimises, for error messages."""
+    metric = study_metric(study)
+    return (
+        f"a batch-size study {metric.direction}s val_{metric.name} (and, with --objectives "
+        "metric,time, minimises train_time_s)"
+    )
+
+
+def study_recommendation(study: optuna.Study) -> dict[str, Any] | None:
+    """The study's answer: the stored ``recommendation`` attribute, else computed now by
+    :func:`study.recommend.recommend` (a study from an older version stores none); ``None``
+    when neither is available. Never writes to the study."""
+    stored = study.user_attrs.get("recommendation")
+    if isinstance(stored, dict):
+        return stored
+    try:
+        from study.recommend import recommend
+    except ImportError:  # pragma: no cover - a tree without the recommendation module
+        return None
+    answer = recommend(study)
+    return answer if isinstance(answer, dict) else None
 
 
 def _front(study: optuna.Study, trials: Sequence[TrialRecord]) -> list[TrialRecord]:
@@ -548,10 +881,8 @@ def collect_report_data(study: optuna.Study, *, importances: bool = True) -> Rep
     """
     problem = study_shape_problem(study)
     if problem is not None:
-        raise ValueError(
-            f"study {study.study_name!r} {problem}: a batch-size study maximises val_accuracy "
-            "(and, with --objectives accuracy,time, minimises train_time_s)"
-        )
+        raise ValueError(f"study {study.study_name!r} {problem}: {shape_words(study)}")
+    metric = MetricText(study_metric(study))
     attrs = study.user_attrs
     config = attrs.get("config") if isinstance(attrs.get("config"), dict) else {}
     space = attrs.get("space") if isinstance(attrs.get("space"), dict) else {}
@@ -559,15 +890,21 @@ def collect_report_data(study: optuna.Study, *, importances: bool = True) -> Rep
     probe = attrs.get("probe") if isinstance(attrs.get("probe"), dict) else None
     default_rule = config.get("scaling") if config.get("scaling") != "search" else None
     multi = len(study.directions) > 1
-    metric_names = list(study.metric_names or (TWO_OBJECTIVES if multi else ["value"]))
-    trials = [read_record(t, default_rule, metric_names) for t in study.get_trials(deepcopy=False)]
+    default_names = [metric.stored, "train_time_s"] if multi else [metric.stored]
+    metric_names = list(study.metric_names or default_names)
+    trials = [
+        read_record(t, default_rule, metric_names, metric=metric.info)
+        for t in study.get_trials(deepcopy=False)
+    ]
     counts = {state: sum(t.state == state for t in trials) for state in STATES}
-    complete = [t for t in trials if t.state == "COMPLETE" and t.val_accuracy is not None]
+    complete = [t for t in trials if t.state == "COMPLETE" and t.val_metric is not None]
     best = None
     if not multi:  # two objectives have no single best: the Pareto front stands in
-        best = max(complete, key=lambda t: (t.val_accuracy, -t.number), default=None)
-    groups = group_rows(trials)
+        best = max(complete, key=lambda t: (metric.key(t.val_metric), -t.number), default=None)
+    width = number_or_none(config.get("lr_search_width")) or 1.0
+    cells = cell_rows(trials, metric, lr_search_width=width)
     rules = sorted({t.scaling_rule for t in trials if t.scaling_rule}, key=rule_sort_key)
+    recommendation = study_recommendation(study)
     data = ReportData(
         study_name=study.study_name,
         metric_name=metric_names[0],
@@ -578,15 +915,17 @@ def collect_report_data(study: optuna.Study, *, importances: bool = True) -> Rep
         trials=trials,
         counts=counts,
         best=best,
-        groups=groups,
-        folklore=_folklore(task_info, groups),
+        cells=cells,
+        folklore=_folklore(task_info, cells, metric, recommendation),
         rules=rules,
         metric_names=metric_names,
         front=_front(study, trials) if multi else [],
         noise_scale=_noise_scale(attrs, trials),
+        metric=metric,
+        recommendation=recommendation,
     )
     if importances:
-        data.importances, data.importance_note = compute_importances(study)
+        data.importances, data.importance_note = compute_importances(study, metric)
     else:
         data.importance_note = importance_problem(study) or ""
     return data

@@ -25,8 +25,8 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from study.record import read_record
-from study.report.data import ReportData, median
+from study.record import MetricInfo, TrialRecord, read_record
+from study.report.data import CellRow, ReportData, median
 
 RULE_COLORS = {"linear": "#1f77b4", "sqrt": "#ff7f0e", "none": "#2ca02c"}
 OTHER_COLOR = "#7f7f7f"
@@ -207,22 +207,82 @@ def _finish(fig: go.Figure, title: str, height: int = 480) -> go.Figure:
     return fig
 
 
+def _metric_axis(data: ReportData, split: str, budget: bool = True) -> str:
+    """``Accuracy (% of samples, after 4 epochs)`` or ``val mse (lower is better, after ...)``."""
+    m = data.metric
+    after = f", after {_budget(data)}" if budget else ""
+    if m.percent:
+        return f"Accuracy (% of samples{after})"
+    return f"{split} {m.name} ({m.direction_words}{after})"
+
+
+def _cell_line(data: ReportData, rule: str | None) -> list[CellRow]:
+    """The rule's cells by batch size (the best multiplier bucket where several)."""
+    by_batch: dict[int, CellRow] = {}
+    for c in data.cells:
+        if (rule is not None and c.scaling_rule != rule) or c.mean_val is None:
+            continue
+        held = by_batch.get(c.batch_size)
+        if held is None or data.metric.better_than(c.mean_val, held.mean_val):
+            by_batch[c.batch_size] = c
+    return [by_batch[b] for b in sorted(by_batch)]
+
+
+def _mark_answer(fig: go.Figure, data: ReportData) -> str:
+    """Stars on the validation panel at the recommended cells; a sentence for the note."""
+    rec = data.recommendation or {}
+    marks = []
+    for which, label, color in (
+        ("most_accurate", "answer: most accurate", "#111111"),
+        ("fastest_within", "answer: fastest within tolerance", "#e0b000"),
+    ):
+        cell = rec.get(which)
+        if not isinstance(cell, dict) or not cell.get("batch_size"):
+            continue
+        mean = cell.get("val_mean")
+        if not isinstance(mean, int | float):
+            continue
+        shift = _rule_offset(data, cell.get("scaling_rule"))
+        fig.add_trace(
+            go.Scatter(
+                x=[_log2(cell["batch_size"]) + shift],
+                y=[mean],
+                mode="markers",
+                name=label,
+                marker={"symbol": "star", "size": 17, "color": color, "line": {"width": 1}},
+                hovertemplate=(
+                    f"{label}: batch {cell['batch_size']}, rule {cell.get('scaling_rule')}"
+                    f"<br>mean %{{y:{data.metric.hover}}}<extra></extra>"
+                ),
+            ),
+            row=1,
+            col=1,
+        )
+        marks.append(label)
+    if not marks:
+        return ""
+    return " Stars: the answer's cells (" + "; ".join(m.split(": ")[1] for m in marks) + ")."
+
+
 def accuracy_figure(data: ReportData) -> ReportFigure:
-    """Final validation and test accuracy against batch size, a series per scaling rule."""
-    key, title = "accuracy", "Final accuracy against batch size"
+    """The final validation and test metric against batch size: every complete trial a point,
+    each cell's mean (with its 95% interval on validation) joined per scaling rule."""
+    m = data.metric
+    what = "accuracy" if m.percent else m.name
+    key, title = "accuracy", f"Final {what} against batch size"
     complete = [t for t in data.trials if t.state == "COMPLETE" and t.batch_size]
     if not complete:
-        return ReportFigure(key, title, None, "No complete trial yet: no final accuracy to plot.")
+        return ReportFigure(key, title, None, f"No complete trial yet: no final {what} to plot.")
     fig = make_subplots(
         rows=1,
         cols=2,
         shared_yaxes=True,
         horizontal_spacing=0.06,
-        subplot_titles=("Validation accuracy", "Test accuracy"),
+        subplot_titles=(m.val.capitalize(), m.test.capitalize()),
     )
-    for col, attr in ((1, "val_accuracy"), (2, "test_accuracy")):
+    for col, attr in ((1, "val_metric"), (2, "test_metric")):
         for rule in data.rules or [None]:
-            trials = [t for t in complete if t.scaling_rule == rule]
+            trials = [t for t in complete if rule is None or t.scaling_rule == rule]
             points = [(t, getattr(t, attr)) for t in trials if getattr(t, attr) is not None]
             if not points:
                 continue
@@ -236,28 +296,47 @@ def accuracy_figure(data: ReportData) -> ReportFigure:
                     name=f"{name}: trials",
                     legendgroup=name,
                     showlegend=col == 1,
-                    marker={"color": rule_color(rule), "size": 8, "opacity": 0.55},
-                    customdata=[[t.number, t.batch_size, t.lr or float("nan")] for t, _ in points],
+                    marker={"color": rule_color(rule), "size": 8, "opacity": 0.45},
+                    customdata=[
+                        [t.number, t.batch_size, t.lr or float("nan"), t.phase] for t, _ in points
+                    ],
                     hovertemplate=(
-                        "trial %{customdata[0]}<br>batch %{customdata[1]}<br>"
-                        "lr %{customdata[2]:.3g}<br>accuracy %{y:.1%}<extra>" + name + "</extra>"
+                        "trial %{customdata[0]} (%{customdata[3]})<br>batch %{customdata[1]}"
+                        f"<br>lr %{{customdata[2]:.3g}}<br>{what} %{{y:{m.hover}}}"
+                        f"<extra>{name}</extra>"
                     ),
                 ),
                 row=1,
                 col=col,
             )
-            batches = sorted({t.batch_size for t, _ in points})
-            medians = [median(v for t, v in points if t.batch_size == b) for b in batches]
+            cells = _cell_line(data, rule)
+            ys = [c.mean_val if col == 1 else c.mean_test for c in cells]
+            error = None
+            if col == 1:
+                error = {
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [c.ci95[1] - c.mean_val if c.ci95 else 0 for c in cells],
+                    "arrayminus": [c.mean_val - c.ci95[0] if c.ci95 else 0 for c in cells],
+                    "thickness": 1.5,
+                    "width": 4,
+                }
             fig.add_trace(
                 go.Scatter(
-                    x=[_log2(b) + shift for b in batches],
-                    y=medians,
-                    mode="lines",
-                    name=f"{name}: median",
+                    x=[_log2(c.batch_size) + shift for c in cells],
+                    y=ys,
+                    mode="lines+markers",
+                    name=f"{name}: cell mean",
                     legendgroup=name,
                     showlegend=col == 1,
                     line={"color": rule_color(rule), "width": 2.5},
-                    hovertemplate="median %{y:.1%}<extra>" + name + "</extra>",
+                    marker={"size": 5},
+                    error_y=error,
+                    customdata=[[c.batch_size, c.runs] for c in cells],
+                    hovertemplate=(
+                        f"batch %{{customdata[0]}}: mean %{{y:{m.hover}}} over "
+                        f"%{{customdata[1]}} run(s)<extra>{name}</extra>"
+                    ),
                 ),
                 row=1,
                 col=col,
@@ -283,20 +362,24 @@ def accuracy_figure(data: ReportData) -> ReportFigure:
             showarrow=False,
             font={"size": 11, "color": "#555"},
         )
+    answer_note = _mark_answer(fig, data)
     batches = _all_batches(data)
     noise_note = _mark_noise_scale(fig, data, batches, (1, 2))
     fig.update_xaxes(**_batch_ticks(batches, _noise_extend(data, batches)))
-    fig.update_yaxes(tickformat=".0%")
-    fig.update_yaxes(title_text=f"Accuracy (% of samples, after {_budget(data)})", row=1, col=1)
-    fig.update_yaxes(title_text="Accuracy (% of samples)", row=1, col=2)
+    if m.tickformat:
+        fig.update_yaxes(tickformat=m.tickformat)
+    fig.update_yaxes(title_text=_metric_axis(data, "val"), row=1, col=1)
+    fig.update_yaxes(title_text=_metric_axis(data, "test", budget=False), row=1, col=2)
     n = len(complete)
     note = (
-        f"{n} complete trial(s) as points, the median per batch size as a line; pruned trials "
-        "stopped early and are left out here (see the learning curves)."
+        f"{n} complete trial(s) as points, coloured by scaling rule; each cell's mean as a line "
+        "per rule (never pooled across rules), with its 95% interval on validation where it "
+        f"has 2 runs or more; {m.direction_words}. Pruned trials stopped early and are left "
+        "out here (see the learning curves)."
     )
     if data.folklore is not None:
         note += " The grey band is the rule-of-thumb range for this dataset size."
-    note += noise_note
+    note += answer_note + noise_note
     return ReportFigure(key, title, _finish(fig, f"{title} ({_budget(data)}, {n} trials)"), note)
 
 
@@ -311,11 +394,13 @@ def _batch_colors(batches: Sequence[int]) -> dict[int, str]:
 
 
 def learning_curves_figure(data: ReportData) -> ReportFigure:
-    """Validation accuracy per epoch, one line per trial, coloured by batch size."""
+    """The validation metric per epoch, one line per trial, a panel per rule, coloured by
+    batch size (so each colour in a panel is one cell)."""
+    m = data.metric
     key, title = "learning-curves", "Learning curves"
     trials = [t for t in data.trials if t.curve and t.batch_size]
     if not trials:
-        return ReportFigure(key, title, None, "No trial reported a validation accuracy yet.")
+        return ReportFigure(key, title, None, f"No trial reported a {m.val} yet.")
     rules = data.rules or [None]
     fig = make_subplots(
         rows=1,
@@ -349,9 +434,9 @@ def learning_curves_figure(data: ReportData) -> ReportFigure:
                     },
                     marker={"size": 4 if faded else 6},
                     hovertemplate=(
-                        f"trial {t.number} ({label})<br>batch {t.batch_size}, rule "
+                        f"trial {t.number} ({label}, {t.phase})<br>batch {t.batch_size}, rule "
                         f"{t.scaling_rule}, lr {t.lr if t.lr is not None else float('nan'):.3g}"
-                        "<br>epoch %{x}: %{y:.1%}<extra></extra>"
+                        f"<br>epoch %{{x}}: %{{y:{m.hover}}}<extra></extra>"
                     ),
                 ),
                 row=1,
@@ -363,8 +448,12 @@ def learning_curves_figure(data: ReportData) -> ReportFigure:
     if data.step_budget:
         epoch_title = f"Epoch (varies: {data.steps or '?'} steps)"
     fig.update_xaxes(title_text=epoch_title, dtick=1 if max_epoch <= 30 else None)
-    fig.update_yaxes(tickformat=".0%")
-    fig.update_yaxes(title_text="Validation accuracy (% of samples)", row=1, col=1)
+    if m.tickformat:
+        fig.update_yaxes(tickformat=m.tickformat)
+    y_title = (
+        "Validation accuracy (% of samples)" if m.percent else f"{m.val} ({m.direction_words})"
+    )
+    fig.update_yaxes(title_text=y_title, row=1, col=1)
     faded = sum(t.state != "COMPLETE" for t in trials)
     note = (
         f"{len(trials)} trial(s), one line each, coloured by batch size; {faded} pruned, failed "
@@ -375,7 +464,7 @@ def learning_curves_figure(data: ReportData) -> ReportFigure:
             f" Every trial made {_budget(data)}, so larger batches ran more epochs in the "
             "same number of updates."
         )
-    return ReportFigure(key, title, _finish(fig, f"{title}: validation accuracy per epoch"), note)
+    return ReportFigure(key, title, _finish(fig, f"{title}: {m.val} per epoch"), note)
 
 
 def _probe_rows(data: ReportData) -> list[dict]:
@@ -426,9 +515,10 @@ def hardware_figure(data: ReportData) -> ReportFigure:
     )
     complete = [t for t in measured if t.state == "COMPLETE"]
     shown: set[str] = set()
+    rate = data.metric.rate
     panels = (
         (1, complete, "train_time_s", 1.0, f"Training time (s, {_budget(data)})"),
-        (2, measured, "samples_per_s", 1.0, "Throughput (samples/s)"),
+        (2, measured, "samples_per_s", 1.0, f"Throughput ({rate})"),
         (3, measured, "peak_memory_bytes", 1.0 / MIB, memory_title),
     )
     for col, trials, attr, scale, _ in panels:
@@ -457,21 +547,26 @@ def hardware_figure(data: ReportData) -> ReportFigure:
             row=1,
             col=col,
         )
-        batches = sorted({t.batch_size for t, _ in points})
-        fig.add_trace(
-            go.Scatter(
-                x=[_log2(b) for b in batches],
-                y=[median(v for t, v in points if t.batch_size == b) for b in batches],
-                mode="lines",
-                name="median of trials",
-                legendgroup="median",
-                showlegend=_first(shown, "median"),
-                line={"color": "#444", "width": 2},
-                hovertemplate="median %{y:,.3g}<extra></extra>",
-            ),
-            row=1,
-            col=col,
-        )
+        for rule in data.rules or [None]:  # a median per cell, never across rules
+            mine = [(t, v) for t, v in points if rule is None or t.scaling_rule == rule]
+            batches = sorted({t.batch_size for t, _ in mine})
+            if not batches:
+                continue
+            name = f"rule {rule}: cell median" if rule else "median of trials"
+            fig.add_trace(
+                go.Scatter(
+                    x=[_log2(b) for b in batches],
+                    y=[median(v for t, v in mine if t.batch_size == b) for b in batches],
+                    mode="lines",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=_first(shown, name),
+                    line={"color": rule_color(rule), "width": 2},
+                    hovertemplate="median %{y:,.3g}<extra>" + name + "</extra>",
+                ),
+                row=1,
+                col=col,
+            )
     if probe_rows:
         throughput = [r for r in probe_rows if r.get("samples_per_s")]
         if throughput:
@@ -484,7 +579,7 @@ def hardware_figure(data: ReportData) -> ReportFigure:
                     legendgroup="probe",
                     marker={"symbol": "diamond", "color": "#9467bd", "size": 8},
                     line={"color": "#9467bd", "dash": "dash"},
-                    hovertemplate="probe: batch %{text}<br>%{y:,.0f} samples/s<extra></extra>",
+                    hovertemplate="probe: batch %{text}<br>%{y:,.0f} " + rate + "<extra></extra>",
                     text=[str(r["batch_size"]) for r in throughput],
                 ),
                 row=1,
@@ -552,8 +647,9 @@ def hardware_figure(data: ReportData) -> ReportFigure:
     for col, _, _, _, axis_title in panels:
         fig.update_yaxes(title_text=axis_title, row=1, col=col)
     note = (
-        f"Training time of complete trials ({_budget(data)}); throughput and peak memory of "
-        "every trial that recorded them (pruned ones faded), coloured by scaling rule."
+        f"Training time of complete trials ({_budget(data)}); throughput ({rate}) and peak "
+        "memory of every trial that recorded them (pruned ones faded), coloured by scaling "
+        "rule, with each cell's median joined per rule."
     )
     if probe_rows:
         note += " Diamonds: the hardware probe's measurements; dotted: its memory prediction."
@@ -683,53 +779,66 @@ def lr_multiplier_figure(data: ReportData) -> ReportFigure:
                     "opacity": [0.4 if t.state == "COMPLETE" else 0.15 for t in members],
                 },
                 customdata=[
-                    [t.number, t.batch_size, t.state.lower(), t.val_accuracy or float("nan")]
+                    [t.number, t.batch_size, t.state.lower(), t.val_metric or float("nan")]
                     for t in members
                 ],
                 hovertemplate=(
                     "trial %{customdata[0]} (%{customdata[2]})<br>batch %{customdata[1]}, "
-                    "multiplier %{y:.3g}<br>val %{customdata[3]:.1%}<extra>rule "
+                    "multiplier %{y:.3g}<br>val %{customdata[3]:"
+                    + data.metric.hover
+                    + "}<extra>rule "
                     + str(rule)
                     + "</extra>"
                 ),
             )
         )
-    best = {}
-    for t in trials:
-        if t.state != "COMPLETE" or t.val_accuracy is None:
+    m = data.metric
+    for rule in data.rules or [None]:  # the best trial of each (batch size, rule) cell
+        best: dict[int, TrialRecord] = {}
+        for t in trials:
+            if t.state != "COMPLETE" or t.val_metric is None:
+                continue
+            if rule is not None and t.scaling_rule != rule:
+                continue
+            held = best.get(t.batch_size)
+            if held is None or (m.key(t.val_metric), -t.number) > (
+                m.key(held.val_metric),
+                -held.number,
+            ):
+                best[t.batch_size] = t
+        winners = [best[b] for b in sorted(best)]
+        if not winners:
             continue
-        held = best.get(t.batch_size)
-        if held is None or (t.val_accuracy, -t.number) > (held.val_accuracy, -held.number):
-            best[t.batch_size] = t
-    winners = [best[b] for b in sorted(best)]
-    if winners:
+        name = f"rule {rule}: best trial per batch size" if rule else "best trial per batch size"
+        shift = _rule_offset(data, rule)
         fig.add_trace(
             go.Scatter(
-                x=[_log2(t.batch_size) for t in winners],
+                x=[_log2(t.batch_size) + shift for t in winners],
                 y=[t.lr_multiplier for t in winners],
                 mode="lines+markers",
-                name="best trial per batch size",
-                line={"color": "#222", "width": 2.5},
+                name=name,
+                line={"color": rule_color(rule), "width": 2.5},
                 marker={
                     "size": 11,
                     "symbol": "diamond",
-                    "color": [rule_color(t.scaling_rule) for t in winners],
+                    "color": rule_color(rule),
                     "line": {"color": "#222", "width": 1.5},
                 },
                 customdata=[
-                    [t.number, t.batch_size, t.scaling_rule, t.val_accuracy] for t in winners
+                    [t.number, t.batch_size, t.scaling_rule, t.val_metric] for t in winners
                 ],
                 hovertemplate=(
                     "best at batch %{customdata[1]}: trial %{customdata[0]}, rule "
-                    "%{customdata[2]}<br>multiplier %{y:.3g}, val %{customdata[3]:.1%}"
-                    "<extra></extra>"
+                    "%{customdata[2]}<br>multiplier %{y:.3g}, val %{customdata[3]:"
+                    + m.hover
+                    + "}<extra></extra>"
                 ),
             )
         )
     fig.add_hline(
         y=1.0,
         line={"color": "#555", "dash": "dash", "width": 1},
-        annotation_text="x1: the rule held",
+        annotation_text="x1: the rule's own learning rate",
         annotation_position="top left",
     )
     width = data.lr_search_width
@@ -747,8 +856,8 @@ def lr_multiplier_figure(data: ReportData) -> ReportFigure:
         range=[math.log10(min(ys)) - 0.08, math.log10(max(ys)) + 0.08],
     )
     note = (
-        "Per batch size, the multiplier on the scaling rule's learning rate of the trial with "
-        "the best validation accuracy (diamonds, coloured by rule); every trial a faint point"
+        "Per batch size and rule, the multiplier on the scaling rule's learning rate of the "
+        f"trial with the best {m.full} (diamonds joined per rule); every trial a faint point"
         + (f"; searched log-uniformly in {1 / width:.3g}-{width:g}" if width > 1 else "")
         + ". Near 1 the rule gave the right learning rate; drifting above 1 at large batches "
         "means the rule scaled the learning rate up too little there, below 1 too much."
@@ -757,12 +866,13 @@ def lr_multiplier_figure(data: ReportData) -> ReportFigure:
 
 
 def pareto_figure(data: ReportData) -> ReportFigure:
-    """Two objectives: validation accuracy against training time, the Pareto front joined."""
-    key, title = "pareto", "Pareto front: validation accuracy against training time"
+    """Two objectives: the validation metric against training time, the Pareto front joined."""
+    m = data.metric
+    key, title = "pareto", f"Pareto front: {m.val} against training time"
     complete = [
         t
         for t in data.trials
-        if t.state == "COMPLETE" and t.val_accuracy is not None and t.train_time_s is not None
+        if t.state == "COMPLETE" and t.val_metric is not None and t.train_time_s is not None
     ]
     if not complete:
         return ReportFigure(key, title, None, "No complete trial yet: no Pareto front to plot.")
@@ -777,14 +887,14 @@ def pareto_figure(data: ReportData) -> ReportFigure:
                     t.batch_size if t.batch_size is not None else "?",
                     t.scaling_rule or "?",
                     t.lr if t.lr is not None else float("nan"),
-                    t.test_accuracy if t.test_accuracy is not None else float("nan"),
+                    t.test_metric if t.test_metric is not None else float("nan"),
                 ]
                 for t in points
             ],
             "hovertemplate": (
                 "trial %{customdata[0]}<br>batch %{customdata[1]}, rule %{customdata[2]}, "
-                "lr %{customdata[3]:.3g}<br>val %{y:.1%}, test %{customdata[4]:.1%}<br>"
-                "training time %{x:.3g} s<extra></extra>"
+                f"lr %{{customdata[3]:.3g}}<br>val %{{y:{m.hover}}}, test "
+                f"%{{customdata[4]:{m.hover}}}<br>training time %{{x:.3g}} s<extra></extra>"
             ),
         }
 
@@ -794,19 +904,19 @@ def pareto_figure(data: ReportData) -> ReportFigure:
             fig.add_trace(
                 go.Scatter(
                     x=[t.train_time_s for t in points],
-                    y=[t.val_accuracy for t in points],
+                    y=[t.val_metric for t in points],
                     mode="markers",
                     name=f"rule {rule}: trials" if rule else "trials",
                     marker={"color": rule_color(rule), "size": 8, "opacity": 0.45},
                     **hover(points),
                 )
             )
-    on_front = [t for t in data.front if t.train_time_s is not None and t.val_accuracy]
+    on_front = [t for t in data.front if t.train_time_s is not None and t.val_metric]
     if on_front:
         fig.add_trace(
             go.Scatter(
                 x=[t.train_time_s for t in on_front],
-                y=[t.val_accuracy for t in on_front],
+                y=[t.val_metric for t in on_front],
                 mode="lines+markers+text",
                 name="Pareto front",
                 line={"color": "#222", "width": 2, "shape": "hv"},
@@ -829,14 +939,17 @@ def pareto_figure(data: ReportData) -> ReportFigure:
         type="log" if log_x else "linear",
         **(_log_ticks(times) if log_x else {}),
     )
-    fig.update_yaxes(
-        title_text=f"Validation accuracy (% of samples, after {_budget(data)})",
-        tickformat=".0%",
+    y_title = (
+        f"Validation accuracy (% of samples, after {_budget(data)})"
+        if m.percent
+        else _metric_axis(data, "val")
     )
+    fig.update_yaxes(title_text=y_title, **({"tickformat": m.tickformat} if m.tickformat else {}))
     note = (
         f"{len(complete)} complete trial(s), coloured by scaling rule; the {len(on_front)} on "
-        "the Pareto front (no other trial is both more accurate and faster) are diamonds, "
-        "joined fastest to most accurate. Up and to the left is better."
+        f"the Pareto front (no other trial is both better, {m.direction_words}, and faster) are "
+        f"diamonds, joined fastest to best. {'Up' if m.sign > 0 else 'Down'} and to the left "
+        "is better."
     )
     return ReportFigure(key, title, _finish(fig, title), note)
 
@@ -846,27 +959,29 @@ def history_figure(study: optuna.Study, data: ReportData) -> ReportFigure:
     key, title = "history", "Optimisation history"
     if data.counts.get("COMPLETE", 0) == 0:
         return ReportFigure(key, title, None, "No complete trial yet: no optimisation history.")
+    m = data.metric
     if data.multi_objective:
         fig = optuna.visualization.plot_optimization_history(
-            study, target=_val_accuracy, target_name="val_accuracy"
+            study, target=lambda t: _val_metric(t, m.info), target_name=m.stored
         )
         note = (
-            "Optuna's optimisation history of validation accuracy, one point per complete "
+            f"Optuna's optimisation history of {m.val}, one point per complete "
             "trial; a two-objective study has no single best so far (see the Pareto front)."
         )
-        name = "val_accuracy"
+        name = m.stored
     else:
         fig = optuna.visualization.plot_optimization_history(study)
         note = "Optuna's optimisation history: each complete trial's value and the best so far."
         name = data.metric_name
     fig.update_xaxes(title_text="Trial number")
-    fig.update_yaxes(title_text=f"{name} (validation accuracy, fraction, {_budget(data)})")
+    what = "validation accuracy, fraction" if m.percent else f"{m.val}, {m.direction_words}"
+    fig.update_yaxes(title_text=f"{name} ({what}, {_budget(data)})")
     return ReportFigure(key, title, _finish(fig, f"{title} ({name})"), note)
 
 
-def _val_accuracy(trial: optuna.trial.FrozenTrial) -> float:
-    """A trial's validation accuracy as its record reads it (NaN where there is none)."""
-    value = read_record(trial).val_accuracy
+def _val_metric(trial: optuna.trial.FrozenTrial, metric: MetricInfo) -> float:
+    """A trial's validation metric as its record reads it (NaN where there is none)."""
+    value = read_record(trial, metric=metric).val_metric
     return float("nan") if value is None else value
 
 

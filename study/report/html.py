@@ -1,15 +1,20 @@
 """A study's report: one self-contained HTML page, or the same tables as plain text.
 
-The page answers "which batch size, and which learning rate with it": final accuracy against
-batch size per scaling rule, learning curves, time / throughput / memory with the probe's cap
-and knee, the learning rate each rule gave, the best trial, per-batch-size results, the rule
-of thumb beside the measured optimum, and Optuna's optimisation history and parameter
-importances. A two-objective study (accuracy and time) gets its Pareto front instead of a best
-trial; the gradient noise scale, a searched learning-rate multiplier, a step budget and a
-warm-up suggestion appear when the study records them. Plotly's JavaScript is embedded once,
-so the file opens offline. The report
-reads the study and never writes to it; a study still running or with no complete trial gives
-a report that says so.
+The page answers "which batch size, and which learning rate with it". Its first section is
+the answer (the study's recommendation: the most accurate cell with its mean, 95% interval and
+runs, the fastest cell within the tolerance with its speedup and cost, or the statement that
+the study is too small to confirm one). Then: the study's metric against batch size per cell,
+the rule of thumb beside the best cell (a verdict only where runs and intervals support one),
+the per-cell table (batch size x scaling rule, and the learning-rate multiplier bucket when
+searched), learning curves, time / throughput / memory with the probe's cap and knee, the
+learning rate each rule gave, Optuna's optimisation history and parameter importances, and
+every trial with its phase (search or confirm). A two-objective study (metric and time) gets
+its Pareto front instead of a best single trial; the gradient noise scale, a searched
+learning-rate multiplier, a step budget and a warm-up suggestion appear when the study records
+them. Every label uses the study's metric and direction (``val mse (lower is better)``).
+Plotly's JavaScript is embedded once, so the file opens offline. The report reads the study
+and never writes to it; a study still running or with no complete trial gives a report that
+says so.
 
 Example (not run as a doctest: it needs a study, files or a server)::
 
@@ -33,11 +38,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from study.record import TrialRecord
+from study.report.answer import answer_note, answer_rows
 from study.report.data import (
+    MIN_RUNS,
     Folklore,
     ReportData,
     collect_report_data,
     rule_of_thumb,
+    shape_words,
     study_shape_problem,
 )
 from study.report.figures import ReportFigure, build_figures
@@ -68,6 +76,8 @@ VERDICTS = {
     "below": "below the range: folklore missed",
     "above": "above the range: folklore missed",
     "unknown": "no complete trial yet",
+    "unconfirmed": f"no verdict: the best cell has fewer than {MIN_RUNS} complete runs",
+    "inconclusive": "no verdict: cells on both sides of the range are within the intervals",
 }
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -81,7 +91,7 @@ class Table:
     """A small table shared by the HTML page and the terminal.
 
     Args:
-        key: Stable name (``best``, ``batch-sizes``, ...), used as the HTML id.
+        key: Stable name (``answer``, ``best``, ``cells``, ...), used as the HTML id.
         title: Heading.
         headers: Column names (``""`` for a key/value table's first column).
         rows: Cells as display strings.
@@ -229,9 +239,7 @@ def load_study_for_report(url: str, study_name: str) -> optuna.Study:
     if problem is not None:
         raise ReportError(
             f"study {study_name!r} in {redact(url)} was not made by run_study.py (it "
-            f"{problem}; a batch-size study maximises val_accuracy, and with --objectives "
-            "accuracy,time also minimises train_time_s); pass the --study-name of a "
-            "batch-size study"
+            f"{problem}; {shape_words(study)}); pass the --study-name of a batch-size study"
         )
     return study
 
@@ -328,11 +336,23 @@ def _setup_table(data: ReportData) -> Table:
                 f"{c.get('sampler')}, pruner {pruner}, seed {c.get('seed')}",
             ]
         )
+    m = data.metric
+    rows.append(["Metric", f"{m.stored}: {m.full}; throughput in {m.rate}"])
     if data.multi_objective:
+        verb = "maximise" if m.sign > 0 else "minimise"
         rows.append(
             [
                 "Objectives",
-                "maximise val_accuracy, minimise train_time_s (--objectives accuracy,time)",
+                f"{verb} {m.stored}, minimise train_time_s (--objectives metric,time)",
+            ]
+        )
+    if c.get("confirm_runs") is not None or c.get("tolerance") is not None:
+        tol = c.get("tolerance")
+        rows.append(
+            [
+                "Confirmation",
+                f"cells confirmed with {c.get('confirm_runs', MIN_RUNS)} complete runs each; "
+                f"tolerance {m.difference(tol) if isinstance(tol, int | float) else tol}",
             ]
         )
     if s.get("batch_sizes"):
@@ -362,26 +382,35 @@ def _setup_table(data: ReportData) -> Table:
     return Table("setup", f"Study {data.study_name}", ["", ""], rows, note)
 
 
+def _answer_table(data: ReportData) -> Table:
+    """The answer: the recommended cells side by side, or the statement that there is none."""
+    headers, rows = answer_rows(data.recommendation, data.metric)
+    note = answer_note(data.recommendation, data.metric)
+    return Table("answer", "The answer", headers or ["", ""], rows, note)
+
+
 def _best_table(data: ReportData) -> Table:
     t = data.best
+    title = "Best single trial"
     if t is None:
         return Table(
             "best",
-            "Best trial",
+            title,
             ["", ""],
             [],
             "No complete trial yet, so there is no best trial.",
         )
+    m = data.metric
     rows = [
-        ["Trial", f"#{t.number}"],
+        ["Trial", f"#{t.number}" + (" (confirm phase)" if t.phase == "confirm" else "")],
         ["Batch size", _batch_text(t)],
         ["Scaling rule", t.scaling_rule or "-"],
         ["Learning rate", _lr(t.lr)],
-        [f"Validation accuracy ({data.metric_name})", format_percent(t.val_accuracy)],
-        ["Test accuracy", format_percent(t.test_accuracy)],
+        [f"{m.val.capitalize()} ({data.metric_name})", m.value(t.val_metric)],
+        [m.test.capitalize(), m.value(t.test_metric)],
         ["Epochs", epochs_text(t)],
         ["Training time", _secs(t.train_time_s)],
-        ["Throughput", f"{_rate(t.samples_per_s)} samples/s" if t.samples_per_s else "-"],
+        ["Throughput", f"{_rate(t.samples_per_s)} {m.rate}" if t.samples_per_s else "-"],
         ["Peak memory", _mem(t.peak_memory_bytes)],
     ]
     if t.optimizer_steps is not None:
@@ -391,20 +420,26 @@ def _best_table(data: ReportData) -> Table:
     if t.b_simple is not None:
         se = f" \u00b1 {t.b_simple_se:,.0f}" if t.b_simple_se is not None else ""
         rows.append(["B_simple (noise scale)", f"{t.b_simple:,.0f}{se} samples"])
-    return Table("best", "Best trial", ["", ""], rows, "Highest final validation accuracy.")
+    note = (
+        f"The single trial with the best final {m.full}: one run, so its value includes "
+        "seed noise; the answer above compares cells by their mean over runs."
+    )
+    return Table("best", title, ["", ""], rows, note)
 
 
 def _front_table(data: ReportData) -> Table:
+    m = data.metric
     title = "Trials on the Pareto front"
-    headers = ["Trial", "Batch", "Rule", "LR", "Val accuracy", "Test accuracy", "Training time"]
+    headers = ["Trial", "Batch", "Rule", "LR", f"Val {m.name}", f"Test {m.name}"]
+    headers += ["Training time"]
     rows = [
         [
             f"#{t.number}",
             _batch_text(t),
             t.scaling_rule or "-",
             _lr(t.lr),
-            format_percent(t.val_accuracy),
-            format_percent(t.test_accuracy),
+            m.value(t.val_metric),
+            m.value(t.test_metric),
             _secs(t.train_time_s),
         ]
         for t in data.front
@@ -418,49 +453,51 @@ def _front_table(data: ReportData) -> Table:
             "No complete trial yet, so there is no Pareto front.",
         )
     note = (
-        f"The study maximised {data.metric_names[0]} and minimised "
+        f"The study {m.maximised} {data.metric_names[0]} and minimised "
         f"{data.metric_names[1]}: there is no single best trial. These {len(rows)} trial(s) "
-        "are the Pareto front (study.best_trials): no other trial is both more accurate and "
-        "faster. Fastest first; pick the first accurate enough for you."
+        f"are the Pareto front (study.best_trials): no other trial is both better "
+        f"({m.direction_words}) and faster. Fastest first; pick the first good enough for you."
     )
     return Table("pareto-front", title, headers, rows, note)
 
 
-def _groups_table(data: ReportData) -> Table:
-    running = any(g.running for g in data.groups)
-    headers = ["Batch", "Rule", "LR", "Complete", "Pruned", "Failed"]
-    headers += ["Running"] if running else []
-    multiplier = data.searched_multiplier
-    headers += ["Best val", "Median val", "Median test"]
-    headers += ["Best mult."] if multiplier else []
-    headers += ["Samples/s", "Peak memory"]
+def _cells_table(data: ReportData) -> Table:
+    m = data.metric
+    running = any(c.running for c in data.cells)
+    buckets = any(c.lr_bucket is not None for c in data.cells)
+    confirm = data.phases
+    headers = ["Batch", "Rule"] + (["LR mult."] if buckets else []) + ["LR", "Runs"]
+    headers += ["Confirm runs"] if confirm else []
+    headers += ["Pruned", "Failed"] + (["Running"] if running else []) + ["Diverged"]
+    headers += [f"Mean val {m.name}", "95% interval", f"Best val {m.name}"]
+    headers += [f"Mean test {m.name}", "Median time", m.rate.capitalize(), "Peak memory"]
     rows = []
-    for g in data.groups:
-        row = [str(g.batch_size), g.scaling_rule, _lr(g.lr), str(g.complete), str(g.pruned)]
-        row += [str(g.failed)] + ([str(g.running)] if running else [])
-        row += [
-            format_percent(g.best_val),
-            format_percent(g.median_val),
-            format_percent(g.median_test),
-        ]
-        if multiplier:
-            row += [f"{g.best_multiplier:.3g}" if g.best_multiplier is not None else "-"]
-        row += [_rate(g.median_samples_per_s), _mem(g.peak_memory_bytes)]
+    for c in data.cells:
+        row = [str(c.batch_size), c.scaling_rule]
+        row += [f"x{c.lr_bucket:.3g}"] if buckets else []
+        few = c.runs and c.runs < MIN_RUNS
+        row += [_lr(c.lr), f"{c.runs}{'*' if few else ''}"]
+        row += [str(c.confirm)] if confirm else []
+        row += [str(c.pruned), str(c.failed)] + ([str(c.running)] if running else [])
+        row += [str(c.diverged)]
+        row += [m.value(c.mean_val), m.interval(c.ci95), m.value(c.best_val)]
+        row += [m.value(c.mean_test), _secs(c.median_time_s)]
+        row += [_rate(c.median_samples_per_s), _mem(c.peak_memory_bytes)]
         rows.append(row)
     words = data.budget_words()
     budget = f"after {words}" if words else "after the last epoch"
     note = (
-        f"Accuracies of complete trials {budget} (val = validation, test = test split); "
-        "samples/s is the median and peak memory the maximum over every trial that recorded them."
+        "One row per cell: batch size x scaling rule"
+        + (" x learning-rate multiplier bucket" if buckets else "")
+        + f"; rules are never pooled. {m.full.capitalize()} of complete runs {budget}: mean, "
+        f"95% interval (Student's t, 2 runs or more) and best; * fewer than {MIN_RUNS} runs, "
+        f"too few to conclude from. Time and {m.rate} are medians of complete runs; peak "
+        "memory the maximum over the cell's trials; diverged counts trials stopped as diverged "
+        "or collapsed."
     )
-    if multiplier:
-        note += (
-            " LR is the rule's learning rate; Best mult. the searched multiplier on it of the "
-            "group's best trial."
-        )
     if not rows:
         note = "No trial recorded a batch size yet."
-    return Table("batch-sizes", "Results per batch size and rule", headers, rows, note)
+    return Table("cells", "Results per cell (batch size x rule)", headers, rows, note)
 
 
 def _folklore_table(folklore: Folklore | None) -> Table:
@@ -473,16 +510,23 @@ def _folklore_table(folklore: Folklore | None) -> Table:
             "The study does not record its training-set size (task_info.train_size), so the "
             "rule of thumb cannot be placed.",
         )
+    m = folklore.metric
+    best = "-"
+    if folklore.optimum is not None:
+        best = (
+            f"{folklore.optimum} (rule {folklore.optimum_rule}, mean {m.val} "
+            f"{m.value(folklore.optimum_mean_val)}"
+            + (
+                f", 95% interval {m.interval(folklore.optimum_ci95)}"
+                if folklore.optimum_ci95
+                else ""
+            )
+            + f", {folklore.optimum_runs} run{'s' if folklore.optimum_runs != 1 else ''})"
+        )
     rows = [
         ["Training samples", f"{folklore.train_size:,}"],
         ["Rule-of-thumb range", f"{folklore.low}-{folklore.high}"],
-        [
-            "Measured optimum",
-            "-"
-            if folklore.optimum is None
-            else f"{folklore.optimum} (rule {folklore.optimum_rule}, median val "
-            f"{format_percent(folklore.optimum_median_val)})",
-        ],
+        ["Best cell", best],
         ["Verdict", VERDICTS[folklore.verdict]],
     ]
     note = (
@@ -490,6 +534,37 @@ def _folklore_table(folklore: Folklore | None) -> Table:
         + " Ranges quoted by practitioners: <1k samples 16-32; 1k-100k 32-256; >100k 256-2048."
     )
     return Table("rule-of-thumb", "Rule of thumb against the measurement", ["", ""], rows, note)
+
+
+def _trials_table(data: ReportData) -> Table:
+    m = data.metric
+    headers = ["Trial", "Phase", "State", "Batch", "Rule", "LR", f"Val {m.name}"]
+    headers += [f"Test {m.name}", "Epochs", "Training time", "Stopped because"]
+    rows = []
+    for t in sorted(data.trials, key=lambda t: t.number):
+        why = t.stop_reason or ("diverged" if t.diverged else "")
+        if t.oom and not why:
+            why = f"{len(t.oom)} out-of-memory attempt(s)"
+        rows.append(
+            [
+                f"#{t.number}",
+                t.phase,
+                t.state.lower(),
+                _batch_text(t),
+                t.scaling_rule or "-",
+                _lr(t.lr),
+                m.value(t.val_metric),
+                m.value(t.test_metric),
+                epochs_text(t),
+                _secs(t.train_time_s),
+                why or "-",
+            ]
+        )
+    note = (
+        "Every trial, with its phase: search (the sampler's choice, may be pruned) or confirm "
+        "(a promising cell trained again with a fresh seed and no pruning)."
+    )
+    return Table("trials", "Trials", headers, rows, note if rows else "No trials yet.")
 
 
 def _probe_table(data: ReportData) -> Table | None:
@@ -536,7 +611,7 @@ def _noise_table(data: ReportData) -> Table | None:
         rows.append(["Trials' final models", ns.trials_sentence()])
     if ns.study_sentence():
         rows.append(["scripts/noise_scale.py", ns.study_sentence()])
-    optimum = data.folklore.optimum if data.folklore else None
+    optimum = data.confirmed_optimum  # no comparison from an unconfirmed cell
     return Table(
         "noise-scale",
         "Gradient noise scale B_simple",
@@ -558,15 +633,17 @@ def _importance_table(data: ReportData) -> Table:
 
 
 def report_tables(data: ReportData) -> dict[str, Table]:
-    """The report's tables by key, in page order."""
+    """The report's tables by key, in page order (the answer first)."""
     tables = [
+        _answer_table(data),
         _setup_table(data),
         _front_table(data) if data.multi_objective else _best_table(data),
-        _groups_table(data),
+        _cells_table(data),
         _folklore_table(data.folklore),
         _noise_table(data),
         _probe_table(data),
         _importance_table(data),
+        _trials_table(data),
     ]
     return {t.key: t for t in tables if t is not None}
 
@@ -644,6 +721,7 @@ def render_html_report(report: Report) -> str:
     if status:
         body.append(f'<p class="status" id="status">{esc(status)}</p>')
     tables = report.tables
+    body.append(tables["answer"].to_html())
     if data.multi_objective:
         body.append(tables["setup"].to_html())
         if "pareto" in by_key:
@@ -660,7 +738,7 @@ def render_html_report(report: Report) -> str:
     body.append(tables["rule-of-thumb"].to_html())
     if "noise-scale" in tables:
         body.append(tables["noise-scale"].to_html())
-    body.append(tables["batch-sizes"].to_html())
+    body.append(tables["cells"].to_html())
     sentences = advice(data)
     if sentences:
         body.append('<section id="advice">')
@@ -678,6 +756,7 @@ def render_html_report(report: Report) -> str:
             body.append(_figure_html(by_key[key]))
         if key == "hardware" and "probe" in tables:
             body.append(tables["probe"].to_html())
+    body.append(tables["trials"].to_html())
     drawn = len(report.drawn)
     return "\n".join(
         [
@@ -705,11 +784,13 @@ def _flags_as_code(text: str) -> str:
 
 
 def _objectives_words(data: ReportData) -> str:
+    m = data.metric
     if data.multi_objective:
         return (
-            f"objectives {data.metric_names[0]} (maximised) and {data.metric_names[1]} (minimised)"
+            f"objectives {data.metric_names[0]} ({m.maximised}) and {data.metric_names[1]} "
+            "(minimised)"
         )
-    return f"metric {data.metric_name} (maximised)"
+    return f"metric {data.metric_name} ({m.maximised}: {m.direction_words})"
 
 
 def advice(data: ReportData) -> list[str]:
@@ -757,12 +838,14 @@ def render_text_report(
         "setup",
         "best",
         "pareto-front",
-        "batch-sizes",
+        "cells",
         "rule-of-thumb",
         "noise-scale",
         "probe",
         "importances",
+        "trials",
     )
+    parts.insert(1, report.tables["answer"].to_text())  # the answer first
     parts += [report.tables[k].to_text() for k in order if k in report.tables]
     parts += [f"Advice: {sentence}" for sentence in advice(data)]
     return "\n\n".join(parts) + "\n"

@@ -1,10 +1,14 @@
-"""The study's note in optuna-dashboard: the setup and the best result, in Markdown.
+"""The study's note in optuna-dashboard: the answer, the setup and the results, in Markdown.
 
-The note is what a person sees first on the study's dashboard page: which task, model and
-optimizer, which batch sizes and scaling rules were tried at which budget (epochs or optimizer
-steps), the best trial (the Pareto front of a two-objective study), the rule of thumb beside
-the measured optimum, the gradient noise scale when it was measured, and advice such as
-warm-up where linear scaling diverged. It is rebuilt from the study's
+The note is what a person sees first on the study's dashboard page. Its first section is the
+answer (the study's recommendation: the most accurate cell with its mean, 95% interval and
+runs, the fastest cell within the tolerance with its speedup and cost, or the statement that
+the study is too small to confirm one). Then which task, model, optimizer and metric, which
+batch sizes and scaling rules were tried at which budget (epochs or optimizer steps), the best
+single trial (the Pareto front of a two-objective study), the rule of thumb beside the best
+cell (a verdict only where runs and intervals support one), the gradient noise scale when it
+was measured, and advice such as warm-up where linear scaling diverged. It is rebuilt from
+the study's
 attributes, so calling :func:`write_study_note` again after more trials replaces it (the
 dashboard keeps the latest version).
 
@@ -23,9 +27,10 @@ import optuna
 
 from study.compat import save_study_note
 from study.record import TrialRecord
+from study.report.answer import answer_markdown
 from study.report.data import ReportData, collect_report_data
 from study.report.html import advice, epochs_text, report_tables
-from study.units import format_bytes, format_percent
+from study.units import format_bytes
 
 #: A missing percentage in the note's sentences and table ("-" would read as a dash).
 NA = "n/a"
@@ -44,9 +49,10 @@ def _best_sentence(data: ReportData, t: TrialRecord) -> str:
     batch = f"**{t.batch_size}**"
     if t.accumulation_steps and t.accumulation_steps > 1:
         batch += f" ({t.micro_batch_size} x {t.accumulation_steps} accumulated)"
+    m = data.metric
     parts = [
-        f"Trial {t.number}: **{data.metric_name} {format_percent(t.val_accuracy, NA)}** "
-        f"(test {format_percent(t.test_accuracy, NA)}) at batch size {batch}",
+        f"Trial {t.number}: **{data.metric_name} {m.value(t.val_metric, NA)}** "
+        f"(test {m.value(t.test_metric, NA)}) at batch size {batch}",
         f"rule {t.scaling_rule}, lr {t.lr:.3g}" if t.lr is not None else f"rule {t.scaling_rule}",
     ]
     if t.lr_multiplier is not None:
@@ -58,22 +64,23 @@ def _best_sentence(data: ReportData, t: TrialRecord) -> str:
     if t.train_time_s is not None:
         parts.append(f"{t.train_time_s:.1f} s")
     if t.samples_per_s is not None:
-        parts.append(f"{t.samples_per_s:,.0f} samples/s")
+        parts.append(f"{t.samples_per_s:,.0f} {m.rate}")
     if t.peak_memory_bytes is not None:
         parts.append(f"peak memory {format_bytes(t.peak_memory_bytes)}")
-    return ", ".join(parts) + "."
+    return ", ".join(parts) + ". One run: the answer above compares cells by their mean."
 
 
 def _front_lines(data: ReportData) -> list[str]:
     """The Pareto front of a two-objective study as a Markdown table, fastest first."""
     if not data.front:
         return ["No complete trial yet, so there is no Pareto front."]
+    m = data.metric
     lines = [
-        f"No single best trial: the study maximised {data.metric_names[0]} and minimised "
+        f"No single best trial: the study {m.maximised} {data.metric_names[0]} and minimised "
         f"{data.metric_names[1]}. These {len(data.front)} trial(s) are the Pareto front (no "
-        "other trial is both more accurate and faster), fastest first:",
+        f"other trial is both better, {m.direction_words}, and faster), fastest first:",
         "",
-        "| trial | batch | rule | lr | val accuracy | test accuracy | time |",
+        f"| trial | batch | rule | lr | val {m.name} | test {m.name} | time |",
         "|---|---|---|---|---|---|---|",
     ]
     for t in data.front:
@@ -81,8 +88,7 @@ def _front_lines(data: ReportData) -> list[str]:
         time = f"{t.train_time_s:.1f} s" if t.train_time_s is not None else "-"
         lines.append(
             f"| {t.number} | {t.batch_size} | {_cell(t.scaling_rule)} | {lr} | "
-            f"{format_percent(t.val_accuracy, NA)} | "
-            f"{format_percent(t.test_accuracy, NA)} | {time} |"
+            f"{m.value(t.val_metric, NA)} | {m.value(t.test_metric, NA)} | {time} |"
         )
     return lines
 
@@ -100,19 +106,23 @@ def study_note(study: optuna.Study, data: ReportData | None = None) -> str:
         "",
         "Which batch size, and which learning rate with it, for this model on this hardware.",
         "",
+        "### Answer",
+        "",
+        *answer_markdown(data.recommendation, data.metric),
+        "",
         "### Setup",
         "",
         "| | |",
         "|---|---|",
         *(f"| {_cell(k)} | {_cell(v)} |" for k, v in _setup_rows(data)),
         "",
-        "### Pareto front" if data.multi_objective else "### Best result",
+        "### Pareto front" if data.multi_objective else "### Best single trial",
         "",
     ]
     if data.multi_objective:
         lines += _front_lines(data)
     elif data.best is None:
-        lines.append("No complete trial yet, so there is no best result.")
+        lines.append("No complete trial yet, so there is no best trial.")
     else:
         lines.append(_best_sentence(data, data.best))
     status = data.status_sentence()
@@ -121,8 +131,7 @@ def study_note(study: optuna.Study, data: ReportData | None = None) -> str:
     if data.folklore is not None:
         lines += ["", data.folklore.sentence()]
     if data.noise_scale is not None:
-        optimum = data.folklore.optimum if data.folklore else None
-        lines += ["", data.noise_scale.sentence(optimum)]
+        lines += ["", data.noise_scale.sentence(data.confirmed_optimum)]
     for sentence in advice(data):
         flags = re.sub(r"(?<![\w-])(--[a-z][a-z-]*[a-z])", r"`\1`", sentence)
         lines += ["", f"**Advice:** {flags}"]

@@ -1,39 +1,55 @@
-"""Plain-text results of a study: one line per trial, and the end-of-run summary tables.
+"""Plain-text results of a study: one line per trial, and the end-of-run summary.
 
-Every figure says its unit and its budget (epochs per trial) and how many trials it rests on.
+The summary opens with the answer (the study's recommendation: the most accurate cell with its
+mean, 95% interval and runs, and the fastest cell within the tolerance with its speedup and
+what it costs; or the statement that the study is too small to confirm one), then the cells.
+Every figure says its unit and its budget and how many runs it rests on; results are grouped
+by cell (batch size x scaling rule, and the learning-rate multiplier bucket when searched),
+never across rules. Nothing here imports Plotly or torch.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 
 import optuna
 from optuna.trial import FrozenTrial
 
-from study.record import TrialRecord, read_record
+from study.record import MetricInfo, TrialRecord, read_record
+from study.report.answer import answer_lines
+from study.report.data import MIN_RUNS, MetricText, ReportData, collect_report_data, median
 
 
-def trial_line(trial: FrozenTrial) -> str:
-    """One line for a finished trial: state, batch (and accumulation), rule, LR, results,
-    and why it stopped early (diverged, out of memory)."""
-    r = read_record(trial)
+def trial_line(trial: FrozenTrial, metric: MetricInfo | None = None) -> str:
+    """One line for a finished trial: state, phase, batch (and accumulation), rule, LR,
+    results, and why it stopped early (diverged, collapsed, out of memory).
+
+    Args:
+        trial: The trial.
+        metric: The study's metric (default: accuracy); names the values on the line.
+    """
+    info = metric or MetricInfo()
+    r = read_record(trial, metric=info)
     batch = f"batch {r.batch_size if r.batch_size is not None else '?':>5}"
     if r.accumulation_steps and r.accumulation_steps > 1:
         batch += f" ({r.micro_batch_size}x{r.accumulation_steps})"
-    parts = [f"trial {r.number:>3} {r.state.lower():<8}", batch]
+    parts = [f"trial {r.number:>3} {r.state.lower():<8}"]
+    if r.phase == "confirm":
+        parts.append("confirm")
+    parts.append(batch)
     if r.scaling_rule is not None and r.lr is not None:
         parts.append(f"{r.scaling_rule:<6} lr {r.lr:.2e}")
-    if r.val_accuracy is not None:
-        parts.append(f"val {r.val_accuracy:.4f}")
-    if r.test_accuracy is not None:
-        parts.append(f"test {r.test_accuracy:.4f}")
+    name = "" if info.name == "accuracy" else f" {info.name}"
+    if r.val_metric is not None:
+        parts.append(f"val{name} {r.val_metric:.4f}")
+    if r.test_metric is not None:
+        parts.append(f"test{name} {r.test_metric:.4f}")
     if r.optimizer_steps is not None:
         parts.append(f"{r.optimizer_steps} steps {r.train_time_s or 0:.1f} s")
     elif r.epochs_completed is not None:
         parts.append(f"{r.epochs_completed} ep {r.train_time_s or 0:.1f} s")
     if r.diverged:
-        parts.append("diverged")
+        parts.append("diverged" + (f" ({r.stop_reason})" if r.stop_reason else ""))
     if r.oom:
         last = r.oom[-1]
         if r.state == "PRUNED" and last.micro_batch_size == r.micro_batch_size:
@@ -57,15 +73,16 @@ def budget_text(config: dict) -> str:
     return f"{config.get('epochs', '?')} epochs"
 
 
-def _best_line(label: str, r: TrialRecord) -> str:
+def _best_line(label: str, r: TrialRecord, metric: MetricText) -> str:
     micro = ""
     if r.accumulation_steps and r.accumulation_steps > 1:
         micro = f" ({r.micro_batch_size}x{r.accumulation_steps})"
     multiplier = f" (x{r.lr_multiplier:.2f})" if r.lr_multiplier is not None else ""
     return (
         f"{label}trial {r.number}, batch size {r.batch_size}{micro}, rule "
-        f"{r.scaling_rule}, lr {_num(r.lr, '.3g')}{multiplier}, val {_num(r.val_accuracy)}, "
-        f"test {_num(r.test_accuracy)}, {_num(r.train_time_s, '.1f')} s training"
+        f"{r.scaling_rule}, lr {_num(r.lr, '.3g')}{multiplier}, {metric.val} "
+        f"{metric.value(r.val_metric)}, {metric.test} {metric.value(r.test_metric)}, "
+        f"{_num(r.train_time_s, '.1f')} s training"
     )
 
 
@@ -73,77 +90,64 @@ def _num(value: float | None, spec: str = ".4f") -> str:
     return format(math.nan if value is None else value, spec)
 
 
+def cell_table(data: ReportData) -> str:
+    """The per-cell table: runs, mean and 95% interval of the metric, median time, speed."""
+    m = data.metric
+    buckets = any(c.lr_bucket is not None for c in data.cells)
+    headers = ["batch", "rule"] + (["lr mult."] if buckets else [])
+    headers += ["runs", "pruned", f"mean val {m.name}", "95% interval", "median time s"]
+    headers += [f"median {m.rate}"]
+    rows = []
+    for c in data.cells:
+        row = [str(c.batch_size), c.scaling_rule]
+        row += [f"x{c.lr_bucket:.3g}" if c.lr_bucket is not None else "-"] if buckets else []
+        row += [
+            str(c.runs) + ("" if c.runs >= MIN_RUNS or not c.runs else "*"),
+            str(c.pruned),
+            m.value(c.mean_val),
+            m.interval(c.ci95),
+            f"{c.median_time_s:.2f}" if c.median_time_s is not None else "-",
+            f"{c.median_samples_per_s:,.0f}" if c.median_samples_per_s is not None else "-",
+        ]
+        rows.append(row)
+    return _table(headers, rows)
+
+
 def summary(study: optuna.Study) -> str:
-    """The best trial (or, for accuracy-vs-time studies, the Pareto front) and, per batch
-    size, best and median accuracy, time and throughput."""
-    config = study.user_attrs.get("config", {})
-    multi = len(study.directions) > 1
-    names = study.metric_names or (["val_accuracy", "train_time_s"] if multi else None)
-    records = [read_record(t, None, names) for t in study.get_trials(deepcopy=False)]
-    complete = [r for r in records if r.state == "COMPLETE"]
-    pruned = [r for r in records if r.state == "PRUNED"]
-    failed = [r for r in records if r.state == "FAIL"]
+    """The answer first (the study's recommendation), then the counts, the best single trial
+    (or, for metric-vs-time studies, the Pareto front) and one row per cell."""
+    data = collect_report_data(study, importances=False)
+    m = data.metric
+    config = data.config
     budget = budget_text(config)
     head = (
-        f"study {study.study_name!r}: {len(complete)} complete, {len(pruned)} pruned, "
-        f"{len(failed)} failed trials; budget {budget} per trial"
+        f"study {study.study_name!r}: {data.counts['COMPLETE']} complete, "
+        f"{data.counts['PRUNED']} pruned, {data.counts['FAIL']} failed trials; budget "
+        f"{budget} per trial; metric {m.full}"
     )
+    complete = [t for t in data.trials if t.state == "COMPLETE"]
     if not complete:
         return head + "\nno complete trial yet: nothing to compare."
-    lines = [head, ""]
-    by_number = {r.number: r for r in records}
-    if multi:
-        front = [by_number[t.number] for t in study.best_trials]
-        front.sort(key=lambda r: (r.train_time_s or math.inf, r.number))
+    lines = [*answer_lines(data.recommendation, m), "", head]
+    if data.multi_objective:
         lines.append(
-            f"Pareto front of validation accuracy against training time ({len(front)} trials, "
-            "fastest first): no trial on it is both more accurate and faster than another"
+            f"Pareto front of {m.val} against training time ({len(data.front)} trials, "
+            "fastest first): no trial on it is both better and faster than another"
         )
-        lines += [_best_line("  ", r) for r in front]
-    else:
-        best = by_number[study.best_trial.number]
-        lines.append(_best_line("best (by validation accuracy): ", best))
+        lines += [_best_line("  ", r, m) for r in data.front]
+    elif data.best is not None:
+        lines.append(_best_line("best single trial (one run, noisy): ", data.best, m))
     noise = [r.b_simple for r in complete if r.b_simple is not None]
     if noise:
+        se = [r.b_simple_se for r in complete if r.b_simple_se is not None]
         lines.append(
             f"gradient noise scale B_simple (median over {len(noise)} trials' final models): "
-            f"{statistics.median(noise):.0f} samples"
+            f"{median(noise):.0f} samples" + (f" (typical s.e. {median(se):.0f})" if se else "")
         )
-    lines += ["", f"per batch size (complete trials, {budget} each; accuracy as a fraction):"]
-    by_batch: dict[int | None, list[TrialRecord]] = {}
-    for r in complete:
-        by_batch.setdefault(r.batch_size, []).append(r)
-    pruned_by_batch: dict[int | None, int] = {}
-    for r in pruned:
-        pruned_by_batch[r.batch_size] = pruned_by_batch.get(r.batch_size, 0) + 1
-    rows = []
-    for b in sorted(set(by_batch) | set(pruned_by_batch), key=lambda b: (b is None, b or 0)):
-        rs = by_batch.get(b, [])
-        val = [r.val_accuracy for r in rs if r.val_accuracy is not None]
-        test = [math.nan if r.test_accuracy is None else r.test_accuracy for r in rs]
-        time_s = [r.train_time_s for r in rs if r.train_time_s is not None]
-        speed = [r.samples_per_s or 0.0 for r in rs]
-        rows.append(
-            [
-                str(b if b is not None else "?"),
-                str(len(rs)),
-                str(pruned_by_batch.get(b, 0)),
-                f"{max(val):.4f}" if val else "-",
-                f"{statistics.median(val):.4f}" if val else "-",
-                f"{statistics.median(test):.4f}" if test else "-",
-                f"{statistics.median(time_s):.2f}" if time_s else "-",
-                f"{statistics.median(speed):,.0f}" if speed else "-",
-            ]
-        )
-    headers = [
-        "batch",
-        "complete",
-        "pruned",
-        "best val",
-        "median val",
-        "median test",
-        "median time s",
-        "median samples/s",
+    lines += [
+        "",
+        f"per cell (batch size x rule; complete runs, {budget} each; {m.full}; "
+        f"* fewer than {MIN_RUNS} runs: no conclusion):",
+        cell_table(data),
     ]
-    lines.append(_table(headers, rows))
     return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""From Python (a notebook, your own script): study a Task object, get the answer back.
+
+The command line names a task (``--task digits``, ``--task package.module:factory``); a
+notebook has the task in hand. :func:`run_study` takes it, runs the same study in this process
+(probe, trials, confirmation, report) and returns the study and its recommendation as objects.
+
+Worker processes cannot receive an object: with ``workers > 1`` or ``gpus`` the task must be an
+importable factory (``config.task = "package.module:factory"``), and passing a ``Task`` object
+then is refused with that advice.
+
+Example (not run as a doctest: it trains for a few seconds)::
+
+    from objectives import Task
+    from study.api import run_study
+    from study.config import StudyConfig
+
+    result = run_study(StudyConfig(trials=12, epochs=3), task=my_task)
+    print(result.statement)            # the answer in one sentence
+    result.recommendation["fastest_within"]["batch_size"]
+    result.study.trials_dataframe()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import sys
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import optuna
+
+from study.config import PYTHON_TASK_PREFIX, ConfigError, StudyConfig
+from study.orchestrate import run_study as _run_study
+
+
+@dataclass
+class StudyResult:
+    """What :func:`run_study` returns.
+
+    Attributes:
+        study: The Optuna study (trials, user attributes, the stored ``recommendation``).
+        recommendation: The answer: ``most_accurate``, ``fastest_within``, ``tolerance``,
+            ``budget`` and ``statement`` (see the README); ``{}`` if none was stored.
+        log: What the run printed (when ``out`` was not given).
+    """
+
+    study: optuna.Study
+    recommendation: dict[str, Any] = field(default_factory=dict)
+    log: str = ""
+
+    @property
+    def statement(self) -> str:
+        """The answer in one sentence."""
+        return str(self.recommendation.get("statement", "no recommendation was stored"))
+
+
+def run_study(
+    config: StudyConfig | None = None,
+    *,
+    task: Any = None,
+    out: TextIO | None = None,
+    **settings: Any,
+) -> StudyResult:
+    """Run (or resume) a study in this process and return it with its recommendation.
+
+    Args:
+        config: The study's settings (default ``StudyConfig()``); ``settings`` override its
+            fields (``run_study(task=t, trials=12, epochs=3, storage="sqlite:///s.db")``).
+        task: A :class:`Task` object to study; ``None`` builds the task ``config.task`` names.
+        out: Where progress and the summary go (default: kept in ``StudyResult.log``).
+
+    Raises:
+        ConfigError: a bad setting, or a ``Task`` object with worker processes.
+        TaskError: the task breaks the contract (checked before anything is stored).
+    """
+    from objectives.backend import TorchBackend  # the edge: torch only when a study runs
+    from objectives.tasks import Task, TaskError, validate_task
+
+    config = dataclasses.replace(config or StudyConfig(), **settings)
+    backend = TorchBackend()
+    if task is not None:
+        if config.workers > 1 or config.gpus:
+            raise ConfigError(
+                f"workers={config.workers}, gpus={config.gpus}: worker processes cannot "
+                "receive a Task object; give config.task = 'package.module:factory' (an "
+                "importable function returning the Task) instead of task=..."
+            )
+        if not isinstance(task, Task):
+            raise TaskError(f"task= must be an objectives.Task, not {type(task).__name__}")
+        task = validate_task(task, task.name)
+        task.info.setdefault("train_size", len(task.train))
+        task.info.setdefault("val_size", len(task.val))
+        task.info.setdefault("test_size", len(task.test))
+        config = dataclasses.replace(config, task=PYTHON_TASK_PREFIX + task.name)
+        backend = TorchBackend(task)
+    config = config.validate()
+    buffer = io.StringIO() if out is None else None
+    study = _run_study(config, backend, out or buffer or sys.stdout)
+    recommendation = study.user_attrs.get("recommendation")
+    return StudyResult(
+        study,
+        recommendation if isinstance(recommendation, dict) else {},
+        buffer.getvalue() if buffer is not None else "",
+    )

@@ -1,0 +1,226 @@
+"""Search, then confirm: the part of the budget that trains promising cells again.
+
+A study's ``--trials`` budget is split. The first :attr:`ConfirmPlan.search_budget` trials
+(``SEARCH_FRACTION`` of the budget, rounded up; with ``--sampler grid`` at least the whole
+grid) are the **search**: the sampler chooses them
+and the pruner may stop them. Every later claim first asks :func:`next_confirm` whether a
+**candidate cell** still needs runs; if one does, the claim enqueues a **confirmation** trial
+of that cell (fixed parameters, user attribute ``phase = "confirm"``, a fresh seed from its
+own trial number, never pruned) and runs it; otherwise it runs one more search trial. So the
+confirmation phase lasts as long as there is something to confirm, and what is left of the
+budget goes back to the search (whose new finds may become candidates in turn).
+
+**Candidates** (:func:`confirm_order`), re-planned at every claim from the complete trials:
+the cells whose mean is *plausibly within tolerance of the best mean*, i.e. at most
+``tolerance + PLAUSIBLE_SDS * sigma`` below it, where ``sigma`` is the pooled within-cell SD
+of single runs (``FALLBACK_SIGMA_TOLERANCES * tolerance`` before any cell has two runs).
+They are taken alternately by estimated mean (best first) and by median training time
+(fastest first): the most accurate cell and the fastest plausible one are confirmed first,
+which is what the answer (:mod:`study.recommend`) names. A candidate needs runs until it has
+``confirm_runs`` complete ones, counting those still running or queued.
+
+Confirmation trials are ordinary trials: the exact budget, resume, workers and the dashboard
+treat them as any other. Enqueueing happens inside the budget's claim, under the storage lock
+(:func:`study.budget.claim_trial`), and only when no trial is WAITING, so several workers never
+enqueue the same run twice and a resume recomputes the same need from the stored trials.
+The cells' user attributes (``batch_size``, ``scaling_rule``, ``lr_multiplier``) are stored
+when the trial is enqueued, so a queued or just-started run already counts for its cell.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from study.recommend import CellKey, CellStats, cell_key, cell_stats
+from study.record import ACCURACY, MetricInfo, TrialRecord, read_record, study_metric
+
+#: Share of ``--trials`` the search gets before confirmation starts (rounded up); see
+#: ``notes/C_results.md`` for the measurements behind it.
+SEARCH_FRACTION = 0.65
+#: A cell is a candidate while its mean is within ``tolerance + PLAUSIBLE_SDS * sigma`` of
+#: the best mean (sigma: pooled SD of single runs).
+PLAUSIBLE_SDS = 2.0
+#: ``sigma`` in tolerances while no cell has two complete runs.
+FALLBACK_SIGMA_TOLERANCES = 2.0
+#: User attribute values of the two phases.
+SEARCH, CONFIRM = "search", "confirm"
+
+
+@dataclass(frozen=True)
+class ConfirmPlan:
+    """How one study splits its budget between search and confirmation.
+
+    Args:
+        total: The study's ``--trials``.
+        confirm_runs: Complete runs each candidate cell needs (``--confirm-runs``).
+        tolerance: ``--tolerance``, in the metric's units.
+        metric: The study's metric (its direction).
+        scaling_rules: The space's rules (a ``scaling_rule`` parameter only with several).
+        lr_search_width: ``--lr-search-width`` (above 1: an ``lr_multiplier`` parameter).
+        search_fraction: Share of ``total`` for the search (rounded up, at least 1 trial).
+        min_search: The fewest search trials (``--sampler grid``: the grid's size, so that
+            the grid is covered before anything is confirmed).
+    """
+
+    total: int
+    confirm_runs: int
+    tolerance: float
+    metric: MetricInfo = ACCURACY
+    scaling_rules: tuple[str, ...] = ("linear",)
+    lr_search_width: float = 1.0
+    search_fraction: float = SEARCH_FRACTION
+    min_search: int = 1
+
+    @property
+    def search_budget(self) -> int:
+        """Trials of the search before any confirmation: ``ceil(fraction * total)``, at least
+        ``min_search``, at most ``total``."""
+        share = math.ceil(self.search_fraction * self.total - 1e-9)
+        return max(1, min(self.total, max(share, self.min_search)))
+
+    @classmethod
+    def of_study(
+        cls, study: optuna.Study, total: int, search_fraction: float = SEARCH_FRACTION
+    ) -> ConfirmPlan | None:
+        """The plan of a study made by this tool, from its stored ``config`` and ``space``;
+        ``None`` for a study without ``confirm_runs`` in its config (made before the
+        confirmation phase existed) or with ``confirm_runs`` below 2 (an interval needs 2)."""
+        attrs = study.user_attrs
+        config, space = attrs.get("config") or {}, attrs.get("space") or {}
+        runs = config.get("confirm_runs")
+        if not isinstance(runs, int) or runs < 2 or not space:
+            return None
+        rules = tuple(space.get("scaling_rules") or ("linear",))
+        grid = 1
+        if config.get("sampler") == "grid":  # as runner.make_sampler: batch sizes x rules
+            grid = len(space.get("batch_sizes") or ()) * (len(rules) if len(rules) > 1 else 1)
+        return cls(
+            total=int(total),
+            confirm_runs=runs,
+            tolerance=float(config.get("tolerance", 0.01)),
+            metric=study_metric(study),
+            scaling_rules=rules,
+            lr_search_width=float(config.get("lr_search_width") or 1.0),
+            search_fraction=search_fraction,
+            min_search=grid,
+        )
+
+    def params(self, key: CellKey) -> dict[str, Any]:
+        """The fixed parameters of a confirmation run of ``key`` (those the objective asks)."""
+        params: dict[str, Any] = {"batch_size": key.batch_size}
+        if len(self.scaling_rules) > 1:
+            params["scaling_rule"] = key.scaling_rule
+        if self.lr_search_width > 1:
+            width = self.lr_search_width
+            centre = 2 ** (key.lr_bucket or 0.0)
+            params["lr_multiplier"] = min(width, max(1 / width, centre))
+        return params
+
+    def user_attrs(self, key: CellKey) -> dict[str, Any]:
+        """The user attributes a confirmation run is enqueued with: its phase and cell."""
+        attrs: dict[str, Any] = {
+            "phase": CONFIRM,
+            "batch_size": key.batch_size,
+            "scaling_rule": key.scaling_rule,
+        }
+        if self.lr_search_width > 1:
+            attrs["lr_multiplier"] = self.params(key)["lr_multiplier"]
+        return attrs
+
+
+def pooled_sd(cells: Sequence[CellStats]) -> float | None:
+    """The pooled within-cell SD of single runs (cells with 2+ runs), or ``None``."""
+    dof = sum(c.runs - 1 for c in cells if c.runs >= 2)
+    if dof == 0:
+        return None
+    return math.sqrt(sum((c.runs - 1) * (c.val_sd or 0.0) ** 2 for c in cells if c.runs >= 2) / dof)
+
+
+def confirm_order(
+    cells: Sequence[CellStats], metric: MetricInfo, tolerance: float
+) -> list[CellStats]:
+    """Candidate cells, most urgent first (see the module docstring)."""
+    scored = [c for c in cells if c.runs > 0 and c.val_mean is not None]
+    if not scored:
+        return []
+    best = max(metric.sign * (c.val_mean or 0.0) for c in scored)
+    sigma = pooled_sd(scored)
+    if sigma is None:
+        sigma = FALLBACK_SIGMA_TOLERANCES * tolerance
+    margin = tolerance + PLAUSIBLE_SDS * sigma
+    plausible = [c for c in scored if best - metric.sign * (c.val_mean or 0.0) <= margin]
+    by_mean = sorted(plausible, key=lambda c: -metric.sign * (c.val_mean or 0.0))
+    by_time = sorted(
+        plausible,
+        key=lambda c: c.train_time_s_median if c.train_time_s_median is not None else math.inf,
+    )
+    order: list[CellStats] = []
+    for pair in zip(by_mean, by_time, strict=True):
+        for cell in pair:
+            if cell not in order:
+                order.append(cell)
+    return order
+
+
+def search_trials(records: Sequence[TrialRecord]) -> int:
+    """Search trials that count towards (or will soon count towards) the search budget:
+    finished, running or queued again (FAIL attempts do not count)."""
+    states = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+    return sum(r.phase != CONFIRM and r.state in states for r in records)
+
+
+def next_confirm(plan: ConfirmPlan, records: Sequence[TrialRecord]) -> CellKey | None:
+    """The cell the next trial should confirm, or ``None`` (search instead).
+
+    ``None`` while the search has not used its share, and once every candidate has
+    ``confirm_runs`` complete runs counting the running and queued ones.
+    """
+    if search_trials(records) < plan.search_budget:
+        return None
+    cells = cell_stats(records, plan.metric, lr_search_width=plan.lr_search_width)
+    pending: Counter[CellKey] = Counter()
+    for r in records:
+        if r.state in ("RUNNING", "WAITING"):
+            key = cell_key(r, plan.lr_search_width)
+            if key is not None:
+                pending[key] += 1
+    for cell in confirm_order(cells, plan.metric, plan.tolerance):
+        if cell.runs + pending[cell.key] < plan.confirm_runs:
+            return cell.key
+    return None
+
+
+def _records(study: optuna.Study, trials: Sequence[FrozenTrial], plan: ConfirmPlan) -> list:
+    default_rule = plan.scaling_rules[0] if len(plan.scaling_rules) == 1 else None
+    names = study.metric_names or None
+    return [
+        read_record(t, default_rule=default_rule, metric_names=names, metric=plan.metric)
+        for t in trials
+    ]
+
+
+def enqueue_confirm(
+    study: optuna.Study, trials: Sequence[FrozenTrial], plan: ConfirmPlan
+) -> CellKey | None:
+    """Enqueue the next confirmation run if one is due; return its cell (else ``None``).
+
+    Call under the study's claim lock (:func:`study.budget.claim_trial` does), with
+    ``trials`` read under that lock. Nothing is enqueued while a trial is WAITING (that
+    one is claimed first), so at most one confirmation run is ever queued and not running.
+    """
+    if any(t.state == TrialState.WAITING for t in trials):
+        return None
+    key = next_confirm(plan, _records(study, trials, plan))
+    if key is None:
+        return None
+    study.enqueue_trial(plan.params(key), user_attrs=plan.user_attrs(key))
+    return key

@@ -1,0 +1,100 @@
+"""From Python: a Task object studied in one process, the study and its answer returned."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from objectives import MSE, Task
+from objectives.metrics import mse
+from study.api import StudyResult, run_study
+from study.config import ConfigError, StudyConfig
+from study.record import study_metric
+
+
+def line_task() -> Task:
+    """A small regression problem: y = x . w + noise, a linear model."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, generator=g)
+
+    def split(n: int) -> TensorDataset:
+        x = torch.randn(n, 6, generator=g)
+        return TensorDataset(x, (x @ w + 0.1 * torch.randn(n, generator=g)).unsqueeze(1))
+
+    return Task(
+        "line",
+        lambda: torch.nn.Linear(6, 1),
+        split(256),
+        split(64),
+        split(64),
+        loss=mse,
+        metric=MSE,
+    )
+
+
+def settings(tmp_path, **more) -> dict:
+    return {
+        "trials": 8,
+        "epochs": 2,
+        "max_batch_size": 32,
+        "min_batch_size": 16,
+        "scaling": "none",
+        "base_lr": 0.05,
+        "confirm_runs": 2,
+        "storage": f"sqlite:///{tmp_path / 's.db'}",
+        "artifact_dir": "none",
+        "device": "cpu",
+        **more,
+    }
+
+
+def test_a_task_object_is_studied_in_this_process_and_the_answer_comes_back(tmp_path):
+    result = run_study(task=line_task(), **settings(tmp_path))
+    assert isinstance(result, StudyResult)
+    study = result.study
+    assert len(study.trials) == 8 and study.direction.name == "MINIMIZE"
+    assert study_metric(study).name == "mse"
+    assert study.user_attrs["config"]["task"] == "python:line"
+    answer = result.recommendation
+    assert answer == study.user_attrs["recommendation"]
+    assert set(answer) >= {"most_accurate", "fastest_within", "tolerance", "budget", "statement"}
+    best = answer["most_accurate"]
+    assert best is not None and best["runs"] >= 2 and best["batch_size"] in (16, 32)
+    assert result.statement == answer["statement"] and "Answer" in result.log
+    assert {t.user_attrs.get("phase") for t in study.trials} <= {"search", "confirm"}
+
+
+def test_the_same_call_resumes_the_study_and_the_command_line_cannot(tmp_path):
+    first = run_study(task=line_task(), **settings(tmp_path, trials=4))
+    assert len(first.study.trials) == 4
+    again = run_study(task=line_task(), **settings(tmp_path, trials=6))
+    assert len(again.study.trials) == 6
+    proc = subprocess.run(
+        [sys.executable, "-m", "study.commands", "run", "--task", "python:line"]
+        + ["--trials", "7", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--device", "cpu"]
+        + ["--epochs", "2", "--min-batch-size", "16", "--max-batch-size", "32"]
+        + ["--scaling", "none", "--base-lr", "0.05", "--confirm-runs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "a Task object given from Python" in lines[0], proc.stderr
+
+
+def test_a_task_object_with_worker_processes_is_refused_with_the_way_out(tmp_path):
+    with pytest.raises(ConfigError, match="importable function returning the Task"):
+        run_study(task=line_task(), **settings(tmp_path, workers=2))
+    assert not (tmp_path / "s.db").exists()  # nothing stored
+
+
+def test_defaults_come_from_a_config_and_keyword_settings_override_it(tmp_path):
+    config = StudyConfig(**settings(tmp_path, trials=3))
+    result = run_study(config, task=line_task(), epochs=1)
+    assert result.study.user_attrs["config"]["epochs"] == 1
+    assert len(result.study.trials) == 3
