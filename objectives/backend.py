@@ -27,10 +27,13 @@ from objectives.models import ModelError
 from objectives.objective import BatchSizeObjective, task_metric
 from objectives.probe import ProbeError
 from objectives.tasks import Task, TaskError, load_task
+from objectives.train import training_loss
 from study.config import PYTHON_TASK_PREFIX, ConfigError, StudyConfig, check_precision
 from study.record import MetricInfo
 from study.space import BatchSpace
 from study.storage import JOURNAL_PREFIX
+
+__all__ = ["TorchBackend", "build_task", "resolve_device", "training_loss"]
 
 
 def resolve_device(device: str) -> str:
@@ -91,42 +94,6 @@ def checkpoint_store(config: StudyConfig) -> CheckpointStore | None:
     """Where the study's trials checkpoint each epoch (see :func:`checkpoint_folder`)."""
     folder = checkpoint_folder(config)
     return None if folder is None else CheckpointStore(folder)
-
-
-def training_loss(
-    model: torch.nn.Module,
-    dataset: Any,
-    limit: int = 4096,
-    loss: Callable[[Any, Any], torch.Tensor] | None = None,
-    collate: Callable[[list], Any] | None = None,
-) -> float:
-    """Mean per-sample loss of ``model`` on (the first ``limit`` items of) ``dataset``.
-
-    ``loss`` is the task's (``loss(outputs, targets)`` -> per-sample values; default
-    cross-entropy); items are batched with ``collate`` (default: stacked). Used to tell a
-    diverged model (loss far above its start, or not finite) from a trained one.
-    """
-    from torch.utils.data import DataLoader, Subset
-
-    from objectives.batch import call_model, to_device
-    from objectives.metrics import cross_entropy
-
-    loss = loss or cross_entropy
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    items = Subset(dataset, range(min(limit, len(dataset))))
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        with torch.no_grad():
-            for inputs, targets in DataLoader(items, batch_size=512, collate_fn=collate):
-                inputs, targets = to_device(inputs, device), to_device(targets, device)
-                values = loss(call_model(model, inputs), targets).float()
-                total += float(values.sum())
-                count += values.numel()
-    finally:
-        model.train(was_training)
-    return total / count if count else float("nan")
 
 
 def _units_per_sample(task: Task, data: Any) -> float:

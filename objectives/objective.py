@@ -39,7 +39,7 @@ from objectives.checkpoint import (
     first_attempt,
     run_id,
 )
-from objectives.data import Tensors
+from objectives.data import Tensors, as_tensors, labels_of
 from objectives.noise import estimate_noise_scale
 from objectives.oom import is_out_of_memory, release_memory
 from objectives.oom import summary as oom_summary
@@ -57,7 +57,9 @@ from objectives.train import (
     steps_per_epoch,
     torch_flags,
     train_model,
+    training_loss,
 )
+from study.collapse import chance_accuracy, collapse_reason
 from study.config import StudyConfig
 from study.record import MetricInfo, OutOfMemory, TrialRecord, write_record
 from study.scaling import scaled_lr
@@ -75,6 +77,30 @@ def task_metric(task: Task) -> MetricInfo:
     if metric is None:
         return MetricInfo(unit=unit)
     return MetricInfo(metric.name, metric.direction, unit)
+
+
+class Collapsed(RuntimeError):
+    """The trial sits at chance, or its training loss rose above its start (a reason)."""
+
+
+#: Training items whose loss at initialisation the collapse check starts from.
+COLLAPSE_LOSS_ITEMS = 1024
+
+
+def chance_level(task: Task, metric_name: str) -> float | None:
+    """What the metric reads for a model that learned nothing, where that is known.
+
+    Accuracy with the default loss: the share of the most frequent validation label. Mean
+    squared error: the variance of the validation targets (predicting their mean). Other
+    metrics: ``None`` (only the loss-above-its-start rule of the collapse check applies).
+    """
+    if metric_name == "accuracy" and task.classification:
+        return chance_accuracy(labels_of(task.val).tolist())
+    if metric_name == "mse":
+        data = as_tensors(task.val)
+        if data is not None and data.y.is_floating_point() and data.y.numel() > 1:
+            return float(data.y.float().var(unbiased=False))
+    return None
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -165,6 +191,7 @@ class BatchSizeObjective:
         self.log = log
         self.log_interval_s = log_interval_s
         self.metric = task_metric(task)
+        self.chance = chance_level(task, self.metric.name)
         self.train, self.val, self.test = (
             place(d, self.device, task.collate) for d in (task.train, task.val, task.test)
         )
@@ -233,6 +260,8 @@ class BatchSizeObjective:
         record.accumulation_steps = batch_size // attempt.micro_batch_size
         record.oom = tuple(ooms)
         record.diverged = attempt.outcome == "diverged"
+        if attempt.outcome in ("diverged", "pruned", "oom"):
+            record.stop_reason = attempt.detail
         if config.budget == "steps":  # passes over the data differ by batch size here
             passes = attempt.result.samples_seen / len(self.train)
             record.optimizer_steps = attempt.result.optimizer_steps
@@ -331,6 +360,11 @@ class BatchSizeObjective:
         model = self.task.build_model().to(self.device)
         if saved is not None:
             model.load_state_dict(saved.model_state)
+        first_loss = None  # the loss at initialisation, for the collapse check
+        if saved is None:
+            first_loss = training_loss(
+                model, self.task.train, COLLAPSE_LOSS_ITEMS, self.task.loss, self.task.collate
+            )
 
         multi = self.config.multi_objective
         prunable = not multi and trial.user_attrs.get("phase") != "confirm"  # confirm: never
@@ -353,6 +387,20 @@ class BatchSizeObjective:
                     f"{batch_size}, train loss {epoch.train_loss:.4f}, val {self.metric.name} "
                     f"{epoch.val_metric:.4f} ({epoch.train_time_s:.1f} s)"
                 )
+            reason = collapse_reason(
+                [e.val_metric for e in attempt.result.epochs],
+                [e.train_loss for e in attempt.result.epochs],
+                first_loss,
+                self.chance,
+                done=epoch.epoch,
+                total=len(plan),
+                direction=self.metric.direction,
+                metric=self.metric.name,
+                unit=unit,
+                updates=attempt.result.optimizer_steps,
+            )
+            if reason is not None and epoch.epoch < len(plan):
+                raise Collapsed(reason)
             if prunable and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after evaluation {epoch.epoch}")
 
@@ -385,7 +433,7 @@ class BatchSizeObjective:
                 if self.config.noise_scale:
                     attempt.noise = self._noise_scale(model, seed)
             attempt.outcome = "complete"
-        except Diverged as diverged:
+        except (Diverged, Collapsed) as diverged:
             attempt.outcome, attempt.detail = "diverged", str(diverged)
         except optuna.TrialPruned as pruned:
             attempt.outcome, attempt.detail = "pruned", str(pruned)

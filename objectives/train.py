@@ -670,3 +670,36 @@ def finish(
     test splits."""
     result.train_metric = evaluate(model, train, batch_size, device, precision, task)
     result.test_metric = evaluate(model, test, batch_size, device, precision, task)
+
+
+def training_loss(
+    model: torch.nn.Module,
+    dataset: Any,
+    limit: int = 4096,
+    loss: Callable[[Any, Any], torch.Tensor] | None = None,
+    collate: Callable[[list], Any] | None = None,
+) -> float:
+    """Mean per-sample loss of ``model`` on (the first ``limit`` items of) ``dataset``.
+
+    ``loss`` is the task's (``loss(outputs, targets)`` -> per-sample values; default
+    cross-entropy); items are batched with ``collate`` (default: stacked). Used to tell a
+    diverged model (loss far above its start, or not finite) from a trained one.
+    """
+    from torch.utils.data import Subset
+
+    loss = loss or cross_entropy
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    items = Subset(dataset, range(min(limit, len(dataset))))
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.no_grad():
+            for inputs, targets in DataLoader(items, batch_size=512, collate_fn=collate):
+                inputs, targets = to_device(inputs, device), to_device(targets, device)
+                values = loss(call_model(model, inputs), targets).float()
+                total += float(values.sum())
+                count += values.numel()
+    finally:
+        model.train(was_training)
+    return total / count if count else float("nan")

@@ -7,9 +7,13 @@ budget is done, returns why the trial has collapsed (the objective then stops it
 ``diverged`` and stores the reason as ``stop_reason``), else ``None``:
 
 - **at chance**: the validation metric is no better than the chance level (``chance``, within
-  ``band``) at the last two evaluations (one, if only one was made), while the training loss
-  has not fallen below half its loss at initialisation, where that is known (a model that
-  fits its training data is learning something, however badly it generalises);
+  ``band``) at the last two evaluations, after at least :data:`MIN_UPDATES` optimizer
+  updates, while the training loss shows no learning: it has not fallen below half its loss
+  at initialisation (where that is known) and the last period's mean is not
+  :data:`STILL_FALLING` of the period before (a model whose loss falls is learning
+  something, however badly it generalises). A batch of 1024 on a small
+  training set makes one update per epoch: after a quarter of 4 epochs it has made one
+  update and is still at chance, so it is not judged;
 - **loss above its start**: the training loss of the last period is above the loss at the
   start (at initialisation, or of the first period).
 
@@ -30,6 +34,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+#: A period's training loss at most this fraction of the period before is still falling.
+STILL_FALLING = 0.98
+#: Updates a trial makes before "at chance" can be told from "not started yet".
+MIN_UPDATES = 8
+
 
 def collapse_reason(
     val_curve: Sequence[float],
@@ -43,6 +52,7 @@ def collapse_reason(
     metric: str = "accuracy",
     unit: str = "epoch",
     band: float | None = None,
+    updates: int | None = None,
 ) -> str | None:
     """Why the trial has collapsed, or ``None`` (also before a quarter of the budget).
 
@@ -61,6 +71,8 @@ def collapse_reason(
         unit: What a period is called in the message (``epoch``, ``evaluation``).
         band: How close to ``chance`` counts as at chance (default: for a maximised metric
             ``max(0.02, 0.1 * chance)``, for a minimised one ``0.02 * |chance|``).
+        updates: Optimizer updates made so far (``None``: unknown, taken as enough); the
+            chance rule waits for :data:`MIN_UPDATES`.
 
     Raises:
         ValueError: an unknown direction or ``total`` below 1.
@@ -76,10 +88,12 @@ def collapse_reason(
     start = _finite(first_loss) if first_loss is not None else (losses[0] if losses else None)
     values = [x for x in (_finite(v) for v in val_curve) if x is not None]
     chance_value = _finite(chance) if chance is not None else None
-    if chance_value is not None and values:
+    enough = updates is None or updates >= MIN_UPDATES
+    if chance_value is not None and enough and len(values) >= 2 and len(losses) >= 2:
         recent = values[-2:]
         init = _finite(first_loss) if first_loss is not None else None  # not a period's mean
-        learning = bool(losses) and init is not None and init > 0 and losses[-1] < 0.5 * init
+        fitting = init is not None and init > 0 and losses[-1] < 0.5 * init
+        learning = fitting or losses[-1] <= STILL_FALLING * losses[-2]
         if not learning and all(_at_chance(v, chance_value, direction, band) for v in recent):
             return (
                 f"validation {metric} {_fmt(values[-1])} at chance ({_fmt(chance_value)}) {after}"

@@ -104,3 +104,27 @@ def test_out_of_memory_is_recognised_from_cuda_cpu_and_python_alike():
     assert is_out_of_memory(MemoryError())
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not is_out_of_memory(ValueError("out of memory"))  # not an allocator's error
+
+
+def test_a_trial_that_collapses_to_chance_stops_as_diverged_with_its_reason():
+    config = StudyConfig(trials=1, epochs=8, model="mlp", hidden=(16,), base_lr=3.0).validate()
+    task = load_task("digits", model="mlp", hidden=(16,))
+    space = build_space(16, 16, 1, len(task.train), "none", "test")
+    study = optuna.create_study(direction="maximize")
+    study.optimize(BatchSizeObjective(task, config, space, "cpu"), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["diverged"] is True
+    reason = trial.user_attrs["stop_reason"]
+    assert "at chance" in reason or "above its start" in reason, reason
+    assert 2 <= trial.user_attrs["epochs_completed"] < 8  # a quarter of the budget, not all
+
+
+def test_a_healthy_trial_is_not_taken_for_collapsed():
+    config = StudyConfig(trials=1, epochs=4, model="mlp", hidden=(16,)).validate()
+    task = load_task("digits", model="mlp", hidden=(16,))
+    space = build_space(1024, 1024, 1, len(task.train), "none", "test")  # slow per epoch
+    study = optuna.create_study(direction="maximize")
+    study.optimize(BatchSizeObjective(task, config, space, "cpu"), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE and "diverged" not in trial.user_attrs
+    assert trial.user_attrs["samples_left_out"] == len(task.train) - 1024

@@ -343,3 +343,12 @@ def test_a_real_collapse_to_chance_and_a_real_blow_up(one_thread):
 
     assert run(64).startswith("validation accuracy 0.10 at chance")
     assert run(1024).startswith("training loss ")
+
+
+def test_a_trial_with_few_updates_is_not_judged_at_chance_and_a_falling_loss_is_learning():
+    flat = dict(first_loss=2.3, chance=0.1, done=3, total=12)
+    at_chance = ([0.1, 0.1, 0.1], [2.3, 2.3, 2.3])
+    assert collapse_reason(*at_chance, **flat, updates=3) is None  # one update per epoch
+    assert collapse_reason(*at_chance, **flat, updates=30) is not None
+    falling = ([0.1, 0.1, 0.1], [2.3, 2.2, 2.1])  # at chance yet, but its loss falls
+    assert collapse_reason(*falling, **flat, updates=30) is None
