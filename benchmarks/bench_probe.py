@@ -8,7 +8,11 @@ process and one after the other:
 - ``probe (+ throughput)``: the same with its throughput table (what a study runs),
 - ``doubling x3``: PyTorch Lightning's ``mode="power"`` search (start at 2, double after each
   try of 3 training steps, stop at the first failure), see
-  :func:`objectives.probe.doubling_search`.
+  :func:`objectives.probe.doubling_search`,
+- ``doubling (+ throughput)``: the doubling search's steps plus the probe's throughput table
+  over the same ladder (a study needs the table from either search; its steps are the same
+  when the caps agree, its time is the probe's table time), so the two sides count the same
+  kind of steps.
 
 On CPU "out of memory" is emulated as the measured step exceeding the budget (provoking a
 real out-of-RAM is not safe); on CUDA a real out-of-memory error also counts. Both methods
@@ -131,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{doubling.steps_run}",
                 doubling_s,
             ),
+            (  # the same table over the same ladder: what a study needs from either search
+                "doubling (+ throughput)",
+                doubling.max_batch_size,
+                f"{doubling.steps_run}+{full.throughput_steps}",
+                doubling_s + (full_s - search_s),
+            ),
         ]
         for i, (method, cap, steps, seconds) in enumerate(rows):
             first = i == 0
@@ -139,11 +149,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{format_bytes(budget) if first else '':>10}  "
                 f"{method:<22} {cap:>6} {steps:>9} {seconds:>7.2f}"
             )
+        table = full.throughput_steps
+        agree = "agree" if doubling.max_batch_size == search.max_batch_size else "differ"
         print(
             f"{'':<28} {'':>10}  doubling / probe (search): "
             f"{doubling.steps_run / max(search.steps_run, 1):.1f}x steps, "
-            f"{doubling_s / max(search_s, 1e-9):.1f}x time; "
-            f"caps {'agree' if doubling.max_batch_size == search.max_batch_size else 'differ'}"
+            f"{doubling_s / max(search_s, 1e-9):.1f}x time; with the throughput table on both "
+            f"sides: {(doubling.steps_run + table) / max(full.steps_run + table, 1):.2f}x "
+            f"steps; caps {agree}"
         )
     return 0
 

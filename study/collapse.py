@@ -14,8 +14,9 @@ budget is done, returns why the trial has collapsed (the objective then stops it
   something, however badly it generalises). A batch of 1024 on a small
   training set makes one update per epoch: after a quarter of 4 epochs it has made one
   update and is still at chance, so it is not judged;
-- **loss above its start**: the training loss of the last period is above the loss at the
-  start (at initialisation, or of the first period).
+- **loss above its start**: after at least :data:`MIN_UPDATES` updates, the training loss of
+  the last period is more than :data:`ABOVE_START` times the loss at the start (at
+  initialisation, or of the first period).
 
 A large batch that learns slowly is not collapsed: its training loss falls and its metric
 moves off chance. Nothing here imports torch.
@@ -38,6 +39,9 @@ from collections.abc import Sequence
 STILL_FALLING = 0.98
 #: Updates a trial makes before "at chance" can be told from "not started yet".
 MIN_UPDATES = 8
+#: A last period's training loss above this multiple of the start is "above its start" (a
+#: period's mean over random batches differs from the loss at initialisation by noise).
+ABOVE_START = 1.1
 
 
 def collapse_reason(
@@ -98,7 +102,7 @@ def collapse_reason(
             return (
                 f"validation {metric} {_fmt(values[-1])} at chance ({_fmt(chance_value)}) {after}"
             )
-    if start is not None and losses and losses[-1] > start:
+    if enough and start is not None and losses and losses[-1] > ABOVE_START * start:
         return f"training loss {_fmt(losses[-1])} above its start {_fmt(start)} {after}"
     return None
 

@@ -583,6 +583,11 @@ def noise_scale(argv: list[str] | None = None, prog: str = "noise_scale.py") -> 
         f"run out; training between estimates: batch {m['train_batch_size']}, lr {m['lr']}, "
         f"{m['optimizer']}"
     )
+    if task.unit != "samples":  # batch sizes count items; the task's throughput counts more
+        print(
+            f"B_simple counts samples, the items a batch size counts (one sample of "
+            f"{args.task} holds several {task.unit}; its throughput is in {task.unit}/s)"
+        )
     print(
         f"{'epoch':>5} {'B_simple (samples)':>19} {'+/- s.e.':>9} {'error':>6} {'repeats':>8} "
         f"{'stopped by':>13} {'tr(Sigma)':>11} {'|G|^2':>11}"

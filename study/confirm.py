@@ -44,7 +44,7 @@ from study.recommend import CellKey, CellStats, cell_key, cell_stats
 from study.record import ACCURACY, MetricInfo, TrialRecord, read_record, study_metric
 
 #: Share of ``--trials`` the search gets before confirmation starts (rounded up); see
-#: ``notes/C_results.md`` for the measurements behind it.
+#: ``docs/answer.md`` for the measurements behind it.
 SEARCH_FRACTION = 0.65
 #: A cell is a candidate while its mean is within ``tolerance + PLAUSIBLE_SDS * sigma`` of
 #: the best mean (sigma: pooled SD of single runs).

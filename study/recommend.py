@@ -28,7 +28,7 @@ attribute ``recommendation``):
   the cell's shortfall is within tolerance at about one standard error of margin (a
   one-sided ~84% bound for large n). The most accurate cell always qualifies, so
   ``fastest_within`` exists whenever ``most_accurate`` does, and is the same cell when
-  nothing faster is close enough. ``notes/C_results.md`` (and the
+  nothing faster is close enough. ``docs/answer.md`` (and the
   README) give the measurements behind this rule.
 * A study where no cell has ``confirm_runs`` complete runs names no winner: both are
   ``None``, ``reason`` says why and ``statement`` says so.
@@ -62,7 +62,7 @@ import optuna
 from study.record import ACCURACY, MetricInfo, TrialRecord, read_record, study_metric
 
 #: Margin, in standard errors of the difference, that ``fastest_within`` keeps below the
-#: tolerance (see the module docstring and ``notes/C_results.md``).
+#: tolerance (see the module docstring and ``docs/answer.md``).
 UNCERTAINTY_Z = 1.0
 #: Buckets of the learning-rate multiplier per octave (2: half-octave buckets).
 LR_BUCKETS_PER_OCTAVE = 2

@@ -293,11 +293,15 @@ def test_a_model_that_fits_its_training_data_is_not_called_collapsed():
 
 
 def test_a_training_loss_above_its_start_is_collapse_even_without_a_chance_level():
-    reason = collapse_reason([0.4, 0.3, 0.3], [2.2, 2.5, 2.41], 2.3, None, done=3, total=12)
-    assert reason == "training loss 2.41 above its start 2.30 after 3 of 12 epochs"
+    reason = collapse_reason([0.4, 0.3, 0.3], [2.2, 2.5, 2.61], 2.3, None, done=3, total=12)
+    assert reason == "training loss 2.61 above its start 2.30 after 3 of 12 epochs"
     # Without the loss at initialisation, the first period's loss is the start.
-    assert collapse_reason([0.4, 0.3, 0.3], [2.2, 2.5, 2.41], None, None, 3, 12, unit="evaluation")
+    assert collapse_reason([0.4, 0.3, 0.3], [2.2, 2.5, 2.61], None, None, 3, 12, unit="evaluation")
     assert collapse_reason([0.4, 0.5, 0.6], [2.2, 2.0, 1.9], None, None, 3, 12) is None
+    # Within 10% of the start is noise (a period's batches against the loss at initialisation),
+    # and a trial with few updates is not judged: batch 1024 makes one update per epoch.
+    assert collapse_reason([0.4, 0.3, 0.3], [2.2, 2.5, 2.41], 2.3, None, 3, 12) is None
+    assert collapse_reason([0.1], [2.9], 2.3, None, 1, 2, updates=1) is None
 
 
 def test_collapse_of_a_minimised_metric():
