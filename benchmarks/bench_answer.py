@@ -15,6 +15,8 @@ none of the study's training code), and prints:
   hardware-free count) and training seconds (goal: at most half).
 
     python benchmarks/bench_answer.py --task digits [--seeds 5] [--trials 50]
+    python benchmarks/bench_answer.py --save-grid g.json   # keep the grid ...
+    python benchmarks/bench_answer.py --grid-json g.json   # ... and judge another study with it
     python benchmarks/bench_answer.py --quick        # a 2-minute check of the machinery
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import json
 import math
 import statistics
 import tempfile
@@ -125,6 +128,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--tolerance", type=float, default=StudyConfig.tolerance)
     p.add_argument("--quick", action="store_true", help="tiny study and grid: checks it runs")
+    p.add_argument("--save-grid", help="write the grid's runs to this JSON file")
+    p.add_argument("--grid-json", help="read the grid from this JSON file instead of training")
     args = p.parse_args()
     if args.quick:
         args.trials, args.epochs, args.seeds = 12, 2, 2
@@ -160,8 +165,19 @@ def main() -> None:
         f"{args.seeds} seeds, {args.epochs} epochs, unpruned, plain loop"
     )
     grid_started = time.process_time()
-    cells = run_grid(task, space, config, args.seeds, print)
-    grid_cpu = time.process_time() - grid_started
+    if args.grid_json:
+        saved = json.loads(Path(args.grid_json).read_text())
+        cells = {(c["batch_size"], c["rule"]): Cell(**c) for c in saved["cells"]}
+        grid_cpu = float(saved["cpu_s"])
+    else:
+        cells = run_grid(task, space, config, args.seeds, print)
+        grid_cpu = time.process_time() - grid_started
+    if args.save_grid:
+        Path(args.save_grid).write_text(
+            json.dumps(
+                {"cpu_s": grid_cpu, "cells": [dataclasses.asdict(c) for c in cells.values()]}
+            )
+        )
     grid_runs = sum(len(c.values) for c in cells.values())
     grid_sample_epochs = grid_runs * args.epochs * train_size
     grid_seconds = sum(sum(c.seconds) for c in cells.values())

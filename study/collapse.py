@@ -10,8 +10,8 @@ budget is done, returns why the trial has collapsed (the objective then stops it
   ``band``) at the last two evaluations, after at least :data:`MIN_UPDATES` optimizer
   updates, while the training loss shows no learning: it has not fallen below half its loss
   at initialisation (where that is known) and the last period's mean is not
-  :data:`STILL_FALLING` of the period before (a model whose loss falls is learning
-  something, however badly it generalises). A batch of 1024 on a small
+  :data:`STILL_FALLING` of its value half the periods so far ago (a model whose loss falls is
+  learning something, however badly it generalises). A batch of 1024 on a small
   training set makes one update per epoch: after a quarter of 4 epochs it has made one
   update and is still at chance, so it is not judged;
 - **loss above its start**: after at least :data:`MIN_UPDATES` updates, the training loss of
@@ -35,10 +35,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-#: A period's training loss at most this fraction of the period before is still falling.
+#: A training loss at most this fraction of its value half the periods ago is still falling.
 STILL_FALLING = 0.98
 #: Updates a trial makes before "at chance" can be told from "not started yet".
-MIN_UPDATES = 8
+MIN_UPDATES = 30
 #: A last period's training loss above this multiple of the start is "above its start" (a
 #: period's mean over random batches differs from the loss at initialisation by noise).
 ABOVE_START = 1.1
@@ -97,7 +97,8 @@ def collapse_reason(
         recent = values[-2:]
         init = _finite(first_loss) if first_loss is not None else None  # not a period's mean
         fitting = init is not None and init > 0 and losses[-1] < 0.5 * init
-        learning = fitting or losses[-1] <= STILL_FALLING * losses[-2]
+        earlier = losses[(len(losses) - 1) // 2]  # half the periods so far ago
+        learning = fitting or losses[-1] <= STILL_FALLING * earlier
         if not learning and all(_at_chance(v, chance_value, direction, band) for v in recent):
             return (
                 f"validation {metric} {_fmt(values[-1])} at chance ({_fmt(chance_value)}) {after}"

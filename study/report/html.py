@@ -305,7 +305,9 @@ def _setup_table(data: ReportData) -> Table:
         if isinstance(info.get("input_shape"), list | tuple) and info["input_shape"]:
             extra += ", input " + "x".join(str(d) for d in info["input_shape"])
         rows.append(["Task", task + (f" ({extra})" if extra else "")])
-    if c.get("model") is not None:
+    if isinstance(info.get("model"), str):  # a task that builds its own model says which
+        rows.append(["Model", info["model"]])
+    elif c.get("model") is not None:
         hidden = c.get("hidden")
         rows.append(["Model", str(c["model"]) + (f" (hidden {hidden})" if hidden else "")])
     if c.get("optimizer") is not None:
