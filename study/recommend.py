@@ -518,11 +518,23 @@ def recommend_cells(
     speed = {c.key: cell_speed(c, speeds) for c in confirmed}
     reference = speed[best.key].train_time_s
     within = [c for c in confirmed if qualifies(best, c, metric, tolerance)]
-    timed = [c for c in within if speed[c.key].train_time_s is not None]
-    fast = min(timed, key=lambda c: speed[c.key].train_time_s or 0.0) if timed else best
+    timed = sorted(
+        (c for c in within if speed[c.key].train_time_s is not None),
+        key=lambda c: speed[c.key].train_time_s or 0.0,
+    )
+    # A speed-up inside the timing's spread is flagged, not used: the fastest cell whose
+    # gain over the most accurate one the timing can tell (else the most accurate itself).
+    uncertain = [
+        c for c in timed if c.key != best.key and _speed_uncertain(speed[best.key], speed[c.key])
+    ]
+    usable = [c for c in timed if c not in uncertain]
+    fast = usable[0] if usable else best
+    skipped = [c for c in uncertain if speed[c.key].train_time_s < speed[fast.key].train_time_s]
     answer["most_accurate"] = _pick(best, speed[best.key], reference, metric)
     answer["fastest_within"] = _pick(fast, speed[fast.key], reference, metric)
-    answer["fastest_within"]["speed_uncertain"] = _speed_uncertain(speed[best.key], speed[fast.key])
+    answer["fastest_within"]["speed_uncertain"] = bool(skipped)
+    if skipped:
+        answer["speed_uncertain_cells"] = [c.label for c in skipped]
     answer["statement"] = _statement(best, fast, answer, metric, tolerance, len(confirmed))
     unconfirmed_better = [
         c for c in scored if c.runs < needed and metric.better(c.val_mean or 0.0, best.val_mean)
@@ -552,6 +564,13 @@ def _statement(
     confirmed: int,
 ) -> str:
     if fast.key == best.key:
+        unsure = answer.get("speed_uncertain_cells")
+        if unsure:
+            return (
+                f"Most accurate: {_describe(best, metric)}; {', '.join(unsure)} "
+                f"{'is' if len(unsure) == 1 else 'are'} within {tolerance:g} of it but not "
+                "measurably faster (the speed-up is inside the timing's spread)."
+            )
         return (
             f"Most accurate: {_describe(best, metric)}; no faster cell of the {confirmed} "
             f"confirmed is within {tolerance:g} of it once the uncertainty is allowed for."

@@ -223,7 +223,12 @@ def test_speeds_from_a_timing_measurement_replace_the_trials_timings():
     assert fast["train_time_s_median"] == pytest.approx(1000.0 / 400)  # samples / rate
     assert fast["speedup"] == pytest.approx(4.0) and fast["speed_uncertain"] is False
     wide = {k: {**v, "spread": 5.0} for k, v in speeds.items()}
-    assert recommend_cells(cells, speeds=wide)["fastest_within"]["speed_uncertain"] is True
+    noisy = recommend_cells(cells, speeds=wide)  # a speed-up inside the spread: flagged, not used
+    assert noisy["fastest_within"]["batch_size"] == noisy["most_accurate"]["batch_size"]
+    assert noisy["fastest_within"]["speed_uncertain"] is True
+    assert set(noisy["speed_uncertain_cells"]) == {"batch 64 linear", "batch 128 linear"}
+    assert noisy["fastest_within"]["speedup"] == 1.0  # the most accurate cell, over itself
+    assert "not measurably faster" in noisy["statement"]
 
 
 def _study_with(records: list[TrialRecord], metric: MetricInfo, config: dict) -> optuna.Study:
