@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import gzip
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from torch.utils.data import TensorDataset
 
 from objectives.metrics import MSE, mse
 from objectives.models import build_model_factory
-from objectives.tasks import Task, TaskError
+from objectives.tasks import Task, TaskError, sklearn_data_files
 
 #: The two files of the diabetes data in scikit-learn's ``datasets/data`` folder.
 DIABETES_FILES = ("diabetes_data_raw.csv.gz", "diabetes_target.csv.gz")
@@ -44,12 +43,7 @@ FRACTIONS = (0.6, 0.2, 0.2)
 
 def _diabetes_files() -> tuple[Path, Path] | None:
     """scikit-learn's bundled diabetes files, found without importing scikit-learn."""
-    spec = importlib.util.find_spec("sklearn")
-    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
-        paths = tuple(Path(folder) / "datasets" / "data" / name for name in DIABETES_FILES)
-        if all(path.is_file() for path in paths):
-            return paths
-    return None
+    return sklearn_data_files(*DIABETES_FILES)
 
 
 def load_diabetes_arrays() -> tuple[np.ndarray, np.ndarray]:

@@ -149,14 +149,21 @@ def _standardised_splits(x: torch.Tensor, y: torch.Tensor, seed: int):
     ]
 
 
-def _digits_file() -> Path | None:
-    """scikit-learn's bundled ``digits.csv.gz``, found without importing scikit-learn."""
+def sklearn_data_files(*names: str) -> tuple[Path, ...] | None:
+    """Files scikit-learn ships in ``sklearn/datasets/data``, found without importing it (an
+    import costs most of a second of start-up); ``None`` unless every one is there."""
     spec = importlib.util.find_spec("sklearn")
     for folder in (spec.submodule_search_locations or []) if spec is not None else []:
-        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
-        if path.is_file():
-            return path
+        paths = tuple(Path(folder) / "datasets" / "data" / name for name in names)
+        if all(path.is_file() for path in paths):
+            return paths
     return None
+
+
+def _digits_file() -> Path | None:
+    """scikit-learn's bundled ``digits.csv.gz``."""
+    found = sklearn_data_files("digits.csv.gz")
+    return found[0] if found else None
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
