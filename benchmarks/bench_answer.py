@@ -123,6 +123,7 @@ def run_grid(task, space: dict, config: StudyConfig, seeds: int, log) -> dict[tu
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="digits")
+    p.add_argument("--model", default=StudyConfig.model, help="for built-in tasks (synthetic: mlp)")
     p.add_argument("--trials", type=int, default=50)
     p.add_argument("--epochs", type=int, default=StudyConfig.epochs)
     p.add_argument("--seeds", type=int, default=5)
@@ -137,6 +138,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-answer-"))
     config = StudyConfig(
         task=args.task,
+        model=args.model,
         trials=args.trials,
         epochs=args.epochs,
         tolerance=args.tolerance,
@@ -144,7 +146,10 @@ def main() -> None:
         artifact_dir="none",
         device="cpu",
     )
-    print(f"study: --task {args.task} --trials {args.trials} --epochs {args.epochs} (defaults)")
+    print(
+        f"study: --task {args.task} --model {args.model} --trials {args.trials} --epochs "
+        f"{args.epochs} (defaults otherwise)"
+    )
     started = time.process_time()
     result = run_study(config, out=io.StringIO())
     study_cpu = time.process_time() - started
