@@ -3,8 +3,8 @@
 Runs the study as a user would (``run_study`` with the default settings but the task), reads
 its stored ``recommendation``, then trains every cell of the study's own space (each batch
 size x scaling rule) with ``--seeds`` seeds, unpruned, for the same epochs, in a plain loop of
-its own (a shuffled DataLoader dropping the short tail, ``torch.optim`` and the task's loss;
-none of the study's training code), and prints:
+its own (tensors sliced with a shuffled index, or a DataLoader for other data, dropping the
+short tail; ``torch.optim`` and the task's loss; none of the study's training code), and prints:
 
 * the regret of ``most_accurate``: the grid's best cell mean minus the grid mean of the cell
   the study named (in the metric's units; the goal is at most 0.01, one point of accuracy);
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from objectives.backend import build_task
 from objectives.batch import call_model
@@ -62,16 +62,44 @@ class Cell:
         return statistics.median(self.seconds)
 
 
-def _loader(dataset, batch_size: int, collate, shuffle: bool, seed: int = 0) -> DataLoader:
+def _loader(dataset, batch_size: int, collate, shuffle: bool, seed: int = 0):
+    """Batches of ``dataset``: two tensors are sliced with a shuffled index (what anyone
+    training from tensors writes; a DataLoader collating item by item would time its own
+    Python overhead at large batches), anything else goes through a DataLoader. Training
+    drops the short tail, so every update is exactly ``batch_size`` samples."""
     generator = torch.Generator().manual_seed(seed)
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2 and collate is None:
+        return _TensorBatches(*dataset.tensors, batch_size, shuffle, generator)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
-        drop_last=shuffle,  # training: every update is exactly batch_size samples
+        drop_last=shuffle,
         collate_fn=collate,
         generator=generator,
     )
+
+
+@dataclasses.dataclass
+class _TensorBatches:
+    """One pass over two tensors per iteration: a new permutation each pass when shuffling."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    batch_size: int
+    shuffle: bool
+    generator: torch.Generator
+
+    def __iter__(self):
+        n = len(self.y)
+        if not self.shuffle:
+            for i in range(0, n, self.batch_size):
+                yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
+            return
+        order = torch.randperm(n, generator=self.generator)
+        for i in range(0, n - self.batch_size + 1, self.batch_size):
+            index = order[i : i + self.batch_size]
+            yield self.x[index], self.y[index]
 
 
 def _metric_mean(model, dataset, metric, collate) -> float:
