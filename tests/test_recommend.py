@@ -286,3 +286,18 @@ def test_the_stored_recommendation_keeps_its_contract():
     assert isinstance(answer["statement"], str) and answer["statement"].endswith(".")
     # the study's settings are the defaults; arguments override them
     assert recommend(study, confirm_runs=4)["most_accurate"] is None
+
+
+def test_the_report_names_the_faster_cells_left_out_for_an_uncertain_speed_up():
+    from study.report.answer import trade_off_words
+    from study.report.data import MetricText
+
+    cells = cell_stats(
+        runs(32, "linear", [0.95, 0.95, 0.95], time=10.0)
+        + runs(128, "linear", [0.95, 0.95, 0.95], time=10.0)
+    )
+    wide = {(32, 32): {"samples_per_s": 100.0, "spread": 5.0}}
+    wide[(128, 64)] = {"samples_per_s": 150.0, "spread": 5.0}
+    answer = recommend_cells(cells, speeds=wide)
+    words = trade_off_words(answer, MetricText(MetricInfo()))
+    assert "batch 128 linear" in words and "inside the timing's spread" in words

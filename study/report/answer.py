@@ -120,7 +120,11 @@ def trade_off_words(rec: dict[str, Any] | None, metric: MetricText) -> str | Non
     elif lost is not None:
         parts.append(f"no cost in mean {metric.val}")
     if fast.get("speed_uncertain"):
-        parts.append("but the timing's spread is as wide as the speedup (not confirmed)")
+        skipped = ", ".join(str(c) for c in (rec or {}).get("speed_uncertain_cells") or [])
+        parts.append(
+            f"faster cells within tolerance{f' ({skipped})' if skipped else ''} not used: "
+            "their speed-up is inside the timing's spread"
+        )
     return ", ".join(parts)
 
 
