@@ -231,7 +231,7 @@ def main() -> None:
         if cell is None:
             print(f"{key}: batch {named['batch_size']} {named['scaling_rule']} not in the grid")
             continue
-        regret = sign * (best.mean - cell.mean)
+        regret = max(0.0, sign * (best.mean - cell.mean))  # the grid best is the best
         verdict = "within" if regret <= args.tolerance else "NOT within"
         print(
             f"{key}: batch {cell.batch_size} {cell.rule}: study {named['val_mean']:.4f}, grid "
