@@ -517,43 +517,6 @@ class _StepRig:
             return None
         return units
 
-    def samples_per_s(
-        self, batch_size: int, min_steps: int, min_seconds: float = MIN_TIMED_SECONDS
-    ) -> float | None:
-        """Training samples (or the task's units, see :meth:`units`) per second (``None`` if
-        out of memory).
-
-        Runs at least ``min_steps`` steps and keeps going until ``min_seconds`` have passed
-        (at most :data:`MAX_TIMED_STEPS` steps), so that sub-millisecond steps are not timed
-        from a handful of samples; on CUDA the clock stops after a synchronise.
-        """
-        out_of_memory = False
-        try:
-            if self.on_cuda:
-                torch.cuda.synchronize(self.device)
-            started = time.perf_counter()
-            steps = 0
-            units: object = 0
-            while steps < min_steps or (
-                steps < MAX_TIMED_STEPS and time.perf_counter() - started < min_seconds
-            ):
-                x, y = self.train_step(batch_size)
-                units = units + self.units(x, y, batch_size)
-                del x, y
-                steps += 1
-            if self.on_cuda:
-                torch.cuda.synchronize(self.device)
-            elapsed = time.perf_counter() - started
-            units = float(units)
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            out_of_memory = True
-        if out_of_memory:
-            self.rebuild()
-            return None
-        return units / max(elapsed, 1e-9)
-
 
 def _copied_bytes(task: Task, placed: list) -> int:
     """Bytes of held tensors that placing the splits copied (CPU: usually none)."""
@@ -976,7 +939,7 @@ def doubling_search(
                 tries.append((size, peak))
                 if peak is None or peak > memory_budget:
                     break
-                if steps_per_trial > 1 and rig.samples_per_s(size, steps_per_trial - 1, 0) is None:
+                if steps_per_trial > 1 and rig.run_steps(size, steps_per_trial - 1) is None:
                     tries[-1] = (size, None)  # ran out of memory in the try's later steps
                     break
                 last_ok = size
