@@ -27,8 +27,13 @@ Printed per setting (over the simulated studies; "true" = by the grid's means an
   ``most_accurate`` (in the metric's units, over the answered studies);
 - ``truly within tol``: share of answered studies whose ``fastest_within`` is truly within
   ``--tolerance`` of the grid's best cell;
-- ``grid's fast cell``: share whose ``fastest_within`` is the grid's own fastest cell within
-  tolerance;
+- ``grid's fast cell``: share whose ``fastest_within`` is truly within tolerance at the batch
+  size of the grid's own fastest cell within tolerance (or a larger one): a cell's speed is
+  its batch size's, the rules change only the learning rate, so which rule of one batch size
+  times fastest in the grid is timing noise;
+- ``by its rule``: the same, against the grid's fastest cell by the study's own rule
+  (``d + z * se <= tolerance``, z = :data:`study.recommend.UNCERTAINTY_Z`) applied to the
+  grid's runs: the answer the exhaustive grid itself would give with that margin;
 - ``true speedup``: mean of (grid median time of the best cell / that of ``fastest_within``).
 
 ``--z`` lists margins of the ``fastest_within`` rule ``d + z * se <= tolerance`` to compare (the
@@ -46,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import sys
@@ -58,11 +64,13 @@ from typing import Any
 import optuna
 
 import study.confirm as confirm
+import study.recommend as recommend
 from study.config import StudyConfig
 from study.locks import NoLock
 from study.recommend import (
     UNCERTAINTY_Z,
     CellStats,
+    answer_sigma,
     cell_stats,
     qualifies,
     recommend_cells,
@@ -99,9 +107,21 @@ class Grid:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Grid:
-        """Read a saved grid; a bare ``{cell: {...}}`` object (older files) is accuracy."""
+        """Read a saved grid; a bare ``{cell: {...}}`` object (older files) is accuracy. A
+        grid saved by ``bench_answer.py --save-grid`` (a list of cells with ``values`` and
+        ``seconds``; its plain loop has no pruning, a NaN value is a diverged run) reads too."""
         if "cells" not in data:
             return cls(cells=data)
+        if isinstance(data["cells"], list):
+            cells = {
+                f"{c['batch_size']}|{c['rule']}": {
+                    "values": [v if math.isfinite(v) else None for v in c["values"]],
+                    "times": list(c["seconds"]),
+                }
+                for c in data["cells"]
+            }
+            meta = {k: v for k, v in data.items() if k not in ("cells", "metric")}
+            return cls(cells=cells, metric=MetricInfo.from_dict(data.get("metric")), meta=meta)
         meta = dict(data.get("meta") or {})
         return cls(
             cells=data["cells"], metric=MetricInfo.from_dict(meta.pop("metric", None)), meta=meta
@@ -183,10 +203,12 @@ class Truth:
     fast: str
     within: list[str]
     sd: float
+    fast_rule: str
 
 
 def grid_truth(grid: Grid, tolerance: float) -> Truth:
-    """The grid's best cell and its fastest cell truly within ``tolerance`` of it."""
+    """The grid's best cell, its fastest cell within ``tolerance`` of it by the means, and its
+    fastest cell within by the study's own rule applied to the grid's runs."""
     sign = grid.metric.sign
     mean = {k: statistics.fmean(grid.complete(k)) for k in grid.cells if grid.complete(k)}
     seconds = {k: statistics.median(t for t in grid.cells[k]["times"] if t) for k in mean}
@@ -194,7 +216,22 @@ def grid_truth(grid: Grid, tolerance: float) -> Truth:
     within = [k for k in mean if sign * (mean[best] - mean[k]) <= tolerance]
     fast = min(within, key=seconds.__getitem__)
     sds = [statistics.stdev(grid.complete(k)) for k in mean if len(grid.complete(k)) >= 2]
-    return Truth(mean, seconds, best, fast, within, statistics.fmean(sds) if sds else 0.0)
+
+    def welch_var(k: str) -> float:
+        runs = grid.complete(k)
+        return statistics.variance(runs) / len(runs) if len(runs) >= 2 else 0.0
+
+    by_rule = [
+        k
+        for k in within
+        if sign * (mean[best] - mean[k]) + UNCERTAINTY_Z * (welch_var(best) + welch_var(k)) ** 0.5
+        <= tolerance
+        or k == best
+    ]
+    fast_rule = min(by_rule, key=seconds.__getitem__)
+    return Truth(
+        mean, seconds, best, fast, within, statistics.fmean(sds) if sds else 0.0, fast_rule
+    )
 
 
 @dataclass
@@ -203,13 +240,18 @@ class Outcome:
     speedup)."""
 
     regret: float | None = None
-    picks: dict[float, tuple[bool, bool, float]] = field(default_factory=dict)
+    trials_to_confirm: int = 0
+    picks: dict[float, tuple[bool, bool, bool, float]] = field(default_factory=dict)
 
 
 def _key(cell: CellStats | dict[str, Any]) -> str:
     if isinstance(cell, dict):
         return f"{cell['batch_size']}|{cell['scaling_rule']}"
     return f"{cell.batch_size}|{cell.scaling_rule}"
+
+
+def _batch(key: str) -> int:
+    return int(key.split("|")[0])
 
 
 def simulate(
@@ -268,14 +310,18 @@ def simulate(
     outcome = Outcome(regret=sign * (true[truth.best] - true[_key(answer["most_accurate"])]))
     confirmed = [c for c in cells if c.runs >= answer["confirm_runs"]]
     best = max(confirmed, key=lambda c: (sign * (c.val_mean or 0.0), c.runs))
+    sigma = answer_sigma(confirmed)
+    outcome.trials_to_confirm = sum(c.confirm_runs for c in cells)
     for z in zs:
-        ok = [c for c in confirmed if qualifies(best, c, metric, tolerance, z=z)]
+        ok = [c for c in confirmed if qualifies(best, c, metric, tolerance, z=z, sigma=sigma)]
         fast = _key(min(ok, key=lambda c: c.train_time_s_median or 0.0))
         if z == UNCERTAINTY_Z and fast != _key(answer["fastest_within"]):
             raise AssertionError(f"z={z}: {fast} but recommend_cells names the other cell")
+        within = sign * (true[truth.best] - true[fast]) <= tolerance
         outcome.picks[z] = (
-            sign * (true[truth.best] - true[fast]) <= tolerance,
-            fast == truth.fast,
+            within,
+            within and _batch(fast) >= _batch(truth.fast),
+            within and _batch(fast) >= _batch(truth.fast_rule),
             truth.time[truth.best] / truth.time[fast],
         )
     return outcome
@@ -283,7 +329,7 @@ def simulate(
 
 HEADER = (
     f"{'search share':>12} {'total':>5} {'z':>4} {'answered':>8} {'regret mean / max':>17} "
-    f"{'truly within tol':>16} {'grid fast cell':>14} {'true speedup':>12}"
+    f"{'truly within tol':>16} {'grid fast cell':>14} {'by its rule':>11} {'true speedup':>12}"
 )
 
 
@@ -300,10 +346,11 @@ def table_rows(share: float, total: int, outcomes: Sequence[Outcome], zs: Sequen
     for z in zs:
         within = statistics.fmean(o.picks[z][0] for o in answered)
         right = statistics.fmean(o.picks[z][1] for o in answered)
-        speedup = statistics.fmean(o.picks[z][2] for o in answered)
+        by_rule = statistics.fmean(o.picks[z][2] for o in answered)
+        speedup = statistics.fmean(o.picks[z][3] for o in answered)
         rows.append(
             f"{label:>12} {total:>5} {z:>4g} {rate:>8} {regret:>17} {within:>16.2f} "
-            f"{right:>14.2f} {speedup:>12.2f}"
+            f"{right:>14.2f} {by_rule:>11.2f} {speedup:>12.2f}"
         )
     return rows
 
@@ -338,6 +385,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--z", default=f"{UNCERTAINTY_Z:g}", help="fastest_within margins to compare, in se"
     )
     parser.add_argument("--plausible-sds", type=float, help="set study.confirm.PLAUSIBLE_SDS")
+    parser.add_argument(
+        "--se-method", choices=("welch", "pooled"), help="set study.recommend.SE_METHOD"
+    )
+    parser.add_argument(
+        "--max-runs-factor", type=int, help="set study.confirm.MAX_RUNS_FACTOR (1: no extra runs)"
+    )
+    parser.add_argument(
+        "--strategy", choices=("sequential", "all"), help="set study.confirm.STRATEGY"
+    )
     parser.add_argument("--grid-json", type=Path, help="reuse a grid saved by --save-grid")
     parser.add_argument("--save-grid", type=Path, help="write the measured grid here (JSON)")
     parser.add_argument("--quick", action="store_true", help="tiny grid, 5 studies: < 1 minute")
@@ -353,6 +409,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if args.plausible_sds is not None:
         confirm.PLAUSIBLE_SDS = args.plausible_sds
+    if args.strategy is not None:
+        confirm.STRATEGY = args.strategy
+    if args.se_method is not None:
+        recommend.SE_METHOD = args.se_method
+    if args.max_runs_factor is not None:
+        confirm.MAX_RUNS_FACTOR = args.max_runs_factor
     start = time.perf_counter()
     if args.grid_json is not None:
         grid = Grid.from_json(json.loads(args.grid_json.read_text()))
@@ -376,12 +438,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"truth: best {truth.best} {truth.mean[truth.best]:.4f} ({truth.time[truth.best]:.2f} s); "
         f"fastest within {args.tolerance:g}: {truth.fast} {truth.mean[truth.fast]:.4f} "
         f"({truth.time[truth.fast]:.2f} s, {speedup:.2f}x); {len(truth.within)} of "
-        f"{len(truth.mean)} cells within; mean within-cell SD {truth.sd:.4f}"
+        f"{len(truth.mean)} cells within; mean within-cell SD {truth.sd:.4f}; by the study's "
+        f"rule on the grid's runs: {truth.fast_rule} "
+        f"({truth.time[truth.best] / truth.time[truth.fast_rule]:.2f}x)"
     )
     zs = _floats(args.z)
     print(
         f"{args.studies} simulated studies per setting; tolerance {args.tolerance:g}, "
         f"confirm runs {args.confirm_runs}, PLAUSIBLE_SDS {confirm.PLAUSIBLE_SDS:g}, "
+        f"SE_METHOD {recommend.SE_METHOD}, MAX_RUNS_FACTOR {confirm.MAX_RUNS_FACTOR}, "
+        f"STRATEGY {confirm.STRATEGY}, "
         f"fastest_within: d + z se <= tolerance (the study's z = {UNCERTAINTY_Z:g}); "
         "* = no confirmation"
     )

@@ -4,20 +4,32 @@ A study's ``--trials`` budget is split. The first :attr:`ConfirmPlan.search_budg
 (``SEARCH_FRACTION`` of the budget, rounded up; with ``--sampler grid`` at least the whole
 grid) are the **search**: the sampler chooses them
 and the pruner may stop them. Every later claim first asks :func:`next_confirm` whether a
-**candidate cell** still needs runs; if one does, the claim enqueues a **confirmation** trial
+cell still needs runs (below); if one does, the claim enqueues a **confirmation** trial
 of that cell (fixed parameters, user attribute ``phase = "confirm"``, a fresh seed from its
 own trial number, never pruned) and runs it; otherwise it runs one more search trial. So the
 confirmation phase lasts as long as there is something to confirm, and what is left of the
 budget goes back to the search (whose new finds may become candidates in turn).
 
-**Candidates** (:func:`confirm_order`), re-planned at every claim from the complete trials:
-the cells whose mean is *plausibly within tolerance of the best mean*, i.e. at most
-``tolerance + PLAUSIBLE_SDS * sigma`` below it, where ``sigma`` is the pooled within-cell SD
-of single runs (``FALLBACK_SIGMA_TOLERANCES * tolerance`` before any cell has two runs).
-They are taken alternately by estimated mean (best first) and by median training time
-(fastest first): the most accurate cell and the fastest plausible one are confirmed first,
-which is what the answer (:mod:`study.recommend`) names. A candidate needs runs until it has
-``confirm_runs`` complete ones, counting those still running or queued.
+**What is confirmed** (:func:`next_confirm`), re-planned at every claim from the complete
+trials, in this order:
+
+1. the cell with the best mean so far, until it has ``confirm_runs`` runs (when it falls
+   behind after its new runs, the new leader is next: the winner's curse is paid here);
+2. the speed side (:func:`fastest_open`): the *plausible* cells, those whose mean is at most
+   ``tolerance + PLAUSIBLE_SDS * sigma`` behind the best mean (``sigma``: the pooled
+   within-cell SD of single runs, ``FALLBACK_SIGMA_TOLERANCES * tolerance`` before any cell
+   has two runs; :func:`confirm_order`), taken fastest first (median training time) until one
+   settles the answer. A plausible cell gets ``confirm_runs`` runs; then, against the most
+   accurate confirmed cell, it either qualifies (``d + z * se <= tolerance``, the answer's
+   rule: nothing slower needs runs), is ruled out (``d - z * se >= tolerance``: the next
+   slower cell is looked at) or is undecided: then it and the most accurate cell take turns
+   at more runs, up to ``MAX_RUNS_FACTOR * confirm_runs`` each, before it is passed.
+
+So runs go to the two cells the answer names and to the fast cells that might beat the
+current pick, not to plausible cells slower than the answer. A cell needs runs until it has
+enough complete ones counting those still running or queued. ``STRATEGY = "all"`` restores
+the earlier plan (every plausible cell to ``confirm_runs``, best and fastest alternately) for
+``benchmarks/bench_confirm.py``, which measured both (``docs/answer.md``).
 
 Confirmation trials are ordinary trials: the exact budget, resume, workers and the dashboard
 treat them as any other. Enqueueing happens inside the budget's claim, under the storage lock
@@ -40,7 +52,16 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from study.recommend import CellKey, CellStats, cell_key, cell_stats
+from study.recommend import (
+    UNCERTAINTY_Z,
+    CellKey,
+    CellStats,
+    answer_sigma,
+    cell_key,
+    cell_stats,
+    pooled_sd,
+    shortfall,
+)
 from study.record import ACCURACY, MetricInfo, TrialRecord, read_record, study_metric
 
 #: Share of ``--trials`` the search gets before confirmation starts (rounded up); see
@@ -51,6 +72,14 @@ SEARCH_FRACTION = 0.65
 PLAUSIBLE_SDS = 2.0
 #: ``sigma`` in tolerances while no cell has two complete runs.
 FALLBACK_SIGMA_TOLERANCES = 2.0
+#: An undecided fast cell (and the most accurate cell beside it) gets more runs, up to
+#: ``MAX_RUNS_FACTOR * confirm_runs`` (1: no extra runs); see :func:`undecided`.
+MAX_RUNS_FACTOR = 2
+#: How confirmation runs are chosen: ``"sequential"`` (the best cell, then the plausible cells
+#: fastest first until one settles the answer; :func:`next_confirm`) or ``"all"`` (every
+#: plausible cell to ``confirm_runs``, as studies did before; kept for
+#: ``benchmarks/bench_confirm.py``).
+STRATEGY = "sequential"
 #: User attribute values of the two phases.
 SEARCH, CONFIRM = "search", "confirm"
 
@@ -137,14 +166,6 @@ class ConfirmPlan:
         return attrs
 
 
-def pooled_sd(cells: Sequence[CellStats]) -> float | None:
-    """The pooled within-cell SD of single runs (cells with 2+ runs), or ``None``."""
-    dof = sum(c.runs - 1 for c in cells if c.runs >= 2)
-    if dof == 0:
-        return None
-    return math.sqrt(sum((c.runs - 1) * (c.val_sd or 0.0) ** 2 for c in cells if c.runs >= 2) / dof)
-
-
 def confirm_order(
     cells: Sequence[CellStats], metric: MetricInfo, tolerance: float
 ) -> list[CellStats]:
@@ -193,9 +214,66 @@ def next_confirm(plan: ConfirmPlan, records: Sequence[TrialRecord]) -> CellKey |
             key = cell_key(r, plan.lr_search_width)
             if key is not None:
                 pending[key] += 1
-    for cell in confirm_order(cells, plan.metric, plan.tolerance):
-        if cell.runs + pending[cell.key] < plan.confirm_runs:
-            return cell.key
+    if STRATEGY == "all":
+        for cell in confirm_order(cells, plan.metric, plan.tolerance):
+            if cell.runs + pending[cell.key] < plan.confirm_runs:
+                return cell.key
+        return None
+    return _top_needs_runs(cells, plan, pending) or fastest_open(cells, plan, pending)
+
+
+def _top_needs_runs(
+    cells: Sequence[CellStats], plan: ConfirmPlan, pending: Counter[CellKey]
+) -> CellKey | None:
+    """The cell with the best mean so far, while it has fewer than ``confirm_runs`` runs
+    (counting queued and running ones)."""
+    scored = [c for c in cells if c.runs > 0 and c.val_mean is not None]
+    if not scored:
+        return None
+    top = max(scored, key=lambda c: (plan.metric.sign * (c.val_mean or 0.0), c.runs))
+    return top.key if top.runs + pending[top.key] < plan.confirm_runs else None
+
+
+def fastest_open(
+    cells: Sequence[CellStats], plan: ConfirmPlan, pending: Counter[CellKey]
+) -> CellKey | None:
+    """The next run the speed side of the answer needs, or ``None``.
+
+    Walks the plausible cells (see :func:`confirm_order`) fastest first (median training
+    time) and stops at the first that settles the question: the cell with the best mean, the
+    most accurate confirmed cell, or a confirmed cell that qualifies (``d + z * se <=
+    tolerance`` against the most accurate confirmed cell). On the way, a cell with fewer than
+    ``confirm_runs`` runs gets one (``None`` while its runs are queued or running); a
+    confirmed cell that is ruled out (``d - z * se >= tolerance``) is passed; an undecided one
+    gets more runs, it and the most accurate cell taking turns (the one with fewer runs
+    first, the cell on a tie), each up to ``MAX_RUNS_FACTOR * confirm_runs``, then is
+    passed. Cells slower than the answer never get confirmation runs.
+    """
+    plausible = confirm_order(cells, plan.metric, plan.tolerance)
+    if not plausible:
+        return None
+    sign = plan.metric.sign
+    top = max(plausible, key=lambda c: (sign * (c.val_mean or 0.0), c.runs))
+    confirmed = [c for c in plausible if c.runs >= plan.confirm_runs]
+    best = max(confirmed, key=lambda c: (sign * (c.val_mean or 0.0), c.runs), default=None)
+    cap = max(plan.confirm_runs, MAX_RUNS_FACTOR * plan.confirm_runs)
+    sigma = answer_sigma(confirmed)
+    for cell in sorted(plausible, key=lambda c: c.train_time_s_median or math.inf):
+        if cell.key == top.key or (best is not None and cell.key == best.key):
+            return None
+        if cell.runs < plan.confirm_runs:
+            return cell.key if cell.runs + pending[cell.key] < plan.confirm_runs else None
+        if best is None:
+            return None  # nothing to compare with until the best cell is confirmed
+        d, se = shortfall(best, cell, plan.metric, sigma)
+        if d + UNCERTAINTY_Z * se <= plan.tolerance:
+            return None
+        if d - UNCERTAINTY_Z * se >= plan.tolerance:
+            continue
+        runs = {c.key: c.runs + pending[c.key] for c in (cell, best)}
+        for choice in sorted((cell, best), key=lambda c: runs[c.key]):
+            if runs[choice.key] < cap:
+                return choice.key
     return None
 
 

@@ -64,6 +64,10 @@ from study.record import ACCURACY, MetricInfo, TrialRecord, read_record, study_m
 #: Margin, in standard errors of the difference, that ``fastest_within`` keeps below the
 #: tolerance (see the module docstring and ``docs/answer.md``).
 UNCERTAINTY_Z = 1.0
+#: How the standard error of a shortfall is estimated: ``"welch"`` (each cell's own SD) or
+#: ``"pooled"`` (one single-run SD pooled over the confirmed cells; measured worse where cells
+#: differ in spread, ``docs/answer.md``; kept for ``benchmarks/bench_confirm.py``).
+SE_METHOD = "welch"
 #: Buckets of the learning-rate multiplier per octave (2: half-octave buckets).
 LR_BUCKETS_PER_OCTAVE = 2
 #: Default ``confirm_runs`` and ``tolerance`` of studies whose config stores none.
@@ -395,15 +399,34 @@ def _rate(measured: Mapping[str, Any]) -> float | None:
     return None
 
 
-def shortfall(best: CellStats, cell: CellStats, metric: MetricInfo) -> tuple[float, float]:
+def pooled_sd(cells: Sequence[CellStats]) -> float | None:
+    """The pooled within-cell SD of single runs over ``cells`` with 2+ runs, or ``None``."""
+    dof = sum(c.runs - 1 for c in cells if c.runs >= 2)
+    if dof == 0:
+        return None
+    return math.sqrt(sum((c.runs - 1) * (c.val_sd or 0.0) ** 2 for c in cells if c.runs >= 2) / dof)
+
+
+def answer_sigma(confirmed: Sequence[CellStats]) -> float | None:
+    """The single-run SD the answer's standard errors use (``SE_METHOD``): the pooled SD of
+    the confirmed cells, or ``None`` for each cell's own SD (Welch)."""
+    return pooled_sd(confirmed) if SE_METHOD != "welch" else None
+
+
+def shortfall(
+    best: CellStats, cell: CellStats, metric: MetricInfo, sigma: float | None = None
+) -> tuple[float, float]:
     """``(d, se)``: how much worse ``cell``'s mean is than ``best``'s (in the metric's units,
-    positive = worse) and Welch's standard error of that difference."""
+    positive = worse) and the standard error of that difference: ``sigma * sqrt(1/n_best +
+    1/n_cell)`` with a pooled single-run SD ``sigma``, else Welch's from each cell's own SD."""
     d = metric.sign * ((best.val_mean or 0.0) - (cell.val_mean or 0.0))
     var = 0.0
     for c in (best, cell):
         if c.runs >= 2 and c.val_sd is not None:
             var += c.val_sd**2 / c.runs
-    return d, math.sqrt(var)
+    if sigma is None:
+        return d, math.sqrt(var)
+    return d, sigma * math.sqrt(1 / max(1, best.runs) + 1 / max(1, cell.runs))
 
 
 def qualifies(
@@ -412,12 +435,13 @@ def qualifies(
     metric: MetricInfo,
     tolerance: float,
     z: float = UNCERTAINTY_Z,
+    sigma: float | None = None,
 ) -> bool:
     """Whether ``cell`` is within ``tolerance`` of ``best`` allowing for the uncertainty:
     ``d + z * se <= tolerance`` (see :func:`shortfall`). The best cell itself always does."""
     if cell.key == best.key:
         return True
-    d, se = shortfall(best, cell, metric)
+    d, se = shortfall(best, cell, metric, sigma)
     return d + z * se <= tolerance
 
 
@@ -517,7 +541,8 @@ def recommend_cells(
     best = max(confirmed, key=lambda c: (metric.sign * (c.val_mean or 0.0), c.runs))
     speed = {c.key: cell_speed(c, speeds) for c in confirmed}
     reference = speed[best.key].train_time_s
-    within = [c for c in confirmed if qualifies(best, c, metric, tolerance)]
+    sigma = answer_sigma(confirmed)
+    within = [c for c in confirmed if qualifies(best, c, metric, tolerance, sigma=sigma)]
     timed = sorted(
         (c for c in within if speed[c.key].train_time_s is not None),
         key=lambda c: speed[c.key].train_time_s or 0.0,

@@ -56,19 +56,42 @@ def test_candidates_alternate_the_best_and_the_fastest_plausible_cells():
     assert [c.batch_size for c in confirm_order(cells, mse, tolerance=0.01)] == [128]
 
 
-def test_next_confirm_waits_for_the_search_then_counts_running_and_queued_runs():
+def test_next_confirm_waits_for_the_search_then_confirms_the_best_and_the_fastest_plausible():
     plan = ConfirmPlan(total=10, confirm_runs=3, tolerance=0.01)  # search: 7 trials
     records = [record(b, ACCURACY[b]) for b in BATCHES[:5]] + [record(16, 0.958)]
     assert next_confirm(plan, records) is None  # 6 search trials so far
     records.append(record(128, 0.9))
-    assert next_confirm(plan, records) == CellKey(8, "linear")
+    assert next_confirm(plan, records) == CellKey(8, "linear")  # the best mean first
     records += [record(8, None, "RUNNING", phase=CONFIRM), record(8, None, "WAITING")]
-    assert next_confirm(plan, records) == CellKey(32, "linear")  # 8 has 1 + 2 pending
-    records += [record(32, 0.955, phase=CONFIRM), record(32, 0.956, phase=CONFIRM)]
+    # 8 has 1 + 2 pending; plausible (within 0.01 + 2 sigma of 0.96): 8, 16, 32; 32 is fastest
+    assert next_confirm(plan, records) == CellKey(32, "linear")
+    records += [record(32, None, "RUNNING", phase=CONFIRM)]
+    assert next_confirm(plan, records) == CellKey(32, "linear")  # 1 + 1 pending
+    records[-1] = record(32, 0.955, phase=CONFIRM)
+    records.append(record(32, 0.956, phase=CONFIRM))
     records.append(record(16, None, "FAIL", phase=CONFIRM))  # a failed attempt is no run
+    assert next_confirm(plan, records) is None  # nothing to compare 32 with until 8 is confirmed
+    records[7:9] = [record(8, 0.96, phase=CONFIRM), record(8, 0.961, phase=CONFIRM)]
+    # 32 is 0.005 behind with a small se: it qualifies, so batch 16 (slower) is never confirmed
+    assert next_confirm(plan, records) is None
+
+
+def test_an_undecided_fast_cell_and_the_best_take_turns_up_to_the_cap():
+    plan = ConfirmPlan(total=10, confirm_runs=3, tolerance=0.01)
+    best = [record(8, v) for v in (0.96, 0.97, 0.95)]
+    records = best + [record(32, v) for v in (0.955, 0.945, 0.95)] + [record(16, 0.962)]
+    # d(32) = 0.01, se = sqrt(0.01^2 / 3 + 0.005^2 / 3) = 0.0065: could go either way
+    assert next_confirm(plan, records) == CellKey(16, "linear")  # 16 has the best mean
+    records += [record(16, v) for v in (0.94, 0.948)]  # 16 falls to 0.95, confirmed
+    assert next_confirm(plan, records) == CellKey(32, "linear")  # 3 runs each: the cell first
+    records.append(record(32, None, "RUNNING", phase=CONFIRM))
+    assert next_confirm(plan, records) == CellKey(8, "linear")  # then the best
+    records += [record(8, None, "WAITING")] + [record(32, 0.95), record(8, 0.96)] * 2
+    # 6 runs each (the cap, 2 x 3) with 32 still undecided (d 0.01, se 0.0035): pass it to
+    # the next slower plausible cell, 16 (d 0.01, se 0.007), which has fewer runs than 8
     assert next_confirm(plan, records) == CellKey(16, "linear")
-    records.append(record(16, 0.957, phase=CONFIRM))
-    assert next_confirm(plan, records) is None  # every candidate has its 3 runs: search
+    records += [record(16, 0.975)] * 3  # 16 now has the best mean, 32 its cap: nothing open
+    assert next_confirm(plan, records) is None
 
 
 def test_lr_search_confirms_at_the_bucket_centre():

@@ -17,6 +17,7 @@ from study.recommend import (
     mean_ci95,
     recommend,
     recommend_cells,
+    shortfall,
     store_recommendation,
     t975,
 )
@@ -181,6 +182,18 @@ def test_fastest_within_allows_for_the_uncertainty():
     fast_once = runs(1024, "linear", [0.951], time=0.5)
     answer = recommend_cells(cell_stats(best + tight + fast_once), tolerance=0.01)
     assert answer["fastest_within"]["batch_size"] == 512
+
+
+def test_the_shortfall_se_is_welchs_or_from_a_pooled_sd():
+    best = cell_stats(runs(16, "linear", [0.95, 0.96, 0.97]))[0]  # sd 0.01, 3 runs
+    cell = cell_stats(runs(64, "linear", [0.94, 0.945, 0.95, 0.955]))[0]  # sd 0.00645, 4 runs
+    d, se = shortfall(best, cell, MetricInfo())
+    assert d == pytest.approx(0.0125)
+    assert se == pytest.approx(math.sqrt(0.01**2 / 3 + cell.val_sd**2 / 4))
+    d, se = shortfall(best, cell, MetricInfo(), sigma=0.02)
+    assert se == pytest.approx(0.02 * math.sqrt(1 / 3 + 1 / 4))
+    # a minimised metric: the cell 0.0125 lower is 0.0125 better, a negative shortfall
+    assert shortfall(best, cell, MSE)[0] == pytest.approx(-0.0125)
 
 
 def test_test_metric_is_shown_but_never_chooses():
