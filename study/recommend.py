@@ -560,6 +560,9 @@ def recommend_cells(
     answer["fastest_within"]["speed_uncertain"] = bool(skipped)
     if skipped:
         answer["speed_uncertain_cells"] = [c.label for c in skipped]
+    open_ = _undecided_faster(confirmed, best, fast, speed, metric, tolerance, sigma)
+    if open_:
+        answer["undecided_faster"] = open_
     answer["statement"] = _statement(best, fast, answer, metric, tolerance, len(confirmed))
     unconfirmed_better = [
         c for c in scored if c.runs < needed and metric.better(c.val_mean or 0.0, best.val_mean)
@@ -569,6 +572,32 @@ def recommend_cells(
             {"cell": c.label, "val_mean": c.val_mean, "runs": c.runs} for c in unconfirmed_better
         ]
     return answer
+
+
+def _undecided_faster(
+    confirmed: Sequence[CellStats],
+    best: CellStats,
+    fast: CellStats,
+    speed: Mapping[CellKey, Speed],
+    metric: MetricInfo,
+    tolerance: float,
+    sigma: float | None,
+) -> list[dict[str, Any]]:
+    """Confirmed cells faster than ``fast`` that neither qualify nor are ruled out
+    (``d - z * se < tolerance < d + z * se``): the runs so far cannot tell, more would."""
+    limit = speed[fast.key].train_time_s
+    if limit is None:
+        return []
+    found: list[tuple[float, dict[str, Any]]] = []
+    for cell in confirmed:
+        seconds = speed[cell.key].train_time_s
+        if cell.key == best.key or seconds is None or seconds >= limit:
+            continue
+        d, se = shortfall(best, cell, metric, sigma)
+        if d + UNCERTAINTY_Z * se > tolerance > d - UNCERTAINTY_Z * se:
+            entry = {"cell": cell.label, "shortfall": d, "se": se, "runs": cell.runs}
+            found.append((seconds, entry))
+    return [entry for _, entry in sorted(found, key=lambda pair: pair[0])]
 
 
 def _speed_uncertain(best: Speed, fast: Speed) -> bool:
@@ -581,6 +610,34 @@ def _speed_uncertain(best: Speed, fast: Speed) -> bool:
 
 
 def _statement(
+    best: CellStats,
+    fast: CellStats,
+    answer: dict[str, Any],
+    metric: MetricInfo,
+    tolerance: float,
+    confirmed: int,
+) -> str:
+    return _choice(best, fast, answer, metric, tolerance, confirmed) + _undecided_words(
+        answer, tolerance
+    )
+
+
+def _undecided_words(answer: Mapping[str, Any], tolerance: float) -> str:
+    """`` Faster, not yet decided: ...`` for the cells more runs could still qualify."""
+    entries = answer.get("undecided_faster") or []
+    if not entries:
+        return ""
+    shown = "; ".join(
+        f"{e['cell']} ({e['shortfall']:.2g} ± {e['se']:.2g} behind, {e['runs']} runs)"
+        for e in entries
+    )
+    return (
+        f" Faster and not yet decided (could be within {tolerance:g} or not): {shown}; more "
+        "--trials would settle it."
+    )
+
+
+def _choice(
     best: CellStats,
     fast: CellStats,
     answer: dict[str, Any],

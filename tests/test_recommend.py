@@ -196,6 +196,24 @@ def test_the_shortfall_se_is_welchs_or_from_a_pooled_sd():
     assert shortfall(best, cell, MSE)[0] == pytest.approx(-0.0125)
 
 
+def test_faster_cells_the_runs_cannot_decide_are_named_with_their_shortfall():
+    best = runs(16, "linear", [0.95, 0.96, 0.97], time=12.0)
+    undecided = runs(512, "linear", [0.93, 0.945, 0.96], time=1.0)  # 0.015 +- 0.0104 behind
+    ruled_out = runs(1024, "linear", [0.90, 0.905, 0.91], time=0.5)  # 0.06 +- 0.006: out
+    answer = recommend_cells(cell_stats(best + undecided + ruled_out), tolerance=0.01)
+    assert answer["fastest_within"]["batch_size"] == 16
+    [entry] = answer["undecided_faster"]
+    assert entry["cell"] == "batch 512 linear" and entry["runs"] == 3
+    assert entry["shortfall"] == pytest.approx(0.015)
+    assert entry["se"] == pytest.approx(math.sqrt((0.01**2 + 0.015**2) / 3))
+    assert "not yet decided" in answer["statement"] and "batch 512 linear" in answer["statement"]
+    assert "1024" not in answer["statement"]
+    # a faster cell that qualifies leaves nothing open
+    sure = runs(512, "linear", [0.955, 0.956, 0.957], time=1.0)
+    answer = recommend_cells(cell_stats(best + sure), tolerance=0.01)
+    assert "undecided_faster" not in answer and "not yet decided" not in answer["statement"]
+
+
 def test_test_metric_is_shown_but_never_chooses():
     cells = cell_stats(
         runs(32, "linear", [0.96, 0.96, 0.96], test=0.80)
