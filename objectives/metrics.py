@@ -59,14 +59,17 @@ class Metric:
         name: Letters, digits and underscores, starting with a letter (``accuracy``, ``mse``).
         direction: ``"maximize"`` or ``"minimize"``.
         fn: ``fn(outputs, targets)`` -> one value per sample, shape ``[n]``.
+        bounds: ``(lower, upper)`` the metric cannot leave (``None`` for an open side), or
+            ``None``: intervals are clipped to them (accuracy: ``(0, 1)``; MSE: ``(0, None)``).
 
     Raises:
-        ValueError: a bad name or direction, or ``fn`` not callable.
+        ValueError: a bad name, direction or bounds, or ``fn`` not callable.
     """
 
     name: str
     direction: str
     fn: Callable[[object, object], torch.Tensor]
+    bounds: tuple[float | None, float | None] | None = None
 
     def __post_init__(self) -> None:
         problem = metric_problem(self)
@@ -87,7 +90,23 @@ def metric_problem(metric: object) -> str:
         return f"metric {name!r}: direction {direction!r} must be 'maximize' or 'minimize'"
     if not callable(getattr(metric, "fn", None)):
         return f"metric {name!r}: fn must be callable as fn(outputs, targets) -> [n]"
+    bounds = getattr(metric, "bounds", None)
+    if bounds is not None and not bounds_ok(bounds):
+        return (
+            f"metric {name!r}: bounds {bounds!r} must be (lower, upper) numbers or None with "
+            "lower < upper, e.g. (0, 1)"
+        )
     return ""
+
+
+def bounds_ok(bounds: object) -> bool:
+    """Whether ``bounds`` is ``(lower, upper)``, each a number or ``None``, lower < upper."""
+    if not isinstance(bounds, tuple | list) or len(bounds) != 2:
+        return False
+    if not all(b is None or (isinstance(b, int | float) and math.isfinite(b)) for b in bounds):
+        return False
+    lower, upper = bounds
+    return lower is None or upper is None or lower < upper
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
@@ -157,8 +176,8 @@ def bits_per_char(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 #: Fraction right (the default metric), maximised.
-ACCURACY = Metric("accuracy", "maximize", accuracy)
+ACCURACY = Metric("accuracy", "maximize", accuracy, bounds=(0.0, 1.0))
 #: Mean squared error, minimised.
-MSE = Metric("mse", "minimize", mse)
+MSE = Metric("mse", "minimize", mse, bounds=(0.0, None))
 #: Validation bits per character of a character-level language model, minimised.
-BITS_PER_CHAR = Metric("bits_per_char", "minimize", bits_per_char)
+BITS_PER_CHAR = Metric("bits_per_char", "minimize", bits_per_char, bounds=(0.0, None))

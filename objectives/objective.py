@@ -61,6 +61,7 @@ from objectives.train import (
 )
 from study.collapse import chance_accuracy, collapse_reason
 from study.config import StudyConfig
+from study.record import ACCURACY as ACCURACY_INFO
 from study.record import MetricInfo, OutOfMemory, TrialRecord, write_record
 from study.scaling import scaled_lr
 from study.space import BatchSpace
@@ -75,8 +76,9 @@ def task_metric(task: Task) -> MetricInfo:
     metric = getattr(task, "metric", None)
     unit = getattr(task, "unit", None) or "samples"
     if metric is None:
-        return MetricInfo(unit=unit)
-    return MetricInfo(metric.name, metric.direction, unit)
+        return dataclasses.replace(ACCURACY_INFO, unit=unit)
+    bounds = getattr(metric, "bounds", None)
+    return MetricInfo(metric.name, metric.direction, unit, tuple(bounds) if bounds else None)
 
 
 class Collapsed(RuntimeError):

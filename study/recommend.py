@@ -11,8 +11,8 @@ Per cell (:func:`cell_stats`): complete runs, the validation metric's mean, SD a
 interval, the test mean (shown, never used to choose), medians of training time and
 throughput, the peak memory, the micro-batch/accumulation split, the learning rate, and the
 pruned and diverged counts. The interval is Student's t: ``mean +- t(0.975, n-1) * sd /
-sqrt(n)``; with n = 1 there is none (``None``). Runs of a cell are assumed independent
-(each trial has its own seed).
+sqrt(n)``, clipped to the metric's bounds (accuracy stays within 0-1); with n = 1 there is
+none (``None``). Runs of a cell are assumed independent (each trial has its own seed).
 
 **The answer** (:func:`recommend`, stored by :func:`store_recommendation` as the study user
 attribute ``recommendation``):
@@ -256,12 +256,14 @@ def _mode(values: Sequence[int | None]) -> int | None:
     return Counter(present).most_common(1)[0][0] if present else None
 
 
-def _stats(key: CellKey, records: Sequence[TrialRecord]) -> CellStats:
+def _stats(key: CellKey, records: Sequence[TrialRecord], metric: MetricInfo) -> CellStats:
     complete = [r for r in records if r.state == "COMPLETE" and r.val_metric is not None]
     values = tuple(float(r.val_metric) for r in complete)  # type: ignore[arg-type]
     mean = sd = ci = None
     if values:
         mean, sd, ci = mean_ci95(values)
+        if ci is not None:
+            ci = metric.clip(*ci)
     tests = [r.test_metric for r in complete if r.test_metric is not None]
     samples = [
         r.train_time_s * r.samples_per_s
@@ -306,11 +308,10 @@ def cell_stats(
 
     Args:
         records: The study's records (:func:`study.record.read_record`).
-        metric: The study's metric (kept for symmetry with the rankings; the statistics do
-            not depend on its direction).
+        metric: The study's metric: its bounds clip the intervals (a t-interval of few
+            runs can pass 100% accuracy); the statistics do not depend on its direction.
         lr_search_width: The study's ``--lr-search-width``: above 1, cells split by LR bucket.
     """
-    del metric  # the statistics are direction-free; rankings take the metric
     groups: dict[CellKey, list[TrialRecord]] = {}
     for record in records:
         if record.state not in ("COMPLETE", "PRUNED"):
@@ -322,7 +323,7 @@ def cell_stats(
         groups,
         key=lambda k: (k.batch_size, k.scaling_rule, k.lr_bucket if k.lr_bucket else 0.0),
     )
-    return [_stats(key, groups[key]) for key in ordered]
+    return [_stats(key, groups[key], metric) for key in ordered]
 
 
 def study_records(study: optuna.Study) -> list[TrialRecord]:

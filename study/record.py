@@ -69,6 +69,8 @@ class MetricInfo:
     name: str = "accuracy"
     direction: str = "maximize"
     unit: str = "samples"
+    #: ``(lower, upper)`` the metric cannot leave (``None``: an open side), or ``None``.
+    bounds: tuple[float | None, float | None] | None = None
 
     @property
     def sign(self) -> int:
@@ -95,29 +97,56 @@ class MetricInfo:
         """The user attribute a metric field is stored as: ``val_metric`` -> ``val_<name>``."""
         return field_name.replace("metric", self.name, 1)
 
-    def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "direction": self.direction, "unit": self.unit}
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "direction": self.direction, "unit": self.unit}
+        if self.bounds is not None:
+            data["bounds"] = list(self.bounds)
+        return data
+
+    def clip(self, lo: float, hi: float) -> tuple[float, float]:
+        """``[lo, hi]`` within :attr:`bounds` (an interval of a mean cannot leave them)."""
+        lower, upper = self.bounds or (None, None)
+        if lower is not None:
+            lo, hi = max(lo, lower), max(hi, lower)
+        if upper is not None:
+            lo, hi = min(lo, upper), min(hi, upper)
+        return lo, hi
 
     @classmethod
     def from_dict(cls, data: Any) -> MetricInfo:
         """Read the stored form; anything missing or malformed is the default."""
         if not isinstance(data, dict):
-            return cls()
+            return ACCURACY
         direction = data.get("direction")
+        name = str(data.get("name") or "accuracy")
+        bounds = data.get("bounds")
+        if "bounds" not in data and name == "accuracy":
+            bounds = ACCURACY.bounds  # stored before metrics had bounds
         return cls(
-            name=str(data.get("name") or "accuracy"),
+            name=name,
             direction=direction if direction in DIRECTIONS else "maximize",
             unit=str(data.get("unit") or "samples"),
+            bounds=_bounds(bounds),
         )
 
 
-#: The default metric (classification accuracy).
-ACCURACY = MetricInfo()
+def _bounds(value: Any) -> tuple[float | None, float | None] | None:
+    """Stored bounds read back: two numbers or nulls, else ``None``."""
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        return None
+    if not all(v is None or isinstance(v, int | float) for v in value):
+        return None
+    return (value[0], value[1])
+
+
+#: The default metric (classification accuracy, a fraction).
+ACCURACY = MetricInfo(bounds=(0.0, 1.0))
 
 
 def study_metric(study: optuna.Study) -> MetricInfo:
     """The metric of ``study`` (its ``metric`` attribute; accuracy for older studies)."""
-    return MetricInfo.from_dict(study.user_attrs.get("metric"))
+    stored = study.user_attrs.get("metric")
+    return MetricInfo.from_dict(stored) if stored is not None else ACCURACY
 
 
 @dataclass(frozen=True)

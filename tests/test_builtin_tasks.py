@@ -294,7 +294,8 @@ def test_a_study_minimises_the_task_metric(request, which, metric, unit):
     study, _, out = request.getfixturevalue(which)
     assert study.directions == [optuna.study.StudyDirection.MINIMIZE]
     assert study.metric_names == [f"val_{metric}"]
-    assert study.user_attrs["metric"] == {"name": metric, "direction": "minimize", "unit": unit}
+    stored = {"name": metric, "direction": "minimize", "unit": unit, "bounds": [0.0, None]}
+    assert study.user_attrs["metric"] == stored
     trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     assert len(trials) == 2
     for trial in trials:

@@ -302,6 +302,10 @@ def test_metric_checks_its_arguments_up_front():
         Metric("acc", "higher", lambda o, t: o)
     with pytest.raises(ValueError, match="metric name 'val acc'"):
         Metric("val acc", "maximize", lambda o, t: o)
+    for bad in ((1, 0), (0,), ("0", 1), (0, float("inf"))):
+        with pytest.raises(ValueError, match="bounds"):
+            Metric("acc", "maximize", lambda o, t: o, bounds=bad)
+    assert Metric("r2", "maximize", lambda o, t: o, bounds=(None, 1)).bounds == (None, 1)
     assert BITS_PER_CHAR.direction == "minimize" and MSE.name == "mse"
     outputs = torch.zeros(2, 3, 4)  # uniform over 4 symbols: exactly 2 bits per token
     assert torch.allclose(

@@ -115,6 +115,16 @@ def test_cells_never_pool_scaling_rules_and_count_what_happened():
     assert linear.train_time_s_median == 2.0 and linear.peak_memory_bytes == 256_000
 
 
+def test_intervals_of_few_runs_stay_within_the_metric_s_bounds():
+    [cell] = cell_stats(runs(8, "sqrt", [0.955, 0.997]))  # the t-interval reaches 1.11
+    assert cell.val_ci95[1] == 1.0 and cell.val_ci95[0] < 0.955
+    bounded = MetricInfo("mse", "minimize", bounds=(0, None))
+    [cell] = cell_stats(runs(8, "sqrt", [0.01, 0.05]), bounded)
+    assert cell.val_ci95[0] == 0.0
+    [cell] = cell_stats(runs(8, "sqrt", [0.01, 0.05]), MSE)  # no bounds: the plain t-interval
+    assert cell.val_ci95[0] < 0
+
+
 def test_failed_and_running_trials_are_not_cells():
     records = runs(32, "linear", [0.9], state="FAIL") + runs(64, "linear", [0.9], state="RUNNING")
     assert cell_stats(records) == []

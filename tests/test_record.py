@@ -7,6 +7,7 @@ against the dataclass.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -145,7 +146,15 @@ def test_an_older_record_without_a_phase_reads_as_search():
 
 def test_the_study_metric_defaults_to_accuracy_for_older_studies():
     study = optuna.create_study(direction="maximize")
-    assert study_metric(study) == MetricInfo("accuracy", "maximize", "samples")
+    assert study_metric(study) == MetricInfo("accuracy", "maximize", "samples", (0.0, 1.0))
+    # stored before metrics had bounds: accuracy is still a fraction, others are open
+    study.set_user_attr("metric", {"name": "accuracy", "direction": "maximize"})
+    assert study_metric(study).bounds == (0.0, 1.0)
+    study.set_user_attr("metric", {"name": "mse", "direction": "minimize"})
+    assert study_metric(study).bounds is None
+    mse = MetricInfo("mse", "minimize", bounds=(0.0, None))
+    assert MetricInfo.from_dict(json.loads(json.dumps(mse.to_dict()))) == mse
+    assert mse.clip(-0.02, 0.05) == (0.0, 0.05) and ACCURACY.clip(0.888, 1.065) == (0.888, 1.0)
     study.set_user_attr(
         "metric", {"name": "bits_per_char", "direction": "minimize", "unit": "tokens"}
     )
