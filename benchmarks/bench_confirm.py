@@ -394,6 +394,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--strategy", choices=("sequential", "all"), help="set study.confirm.STRATEGY"
     )
+    parser.add_argument("--walk", choices=("batch", "time"), help="set study.confirm.WALK_ORDER")
     parser.add_argument("--grid-json", type=Path, help="reuse a grid saved by --save-grid")
     parser.add_argument("--save-grid", type=Path, help="write the measured grid here (JSON)")
     parser.add_argument("--quick", action="store_true", help="tiny grid, 5 studies: < 1 minute")
@@ -411,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         confirm.PLAUSIBLE_SDS = args.plausible_sds
     if args.strategy is not None:
         confirm.STRATEGY = args.strategy
+    if args.walk is not None:
+        confirm.WALK_ORDER = args.walk
     if args.se_method is not None:
         recommend.SE_METHOD = args.se_method
     if args.max_runs_factor is not None:
@@ -447,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.studies} simulated studies per setting; tolerance {args.tolerance:g}, "
         f"confirm runs {args.confirm_runs}, PLAUSIBLE_SDS {confirm.PLAUSIBLE_SDS:g}, "
         f"SE_METHOD {recommend.SE_METHOD}, MAX_RUNS_FACTOR {confirm.MAX_RUNS_FACTOR}, "
-        f"STRATEGY {confirm.STRATEGY}, "
+        f"STRATEGY {confirm.STRATEGY}, WALK_ORDER {confirm.WALK_ORDER}, "
         f"fastest_within: d + z se <= tolerance (the study's z = {UNCERTAINTY_Z:g}); "
         "* = no confirmation"
     )

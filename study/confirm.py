@@ -18,12 +18,13 @@ trials, in this order:
 2. the speed side (:func:`fastest_open`): the *plausible* cells, those whose mean is at most
    ``tolerance + PLAUSIBLE_SDS * sigma`` behind the best mean (``sigma``: the pooled
    within-cell SD of single runs, ``FALLBACK_SIGMA_TOLERANCES * tolerance`` before any cell
-   has two runs; :func:`confirm_order`), taken fastest first (median training time) until one
-   settles the answer. A plausible cell gets ``confirm_runs`` runs; then, against the most
-   accurate confirmed cell, it either qualifies (``d + z * se <= tolerance``, the answer's
-   rule: nothing slower needs runs), is ruled out (``d - z * se >= tolerance``: the next
-   slower cell is looked at) or is undecided: then it and the most accurate cell take turns
-   at more runs, up to ``MAX_RUNS_FACTOR * confirm_runs`` each, before it is passed.
+   has two runs; :func:`confirm_order`) whose trials ran faster than the best cell's, taken
+   largest batch first until one settles the answer. A plausible cell gets ``confirm_runs``
+   runs; then, against the most accurate confirmed cell, it either qualifies (``d + z * se <=
+   tolerance``, the answer's rule: nothing further needs runs), is ruled out (``d - z * se >=
+   tolerance``: the next cell is looked at) or is undecided: then it and the most accurate
+   cell take turns at more runs, up to ``MAX_RUNS_FACTOR * confirm_runs`` each, before it is
+   passed.
 
 So runs go to the two cells the answer names and to the fast cells that might beat the
 current pick, not to plausible cells slower than the answer. A cell needs runs until it has
@@ -80,6 +81,12 @@ MAX_RUNS_FACTOR = 2
 #: plausible cell to ``confirm_runs``, as studies did before; kept for
 #: ``benchmarks/bench_confirm.py``).
 STRATEGY = "sequential"
+#: The order of the speed side's walk: ``"batch"`` (larger batches first, among the cells
+#: whose trials ran faster than the best cell's) or ``"time"`` (the trials' median times,
+#: fastest first). A trial's time is one noisy measurement, and beyond the hardware's knee the
+#: large batches' times are nearly equal, so ordering by them often stopped the walk at the
+#: best cell before the largest batches were looked at (``docs/answer.md``).
+WALK_ORDER = "batch"
 #: User attribute values of the two phases.
 SEARCH, CONFIRM = "search", "confirm"
 
@@ -239,8 +246,9 @@ def fastest_open(
 ) -> CellKey | None:
     """The next run the speed side of the answer needs, or ``None``.
 
-    Walks the plausible cells (see :func:`confirm_order`) fastest first (median training
-    time) and stops at the first that settles the question: the cell with the best mean, the
+    Walks the plausible cells (see :func:`confirm_order`) whose trials ran faster than the
+    best cell's, largest batch first (``WALK_ORDER``), and stops at the first that settles the
+    question: the cell with the best mean, the
     most accurate confirmed cell, or a confirmed cell that qualifies (``d + z * se <=
     tolerance`` against the most accurate confirmed cell). On the way, a cell with fewer than
     ``confirm_runs`` runs gets one (``None`` while its runs are queued or running); a
@@ -258,9 +266,12 @@ def fastest_open(
     best = max(confirmed, key=lambda c: (sign * (c.val_mean or 0.0), c.runs), default=None)
     cap = max(plan.confirm_runs, MAX_RUNS_FACTOR * plan.confirm_runs)
     sigma = answer_sigma(confirmed)
-    for cell in sorted(plausible, key=lambda c: c.train_time_s_median or math.inf):
+    reference = (best or top).train_time_s_median
+    for cell in sorted(plausible, key=_walk_key):
         if cell.key == top.key or (best is not None and cell.key == best.key):
             return None
+        if WALK_ORDER == "batch" and not _faster(cell, reference):
+            continue  # its trials were no faster than the best's: confirming it cannot pay
         if cell.runs < plan.confirm_runs:
             return cell.key if cell.runs + pending[cell.key] < plan.confirm_runs else None
         if best is None:
@@ -275,6 +286,21 @@ def fastest_open(
             if runs[choice.key] < cap:
                 return choice.key
     return None
+
+
+def _walk_key(cell: CellStats) -> float:
+    """Where ``cell`` comes in the walk: larger batches first (``WALK_ORDER = "batch"``), or
+    by the trials' median time (``"time"``)."""
+    if WALK_ORDER == "batch":
+        return -cell.batch_size
+    return cell.train_time_s_median if cell.train_time_s_median is not None else math.inf
+
+
+def _faster(cell: CellStats, reference: float | None) -> bool:
+    """Whether ``cell``'s trials ran faster than ``reference`` seconds (``True`` without one)."""
+    if reference is None:
+        return True
+    return cell.train_time_s_median is not None and cell.train_time_s_median < reference
 
 
 def _records(study: optuna.Study, trials: Sequence[FrozenTrial], plan: ConfirmPlan) -> list:

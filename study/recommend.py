@@ -68,6 +68,8 @@ UNCERTAINTY_Z = 1.0
 #: ``"pooled"`` (one single-run SD pooled over the confirmed cells; measured worse where cells
 #: differ in spread, ``docs/answer.md``; kept for ``benchmarks/bench_confirm.py``).
 SE_METHOD = "welch"
+#: How many undecided faster cells the statement names (``undecided_faster`` keeps all).
+UNDECIDED_SHOWN = 3
 #: Buckets of the learning-rate multiplier per octave (2: half-octave buckets).
 LR_BUCKETS_PER_OCTAVE = 2
 #: Default ``confirm_runs`` and ``tolerance`` of studies whose config stores none.
@@ -584,8 +586,10 @@ def _undecided_faster(
     tolerance: float,
     sigma: float | None,
 ) -> list[dict[str, Any]]:
-    """Confirmed cells faster than ``fast`` that neither qualify nor are ruled out
-    (``d - z * se < tolerance < d + z * se``): the runs so far cannot tell, more would."""
+    """Confirmed cells measurably faster than ``fast`` that neither qualify nor are ruled
+    out (``d - z * se < tolerance < d + z * se``): the runs so far cannot tell, more would.
+    A cell of ``fast``'s batch size is not faster (the rule changes only the learning rate),
+    nor is one whose speed-up is inside the timing's spread."""
     limit = speed[fast.key].train_time_s
     if limit is None:
         return []
@@ -593,6 +597,8 @@ def _undecided_faster(
     for cell in confirmed:
         seconds = speed[cell.key].train_time_s
         if cell.key == best.key or seconds is None or seconds >= limit:
+            continue
+        if cell.batch_size == fast.batch_size or _speed_uncertain(speed[fast.key], speed[cell.key]):
             continue
         d, se = shortfall(best, cell, metric, sigma)
         if d + UNCERTAINTY_Z * se > tolerance > d - UNCERTAINTY_Z * se:
@@ -630,8 +636,10 @@ def _undecided_words(answer: Mapping[str, Any], tolerance: float) -> str:
         return ""
     shown = "; ".join(
         f"{e['cell']} ({e['shortfall']:.2g} ± {e['se']:.2g} behind, {e['runs']} runs)"
-        for e in entries
+        for e in entries[:UNDECIDED_SHOWN]
     )
+    if len(entries) > UNDECIDED_SHOWN:
+        shown += f"; {len(entries) - UNDECIDED_SHOWN} more"
     return (
         f" Faster and not yet decided (could be within {tolerance:g} or not): {shown}; more "
         "--trials would settle it."

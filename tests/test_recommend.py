@@ -218,6 +218,17 @@ def test_faster_cells_the_runs_cannot_decide_are_named_with_their_shortfall():
     assert entry["se"] == pytest.approx(math.sqrt((0.01**2 + 0.015**2) / 3))
     assert "not yet decided" in answer["statement"] and "batch 512 linear" in answer["statement"]
     assert "1024" not in answer["statement"]
+    # the fast cell's own batch size with another rule is not faster, whatever its timing
+    same_batch = runs(16, "sqrt", [0.93, 0.945, 0.96], time=11.9)
+    answer = recommend_cells(cell_stats(best + same_batch), tolerance=0.01)
+    assert "undecided_faster" not in answer
+    # the statement names the fastest three; the attribute keeps them all
+    more = [runs(b, "linear", [0.93, 0.945, 0.96], time=t) for b, t in ((32, 5), (64, 3), (128, 2))]
+    answer = recommend_cells(cell_stats(best + undecided + sum(more, [])), tolerance=0.01)
+    assert len(answer["undecided_faster"]) == 4 and answer["statement"].endswith(
+        "1 more; more --trials would settle it."
+    )
+    assert answer["undecided_faster"][0]["cell"] == "batch 512 linear"  # the fastest first
     # a faster cell that qualifies leaves nothing open
     sure = runs(512, "linear", [0.955, 0.956, 0.957], time=1.0)
     answer = recommend_cells(cell_stats(best + sure), tolerance=0.01)
