@@ -38,7 +38,11 @@ Printed per setting (over the simulated studies; "true" = by the grid's means an
 
 ``--z`` lists margins of the ``fastest_within`` rule ``d + z * se <= tolerance`` to compare (the
 study's rule is ``z =`` :data:`study.recommend.UNCERTAINTY_Z`, checked against
-``recommend_cells``); ``--plausible-sds`` sets :data:`study.confirm.PLAUSIBLE_SDS` for the run.
+``recommend_cells``); ``--plausible-sds``, ``--strategy``, ``--walk`` and
+``--max-runs-factor`` set :data:`study.confirm.PLAUSIBLE_SDS`, ``STRATEGY``, ``WALK_ORDER``
+and ``MAX_RUNS_FACTOR``, and ``--se-method`` :data:`study.recommend.SE_METHOD`, for the run
+(the confirmation plans and rules ``docs/answer.md`` compares). ``--grid-json`` also reads a
+grid saved by ``bench_answer.py --save-grid``.
 
 Examples::
 

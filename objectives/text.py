@@ -1,14 +1,16 @@
 """The built-in ``charlm`` task: a tiny character-level transformer language model.
 
-The corpus is built from text every Python installation carries: the English help topics of
-the standard library's :mod:`pydoc_data.topics` (what ``help("if")`` prints), joined in sorted
-topic order. Characters map to a fixed vocabulary of :data:`VOCAB_SIZE` ids: an unknown-char
-bucket (id 0), newline, and the 95 printable ASCII characters; anything else (tabs, curly
-quotes) becomes the unknown id. The text is cut into disjoint windows of ``context + 1``
-characters (a window's first ``context`` characters are the input, the same shifted by one
-the next-character targets), the first :data:`WINDOWS` windows are grouped into contiguous
-blocks of :data:`BLOCK_WINDOWS` windows (about 1 KiB of text each), and the seed deals the
-blocks to train/val/test: no character appears in two splits.
+The corpus ships with the package (``objectives/assets/charlm_corpus.txt``): the first
+200,000 characters of the English help topics of Python 3.11's :mod:`pydoc_data.topics` (what
+``help("if")`` prints; Python Software Foundation License), joined in sorted topic order, so
+every Python version trains on the same text. Characters map to a fixed vocabulary of
+:data:`VOCAB_SIZE` ids: an unknown-char bucket (id 0), newline, and the 95 printable ASCII
+characters; anything else (tabs, curly quotes) becomes the unknown id. The text is cut into
+disjoint windows of ``context + 1`` characters (a window's first ``context`` characters are
+the input, the same shifted by one the next-character targets), the first :data:`WINDOWS`
+windows are grouped into contiguous blocks of :data:`BLOCK_WINDOWS` windows (about 1 KiB of
+text each), and the seed deals the blocks to train/val/test: no character appears in two
+splits.
 
 Loss: the mean cross-entropy over a sequence's tokens (per sequence,
 :func:`objectives.metrics.token_cross_entropy`). Metric: ``bits_per_char``
@@ -16,8 +18,7 @@ Loss: the mean cross-entropy over a sequence's tokens (per sequence,
 sequence, minimised.
 Unit: tokens, so throughput is tokens per second.
 
-The help text differs slightly between Python versions; ``task.info["corpus_sha256"]`` names
-the exact corpus a study trained on.
+``task.info["corpus_sha256"]`` names the exact text a study trained on.
 
 Example:
     >>> task = charlm_task()
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from importlib import resources
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -57,23 +59,17 @@ WINDOWS = sum(SPLIT_SEQUENCES)
 #: Consecutive windows dealt to one split together (a contiguous chunk of the corpus).
 BLOCK_WINDOWS = 16
 
+#: The corpus, relative to the ``objectives`` package.
+CORPUS_FILE = "assets/charlm_corpus.txt"
+
 _IDS = {char: i + 1 for i, char in enumerate(ALPHABET)}
 
 
 def corpus_text() -> str:
-    """The English help topics of :mod:`pydoc_data.topics`, joined in sorted topic order.
-
-    Raises:
-        TaskError: this Python was installed without ``pydoc_data`` (a stripped build).
-    """
-    try:
-        from pydoc_data.topics import topics
-    except ImportError as exc:
-        raise TaskError(
-            "--task charlm builds its corpus from the standard library's pydoc_data.topics, "
-            "which this Python lacks: use a full Python installation"
-        ) from exc
-    return "\n".join(topics[key] for key in sorted(topics))
+    """The shipped corpus (see the module docstring), exactly as stored (UTF-8)."""
+    path = resources.files("objectives").joinpath(CORPUS_FILE)
+    with path.open("r", encoding="utf-8", newline="") as file:
+        return file.read()
 
 
 def encode(text: str) -> torch.Tensor:
@@ -168,8 +164,9 @@ def _corpus(context: int) -> tuple[torch.Tensor, str]:
     needed = WINDOWS * (context + 1)
     if len(text) < needed:
         raise TaskError(
-            f"--task charlm: the help text of this Python has {len(text)} characters, "
-            f"fewer than the {needed} the task needs"
+            f"--task charlm: a context of {context} needs {needed} characters of corpus, more "
+            f"than the {len(text)} shipped: use a context of at most "
+            f"{len(text) // WINDOWS - 1}"
         )
     text = text[:needed]
     return encode(text), hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -177,7 +174,7 @@ def _corpus(context: int) -> tuple[torch.Tensor, str]:
 
 def _task_info(digest: str, context: int) -> dict:
     return {
-        "corpus": "pydoc_data.topics",
+        "corpus": f"{CORPUS_FILE} (pydoc_data.topics of Python 3.11)",
         "corpus_sha256": digest,
         "vocab_size": VOCAB_SIZE,
         "context": context,
