@@ -74,10 +74,10 @@ PLAUSIBLE_SDS = 2.0
 #: ``sigma`` in tolerances while no cell has two complete runs.
 FALLBACK_SIGMA_TOLERANCES = 2.0
 #: An undecided fast cell (and the most accurate cell beside it) gets more runs, up to
-#: ``MAX_RUNS_FACTOR * confirm_runs`` (1: no extra runs); see :func:`undecided`.
+#: ``MAX_RUNS_FACTOR * confirm_runs`` (1: no extra runs); see :func:`fastest_open`.
 MAX_RUNS_FACTOR = 2
-#: How confirmation runs are chosen: ``"sequential"`` (the best cell, then the plausible cells
-#: fastest first until one settles the answer; :func:`next_confirm`) or ``"all"`` (every
+#: How confirmation runs are chosen: ``"sequential"`` (the best cell, then the faster
+#: plausible cells until one settles the answer; :func:`next_confirm`) or ``"all"`` (every
 #: plausible cell to ``confirm_runs``, as studies did before; kept for
 #: ``benchmarks/bench_confirm.py``).
 STRATEGY = "sequential"
@@ -248,9 +248,9 @@ def fastest_open(
 
     Walks the plausible cells (see :func:`confirm_order`) whose trials ran faster than the
     best cell's, largest batch first (``WALK_ORDER``), and stops at the first that settles the
-    question: the cell with the best mean, the
-    most accurate confirmed cell, or a confirmed cell that qualifies (``d + z * se <=
-    tolerance`` against the most accurate confirmed cell). On the way, a cell with fewer than
+    question: the cell with the best mean, the most accurate confirmed cell, or a confirmed
+    cell that qualifies (``d + z * se <= tolerance`` against the most accurate confirmed
+    cell). On the way, a cell with fewer than
     ``confirm_runs`` runs gets one (``None`` while its runs are queued or running); a
     confirmed cell that is ruled out (``d - z * se >= tolerance``) is passed; an undecided one
     gets more runs, it and the most accurate cell taking turns (the one with fewer runs

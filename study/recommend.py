@@ -566,7 +566,9 @@ def recommend_cells(
     open_ = _undecided_faster(confirmed, best, fast, speed, metric, tolerance, sigma)
     if open_:
         answer["undecided_faster"] = open_
-    answer["statement"] = _statement(best, fast, answer, metric, tolerance, len(confirmed))
+    answer["statement"] = _statement(
+        best, fast, answer, metric, tolerance, len(confirmed)
+    ) + _undecided_words(answer, tolerance)
     unconfirmed_better = [
         c for c in scored if c.runs < needed and metric.better(c.val_mean or 0.0, best.val_mean)
     ]
@@ -616,19 +618,6 @@ def _speed_uncertain(best: Speed, fast: Speed) -> bool:
     return gain > 0 and spread >= gain
 
 
-def _statement(
-    best: CellStats,
-    fast: CellStats,
-    answer: dict[str, Any],
-    metric: MetricInfo,
-    tolerance: float,
-    confirmed: int,
-) -> str:
-    return _choice(best, fast, answer, metric, tolerance, confirmed) + _undecided_words(
-        answer, tolerance
-    )
-
-
 def _undecided_words(answer: Mapping[str, Any], tolerance: float) -> str:
     """`` Faster, not yet decided: ...`` for the cells more runs could still qualify."""
     entries = answer.get("undecided_faster") or []
@@ -646,7 +635,7 @@ def _undecided_words(answer: Mapping[str, Any], tolerance: float) -> str:
     )
 
 
-def _choice(
+def _statement(
     best: CellStats,
     fast: CellStats,
     answer: dict[str, Any],
