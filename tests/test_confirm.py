@@ -163,8 +163,14 @@ def by_phase(study: optuna.Study) -> tuple[list, list]:
     )
 
 
-def assert_confirmed(study: optuna.Study, total: int, confirm_runs: int = 3) -> None:
-    """Exact budget, a phase on every trial, candidates confirmed and none over-confirmed."""
+def assert_confirmed(
+    study: optuna.Study, total: int, confirm_runs: int = 3, *, budget_ended_it: bool = False
+) -> None:
+    """Exact budget, a phase on every trial, candidates confirmed and none over-confirmed.
+
+    ``budget_ended_it``: the exact budget may have ended a cell's confirmation part-way (when
+    workers race, which cells lead when the budget runs out varies from run to run).
+    """
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == total
     assert all(t.user_attrs.get("phase") in ("search", CONFIRM) for t in finished)
@@ -175,7 +181,7 @@ def assert_confirmed(study: optuna.Study, total: int, confirm_runs: int = 3) -> 
     runs = Counter(r.batch_size for r in search + confirm if r.state == "COMPLETE")
     confirmed = Counter(r.batch_size for r in confirm)
     for batch, n in confirmed.items():
-        assert runs[batch] >= confirm_runs, (batch, runs)
+        assert budget_ended_it or runs[batch] >= confirm_runs, (batch, runs)
         # a cell is confirmed only while its runs (queued and running included) are under
         # the cap, and it had a search run first: a run enqueued twice would pass the cap
         cap = MAX_RUNS_FACTOR * confirm_runs
@@ -200,7 +206,9 @@ def lock_path_of(url: str) -> Path:
 
 
 def test_workers_claiming_at_once_never_enqueue_a_run_twice(sqlite_url):
-    make_study(sqlite_url)
+    # 4 runs a cell: the 16 random search trials (over 10 batch sizes) almost never give the
+    # best cell and the faster ones their 4 runs already, so confirmation has work to race for
+    make_study(sqlite_url, confirm_runs=4)
     errors: list[BaseException] = []
 
     def worker() -> None:
@@ -219,7 +227,8 @@ def test_workers_claiming_at_once_never_enqueue_a_run_twice(sqlite_url):
         t.join(timeout=120)
     assert not errors, errors
     storage = open_storage(sqlite_url, heartbeat_interval=1, grace_period=5)
-    assert_confirmed(optuna.load_study(study_name=None, storage=storage), 24)
+    study = optuna.load_study(study_name=None, storage=storage)
+    assert_confirmed(study, 24, confirm_runs=4, budget_ended_it=True)
 
 
 def test_resume_after_an_interrupted_confirmation_does_not_enqueue_again(sqlite_url):
