@@ -257,6 +257,8 @@ def main() -> None:
     p.add_argument("--save-grid", help="write the grid's runs to this JSON file")
     p.add_argument("--grid-json", help="read the grid from this JSON file instead of training")
     args = p.parse_args()
+    if args.studies < 1 or args.seeds < 2:
+        p.error("--studies must be at least 1 and --seeds at least 2 (a grid cell needs an SD)")
     if args.quick:
         args.trials, args.epochs, args.seeds = 12, 2, 2
     torch.set_num_threads(max(1, torch.get_num_threads()))
