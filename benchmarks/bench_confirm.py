@@ -40,7 +40,8 @@ Printed per setting (over the simulated studies; "true" = by the grid's means an
 study's rule is ``z =`` :data:`study.recommend.UNCERTAINTY_Z`, checked against
 ``recommend_cells``); ``--plausible-sds``, ``--strategy``, ``--walk`` and
 ``--max-runs-factor`` set :data:`study.confirm.PLAUSIBLE_SDS`, ``STRATEGY``, ``WALK_ORDER``
-and ``MAX_RUNS_FACTOR``, and ``--se-method`` :data:`study.recommend.SE_METHOD`, for the run
+and ``MAX_RUNS_FACTOR``, and ``--se-method`` and ``--selection``
+:data:`study.recommend.SE_METHOD` and ``SELECTION_CORRECTION``, for the run
 (the confirmation plans and rules ``docs/answer.md`` compares). ``--grid-json`` also reads a
 grid saved by ``bench_answer.py --save-grid``.
 
@@ -78,6 +79,7 @@ from study.recommend import (
     cell_stats,
     qualifies,
     recommend_cells,
+    selection_bias,
     study_records,
 )
 from study.record import MetricInfo
@@ -315,9 +317,14 @@ def simulate(
     confirmed = [c for c in cells if c.runs >= answer["confirm_runs"]]
     best = max(confirmed, key=lambda c: (sign * (c.val_mean or 0.0), c.runs))
     sigma = answer_sigma(confirmed)
+    bias = selection_bias(confirmed, metric)
     outcome.trials_to_confirm = sum(c.confirm_runs for c in cells)
     for z in zs:
-        ok = [c for c in confirmed if qualifies(best, c, metric, tolerance, z=z, sigma=sigma)]
+        ok = [
+            c
+            for c in confirmed
+            if qualifies(best, c, metric, tolerance, z=z, sigma=sigma, bias=bias)
+        ]
         fast = _key(min(ok, key=lambda c: c.train_time_s_median or 0.0))
         if z == UNCERTAINTY_Z and fast != _key(answer["fastest_within"]):
             raise AssertionError(f"z={z}: {fast} but recommend_cells names the other cell")
@@ -399,6 +406,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--strategy", choices=("sequential", "all"), help="set study.confirm.STRATEGY"
     )
     parser.add_argument("--walk", choices=("batch", "time"), help="set study.confirm.WALK_ORDER")
+    parser.add_argument(
+        "--selection",
+        choices=("bootstrap", "none"),
+        help="set study.recommend.SELECTION_CORRECTION",
+    )
     parser.add_argument("--grid-json", type=Path, help="reuse a grid saved by --save-grid")
     parser.add_argument("--save-grid", type=Path, help="write the measured grid here (JSON)")
     parser.add_argument("--quick", action="store_true", help="tiny grid, 5 studies: < 1 minute")
@@ -422,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         recommend.SE_METHOD = args.se_method
     if args.max_runs_factor is not None:
         confirm.MAX_RUNS_FACTOR = args.max_runs_factor
+    if args.selection is not None:
+        recommend.SELECTION_CORRECTION = args.selection
     start = time.perf_counter()
     if args.grid_json is not None:
         grid = Grid.from_json(json.loads(args.grid_json.read_text()))

@@ -61,6 +61,7 @@ from study.recommend import (
     cell_key,
     cell_stats,
     pooled_sd,
+    selection_bias,
     shortfall,
 )
 from study.record import ACCURACY, MetricInfo, TrialRecord, read_record, study_metric
@@ -266,6 +267,7 @@ def fastest_open(
     best = max(confirmed, key=lambda c: (sign * (c.val_mean or 0.0), c.runs), default=None)
     cap = max(plan.confirm_runs, MAX_RUNS_FACTOR * plan.confirm_runs)
     sigma = answer_sigma(confirmed)
+    bias = selection_bias(confirmed, plan.metric)
     reference = (best or top).train_time_s_median
     for cell in sorted(plausible, key=_walk_key):
         if cell.key == top.key or (best is not None and cell.key == best.key):
@@ -276,7 +278,7 @@ def fastest_open(
             return cell.key if cell.runs + pending[cell.key] < plan.confirm_runs else None
         if best is None:
             return None  # nothing to compare with until the best cell is confirmed
-        d, se = shortfall(best, cell, plan.metric, sigma)
+        d, se = shortfall(best, cell, plan.metric, sigma, bias)
         if d + UNCERTAINTY_Z * se <= plan.tolerance:
             return None
         if d - UNCERTAINTY_Z * se >= plan.tolerance:

@@ -51,6 +51,7 @@ Example:
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -68,6 +69,15 @@ UNCERTAINTY_Z = 1.0
 #: ``"pooled"`` (one single-run SD pooled over the confirmed cells; measured worse where cells
 #: differ in spread, ``docs/answer.md``; kept for ``benchmarks/bench_confirm.py``).
 SE_METHOD = "welch"
+#: Whether the most accurate cell's mean is corrected for having been picked as the best of
+#: several noisy means (the winner's curse) before the other cells' shortfalls are measured
+#: from it: ``"none"`` or ``"bootstrap"`` (:func:`selection_bias`). Measured, the correction
+#: found the fast cell more often where many cells tie, but named cells truly outside the
+#: tolerance far more often elsewhere (``docs/answer.md``): kept for
+#: ``benchmarks/bench_confirm.py`` only.
+SELECTION_CORRECTION = "none"
+#: Draws of :func:`selection_bias`'s bootstrap (seeded: the same cells, the same answer).
+SELECTION_DRAWS = 1000
 #: How many undecided faster cells the statement names (``undecided_faster`` keeps all).
 UNDECIDED_SHOWN = 3
 #: Buckets of the learning-rate multiplier per octave (2: half-octave buckets).
@@ -416,13 +426,48 @@ def answer_sigma(confirmed: Sequence[CellStats]) -> float | None:
     return pooled_sd(confirmed) if SE_METHOD != "welch" else None
 
 
+def selection_bias(
+    cells: Sequence[CellStats], metric: MetricInfo, draws: int = SELECTION_DRAWS
+) -> float:
+    """How much better than its true mean the best of ``cells``' means is expected to look,
+    for having been picked as the best (the winner's curse), in the metric's units (>= 0).
+
+    A parametric bootstrap: each cell's observed mean is taken as its true mean and redrawn
+    as normal with standard error ``pooled_sd / sqrt(runs)``; the cell with the best redrawn
+    mean is picked and the amount by which its redrawn mean beats its own true mean is
+    averaged over ``draws`` (seeded). Near-tied cells give about the expected best of their
+    noise, one clear winner about 0. Taking the observed means (spread by their own noise) as
+    the truth makes the estimate err low. 0 for fewer than two cells, no pooled SD, or
+    ``SELECTION_CORRECTION = "none"``.
+    """
+    scored = [c for c in cells if c.runs > 0 and c.val_mean is not None]
+    sigma = pooled_sd(scored)
+    if SELECTION_CORRECTION == "none" or len(scored) < 2 or not sigma:
+        return 0.0
+    means = [metric.sign * (c.val_mean or 0.0) for c in scored]
+    ses = [sigma / math.sqrt(c.runs) for c in scored]
+    rng = random.Random(0)
+    total = 0.0
+    for _ in range(draws):
+        drawn = [rng.gauss(m, s) for m, s in zip(means, ses, strict=True)]
+        top = max(range(len(drawn)), key=drawn.__getitem__)
+        total += drawn[top] - means[top]
+    return max(0.0, total / draws)
+
+
 def shortfall(
-    best: CellStats, cell: CellStats, metric: MetricInfo, sigma: float | None = None
+    best: CellStats,
+    cell: CellStats,
+    metric: MetricInfo,
+    sigma: float | None = None,
+    bias: float = 0.0,
 ) -> tuple[float, float]:
     """``(d, se)``: how much worse ``cell``'s mean is than ``best``'s (in the metric's units,
-    positive = worse) and the standard error of that difference: ``sigma * sqrt(1/n_best +
-    1/n_cell)`` with a pooled single-run SD ``sigma``, else Welch's from each cell's own SD."""
-    d = metric.sign * ((best.val_mean or 0.0) - (cell.val_mean or 0.0))
+    positive = worse), less ``bias`` (:func:`selection_bias`: how much better ``best``'s mean
+    looks than it is for having been picked), and the standard error of that difference:
+    ``sigma * sqrt(1/n_best + 1/n_cell)`` with a pooled single-run SD ``sigma``, else Welch's
+    from each cell's own SD."""
+    d = metric.sign * ((best.val_mean or 0.0) - (cell.val_mean or 0.0)) - bias
     var = 0.0
     for c in (best, cell):
         if c.runs >= 2 and c.val_sd is not None:
@@ -439,12 +484,13 @@ def qualifies(
     tolerance: float,
     z: float = UNCERTAINTY_Z,
     sigma: float | None = None,
+    bias: float = 0.0,
 ) -> bool:
     """Whether ``cell`` is within ``tolerance`` of ``best`` allowing for the uncertainty:
     ``d + z * se <= tolerance`` (see :func:`shortfall`). The best cell itself always does."""
     if cell.key == best.key:
         return True
-    d, se = shortfall(best, cell, metric, sigma)
+    d, se = shortfall(best, cell, metric, sigma, bias)
     return d + z * se <= tolerance
 
 
@@ -545,7 +591,8 @@ def recommend_cells(
     speed = {c.key: cell_speed(c, speeds) for c in confirmed}
     reference = speed[best.key].train_time_s
     sigma = answer_sigma(confirmed)
-    within = [c for c in confirmed if qualifies(best, c, metric, tolerance, sigma=sigma)]
+    bias = selection_bias(confirmed, metric)
+    within = [c for c in confirmed if qualifies(best, c, metric, tolerance, sigma=sigma, bias=bias)]
     timed = sorted(
         (c for c in within if speed[c.key].train_time_s is not None),
         key=lambda c: speed[c.key].train_time_s or 0.0,
@@ -563,7 +610,7 @@ def recommend_cells(
     answer["fastest_within"]["speed_uncertain"] = bool(skipped)
     if skipped:
         answer["speed_uncertain_cells"] = [c.label for c in skipped]
-    open_ = _undecided_faster(confirmed, best, fast, speed, metric, tolerance, sigma)
+    open_ = _undecided_faster(confirmed, best, fast, speed, metric, tolerance, sigma, bias)
     if open_:
         answer["undecided_faster"] = open_
     answer["statement"] = _statement(
@@ -587,6 +634,7 @@ def _undecided_faster(
     metric: MetricInfo,
     tolerance: float,
     sigma: float | None,
+    bias: float,
 ) -> list[dict[str, Any]]:
     """Confirmed cells measurably faster than ``fast`` that neither qualify nor are ruled
     out (``d - z * se < tolerance < d + z * se``): the runs so far cannot tell, more would.
@@ -602,7 +650,7 @@ def _undecided_faster(
             continue
         if cell.batch_size == fast.batch_size or _speed_uncertain(speed[fast.key], speed[cell.key]):
             continue
-        d, se = shortfall(best, cell, metric, sigma)
+        d, se = shortfall(best, cell, metric, sigma, bias)
         if d + UNCERTAINTY_Z * se > tolerance > d - UNCERTAINTY_Z * se:
             entry = {"cell": cell.label, "shortfall": d, "se": se, "runs": cell.runs}
             found.append((seconds, entry))

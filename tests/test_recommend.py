@@ -17,6 +17,7 @@ from study.recommend import (
     mean_ci95,
     recommend,
     recommend_cells,
+    selection_bias,
     shortfall,
     store_recommendation,
     t975,
@@ -204,6 +205,27 @@ def test_the_shortfall_se_is_welchs_or_from_a_pooled_sd():
     assert se == pytest.approx(0.02 * math.sqrt(1 / 3 + 1 / 4))
     # a minimised metric: the cell 0.0125 lower is 0.0125 better, a negative shortfall
     assert shortfall(best, cell, MSE)[0] == pytest.approx(-0.0125)
+
+
+def test_the_winners_curse_estimate_is_the_expected_best_of_tied_noise(monkeypatch):
+    import study.recommend as recommend
+
+    tied = cell_stats(
+        runs(16, "linear", [0.90, 0.92, 0.94]) + runs(32, "linear", [0.90, 0.92, 0.94])
+    )  # equal means, pooled sd 0.02, 3 runs each
+    assert selection_bias(tied, MetricInfo()) == 0.0  # off by default (docs/answer.md)
+    monkeypatch.setattr(recommend, "SELECTION_CORRECTION", "bootstrap")
+    se = 0.02 / math.sqrt(3)
+    # the best of two equal normal means is expected se / sqrt(pi) above the truth
+    assert selection_bias(tied, MetricInfo()) == pytest.approx(se / math.sqrt(math.pi), rel=0.1)
+    assert selection_bias(tied, MetricInfo()) == selection_bias(tied, MetricInfo())  # seeded
+    clear = cell_stats(
+        runs(16, "linear", [0.90, 0.92, 0.94]) + runs(32, "linear", [0.50, 0.52, 0.54])
+    )
+    assert selection_bias(clear, MetricInfo()) < 0.1 * se  # one clear winner: no curse
+    assert selection_bias(tied[:1], MetricInfo()) == 0.0
+    best, cell = tied
+    assert shortfall(best, cell, MetricInfo(), bias=0.004)[0] == pytest.approx(-0.004)
 
 
 def test_faster_cells_the_runs_cannot_decide_are_named_with_their_shortfall():
