@@ -88,6 +88,10 @@ STRATEGY = "sequential"
 #: large batches' times are nearly equal, so ordering by them often stopped the walk at the
 #: best cell before the largest batches were looked at (``docs/answer.md``).
 WALK_ORDER = "batch"
+#: Whether the walk also gives one unpruned run to a cell whose every trial was pruned (not
+#: as diverged) and whose batch is larger than the best cell's: a pruned trial has no final
+#: value, so without it such a cell never enters the answer (``docs/answer.md``).
+WALK_PRUNED = True
 #: User attribute values of the two phases.
 SEARCH, CONFIRM = "search", "confirm"
 
@@ -256,7 +260,9 @@ def fastest_open(
     confirmed cell that is ruled out (``d - z * se >= tolerance``) is passed; an undecided one
     gets more runs, it and the most accurate cell taking turns (the one with fewer runs
     first, the cell on a tie), each up to ``MAX_RUNS_FACTOR * confirm_runs``, then is
-    passed. Cells slower than the answer never get confirmation runs.
+    passed. A cell larger than the best whose every trial was pruned (not as diverged) gets
+    one unpruned run at its place in the walk (``WALK_PRUNED``), then is walked like the
+    others. Cells slower than the answer never get confirmation runs.
     """
     plausible = confirm_order(cells, plan.metric, plan.tolerance)
     if not plausible:
@@ -269,9 +275,13 @@ def fastest_open(
     sigma = answer_sigma(confirmed)
     bias = selection_bias(confirmed, plan.metric)
     reference = (best or top).train_time_s_median
-    for cell in sorted(plausible, key=_walk_key):
+    anchor = (best or top).batch_size
+    unknown = [c for c in cells if _pruned_only(c) and c.batch_size > anchor] if WALK_PRUNED else []
+    for cell in sorted([*plausible, *unknown], key=_walk_key):
         if cell.key == top.key or (best is not None and cell.key == best.key):
             return None
+        if cell.runs == 0:  # every trial pruned: one unpruned run tells where it ends
+            return None if pending[cell.key] else cell.key
         if WALK_ORDER == "batch" and not _faster(cell, reference):
             continue  # its trials were no faster than the best's: confirming it cannot pay
         if cell.runs < plan.confirm_runs:
@@ -288,6 +298,11 @@ def fastest_open(
             if runs[choice.key] < cap:
                 return choice.key
     return None
+
+
+def _pruned_only(cell: CellStats) -> bool:
+    """Whether all of ``cell``'s trials were pruned, none as diverged."""
+    return cell.runs == 0 and cell.pruned > 0 and cell.diverged == 0
 
 
 def _walk_key(cell: CellStats) -> float:

@@ -115,6 +115,24 @@ def test_the_speed_walk_takes_larger_batches_first_and_skips_cells_no_faster_tha
     assert next_confirm(plan, records) is None
 
 
+def test_a_larger_batch_whose_every_trial_was_pruned_gets_one_unpruned_run():
+    plan = ConfirmPlan(total=10, confirm_runs=3, tolerance=0.01)
+    best = [record(64, v) for v in (0.94, 0.941, 0.939)]
+    pruned = [record(256, 0.6, "PRUNED"), record(128, 0.6, "PRUNED")]
+    collapsed = [record(512, 0.1, "PRUNED", diverged=True)]  # diverged: bad, not unknown
+    smaller = [record(8, 0.5, "PRUNED")]  # slower than the best: cannot pay
+    records = best + pruned + collapsed + smaller + [record(2048, 0.3)]
+    assert next_confirm(plan, records) == CellKey(256, "linear")  # largest batch first
+    records.append(record(256, None, "WAITING", phase=CONFIRM))
+    assert next_confirm(plan, records) is None  # queued: wait for where it ends
+    records[-1] = record(256, 0.70, phase=CONFIRM)  # it ends far behind: not plausible
+    assert next_confirm(plan, records) == CellKey(128, "linear")
+    records.append(record(128, 0.935, phase=CONFIRM))  # it ends plausible: confirm it
+    assert next_confirm(plan, records) == CellKey(128, "linear")
+    records += [record(128, 0.94, phase=CONFIRM)] * 2  # qualifies: the walk stops
+    assert next_confirm(plan, records) is None
+
+
 def test_lr_search_confirms_at_the_bucket_centre():
     rules = ("linear", "none")
     plan = ConfirmPlan(10, 3, 0.01, scaling_rules=rules, lr_search_width=2.0)
