@@ -15,10 +15,14 @@ Two steps:
    trial by :func:`study.runner.trial_sampler`, the confirmation plan of :mod:`study.confirm`
    with the search share as :class:`~study.confirm.ConfirmPlan`'s ``search_fraction``) and an
    objective that *replays* the grid: a trial of cell c gets one of c's measured runs (its
-   value and training time), drawn without replacement until the cell's runs are used up, then
-   again from all of them. A search share of 1 means no confirmation phase. There is no pruning
-   in the simulation. The study's answer is :func:`study.recommend.recommend_cells` (no
-   dedicated speed timing: the replayed trials' times rank the cells).
+   value and training time), drawn with replacement, so a cell's mean keeps the noise of its
+   runs (``--replay without``: without replacement until the cell's runs are used up, then
+   again from all of them, as earlier measurements did; a cell with as many runs as the grid
+   has seeds then gets the grid's own mean, the truth, which flatters the plans on grids of
+   few seeds). A search share of 1
+   means no confirmation phase. There is no pruning in the simulation. The study's answer is
+   :func:`study.recommend.recommend_cells` (no dedicated speed timing: the replayed trials'
+   times rank the cells).
 
 Printed per setting (over the simulated studies; "true" = by the grid's means and median times):
 
@@ -269,8 +273,10 @@ def simulate(
     tolerance: float,
     confirm_runs: int,
     zs: Sequence[float],
+    replay: str = "with",
 ) -> Outcome:
-    """One study of ``total`` trials replaying ``grid``, ``share`` of them search first."""
+    """One study of ``total`` trials replaying ``grid``, ``share`` of them search first;
+    ``replay``: a cell's runs drawn ``"without"`` replacement (until used up) or ``"with"``."""
     metric = grid.metric
     sizes = sorted({int(k.split("|")[0]) for k in grid.cells})
     rules = sorted({k.split("|")[1] for k in grid.cells})
@@ -292,9 +298,12 @@ def simulate(
         key = f"{batch_size}|{rule}"
         runs = grid.cells[key]["values"]
         queue = queues.get(key)
-        if not queue:
-            queue = queues[key] = rng.sample(range(len(runs)), len(runs))
-        i = queue.pop()
+        if replay == "with":
+            i = rng.randrange(len(runs))
+        else:
+            if not queue:
+                queue = queues[key] = rng.sample(range(len(runs)), len(runs))
+            i = queue.pop()
         trial.set_user_attr("batch_size", batch_size)
         trial.set_user_attr("scaling_rule", rule)
         trial.set_user_attr("train_time_s", grid.cells[key]["times"][i])
@@ -407,6 +416,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--walk", choices=("batch", "time"), help="set study.confirm.WALK_ORDER")
     parser.add_argument(
+        "--replay",
+        choices=("with", "without"),
+        default="with",
+        help="draw a cell's grid runs with replacement (default) or without (until used up)",
+    )
+    parser.add_argument(
         "--selection",
         choices=("bootstrap", "none"),
         help="set study.recommend.SELECTION_CORRECTION",
@@ -476,7 +491,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for total in _ints(args.trials):
         for share in _floats(args.search_shares):
             outcomes = [
-                simulate(grid, truth, share, total, rep, args.tolerance, args.confirm_runs, zs)
+                simulate(
+                    grid,
+                    truth,
+                    share,
+                    total,
+                    rep,
+                    args.tolerance,
+                    args.confirm_runs,
+                    zs,
+                    args.replay,
+                )  # fmt: skip
                 for rep in range(args.studies)
             ]
             print("\n".join(table_rows(share, total, outcomes, zs)), flush=True)
