@@ -436,21 +436,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+#: Flags that set a constant of the confirmation plan or of the answer for the run.
+OVERRIDES = (
+    ("plausible_sds", confirm, "PLAUSIBLE_SDS"),
+    ("strategy", confirm, "STRATEGY"),
+    ("walk", confirm, "WALK_ORDER"),
+    ("max_runs_factor", confirm, "MAX_RUNS_FACTOR"),
+    ("se_method", recommend, "SE_METHOD"),
+    ("selection", recommend, "SELECTION_CORRECTION"),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    if args.plausible_sds is not None:
-        confirm.PLAUSIBLE_SDS = args.plausible_sds
-    if args.strategy is not None:
-        confirm.STRATEGY = args.strategy
-    if args.walk is not None:
-        confirm.WALK_ORDER = args.walk
-    if args.se_method is not None:
-        recommend.SE_METHOD = args.se_method
-    if args.max_runs_factor is not None:
-        confirm.MAX_RUNS_FACTOR = args.max_runs_factor
-    if args.selection is not None:
-        recommend.SELECTION_CORRECTION = args.selection
+    for flag, module, constant in OVERRIDES:
+        if getattr(args, flag) is not None:
+            setattr(module, constant, getattr(args, flag))
     start = time.perf_counter()
     if args.grid_json is not None:
         grid = Grid.from_json(json.loads(args.grid_json.read_text()))
@@ -484,7 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"confirm runs {args.confirm_runs}, PLAUSIBLE_SDS {confirm.PLAUSIBLE_SDS:g}, "
         f"SE_METHOD {recommend.SE_METHOD}, MAX_RUNS_FACTOR {confirm.MAX_RUNS_FACTOR}, "
         f"STRATEGY {confirm.STRATEGY}, WALK_ORDER {confirm.WALK_ORDER}, "
-        f"fastest_within: d + z se <= tolerance (the study's z = {UNCERTAINTY_Z:g}); "
+        f"SELECTION_CORRECTION {recommend.SELECTION_CORRECTION}, replay {args.replay} "
+        f"replacement, fastest_within: d + z se <= tolerance (the study's z = {UNCERTAINTY_Z:g}); "
         "* = no confirmation"
     )
     print(HEADER, flush=True)
