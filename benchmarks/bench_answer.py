@@ -42,7 +42,7 @@ from objectives.backend import build_task
 from objectives.batch import call_model
 from objectives.train import make_optimizer
 from study.api import run_study
-from study.config import StudyConfig
+from study.config import PRUNERS, StudyConfig
 from study.recommend import UNCERTAINTY_Z
 from study.record import read_record, study_metric
 from study.scaling import scaled_lr
@@ -183,6 +183,7 @@ def run_one(args: argparse.Namespace, seed: int, folder: Path, task) -> tuple[St
         trials=args.trials,
         epochs=args.epochs,
         tolerance=args.tolerance,
+        pruner=args.pruner,
         seed=seed,
         storage=f"sqlite:///{folder / f'study-{seed}.db'}",
         artifact_dir="none",
@@ -253,6 +254,9 @@ def main() -> None:
         "--studies", type=int, default=1, help="studies to judge (seeds 0, 1, ...; default 1)"
     )
     p.add_argument("--tolerance", type=float, default=StudyConfig.tolerance)
+    p.add_argument(
+        "--pruner", default=StudyConfig.pruner, choices=PRUNERS, help="the studies' pruner"
+    )
     p.add_argument("--quick", action="store_true", help="tiny study and grid: checks it runs")
     p.add_argument("--save-grid", help="write the grid's runs to this JSON file")
     p.add_argument("--grid-json", help="read the grid from this JSON file instead of training")

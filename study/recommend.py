@@ -440,9 +440,11 @@ def selection_bias(
     the truth makes the estimate err low. 0 for fewer than two cells, no pooled SD, or
     ``SELECTION_CORRECTION = "none"``.
     """
+    if SELECTION_CORRECTION == "none":
+        return 0.0
     scored = [c for c in cells if c.runs > 0 and c.val_mean is not None]
     sigma = pooled_sd(scored)
-    if SELECTION_CORRECTION == "none" or len(scored) < 2 or not sigma:
+    if len(scored) < 2 or not sigma:
         return 0.0
     means = [metric.sign * (c.val_mean or 0.0) for c in scored]
     ses = [sigma / math.sqrt(c.runs) for c in scored]
