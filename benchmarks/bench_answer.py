@@ -15,7 +15,10 @@ short tail; ``torch.optim`` and the task's loss; none of the study's training co
   against the one the study's own rule (``d + z * se <= tolerance``) picks from the grid's
   runs, the answer the exhaustive grid itself would give with that margin;
 * the study's training compute as a fraction of the grid's: sample-epochs trained (a
-  hardware-free count) and training seconds (goal: at most half).
+  hardware-free count) and training seconds (goal: at most half);
+* with a grid of 10 or more seeds a cell, the reference judged the same way: how often an
+  exhaustive 5-seed grid names the right fast cell (:func:`reference_check`), the ceiling to
+  read a study's rate against.
 
     python benchmarks/bench_answer.py --task digits [--seeds 5] [--trials 50]
     python benchmarks/bench_answer.py --save-grid g.json   # keep the grid ...
@@ -30,6 +33,7 @@ import dataclasses
 import io
 import json
 import math
+import random
 import statistics
 import tempfile
 import time
@@ -73,6 +77,57 @@ def _qualifies(best: Cell, cell: Cell, sign: float, tolerance: float) -> bool:
     pair = [c.values for c in (best, cell) if len(c.values) > 1]
     var = sum(statistics.variance(values) / len(values) for values in pair)
     return d + UNCERTAINTY_Z * math.sqrt(var) <= tolerance
+
+
+def grid_answer(cells: dict, sign: float, tolerance: float) -> tuple[Cell, Cell, Cell]:
+    """A grid's own answer: its best cell by the means, its fastest cell within ``tolerance``
+    of that by the means, and its fastest by the study's rule on its runs."""
+    best = max(cells.values(), key=lambda c: sign * c.mean)
+    within = [c for c in cells.values() if sign * (best.mean - c.mean) <= tolerance]
+    fast = min(within, key=lambda c: c.time)
+    by_rule = [c for c in within if c is best or _qualifies(best, c, sign, tolerance)]
+    return best, fast, min(by_rule, key=lambda c: c.time)
+
+
+def _grade(named: Cell, truth: dict, sign: float, tolerance: float) -> tuple[bool, bool, bool]:
+    """Whether a cell named as fastest within tolerance is within it by ``truth``'s means, and
+    right against truth's fastest cell by the means and by the study's rule (as ``judge``)."""
+    best, fast, rule_fast = grid_answer(truth, sign, tolerance)
+    cell = truth[(named.batch_size, named.rule)]
+    ok = sign * (best.mean - cell.mean) <= tolerance
+    return (
+        ok,
+        ok and cell.batch_size >= fast.batch_size,
+        ok and cell.batch_size >= rule_fast.batch_size,
+    )
+
+
+def reference_check(cells: dict, sign: float, tolerance: float, size: int = 5, draws: int = 400):
+    """How often a ``size``-seed grid (the issue's reference, at twice the study's compute)
+    names the right fast cell, judged the way the studies are against the grid's other seeds.
+
+    Each draw splits every cell's runs at the same random seed positions: ``size`` runs make
+    the grid under test, the rest (at least ``size``) are its truth. Returns the shares of
+    draws in which the small grid's fastest cell within tolerance is (within, right by the
+    means, right by the rule), once when it names that cell by its means and once by the
+    study's rule; this is the ceiling a study's "right" rate is to be read against."""
+    seeds = min(len(c.values) for c in cells.values())
+    rng = random.Random(0)
+    counts = {"means": [0, 0, 0], "rule": [0, 0, 0]}
+    for _ in range(draws):
+        picked = set(rng.sample(range(seeds), size))
+        small, rest = {}, {}
+        for key, c in cells.items():
+            for target, keep in ((small, True), (rest, False)):
+                idx = [i for i in range(seeds) if (i in picked) == keep]
+                target[key] = Cell(
+                    c.batch_size, c.rule, [c.values[i] for i in idx], [c.seconds[i] for i in idx]
+                )
+        _, fast, rule_fast = grid_answer(small, sign, tolerance)
+        for name, named in (("means", fast), ("rule", rule_fast)):
+            for i, hit in enumerate(_grade(named, rest, sign, tolerance)):
+                counts[name][i] += hit
+    return {name: [hit / draws for hit in hits] for name, hits in counts.items()}, seeds
 
 
 def _loader(dataset, batch_size: int, collate, shuffle: bool, seed: int = 0):
@@ -284,18 +339,22 @@ def main() -> None:
     train_size = first.user_attrs["task_info"]["train_size"]
     config = StudyConfig(task=args.task, model=args.model, epochs=args.epochs)
     space = first.user_attrs["space"]
-    print(
-        f"grid: {len(space['batch_sizes'])} batch sizes x {space['scaling_rules']} x "
-        f"{args.seeds} seeds, {args.epochs} epochs, unpruned, plain loop"
-    )
     grid_started = time.process_time()
     if args.grid_json:
         saved = json.loads(Path(args.grid_json).read_text())
         cells = {(c["batch_size"], c["rule"]): Cell(**c) for c in saved["cells"]}
         grid_cpu = float(saved["cpu_s"])
+        # the saved grid's seeds, for the figures below (older files: count a cell's runs)
+        args.seeds = int(saved.get("seeds") or min(len(c.values) for c in cells.values()))
+        source = f"read from {args.grid_json} ({saved.get('epochs', '?')} epochs)"
     else:
         cells = run_grid(task, space, config, args.seeds, print)
         grid_cpu = time.process_time() - grid_started
+        source = "trained above"
+    print(
+        f"grid: {len(space['batch_sizes'])} batch sizes x {space['scaling_rules']} x "
+        f"{args.seeds} seeds, {args.epochs} epochs, unpruned, plain loop; {source}"
+    )
     if args.save_grid:
         Path(args.save_grid).write_text(
             json.dumps(
@@ -312,11 +371,7 @@ def main() -> None:
     grid_runs = sum(len(c.values) for c in cells.values())
     grid_sample_epochs = grid_runs * args.epochs * train_size
     grid_seconds = sum(sum(c.seconds) for c in cells.values())
-    best = max(cells.values(), key=lambda c: sign * c.mean)
-    within = [c for c in cells.values() if sign * (best.mean - c.mean) <= args.tolerance]
-    grid_fast = min(within, key=lambda c: c.time)
-    by_rule = [c for c in within if c is best or _qualifies(best, c, sign, args.tolerance)]
-    rule_fast = min(by_rule, key=lambda c: c.time)
+    best, grid_fast, rule_fast = grid_answer(cells, sign, args.tolerance)
     print(
         f"grid best: batch {best.batch_size} {best.rule} {best.mean:.4f}; grid fastest within "
         f"{args.tolerance}: batch {grid_fast.batch_size} {grid_fast.rule} {grid_fast.mean:.4f} "
@@ -336,6 +391,15 @@ def main() -> None:
             f"seconds {run.seconds:.0f} vs {five_seconds:.0f} ({run.seconds / five_seconds:.0%}); "
             f"process CPU {run.cpu_s:.0f} s vs {grid_cpu * 5 / args.seeds:.0f} s"
         )
+    if min(len(c.values) for c in cells.values()) >= 10:
+        shares, seeds = reference_check(cells, sign, args.tolerance)
+        for name, (within_share, right, right_rule) in shares.items():
+            print(
+                f"reference: a 5-seed grid naming its fast cell by its {name}, judged against "
+                f"the other {seeds - 5} seeds (400 random splits): truly within "
+                f"{within_share:.0%}, right by the means {right:.0%}, by the study's rule "
+                f"{right_rule:.0%}"
+            )
     regrets = [v["regret"] for v in verdicts if v["regret"] is not None]
     n = len(verdicts)
     print(

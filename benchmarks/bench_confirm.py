@@ -42,9 +42,9 @@ Printed per setting (over the simulated studies; "true" = by the grid's means an
 
 ``--z`` lists margins of the ``fastest_within`` rule ``d + z * se <= tolerance`` to compare (the
 study's rule is ``z =`` :data:`study.recommend.UNCERTAINTY_Z`, checked against
-``recommend_cells``); ``--plausible-sds``, ``--strategy``, ``--walk`` and
-``--max-runs-factor`` set :data:`study.confirm.PLAUSIBLE_SDS`, ``STRATEGY``, ``WALK_ORDER``
-and ``MAX_RUNS_FACTOR``, and ``--se-method`` and ``--selection``
+``recommend_cells``); ``--plausible-sds``, ``--strategy``, ``--walk``, ``--max-runs-factor``
+and ``--verify`` set :data:`study.confirm.PLAUSIBLE_SDS`, ``STRATEGY``, ``WALK_ORDER``,
+``MAX_RUNS_FACTOR`` and ``VERIFY_QUALIFIED``, and ``--se-method`` and ``--selection``
 :data:`study.recommend.SE_METHOD` and ``SELECTION_CORRECTION``, for the run
 (the confirmation plans and rules ``docs/answer.md`` compares). ``--grid-json`` also reads a
 grid saved by ``bench_answer.py --save-grid``.
@@ -416,6 +416,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--walk", choices=("batch", "time"), help="set study.confirm.WALK_ORDER")
     parser.add_argument(
+        "--verify",
+        choices=("yes", "no"),
+        help="set study.confirm.VERIFY_QUALIFIED (more runs for a qualifying cell)",
+    )
+    parser.add_argument(
         "--replay",
         choices=("with", "without"),
         default="with",
@@ -430,6 +435,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save-grid", type=Path, help="write the measured grid here (JSON)")
     parser.add_argument("--quick", action="store_true", help="tiny grid, 5 studies: < 1 minute")
     args = parser.parse_args(argv)
+    if args.verify is not None:
+        args.verify = args.verify == "yes"
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -442,6 +449,7 @@ OVERRIDES = (
     ("strategy", confirm, "STRATEGY"),
     ("walk", confirm, "WALK_ORDER"),
     ("max_runs_factor", confirm, "MAX_RUNS_FACTOR"),
+    ("verify", confirm, "VERIFY_QUALIFIED"),
     ("se_method", recommend, "SE_METHOD"),
     ("selection", recommend, "SELECTION_CORRECTION"),
 )
@@ -485,6 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.studies} simulated studies per setting; tolerance {args.tolerance:g}, "
         f"confirm runs {args.confirm_runs}, PLAUSIBLE_SDS {confirm.PLAUSIBLE_SDS:g}, "
         f"SE_METHOD {recommend.SE_METHOD}, MAX_RUNS_FACTOR {confirm.MAX_RUNS_FACTOR}, "
+        f"VERIFY_QUALIFIED {confirm.VERIFY_QUALIFIED}, "
         f"STRATEGY {confirm.STRATEGY}, WALK_ORDER {confirm.WALK_ORDER}, "
         f"SELECTION_CORRECTION {recommend.SELECTION_CORRECTION}, replay {args.replay} "
         f"replacement, fastest_within: d + z se <= tolerance (the study's z = {UNCERTAINTY_Z:g}); "

@@ -21,10 +21,12 @@ trials, in this order:
    has two runs; :func:`confirm_order`) whose trials ran faster than the best cell's, taken
    largest batch first until one settles the answer. A plausible cell gets ``confirm_runs``
    runs; then, against the most accurate confirmed cell, it either qualifies (``d + z * se <=
-   tolerance``, the answer's rule: nothing further needs runs), is ruled out (``d - z * se >=
-   tolerance``: the next cell is looked at) or is undecided: then it and the most accurate
-   cell take turns at more runs, up to ``MAX_RUNS_FACTOR * confirm_runs`` each, before it is
-   passed.
+   tolerance``, the answer's rule), is ruled out (``d - z * se >= tolerance``: the next cell
+   is looked at) or is undecided. A cell that qualifies or is undecided and the most
+   accurate cell take turns at more runs, up to ``MAX_RUNS_FACTOR * confirm_runs`` each
+   (``VERIFY_QUALIFIED``: a qualifying cell too, so that it is named on those runs, not on
+   the luck of a small SD in its first few); a cell that still qualifies then settles the
+   answer (nothing further needs runs), one still undecided is passed.
 
 So runs go to the two cells the answer names and to the fast cells that might beat the
 current pick, not to plausible cells slower than the answer. A cell needs runs until it has
@@ -92,6 +94,11 @@ WALK_ORDER = "batch"
 #: as diverged) and whose batch is larger than the best cell's: a pruned trial has no final
 #: value, so without it such a cell never enters the answer (``docs/answer.md``).
 WALK_PRUNED = True
+#: Whether a faster cell that qualifies gets more runs before the walk stops at it: it and the
+#: most accurate cell take turns, up to ``MAX_RUNS_FACTOR * confirm_runs`` each, and the cell
+#: is named only if it still qualifies then (a pass on 3 runs is often the luck of a small
+#: SD; ``docs/answer.md``).
+VERIFY_QUALIFIED = True
 #: User attribute values of the two phases.
 SEARCH, CONFIRM = "search", "confirm"
 
@@ -255,14 +262,15 @@ def fastest_open(
     best cell's, largest batch first (``WALK_ORDER``), and stops at the first that settles the
     question: the cell with the best mean, the most accurate confirmed cell, or a confirmed
     cell that qualifies (``d + z * se <= tolerance`` against the most accurate confirmed
-    cell). On the way, a cell with fewer than
+    cell) with ``MAX_RUNS_FACTOR * confirm_runs`` runs each (``confirm_runs`` without
+    ``VERIFY_QUALIFIED``). On the way, a cell with fewer than
     ``confirm_runs`` runs gets one (``None`` while its runs are queued or running); a
-    confirmed cell that is ruled out (``d - z * se >= tolerance``) is passed; an undecided one
-    gets more runs, it and the most accurate cell taking turns (the one with fewer runs
-    first, the cell on a tie), each up to ``MAX_RUNS_FACTOR * confirm_runs``, then is
-    passed. A cell larger than the best whose every trial was pruned (not as diverged) gets
-    one unpruned run at its place in the walk (``WALK_PRUNED``), then is walked like the
-    others. Cells slower than the answer never get confirmation runs.
+    confirmed cell that is ruled out (``d - z * se >= tolerance``) is passed; a qualifying or
+    undecided one gets more runs, it and the most accurate cell taking turns (the one with
+    fewer runs first, the cell on a tie), each up to ``MAX_RUNS_FACTOR * confirm_runs``; one
+    still undecided then is passed. A cell larger than the best whose every trial was pruned
+    (not as diverged) gets one unpruned run at its place in the walk (``WALK_PRUNED``), then
+    is walked like the others. Cells slower than the answer never get confirmation runs.
     """
     plausible = confirm_order(cells, plan.metric, plan.tolerance)
     if not plausible:
@@ -289,11 +297,16 @@ def fastest_open(
         if best is None:
             return None  # nothing to compare with until the best cell is confirmed
         d, se = shortfall(best, cell, plan.metric, sigma, bias)
+        runs = {c.key: c.runs + pending[c.key] for c in (cell, best)}
         if d + UNCERTAINTY_Z * se <= plan.tolerance:
+            if not VERIFY_QUALIFIED:
+                return None
+            for choice in sorted((cell, best), key=lambda c: runs[c.key]):
+                if runs[choice.key] < cap:
+                    return choice.key
             return None
         if d - UNCERTAINTY_Z * se >= plan.tolerance:
             continue
-        runs = {c.key: c.runs + pending[c.key] for c in (cell, best)}
         for choice in sorted((cell, best), key=lambda c: runs[c.key]):
             if runs[choice.key] < cap:
                 return choice.key

@@ -78,6 +78,10 @@ SE_METHOD = "welch"
 SELECTION_CORRECTION = "none"
 #: Draws of :func:`selection_bias`'s bootstrap (seeded: the same cells, the same answer).
 SELECTION_DRAWS = 1000
+#: Above this many runs a cell and the most accurate would each need to be decided, the
+#: statement says the cell sits at the tolerance rather than quoting a number.
+RUNS_TO_DECIDE_CAP = 100
+
 #: How many undecided faster cells the statement names (``undecided_faster`` keeps all).
 UNDECIDED_SHOWN = 3
 #: Buckets of the learning-rate multiplier per octave (2: half-octave buckets).
@@ -655,8 +659,31 @@ def _undecided_faster(
         d, se = shortfall(best, cell, metric, sigma, bias)
         if d + UNCERTAINTY_Z * se > tolerance > d - UNCERTAINTY_Z * se:
             entry = {"cell": cell.label, "shortfall": d, "se": se, "runs": cell.runs}
+            needed = runs_to_decide(best, cell, d, tolerance, sigma)
+            if needed is not None:
+                entry["runs_to_decide"] = needed
             found.append((seconds, entry))
     return [entry for _, entry in sorted(found, key=lambda pair: pair[0])]
+
+
+def runs_to_decide(
+    best: CellStats, cell: CellStats, d: float, tolerance: float, sigma: float | None
+) -> int | None:
+    """About how many runs each of ``cell`` and ``best`` would let the rule decide ``cell``
+    (``|tolerance - d| >= z * se``) if its shortfall ``d`` and the runs' SDs held: ``n =
+    z² (sd_best² + sd_cell²) / (tolerance - d)²`` (``2 z² sigma² / (tolerance - d)²`` with a
+    pooled SD), at least one more than either has. ``None`` without an SD for both; a
+    shortfall at the tolerance itself gives a very large number, which is the point: no
+    affordable number of runs decides a cell whose true shortfall is the tolerance."""
+    if sigma is not None:
+        variance = 2 * sigma**2
+    elif best.val_sd is not None and cell.val_sd is not None and min(best.runs, cell.runs) >= 2:
+        variance = best.val_sd**2 + cell.val_sd**2
+    else:
+        return None
+    gap = max(abs(tolerance - d), 1e-12)
+    needed = math.ceil(UNCERTAINTY_Z**2 * variance / gap**2)
+    return min(max(needed, min(best.runs, cell.runs) + 1), RUNS_TO_DECIDE_CAP)
 
 
 def _speed_uncertain(best: Speed, fast: Speed) -> bool:
@@ -668,21 +695,31 @@ def _speed_uncertain(best: Speed, fast: Speed) -> bool:
     return gain > 0 and spread >= gain
 
 
+def _decide_words(needed: int | None) -> str:
+    if needed is None:
+        return ""
+    if needed >= RUNS_TO_DECIDE_CAP:
+        return f"; over {RUNS_TO_DECIDE_CAP} runs each to decide: it sits at the tolerance"
+    return f"; decided at ~{needed} runs each"
+
+
 def _undecided_words(answer: Mapping[str, Any], tolerance: float) -> str:
     """`` Faster, not yet decided: ...`` for the cells more runs could still qualify."""
     entries = answer.get("undecided_faster") or []
     if not entries:
         return ""
     shown = "; ".join(
-        f"{e['cell']} ({e['shortfall']:.2g} ± {e['se']:.2g} behind, {e['runs']} runs)"
+        f"{e['cell']} ({e['shortfall']:.2g} ± {e['se']:.2g} behind, {e['runs']} runs"
+        f"{_decide_words(e.get('runs_to_decide'))})"
         for e in entries[:UNDECIDED_SHOWN]
     )
     if len(entries) > UNDECIDED_SHOWN:
         shown += f"; {len(entries) - UNDECIDED_SHOWN} more"
-    return (
-        f" Faster and not yet decided (could be within {tolerance:g} or not): {shown}; more "
-        "--trials would settle it."
-    )
+    if all(e.get("runs_to_decide", 0) >= RUNS_TO_DECIDE_CAP for e in entries):
+        ending = "no affordable number of --trials would settle it"
+    else:
+        ending = "more --trials would settle it"
+    return f" Faster and not yet decided (could be within {tolerance:g} or not): {shown}; {ending}."
 
 
 def _statement(

@@ -11,6 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from study import confirm
 from study.budget import claim_trial
 from study.confirm import CONFIRM, MAX_RUNS_FACTOR, ConfirmPlan, confirm_order, next_confirm
 from study.locks import FileLock, NoLock, lock_path
@@ -72,8 +73,32 @@ def test_next_confirm_waits_for_the_search_then_confirms_the_best_and_the_fastes
     records.append(record(16, None, "FAIL", phase=CONFIRM))  # a failed attempt is no run
     assert next_confirm(plan, records) is None  # nothing to compare 32 with until 8 is confirmed
     records[7:9] = [record(8, 0.96, phase=CONFIRM), record(8, 0.961, phase=CONFIRM)]
-    # 32 is 0.005 behind with a small se: it qualifies, so batch 16 (slower) is never confirmed
+    # 32 is 0.005 behind with a small se: it qualifies; before the walk stops there, it and 8
+    # take turns up to 6 runs each (VERIFY_QUALIFIED), the cell first on a tie
+    assert next_confirm(plan, records) == CellKey(32, "linear")
+    records.append(record(32, 0.955, phase=CONFIRM))
+    assert next_confirm(plan, records) == CellKey(8, "linear")
+    records += [record(8, 0.96, phase=CONFIRM)] + [record(32, 0.955), record(8, 0.96)] * 2
+    # it still qualifies on 6 runs each: settled, so batch 16 (slower) is never confirmed
     assert next_confirm(plan, records) is None
+
+
+def test_a_cell_that_qualifies_on_its_first_runs_is_named_only_if_it_still_does_on_more(
+    monkeypatch,
+):
+    plan = ConfirmPlan(total=10, confirm_runs=3, tolerance=0.01)
+    best = [record(8, v) for v in (0.96, 0.961, 0.959)]
+    lucky = [record(32, v) for v in (0.956, 0.957, 0.955)]  # 0.004 behind, se 0.0008
+    records = best + lucky + [record(16, 0.953)]
+    assert next_confirm(plan, records) == CellKey(32, "linear")  # qualifies: verify it
+    monkeypatch.setattr(confirm, "VERIFY_QUALIFIED", False)
+    assert next_confirm(plan, records) is None  # as before: the walk stopped at 3 runs
+    monkeypatch.setattr(confirm, "VERIFY_QUALIFIED", True)
+    # its next runs are worse: 32 ends 0.019 behind on 6 runs (d - se = 0.012 > 0.01), ruled
+    # out, so the walk goes on to the slower plausible cell, 16
+    records += [record(32, 0.925), record(8, 0.96), record(32, 0.927), record(8, 0.96)]
+    records += [record(32, 0.926), record(8, 0.96)]
+    assert next_confirm(plan, records) == CellKey(16, "linear")
 
 
 def test_an_undecided_fast_cell_and_the_best_take_turns_up_to_the_cap():
@@ -129,7 +154,9 @@ def test_a_larger_batch_whose_every_trial_was_pruned_gets_one_unpruned_run():
     assert next_confirm(plan, records) == CellKey(128, "linear")
     records.append(record(128, 0.935, phase=CONFIRM))  # it ends plausible: confirm it
     assert next_confirm(plan, records) == CellKey(128, "linear")
-    records += [record(128, 0.94, phase=CONFIRM)] * 2  # qualifies: the walk stops
+    records += [record(128, 0.94, phase=CONFIRM)] * 2  # qualifies: verified, then settled
+    assert next_confirm(plan, records) == CellKey(128, "linear")
+    records += [record(128, 0.94, phase=CONFIRM), record(64, 0.94, phase=CONFIRM)] * 3
     assert next_confirm(plan, records) is None
 
 

@@ -10,6 +10,7 @@ import optuna
 import pytest
 
 from study.recommend import (
+    RUNS_TO_DECIDE_CAP,
     UNCERTAINTY_Z,
     CellKey,
     cell_stats,
@@ -238,7 +239,10 @@ def test_faster_cells_the_runs_cannot_decide_are_named_with_their_shortfall():
     assert entry["cell"] == "batch 512 linear" and entry["runs"] == 3
     assert entry["shortfall"] == pytest.approx(0.015)
     assert entry["se"] == pytest.approx(math.sqrt((0.01**2 + 0.015**2) / 3))
+    # 1·se <= |0.01 - 0.015| needs (0.01² + 0.015²) / 0.005² = 13 runs each
+    assert entry["runs_to_decide"] == 13
     assert "not yet decided" in answer["statement"] and "batch 512 linear" in answer["statement"]
+    assert "3 runs; decided at ~13 runs each)" in answer["statement"]
     assert "1024" not in answer["statement"]
     # the fast cell's own batch size with another rule is not faster, whatever its timing
     same_batch = runs(16, "sqrt", [0.93, 0.945, 0.96], time=11.9)
@@ -251,6 +255,13 @@ def test_faster_cells_the_runs_cannot_decide_are_named_with_their_shortfall():
         "1 more; more --trials would settle it."
     )
     assert answer["undecided_faster"][0]["cell"] == "batch 512 linear"  # the fastest first
+    # a shortfall at the tolerance itself: no affordable number of runs decides it
+    edge = runs(512, "linear", [0.94, 0.9505, 0.96], time=1.0)  # 0.0095 behind
+    [entry] = recommend_cells(cell_stats(best + edge), tolerance=0.01)["undecided_faster"]
+    assert entry["runs_to_decide"] == RUNS_TO_DECIDE_CAP
+    statement = recommend_cells(cell_stats(best + edge), tolerance=0.01)["statement"]
+    assert "over 100 runs each to decide: it sits at the tolerance" in statement
+    assert statement.endswith("no affordable number of --trials would settle it.")
     # a faster cell that qualifies leaves nothing open
     sure = runs(512, "linear", [0.955, 0.956, 0.957], time=1.0)
     answer = recommend_cells(cell_stats(best + sure), tolerance=0.01)
