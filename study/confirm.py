@@ -297,19 +297,17 @@ def fastest_open(
         if best is None:
             return None  # nothing to compare with until the best cell is confirmed
         d, se = shortfall(best, cell, plan.metric, sigma, bias)
-        runs = {c.key: c.runs + pending[c.key] for c in (cell, best)}
-        if d + UNCERTAINTY_Z * se <= plan.tolerance:
-            if not VERIFY_QUALIFIED:
-                return None
-            for choice in sorted((cell, best), key=lambda c: runs[c.key]):
-                if runs[choice.key] < cap:
-                    return choice.key
+        qualified = d + UNCERTAINTY_Z * se <= plan.tolerance
+        if qualified and not VERIFY_QUALIFIED:
             return None
-        if d - UNCERTAINTY_Z * se >= plan.tolerance:
-            continue
+        if not qualified and d - UNCERTAINTY_Z * se >= plan.tolerance:
+            continue  # ruled out
+        runs = {c.key: c.runs + pending[c.key] for c in (cell, best)}
         for choice in sorted((cell, best), key=lambda c: runs[c.key]):
             if runs[choice.key] < cap:
                 return choice.key
+        if qualified:
+            return None  # it still qualifies on the cap's runs: the answer is settled
     return None
 
 
