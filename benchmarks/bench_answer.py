@@ -102,6 +102,13 @@ def _grade(named: Cell, truth: dict, sign: float, tolerance: float) -> tuple[boo
     )
 
 
+def _subset(cell: Cell, idx: list[int]) -> Cell:
+    """``cell`` with only the runs at positions ``idx``."""
+    return Cell(
+        cell.batch_size, cell.rule, [cell.values[i] for i in idx], [cell.seconds[i] for i in idx]
+    )
+
+
 def reference_check(cells: dict, sign: float, tolerance: float, size: int = 5, draws: int = 400):
     """How often a ``size``-seed grid (the issue's reference, at twice the study's compute)
     names the right fast cell, judged the way the studies are against the grid's other seeds.
@@ -116,13 +123,10 @@ def reference_check(cells: dict, sign: float, tolerance: float, size: int = 5, d
     counts = {"means": [0, 0, 0], "rule": [0, 0, 0]}
     for _ in range(draws):
         picked = set(rng.sample(range(seeds), size))
-        small, rest = {}, {}
-        for key, c in cells.items():
-            for target, keep in ((small, True), (rest, False)):
-                idx = [i for i in range(seeds) if (i in picked) == keep]
-                target[key] = Cell(
-                    c.batch_size, c.rule, [c.values[i] for i in idx], [c.seconds[i] for i in idx]
-                )
+        small_idx = sorted(picked)
+        rest_idx = [i for i in range(seeds) if i not in picked]
+        small = {key: _subset(c, small_idx) for key, c in cells.items()}
+        rest = {key: _subset(c, rest_idx) for key, c in cells.items()}
         _, fast, rule_fast = grid_answer(small, sign, tolerance)
         for name, named in (("means", fast), ("rule", rule_fast)):
             for i, hit in enumerate(_grade(named, rest, sign, tolerance)):
