@@ -9,16 +9,20 @@ short tail; ``torch.optim`` and the task's loss; none of the study's training co
 * the regret of ``most_accurate``: the grid's best cell mean minus the grid mean of the cell
   the study named (in the metric's units; the goal is at most 0.01, one point of accuracy);
 * whether ``fastest_within`` is right: the grid mean of the cell the study named is within
-  ``--tolerance`` of the grid's best, and its batch size is at least that of the grid's own
-  fastest cell within tolerance (a cell's speed is its batch size's: the rules change only
-  the learning rate), judged twice: against the grid's fastest cell by the means, and
-  against the one the study's own rule (``d + z * se <= tolerance``) picks from the grid's
-  runs, the answer the exhaustive grid itself would give with that margin;
-* the study's training compute as a fraction of the grid's: sample-epochs trained (a
-  hardware-free count) and training seconds (goal: at most half);
-* with a grid of 10 or more seeds a cell, the reference judged the same way: how often an
-  exhaustive 5-seed grid names the right fast cell (:func:`reference_check`), the ceiling to
-  read a study's rate against.
+  ``--tolerance`` of the grid's best ("truly within"; goal: at least the confidence minus
+  0.03), and its batch size is at least that of the grid's own fastest cell within tolerance
+  (a cell's speed is its batch size's: the rules change only the learning rate), judged
+  twice: against the grid's fastest cell by the means, and against the one the study's own
+  rule (the fixed sequence of one-sided Welch t-tests at ``--confidence``) names from the
+  grid's runs;
+* the speed-up captured: the grid's best cell's median time over the named cell's (1 when
+  the named cell is truly outside the tolerance), the studies' median beside the median a
+  5-seed grid captures under the same rule (goal: at least the grid's);
+* the study's training compute as a fraction of a 5-seed grid's: sample-epochs trained (a
+  hardware-free count) and training seconds (goal: at most 35%, the early stop included);
+* with a grid of 10 or more seeds a cell, the reference judged the same way: how an
+  exhaustive 5-seed grid does under the study's rule against the grid's held-out seeds
+  (:func:`reference_check`).
 
     python benchmarks/bench_answer.py --task digits [--seeds 5] [--trials 50]
     python benchmarks/bench_answer.py --save-grid g.json   # keep the grid ...
@@ -47,9 +51,9 @@ from objectives.batch import call_model
 from objectives.train import make_optimizer
 from study.api import run_study
 from study.config import PRUNERS, StudyConfig
-from study.recommend import UNCERTAINTY_Z
 from study.record import read_record, study_metric
 from study.scaling import scaled_lr
+from study.stats import welch
 
 
 @dataclasses.dataclass
@@ -70,29 +74,53 @@ class Cell:
         return statistics.median(self.seconds)
 
 
-def _qualifies(best: Cell, cell: Cell, sign: float, tolerance: float) -> bool:
-    """The study's ``fastest_within`` rule applied to the grid's runs: ``d + z * se <=
-    tolerance`` with Welch's standard error (see :func:`study.recommend.qualifies`)."""
-    d = sign * (best.mean - cell.mean)
-    pair = [c.values for c in (best, cell) if len(c.values) > 1]
-    var = sum(statistics.variance(values) / len(values) for values in pair)
-    return d + UNCERTAINTY_Z * math.sqrt(var) <= tolerance
+def _passes(best: Cell, cell: Cell, sign: float, tolerance: float, confidence: float) -> bool:
+    """The study's test applied to a grid's runs, in one look: Welch's one-sided upper bound
+    of the shortfall at ``confidence`` is within ``tolerance``."""
+    w = welch([sign * v for v in best.values], [sign * v for v in cell.values])
+    return w.upper(confidence) <= tolerance
 
 
-def grid_answer(cells: dict, sign: float, tolerance: float) -> tuple[Cell, Cell, Cell]:
+def grid_answer(
+    cells: dict, sign: float, tolerance: float, confidence: float
+) -> tuple[Cell, Cell, Cell]:
     """A grid's own answer: its best cell by the means, its fastest cell within ``tolerance``
-    of that by the means, and its fastest by the study's rule on its runs."""
+    of that by the means, and the cell the study's rule names from the grid's runs: the
+    fixed sequence up the batch sizes from the best (at each batch the rule with the best
+    mean), each tested in one look at ``confidence``, stopping at the first failure."""
     best = max(cells.values(), key=lambda c: sign * c.mean)
     within = [c for c in cells.values() if sign * (best.mean - c.mean) <= tolerance]
-    fast = min(within, key=lambda c: c.time)
-    by_rule = [c for c in within if c is best or _qualifies(best, c, sign, tolerance)]
-    return best, fast, min(by_rule, key=lambda c: c.time)
+    fast = min(within, key=lambda c: (c.time, -c.batch_size))
+    by_batch: dict[int, Cell] = {}
+    for c in cells.values():
+        if c.batch_size > best.batch_size:
+            top = by_batch.get(c.batch_size)
+            if top is None or sign * c.mean > sign * top.mean:
+                by_batch[c.batch_size] = c
+    named = best
+    for batch in sorted(by_batch):
+        if not _passes(best, by_batch[batch], sign, tolerance, confidence):
+            break
+        named = by_batch[batch]
+    return best, fast, named
 
 
-def _grade(named: Cell, truth: dict, sign: float, tolerance: float) -> tuple[bool, bool, bool]:
+def captured(named: Cell, truth: dict, sign: float, tolerance: float) -> float:
+    """The speed-up a named fast cell captures over ``truth``'s best cell (``truth``'s median
+    times); 1 when the named cell is truly outside the tolerance (nothing is gained)."""
+    best = max(truth.values(), key=lambda c: sign * c.mean)
+    cell = truth[(named.batch_size, named.rule)]
+    if sign * (best.mean - cell.mean) > tolerance:
+        return 1.0
+    return best.time / cell.time
+
+
+def _grade(
+    named: Cell, truth: dict, sign: float, tolerance: float, confidence: float
+) -> tuple[bool, bool, bool]:
     """Whether a cell named as fastest within tolerance is within it by ``truth``'s means, and
     right against truth's fastest cell by the means and by the study's rule (as ``judge``)."""
-    best, fast, rule_fast = grid_answer(truth, sign, tolerance)
+    best, fast, rule_fast = grid_answer(truth, sign, tolerance, confidence)
     cell = truth[(named.batch_size, named.rule)]
     ok = sign * (best.mean - cell.mean) <= tolerance
     return (
@@ -109,29 +137,31 @@ def _subset(cell: Cell, idx: list[int]) -> Cell:
     )
 
 
-def reference_check(cells: dict, sign: float, tolerance: float, size: int = 5, draws: int = 400):
-    """How often a ``size``-seed grid (the issue's reference, at twice the study's compute)
-    names the right fast cell, judged the way the studies are against the grid's other seeds.
+def reference_check(
+    cells: dict, sign: float, tolerance: float, confidence: float, size: int = 5, draws: int = 400
+):
+    """How a ``size``-seed grid (the reference, at about twice a study's compute) does under
+    the study's rule, judged against the grid's other seeds (held out, never the runs it
+    named its cell from).
 
     Each draw splits every cell's runs at the same random seed positions: ``size`` runs make
-    the grid under test, the rest (at least ``size``) are its truth. Returns the shares of
-    draws in which the small grid's fastest cell within tolerance is (within, right by the
-    means, right by the rule), once when it names that cell by its means and once by the
-    study's rule; this is the ceiling a study's "right" rate is to be read against."""
+    the grid under test, the rest (at least ``size``) are its truth. Returns the share of
+    draws whose named cell is truly within, right by the means and by the rule, and the list
+    of speed-ups captured (:func:`captured`, against the held-out seeds)."""
     seeds = min(len(c.values) for c in cells.values())
     rng = random.Random(0)
-    counts = {"means": [0, 0, 0], "rule": [0, 0, 0]}
+    hits = [0, 0, 0]
+    speedups = []
     for _ in range(draws):
         picked = set(rng.sample(range(seeds), size))
-        small_idx = sorted(picked)
+        small = {key: _subset(c, sorted(picked)) for key, c in cells.items()}
         rest_idx = [i for i in range(seeds) if i not in picked]
-        small = {key: _subset(c, small_idx) for key, c in cells.items()}
         rest = {key: _subset(c, rest_idx) for key, c in cells.items()}
-        _, fast, rule_fast = grid_answer(small, sign, tolerance)
-        for name, named in (("means", fast), ("rule", rule_fast)):
-            for i, hit in enumerate(_grade(named, rest, sign, tolerance)):
-                counts[name][i] += hit
-    return {name: [hit / draws for hit in hits] for name, hits in counts.items()}, seeds
+        named = grid_answer(small, sign, tolerance, confidence)[2]
+        for i, hit in enumerate(_grade(named, rest, sign, tolerance, confidence)):
+            hits[i] += hit
+        speedups.append(captured(named, rest, sign, tolerance))
+    return [h / draws for h in hits], speedups, seeds
 
 
 def _loader(dataset, batch_size: int, collate, shuffle: bool, seed: int = 0):
@@ -242,6 +272,7 @@ def run_one(args: argparse.Namespace, seed: int, folder: Path, task) -> tuple[St
         trials=args.trials,
         epochs=args.epochs,
         tolerance=args.tolerance,
+        confidence=args.confidence,
         pruner=args.pruner,
         seed=seed,
         storage=f"sqlite:///{folder / f'study-{seed}.db'}",
@@ -267,9 +298,17 @@ def run_one(args: argparse.Namespace, seed: int, folder: Path, task) -> tuple[St
 
 def judge(run: StudyRun, cells: dict, best: Cell, fast: Cell, rule_fast: Cell, sign, tol) -> dict:
     """Print how one study's answer compares with the grid; return the verdicts."""
-    answer = run.answer
+    answer = run.answer or {}
     print(f"study seed {run.seed}: {answer.get('statement')}")
-    verdict: dict = {"regret": None, "within": False, "right": False, "right_by_rule": False}
+    verdict: dict = {
+        "regret": None,
+        "within": False,
+        "right": False,
+        "right_by_rule": False,
+        "captured": 1.0,
+        "decided": bool(answer.get("decided")),
+        "trials_used": answer.get("trials_used"),
+    }
     for key in ("most_accurate", "fastest_within"):
         named = answer.get(key)
         if not named:
@@ -293,6 +332,7 @@ def judge(run: StudyRun, cells: dict, best: Cell, fast: Cell, rule_fast: Cell, s
             verdict["within"] = ok
             verdict["right"] = ok and cell.batch_size >= fast.batch_size
             verdict["right_by_rule"] = ok and cell.batch_size >= rule_fast.batch_size
+            verdict["captured"] = captured(cell, cells, sign, tol)
             print(
                 f"  fast cell: {'right' if verdict['right'] else 'not right'} by the grid's "
                 f"means (batch {fast.batch_size}), "
@@ -313,6 +353,7 @@ def main() -> None:
         "--studies", type=int, default=1, help="studies to judge (seeds 0, 1, ...; default 1)"
     )
     p.add_argument("--tolerance", type=float, default=StudyConfig.tolerance)
+    p.add_argument("--confidence", type=float, default=StudyConfig.confidence)
     p.add_argument(
         "--pruner", default=StudyConfig.pruner, choices=PRUNERS, help="the studies' pruner"
     )
@@ -375,44 +416,63 @@ def main() -> None:
     grid_runs = sum(len(c.values) for c in cells.values())
     grid_sample_epochs = grid_runs * args.epochs * train_size
     grid_seconds = sum(sum(c.seconds) for c in cells.values())
-    best, grid_fast, rule_fast = grid_answer(cells, sign, args.tolerance)
+    conf = args.confidence
+    best, grid_fast, rule_fast = grid_answer(cells, sign, args.tolerance, conf)
     print(
         f"grid best: batch {best.batch_size} {best.rule} {best.mean:.4f}; grid fastest within "
         f"{args.tolerance}: batch {grid_fast.batch_size} {grid_fast.rule} {grid_fast.mean:.4f} "
         f"({best.time / grid_fast.time:.1f}x faster than the best); by the study's rule "
-        f"(d + {UNCERTAINTY_Z:g} se) on the grid's runs: batch {rule_fast.batch_size} "
-        f"{rule_fast.rule} ({best.time / rule_fast.time:.1f}x)"
+        f"(fixed sequence, one-sided Welch t at {conf:.0%}) on the grid's runs: batch "
+        f"{rule_fast.batch_size} {rule_fast.rule} ({best.time / rule_fast.time:.1f}x)"
     )
     verdicts = [judge(run, cells, best, grid_fast, rule_fast, sign, args.tolerance) for run in runs]
-    # Compute against a 5-seed grid of the same cells (the issue's yardstick), whatever --seeds.
+    # Compute against a 5-seed grid of the same cells (the yardstick), whatever --seeds.
     per_grid_run = grid_sample_epochs / grid_runs
     five_seed = per_grid_run * 5 * len(cells)
     five_seconds = grid_seconds / grid_runs * 5 * len(cells)
+    shares = []
     for run in runs:
+        shares.append(run.sample_epochs / five_seed)
         print(
             f"compute, seed {run.seed}: {run.sample_epochs:,} sample-epochs = "
             f"{run.sample_epochs / five_seed:.0%} of a 5-seed grid's {five_seed:,.0f}; training "
             f"seconds {run.seconds:.0f} vs {five_seconds:.0f} ({run.seconds / five_seconds:.0%}); "
             f"process CPU {run.cpu_s:.0f} s vs {grid_cpu * 5 / args.seeds:.0f} s"
         )
+    reference = None
     if min(len(c.values) for c in cells.values()) >= 10:
-        shares, seeds = reference_check(cells, sign, args.tolerance)
-        for name, (within_share, right, right_rule) in shares.items():
-            print(
-                f"reference: a 5-seed grid naming its fast cell by its {name}, judged against "
-                f"the other {seeds - 5} seeds (400 random splits): truly within "
-                f"{within_share:.0%}, right by the means {right:.0%}, by the study's rule "
-                f"{right_rule:.0%}"
-            )
+        (within_share, right, right_rule), ref_speedups, seeds = reference_check(
+            cells, sign, args.tolerance, conf
+        )
+        reference = statistics.median(ref_speedups)
+        print(
+            f"reference: a 5-seed grid under the study's rule, judged against its other "
+            f"{seeds - 5} seeds (400 random splits): truly within {within_share:.0%}, right by "
+            f"the means {right:.0%}, by the rule {right_rule:.0%}; speed-up captured median "
+            f"{reference:.2f}x [quartiles {_q(ref_speedups, 0.25):.2f}-"
+            f"{_q(ref_speedups, 0.75):.2f}]"
+        )
     regrets = [v["regret"] for v in verdicts if v["regret"] is not None]
+    speedups = [v["captured"] for v in verdicts]
     n = len(verdicts)
     print(
         f"summary over {n} studies: regret max {max(regrets) if regrets else float('nan'):.4f} "
         f"(answered {len(regrets)}/{n}); fastest_within truly within "
-        f"{sum(v['within'] for v in verdicts)}/{n}, right by the grid's means "
-        f"{sum(v['right'] for v in verdicts)}/{n}, by the study's rule on the grid "
-        f"{sum(v['right_by_rule'] for v in verdicts)}/{n}"
+        f"{sum(v['within'] for v in verdicts)}/{n} (goal >= {conf - 0.03:.2f}), right by the "
+        f"grid's means {sum(v['right'] for v in verdicts)}/{n}, by the study's rule on the grid "
+        f"{sum(v['right_by_rule'] for v in verdicts)}/{n}; speed-up captured median "
+        f"{statistics.median(speedups):.2f}x [quartiles {_q(speedups, 0.25):.2f}-"
+        f"{_q(speedups, 0.75):.2f}]"
+        + (f" vs the 5-seed grid's {reference:.2f}x" if reference is not None else "")
+        + f"; compute {min(shares):.0%}-{max(shares):.0%} of a 5-seed grid (median "
+        f"{statistics.median(shares):.0%}, goal <= 35%); decided "
+        f"{sum(v['decided'] for v in verdicts)}/{n}"
     )
+
+
+def _q(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 if __name__ == "__main__":

@@ -187,52 +187,71 @@ class TorchBackend:
         space: BatchSpace,
         batch_sizes: list[int],
     ) -> dict:
-        """Throughput of the answer's candidate batch sizes, timed for the answer.
+        """Throughput of the answer's candidate batch sizes, timed side by side for it.
 
-        Interleaved rounds on a fresh model (:func:`objectives.speed.measure_speed`), each
-        batch at the micro-batch the study trains it with. Returns the timing's JSON
-        (``SpeedResult.to_dict()``) plus ``per_batch``: ``{batch_size: {"samples_per_s",
-        "spread", "micro_batch_size"}}`` in the task's unit; ``{}`` where the data is not
-        held as tensors (the trials' own timings then stand).
+        One interleaved measurement on a fresh model (:func:`objectives.speed.measure_speed`):
+        every candidate is timed once per round, each at the micro-batch the study trains it
+        with, so the answer's speed-ups are per-round ratios of one measurement. Returns the
+        timing's JSON (``SpeedResult.to_dict()``) plus ``per_batch``: ``{batch_size:
+        {"samples_per_s", "rates", "spread", "micro_batch_size"}}`` in the task's unit
+        (``rates``: one per round). Data held as tensors is sliced; any other dataset is
+        fetched item by item and collated as training does (:func:`dataset_batches`), so
+        every task gets a timing.
         """
+        import torch
+
         from objectives.data import as_tensors
-        from objectives.speed import measure_speed
+        from objectives.speed import dataset_batches, measure_speed
         from objectives.train import TrainSettings
 
-        data = as_tensors(task.train)
-        if data is None or not batch_sizes:
+        if not batch_sizes:
             return {}
-        per_micro: dict[int, list[int]] = {}
-        for b in batch_sizes:
-            per_micro.setdefault(space.split(b)[0], []).append(b)
-        per_batch: dict[int, dict] = {}
-        timings = []
-        for micro, sizes in sorted(per_micro.items()):
-            settings = TrainSettings(
-                epochs=1,
-                batch_size=max(sizes),
-                micro_batch_size=micro,
-                lr=config.base_lr,
-                optimizer=config.optimizer,
-                seed=config.seed,
-                device=device,
-                precision=config.precision,
-                compile=config.compile,
+        data = as_tensors(task.train)
+        micro = {b: space.split(b)[0] for b in batch_sizes}
+        make_batch, units = None, 1.0
+        if data is None:  # streamed: the rates come out in the task's unit already
+            make_batch = dataset_batches(
+                task.train,
+                micro,
+                torch.Generator().manual_seed(config.seed),
+                device,
+                collate=task.collate,
+                count=task.count,
             )
-            result = measure_speed(
-                task.build_model, data, sizes, settings, min_seconds=0.1, task=task
-            )
-            timings.append(result.to_dict())
+        else:
             units = _units_per_sample(task, data)
-            for b in sizes:
-                row = result.row(b)
-                if row.units_per_s:
-                    per_batch[b] = {
-                        "samples_per_s": row.units_per_s * units,
-                        "spread": row.relative_spread,
-                        "micro_batch_size": micro,
-                    }
-        return {"per_batch": per_batch, "timings": timings}
+        settings = TrainSettings(
+            epochs=1,
+            batch_size=max(batch_sizes),
+            micro_batch_size=max(micro.values()),
+            lr=config.base_lr,
+            optimizer=config.optimizer,
+            seed=config.seed,
+            device=device,
+            precision=config.precision,
+            compile=config.compile,
+        )
+        result = measure_speed(
+            task.build_model,
+            data,
+            sorted(batch_sizes),
+            settings,
+            min_seconds=0.1,
+            task=task,
+            micro_batch_sizes=micro,
+            make_batch=make_batch,
+        )
+        per_batch: dict[int, dict] = {}
+        for b in batch_sizes:
+            row = result.row(b)
+            if row.units_per_s:
+                per_batch[b] = {
+                    "samples_per_s": row.units_per_s * units,
+                    "rates": [r * units if r else None for r in row.rates],
+                    "spread": row.relative_spread,
+                    "micro_batch_size": micro[b],
+                }
+        return {"per_batch": per_batch, "timings": [result.to_dict()]}
 
     def tidy(self, config: StudyConfig, study: optuna.Study) -> None:
         """Keep only the checkpoints that a RUNNING or WAITING retry may resume."""

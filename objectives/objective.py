@@ -401,7 +401,7 @@ class BatchSizeObjective:
                 unit=unit,
                 updates=attempt.result.optimizer_steps,
             )
-            if reason is not None and epoch.epoch < len(plan):
+            if reason is not None:  # at the last period too: a flat run is diverged anywhere
                 raise Collapsed(reason)
             if prunable and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after evaluation {epoch.epoch}")

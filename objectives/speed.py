@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -381,14 +381,15 @@ def time_interleaved(
 
 def tensor_batches(
     data: Tensors,
-    micro_batch_size: int | None,
+    micro_batch_size: int | Mapping[int, int] | None,
     generator: torch.Generator,
     device: torch.device | str,
 ) -> MakeBatch:
     """``make_batch`` over in-memory :class:`~objectives.data.Tensors`: random samples.
 
     Each call draws ``batch_size`` indices with replacement and slices micro-batches of at most
-    ``micro_batch_size`` (``None``: the whole batch); units are samples. The only place that
+    ``micro_batch_size`` (``None``: the whole batch; a mapping: each batch size's own
+    micro-batch, the whole batch for one it does not list); units are samples. The only place that
     knows the data's layout: swap it for inputs/targets of another shape (dicts, tuples).
     """
     device = torch.device(device)
@@ -396,8 +397,38 @@ def tensor_batches(
     def make_batch(batch_size: int) -> tuple[list[Batch], float]:
         index = torch.randint(len(data), (batch_size,), generator=generator).to(device)
         x, y = data.x[index], data.y[index]
-        micro = micro_batch_size or batch_size
+        if isinstance(micro_batch_size, Mapping):
+            micro = micro_batch_size.get(batch_size) or batch_size
+        else:
+            micro = micro_batch_size or batch_size
         return list(zip(x.split(micro), y.split(micro), strict=True)), float(batch_size)
+
+    return make_batch
+
+
+def dataset_batches(
+    dataset,
+    micro_batch_sizes: Mapping[int, int],
+    generator: torch.Generator,
+    device: torch.device | str,
+    collate=None,
+    count=None,
+) -> MakeBatch:
+    """``make_batch`` over any map-style dataset (the data a study streams): random items,
+    collated as training collates them (``collate``, else stacked), moved to the device and
+    split into each batch size's micro-batches; units are ``count(inputs, targets)`` (tokens,
+    ...) or samples. Fetching and collating happen inside the timed window, as in training.
+    """
+    from objectives.batch import micro_batches, stack_items, to_device
+
+    def make_batch(batch_size: int) -> tuple[list[Batch], float]:
+        index = torch.randint(len(dataset), (batch_size,), generator=generator).tolist()
+        items = [dataset[i] for i in index]
+        inputs, targets = collate(items) if collate is not None else stack_items(items)
+        inputs, targets = to_device(inputs, device), to_device(targets, device)
+        units = float(count(inputs, targets)) if count is not None else float(batch_size)
+        micro = micro_batch_sizes.get(batch_size) or batch_size
+        return list(micro_batches((inputs, targets), micro)), units
 
     return make_batch
 
@@ -438,6 +469,7 @@ def measure_speed(
     make_batch: MakeBatch | None = None,
     seed: int = 0,
     task=None,
+    micro_batch_sizes: Mapping[int, int] | None = None,
 ) -> SpeedResult:
     """Training throughput of each batch size, timed in interleaved rounds on a fresh model.
 
@@ -452,6 +484,9 @@ def measure_speed(
         make_batch: Overrides :func:`tensor_batches` (for data that is not ``Tensors``).
         seed: Seeds the model and the batch draws.
         task: The task whose loss and step hook the updates use (``None``: cross-entropy).
+        micro_batch_sizes: Each batch size's own micro-batch (a study trains each batch at
+            the micro-batch its space splits it into), so all of them are timed in one
+            interleaved measurement; ``None``: ``settings.micro_batch_size`` for all.
 
     Returns:
         A :class:`SpeedResult` in samples per second.
@@ -474,7 +509,8 @@ def measure_speed(
     step = make_step(model, settings) if task is None else make_step(model, settings, task)
     if make_batch is None:
         generator = torch.Generator().manual_seed(seed)
-        make_batch = tensor_batches(data.to(device), settings.micro_batch_size, generator, device)
+        micro = micro_batch_sizes or settings.micro_batch_size
+        make_batch = tensor_batches(data.to(device), micro, generator, device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     with torch_flags(device):
         result = time_interleaved(

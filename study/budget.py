@@ -9,11 +9,11 @@ count and the claim are one step under a lock that fits the storage (see :mod:`s
 * otherwise the rest of the budget is in flight: wait, and claim again later (a running trial
   may still fail, or its worker may die and its retry become WAITING).
 
-With a confirmation plan (:mod:`study.confirm`), a claim past the search's share first
-enqueues the next confirmation run when one is due and nothing is WAITING, then claims it:
-the count, the plan and the claim are one step under the lock, so workers never enqueue a
-run twice. Every claimed trial carries the user attribute ``phase`` (``search`` or
-``confirm``).
+With a decision plan (:mod:`study.decision`), a claim first enqueues the next confirmation
+run when one is due and nothing is WAITING, then claims it; once the decision is done
+(decided, or stopped undecided) the study ends early. The count, the plan and the claim are
+one step under the lock, so workers never enqueue a run twice. Every claimed trial carries
+the user attribute ``phase`` (``search`` or ``confirm``).
 
 ``finished + running`` never exceeds ``total``, so no worker trains a trial past the budget
 and a study ends with exactly ``total`` finished trials. FAIL records (killed or interrupted
@@ -44,7 +44,7 @@ from study.compat import (
     study_id_of,
     trial_id_of,
 )
-from study.confirm import SEARCH, ConfirmPlan, enqueue_confirm
+from study.confirm import SEARCH, Plan, enqueue_confirm
 from study.locks import StorageLock
 from study.record import TrialRecord
 
@@ -94,7 +94,7 @@ def claim_trial(
     total: int,
     lock: StorageLock,
     sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None,
-    confirm: ConfirmPlan | None = None,
+    confirm: Plan | None = None,
 ) -> Claim:
     """Count and, if the budget allows, claim one trial, all under ``lock``.
 
@@ -104,9 +104,12 @@ def claim_trial(
         lock: The storage's lock (:func:`study.locks.storage_lock`).
         sampler_for: Given the number the new trial will get, returns the sampler it samples
             with (so that its random stream depends on the trial, not on the worker).
-        confirm: The study's confirmation plan: when a confirmation run is due (and no trial
-            is WAITING), it is enqueued here, under the lock, and claimed at once (see
-            :mod:`study.confirm`). A trial without a ``phase`` is marked ``search``.
+        confirm: The study's decision plan (:class:`study.decision.Plan`): when a
+            confirmation run is due (and no trial is WAITING), it is enqueued here, under the
+            lock, and claimed at once; when the decision is done (decided, or stopped
+            undecided) the claim reports the study done, whatever budget is left; while the
+            runs it waits for are in flight elsewhere, nothing is claimed. A trial without a
+            ``phase`` is marked ``search``.
 
     Returns:
         A :class:`Claim`: ``trial`` is RUNNING for this worker, with a first heartbeat already
@@ -123,7 +126,12 @@ def claim_trial(
         if count.finished + count.running >= total:
             return Claim()
         if confirm is not None:
-            enqueue_confirm(study, trials, confirm)
+            decision = enqueue_confirm(study, trials, confirm)
+            if count.waiting == 0 and decision.next_cell is None:
+                if decision.stage == "done":
+                    return Claim(done=True)
+                if decision.stage in ("confirm", "wait"):
+                    return Claim()  # the runs the decision waits for are in flight elsewhere
         if sampler_for is not None:
             study.sampler = sampler_for(len(trials))
         with warnings.catch_warnings():  # "heartbeats are meant for optimize": we run them

@@ -202,6 +202,13 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
         help="how far (in the metric's units) the fastest recommended cell may be from the most "
         "accurate",
     )
+    g.add_argument(
+        "--confidence",
+        type=float,
+        default=d.confidence,
+        help="confidence of the answer's 'within tolerance' claim and of its intervals "
+        "(default 0.95: a cell named within tolerance is truly outside in at most 5%% of studies)",
+    )
     g = p.add_argument_group("workers")
     g.add_argument(
         "--heartbeat-interval",

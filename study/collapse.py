@@ -76,7 +76,7 @@ def collapse_reason(
         band: How close to ``chance`` counts as at chance (default: for a maximised metric
             ``max(0.02, 0.1 * chance)``, for a minimised one ``0.02 * |chance|``).
         updates: Optimizer updates made so far (``None``: unknown, taken as enough); the
-            chance rule waits for :data:`MIN_UPDATES`.
+            rules wait for :data:`MIN_UPDATES`, or for the last period.
 
     Raises:
         ValueError: an unknown direction or ``total`` below 1.
@@ -92,7 +92,9 @@ def collapse_reason(
     start = _finite(first_loss) if first_loss is not None else (losses[0] if losses else None)
     values = [x for x in (_finite(v) for v in val_curve) if x is not None]
     chance_value = _finite(chance) if chance is not None else None
-    enough = updates is None or updates >= MIN_UPDATES
+    # A batch too large to make MIN_UPDATES updates in its budget is judged at its end: the
+    # rule is the same at every batch size, never waived.
+    enough = updates is None or updates >= MIN_UPDATES or done >= total
     if chance_value is not None and enough and len(values) >= 2 and len(losses) >= 2:
         recent = values[-2:]
         init = _finite(first_loss) if first_loss is not None else None  # not a period's mean

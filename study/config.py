@@ -115,6 +115,8 @@ class StudyConfig:
             confirmation phase trains the promising cells again with fresh seeds, unpruned.
         tolerance: How far (in the metric's units) the fastest cell of the answer may be from
             the most accurate one.
+        confidence: The confidence of the answer's "within tolerance" claim (one minus the
+            chance of naming a cell truly outside) and of its intervals.
     """
 
     trials: int = 50
@@ -158,6 +160,7 @@ class StudyConfig:
     noise_scale: bool = False
     confirm_runs: int = 3
     tolerance: float = 0.01
+    confidence: float = 0.95
     artifact_dir: str = "storage/artifacts"
 
     @property
@@ -197,6 +200,11 @@ class StudyConfig:
         if not (isinstance(self.tolerance, int | float) and 0 <= self.tolerance < math.inf):
             raise ConfigError(
                 f"--tolerance {self.tolerance}: use a number of at least 0, in the metric's units"
+            )
+        if not (isinstance(self.confidence, int | float) and 0.5 <= self.confidence < 1):
+            raise ConfigError(
+                f"--confidence {self.confidence}: use a number in [0.5, 1), e.g. 0.95 (the "
+                "chance that a cell named within tolerance truly is)"
             )
         _choice("--budget", self.budget, BUDGETS)
         if self.budget == "steps" and self.steps is None:

@@ -27,8 +27,10 @@ import optuna
 
 from study.budget import Tally, reap
 from study.config import ConfigError, StudyConfig
+from study.confirm import study_decision
+from study.decision import Plan
 from study.locks import NoLock, storage_lock
-from study.recommend import store_recommendation, study_cells
+from study.recommend import store_recommendation
 from study.record import MetricInfo, study_metric
 from study.report.summary import budget_text, summary, trial_line
 from study.runner import create_or_resume, finished_count, run_trials, trial_sampler
@@ -251,14 +253,19 @@ def _answer(
 ) -> None:
     """Store the study's answer (``recommendation``), its speeds timed for it.
 
-    The cells the answer may name (those with ``--confirm-runs`` complete runs) are timed
-    side by side in interleaved rounds (``backend.measure_speed``; stored as the study
-    attribute ``speed``), and those figures, not the trials' single timings, rank them by
-    speed. When nothing is confirmed there is nothing to time, and the answer says so.
+    The batch sizes the answer may name (the most accurate cell's and those of the faster
+    cells shown within tolerance) are timed side by side in one interleaved measurement
+    (``backend.measure_speed``; stored as the study attribute ``speed``): the answer's
+    speed-ups are per-round ratios of it, and a speed-up whose rounds disagree is not claimed.
     """
-    speeds: dict[tuple[int, int], dict] = {}
-    candidates = sorted({c.batch_size for c in study_cells(study) if c.runs >= config.confirm_runs})
-    if candidates:
+    speeds: dict[int, dict] = {}
+    plan = Plan.of_study(study, config.trials)
+    decision = study_decision(study, plan) if plan is not None else None
+    candidates = sorted(
+        {k.batch_size for k in ([decision.leader] if decision and decision.leader else [])}
+        | {k.batch_size for k in (decision.passed if decision else [])}
+    )
+    if len(candidates) > 1:
         try:
             if task is None:
                 task = backend.build_task(config)
@@ -266,8 +273,7 @@ def _answer(
             measured = backend.measure_speed(config, task, device, space, candidates)
             if measured:
                 study.set_user_attr("speed", measured["timings"])
-                for b, row in measured["per_batch"].items():
-                    speeds[(int(b), int(row["micro_batch_size"]))] = row
+                speeds = {int(b): row for b, row in measured["per_batch"].items()}
         except Exception as exc:  # the trials' own timings stand; say so
             print(f"warning: timing the answer's batch sizes failed ({exc})", file=sys.stderr)
     store_recommendation(study, speeds or None)
@@ -289,6 +295,13 @@ def _publish(study: optuna.Study, config: StudyConfig, out: TextIO) -> None:
             )
     except Exception as exc:  # the trials are stored; a report failure must not hide that
         print(f"warning: writing the note or the report failed ({exc})", file=sys.stderr)
+
+
+def _decision_done(study: optuna.Study, config: StudyConfig) -> bool:
+    """Whether the study ended before its budget because its decision is done (decided, or
+    stopped undecided): the workers then ended on purpose."""
+    plan = Plan.of_study(study, config.trials)
+    return plan is not None and study_decision(study, plan).stage == "done"
 
 
 #: The command that starts one worker process (it reads its settings on stdin).
@@ -321,7 +334,7 @@ def _run_workers(config: StudyConfig, study: optuna.Study, lock, out: TextIO) ->
 
     codes = pool.wait(tick, tick_s=max(1.0, config.heartbeat_interval / 2))
     count = Tally.of(study.get_trials(deepcopy=False))
-    if count.finished >= config.trials:
+    if count.finished >= config.trials or _decision_done(study, config):
         return
     ended = "; ".join(
         f"{spec.name} {describe_exit(codes[spec.index])}" for spec in specs if codes[spec.index]

@@ -34,7 +34,7 @@ from study.compat import (
     trial_id_of,
 )
 from study.config import EVALUATION_PERIODS, ConfigError, StudyConfig, differences
-from study.confirm import ConfirmPlan
+from study.decision import Plan
 from study.locks import SETUP_SCOPE, NoLock, StorageLock
 from study.pruning import FairMedianPruner
 from study.record import MetricInfo, TrialRecord, write_record
@@ -211,7 +211,7 @@ def run_trials(
     worker: str | None = None,
     sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None,
     poll_s: float = POLL_S,
-    confirm: ConfirmPlan | None | bool = True,
+    confirm: Plan | None | bool = True,
 ) -> int:
     """Claim and run trials until the study has ``total`` finished; return how many ran here.
 
@@ -231,9 +231,10 @@ def run_trials(
 
     ``confirm``: the confirmation phase (:mod:`study.confirm`). ``True`` (default) reads its
     plan from the study's stored config (``confirm_runs``, ``tolerance``; a study without
-    them has none); ``False`` or ``None`` turns it off; a :class:`ConfirmPlan` is used as is.
+    them has none); ``False`` or ``None`` turns it off; a :class:`~study.decision.Plan` is used
+    as is. With a plan the study may end before ``total``: once the answer is decided.
     """
-    plan = ConfirmPlan.of_study(study, total) if confirm is True else confirm or None
+    plan = Plan.of_study(study, total) if confirm is True else confirm or None
     lock = lock or NoLock()
     worker = worker or worker_name()
     states: list[TrialState] = []

@@ -56,23 +56,27 @@ def test_a_task_object_is_studied_in_this_process_and_the_answer_comes_back(tmp_
     result = run_study(task=line_task(), **settings(tmp_path))
     assert isinstance(result, StudyResult)
     study = result.study
-    assert len(study.trials) == 8 and study.direction.name == "MINIMIZE"
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(study.trials) <= 8 and study.direction.name == "MINIMIZE"  # it may stop early
+    assert result.recommendation["trials_used"] == len(finished)
     assert study_metric(study).name == "mse"
     assert study.user_attrs["config"]["task"] == "python:line"
     answer = result.recommendation
     assert answer == study.user_attrs["recommendation"]
     assert set(answer) >= {"most_accurate", "fastest_within", "tolerance", "budget", "statement"}
     best = answer["most_accurate"]
-    assert best is not None and best["runs"] >= 2 and best["batch_size"] in (16, 32)
+    assert best is not None and best["confirm_runs"] >= 2 and best["batch_size"] in (16, 32)
     assert result.statement == answer["statement"] and "Answer" in result.log
     assert {t.user_attrs.get("phase") for t in study.trials} <= {"search", "confirm"}
 
 
 def test_the_same_call_resumes_the_study_and_the_command_line_cannot(tmp_path):
-    first = run_study(task=line_task(), **settings(tmp_path, trials=4))
-    assert len(first.study.trials) == 4
+    first = run_study(task=line_task(), **settings(tmp_path, trials=2))
+    assert len(first.study.trials) == 2  # the exploration; no room to confirm its leader
+    assert first.recommendation["most_accurate"] is None
     again = run_study(task=line_task(), **settings(tmp_path, trials=6))
-    assert len(again.study.trials) == 6
+    assert 4 <= len(again.study.trials) <= 6  # resumed: the leader confirmed, maybe more
+    assert again.recommendation["most_accurate"] is not None
     proc = subprocess.run(
         [sys.executable, "-m", "study.commands", "run", "--task", "python:line"]
         + ["--trials", "7", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--device", "cpu"]
@@ -97,4 +101,4 @@ def test_defaults_come_from_a_config_and_keyword_settings_override_it(tmp_path):
     config = StudyConfig(**settings(tmp_path, trials=3))
     result = run_study(config, task=line_task(), epochs=1)
     assert result.study.user_attrs["config"]["epochs"] == 1
-    assert len(result.study.trials) == 3
+    assert len(result.study.trials) <= 3

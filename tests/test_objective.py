@@ -119,8 +119,22 @@ def test_a_trial_that_collapses_to_chance_stops_as_diverged_with_its_reason():
     assert 2 <= trial.user_attrs["epochs_completed"] < 8  # a quarter of the budget, not all
 
 
-def test_a_healthy_trial_is_not_taken_for_collapsed():
+def test_a_flat_run_too_short_to_judge_early_is_judged_at_the_end_of_its_budget():
+    # batch 1024 at the default learning rate: 4 updates in 4 epochs, still at chance. It
+    # never reaches the updates the rule waits for, so it is judged at its last epoch,
+    # by the same rule as any batch: diverged, not an ordinary complete run
     config = StudyConfig(trials=1, epochs=4, model="mlp", hidden=(16,)).validate()
+    task = load_task("digits", model="mlp", hidden=(16,))
+    space = build_space(1024, 1024, 1, len(task.train), "none", "test")
+    study = optuna.create_study(direction="maximize")
+    study.optimize(BatchSizeObjective(task, config, space, "cpu"), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["diverged"] is True
+    assert "after 4 of 4 epochs" in trial.user_attrs["stop_reason"]
+
+
+def test_a_healthy_trial_is_not_taken_for_collapsed():
+    config = StudyConfig(trials=1, epochs=4, model="mlp", hidden=(16,), base_lr=0.05).validate()
     task = load_task("digits", model="mlp", hidden=(16,))
     space = build_space(1024, 1024, 1, len(task.train), "none", "test")  # slow per epoch
     study = optuna.create_study(direction="maximize")

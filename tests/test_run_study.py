@@ -95,7 +95,7 @@ def test_rerunning_a_finished_study_prints_the_summary_and_changes_nothing(finis
     before = digest(db)
     proc = run_script("run_study.py", *FINISHED_STUDY, "--storage", url)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("Answer, by validation accuracy") == 1 and "per cell" in proc.stdout
+    assert proc.stdout.count("\nAnswer") == 1 and "per cell" in proc.stdout
     assert len(load(url).trials) == 4 and digest(db) == before
 
 

@@ -197,8 +197,9 @@ def test_after_a_crash_of_everything_the_same_command_finishes_the_study(tmp_pat
     url = f"sqlite:///{tmp_path / 's.db'}"
     # 40 epochs: the two workers' trials drift apart, and a wide window of epochs still finds
     # both in the middle of a trial at once (with 8 epochs the study could end first).
+    # One cell: one exploration trial, then the three confirmation runs the budget has room for
     args = [*SMALL, "--epochs", "40", "--min-batch-size", "8", "--max-batch-size", "8"]
-    args += [*BEAT, "--workers", "2"]
+    args += [*BEAT, "--workers", "2", "--scaling", "linear"]
     proc = _start(url, 4, *args)
 
     def two_mid_trial_after_one_done(trials):
@@ -309,7 +310,7 @@ def test_out_of_memory_retries_with_half_the_micro_batch_then_prunes(tmp_path):
         "run_study.py",
         "--trials", "2", "--task", f"{task}:make", "--epochs", "2", "--pruner", "none",
         "--min-batch-size", "64", "--max-batch-size", "128", "--sampler", "grid",
-        "--scaling", "none", "--storage", url,
+        "--scaling", "none", "--base-lr", "0.05", "--storage", url,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr  # never the study
     by_batch = {t.params["batch_size"]: t for t in load(url).trials}

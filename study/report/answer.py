@@ -92,7 +92,8 @@ def cell_words(cell: dict[str, Any], metric: MetricText, *, bold: str = "") -> s
     lr = number_or_none(cell.get("lr"))
     if lr is not None:
         how.append(f"lr {lr:.3g}")
-    runs = int_or_none(cell.get("runs")) or 0
+    confirm = int_or_none(cell.get("confirm_runs"))
+    runs = confirm if confirm is not None else int_or_none(cell.get("runs")) or 0
     ci = cell.get("val_ci95")
     spread = f"95% interval {metric.interval(ci)}, " if metric.interval(ci, "") else ""
     text = (

@@ -45,7 +45,8 @@ STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 #: The ``config["objectives"]`` that ask for the two-objective shape (metric and time).
 TWO_OBJECTIVES_CONFIG = (("metric", "time"), ("accuracy", "time"))
 
-#: A cell needs this many complete runs before the report draws a conclusion from it.
+#: Confirmation runs a cell needs before the report draws a conclusion from it, for a study
+#: whose config stores no ``confirm_runs`` (the default of ``--confirm-runs``).
 MIN_RUNS = 3
 
 
@@ -175,7 +176,7 @@ class CellRow:
     """Results of one cell: a (batch size, scaling rule) pair, and the learning-rate multiplier
     bucket when ``--lr-search-width`` searched one.
 
-    The statistics are :func:`study.recommend.cell_stats`' (the ones the answer is chosen
+    The statistics are :func:`study.cells.cell_stats`' (the ones the answer is chosen
     from), over complete trials only (a pruned trial stopped early, so its value is not
     comparable): ``complete`` runs, their ``mean_val`` with a 95% interval ``ci95``
     (Student's t; ``None`` under 2 runs), ``best_val`` and ``median_val`` by the metric's
@@ -205,6 +206,7 @@ class CellRow:
     median_time_s: float | None = None
     diverged: int = 0
     confirm: int = 0
+    needed: int = MIN_RUNS
 
     @property
     def runs(self) -> int:
@@ -213,8 +215,9 @@ class CellRow:
 
     @property
     def confirmed(self) -> bool:
-        """The cell has the :data:`MIN_RUNS` complete runs a conclusion needs."""
-        return self.complete >= MIN_RUNS and self.ci95 is not None
+        """The cell has the study's ``--confirm-runs`` complete confirmation runs (made after
+        it was chosen): what "confirmed" means in the answer, the summary and the report."""
+        return self.confirm >= self.needed and self.ci95 is not None
 
     @property
     def key(self) -> tuple[int, str, float | None]:
@@ -444,6 +447,11 @@ class ReportData:
     recommendation: dict[str, Any] | None = None
 
     @property
+    def confirm_runs(self) -> int:
+        """The study's ``--confirm-runs``: confirmation runs a confirmed cell has."""
+        return int_or_none(self.config.get("confirm_runs")) or MIN_RUNS
+
+    @property
     def confirmed_optimum(self) -> int | None:
         """The batch size of the best cell with :data:`MIN_RUNS` complete runs (the
         recommendation's most accurate when there is one); ``None`` when no cell has them."""
@@ -618,10 +626,11 @@ def cell_rows(
     metric: MetricText | None = None,
     *,
     lr_search_width: float = 1.0,
+    confirm_runs: int = MIN_RUNS,
 ) -> list[CellRow]:
     """One row per cell that any trial used, sorted by batch, rule, then multiplier bucket.
 
-    The statistics come from :func:`study.recommend.cell_stats` (complete and pruned trials);
+    The statistics come from :func:`study.cells.cell_stats` (complete and pruned trials);
     cells whose trials all failed or are still running get a row of counts.
 
     Args:
@@ -629,8 +638,10 @@ def cell_rows(
         metric: The study's metric (default: accuracy, maximised).
         lr_search_width: The study's ``--lr-search-width``: above 1, cells split by the
             learning-rate multiplier's bucket.
+        confirm_runs: The study's ``--confirm-runs``: a cell with that many confirmation runs
+            is confirmed.
     """
-    from study.recommend import cell_key, cell_stats
+    from study.cells import cell_key, cell_stats
 
     metric = metric or MetricText(MetricInfo())
     members_of: dict[Any, list[TrialRecord]] = {}
@@ -672,6 +683,7 @@ def cell_rows(
                 best_multiplier=best.lr_multiplier if best else None,
                 diverged=sum(t.diverged for t in members),
                 confirm=s.confirm_runs if s else 0,
+                needed=confirm_runs,
             )
         )
     return rows
@@ -705,10 +717,10 @@ def _folklore(
     tied: tuple[int, ...] = ()
     if best is not None and best.ci95 is not None:
         lo, hi = best.ci95
-        tied = tuple(
+        tied = tuple(  # any cell with an interval: a verdict must not rest on the noise
             c.batch_size
-            for c in confirmed
-            if c is not best and c.ci95[0] <= hi and lo <= c.ci95[1]  # the intervals overlap
+            for c in scored
+            if c is not best and c.ci95 is not None and c.ci95[0] <= hi and lo <= c.ci95[1]
         )
     return Folklore(
         train_size=train_size,
@@ -835,12 +847,9 @@ def study_recommendation(study: optuna.Study) -> dict[str, Any] | None:
     stored = study.user_attrs.get("recommendation")
     if isinstance(stored, dict):
         return stored
-    try:
-        from study.recommend import recommend
-    except ImportError:  # pragma: no cover - a tree without the recommendation module
-        return None
-    answer = recommend(study)
-    return answer if isinstance(answer, dict) else None
+    from study.recommend import recommend
+
+    return recommend(study).to_dict()
 
 
 def _front(study: optuna.Study, trials: Sequence[TrialRecord]) -> list[TrialRecord]:
@@ -902,7 +911,8 @@ def collect_report_data(study: optuna.Study, *, importances: bool = True) -> Rep
     if not multi:  # two objectives have no single best: the Pareto front stands in
         best = max(complete, key=lambda t: (metric.key(t.val_metric), -t.number), default=None)
     width = number_or_none(config.get("lr_search_width")) or 1.0
-    cells = cell_rows(trials, metric, lr_search_width=width)
+    needed = int_or_none(config.get("confirm_runs")) or MIN_RUNS
+    cells = cell_rows(trials, metric, lr_search_width=width, confirm_runs=needed)
     rules = sorted({t.scaling_rule for t in trials if t.scaling_rule}, key=rule_sort_key)
     recommendation = study_recommendation(study)
     data = ReportData(

@@ -477,7 +477,7 @@ def _cells_table(data: ReportData) -> Table:
     for c in data.cells:
         row = [str(c.batch_size), c.scaling_rule]
         row += [f"x{c.lr_bucket:.3g}"] if buckets else []
-        few = c.runs and c.runs < MIN_RUNS
+        few = c.runs and not c.confirmed
         row += [_lr(c.lr), f"{c.runs}{'*' if few else ''}"]
         row += [str(c.confirm)] if confirm else []
         row += [str(c.pruned), str(c.failed)] + ([str(c.running)] if running else [])
@@ -492,10 +492,10 @@ def _cells_table(data: ReportData) -> Table:
         "One row per cell: batch size x scaling rule"
         + (" x learning-rate multiplier bucket" if buckets else "")
         + f"; rules are never pooled. {m.full.capitalize()} of complete runs {budget}: mean, "
-        f"95% interval (Student's t, 2 runs or more) and best; * fewer than {MIN_RUNS} runs, "
-        f"too few to conclude from. Time and {m.rate} are medians of complete runs; peak "
-        "memory the maximum over the cell's trials; diverged counts trials stopped as diverged "
-        "or collapsed."
+        f"95% interval (Student's t, 2 runs or more) and best; * fewer than {data.confirm_runs} "
+        f"confirmation runs, too few to conclude from. Time and {m.rate} are medians of "
+        "complete runs; peak memory the maximum over the cell's trials; diverged counts trials "
+        "stopped as diverged or collapsed."
     )
     if not rows:
         note = "No trial recorded a batch size yet."

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial
 
 from study.record import MetricInfo, TrialRecord, read_record
 from study.report.answer import answer_lines
-from study.report.data import MIN_RUNS, MetricText, ReportData, collect_report_data, median
+from study.report.data import MetricText, ReportData, collect_report_data, median
 
 
 def trial_line(trial: FrozenTrial, metric: MetricInfo | None = None) -> str:
@@ -102,7 +102,7 @@ def cell_table(data: ReportData) -> str:
         row = [str(c.batch_size), c.scaling_rule]
         row += [f"x{c.lr_bucket:.3g}" if c.lr_bucket is not None else "-"] if buckets else []
         row += [
-            str(c.runs) + ("" if c.runs >= MIN_RUNS or not c.runs else "*"),
+            str(c.runs) + ("" if c.confirmed or not c.runs else "*"),
             str(c.pruned),
             m.value(c.mean_val),
             m.interval(c.ci95),
@@ -147,7 +147,7 @@ def summary(study: optuna.Study) -> str:
     lines += [
         "",
         f"per cell (batch size x rule; complete runs, {budget} each; {m.full}; "
-        f"* fewer than {MIN_RUNS} runs: no conclusion):",
+        f"* fewer than {data.confirm_runs} confirmation runs: no conclusion):",
         cell_table(data),
     ]
     return "\n".join(lines)

@@ -1,0 +1,440 @@
+"""The decision: which cell is most accurate, which faster cells are within tolerance of it, at
+a stated confidence, and which run (if any) the study still needs to decide.
+
+One procedure, re-derived from the stored trials at every claim (so workers and a resume see
+the same state), in three stages:
+
+1. **Explore.** The sampler runs the first :attr:`ConfirmPlan.exploration` trials (one per
+   cell of the space, at most the budget); the pruner may stop them. These *search* runs
+   select; they are never used to estimate.
+2. **Select, then estimate.** The **leader** is the cell with the best mean over its search
+   runs. It gets ``confirm_runs`` fresh, unpruned confirmation runs (``phase = "confirm"``);
+   its reported mean, interval and every shortfall come from those runs only, so the runs
+   that picked it do not flatter it (sample splitting).
+3. **A fixed sequence of non-inferiority tests.** The faster candidates are the cells of
+   larger batch sizes (speed enters through this fixed order, never through timings): at each
+   larger batch size the cell with the best search mean. A candidate is dropped when its
+   search runs already put it confidently more than the tolerance behind (its lower bound,
+   one-sided at the confidence, above the tolerance). The sequence starts at the largest
+   candidate whose search shortfall is within the tolerance (the smallest candidate when none
+   is) and goes up the batch sizes. Each candidate is tested on confirmation runs only:
+   shortfall ``d`` (Welch's ``se`` and degrees of freedom) against the leader's confirmation
+   runs; it **passes** when ``d + t * se <= tolerance``, is **ruled out** when ``d - t * se >=
+   tolerance``. Two looks: at ``confirm_runs`` runs of the candidate (and at least as many of
+   the leader), and, if undecided, at ``2 * confirm_runs``; each look tests at Pocock's
+   per-look level (:func:`study.stats.pocock_level`) so that passing at either look errs at
+   ``1 - confidence`` at most. The sequence stops at the first candidate that does not pass
+   (ruled out, undecided after both looks, or a confirmation run that diverged), so the
+   familywise chance of naming a cell truly outside the tolerance stays at ``1 - confidence``
+   (the order was fixed by the search runs before any confirmation run was looked at).
+
+The study is **decided** when the sequence has ended on a pass of its last candidate or on a
+candidate ruled out, and stops there, whatever budget is left. It **stops undecided** when a
+look needs more runs than the budget has left, or a candidate is still undecided after its
+second look; the open comparison is named with the runs it would need. ``--trials`` stays the
+cap. Which trials run depends only on the seed and the metric values.
+
+Every run counts: a confirmation run that diverged (NaN loss or collapse) stays one of the
+cell's runs (it is never re-run away); a candidate with one fails its test, and the leader's
+divergences are reported with the answer.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from study.cells import CONFIRM, CellKey, cell_key
+from study.record import ACCURACY, MetricInfo, TrialRecord, study_metric
+from study.stats import Welch, pocock_level, t_quantile, welch
+
+#: Looks a comparison gets: at ``confirm_runs`` runs and at ``LOOKS * confirm_runs``.
+LOOKS = 2
+#: Above this many runs each, the runs a comparison would need are reported as "over" it.
+RUNS_TO_DECIDE_CAP = 100
+#: The single-run SD the candidates' screen assumes before any cell has two search runs, in
+#: tolerances.
+FALLBACK_SIGMA_TOLERANCES = 2.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The finished runs of one cell in one phase, in trial order: a final value, or ``None``
+    for a run stopped as diverged."""
+
+    outcomes: tuple[float | None, ...] = ()
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        return tuple(v for v in self.outcomes if v is not None)
+
+    @property
+    def diverged(self) -> int:
+        return sum(v is None for v in self.outcomes)
+
+    @property
+    def runs(self) -> int:
+        """Finished runs: those with a final value and those that diverged."""
+        return len(self.outcomes)
+
+    @property
+    def mean(self) -> float | None:
+        values = self.values
+        return sum(values) / len(values) if values else None
+
+    def first(self, n: int) -> Sample:
+        """The first ``n`` runs: a look tests a fixed number of runs, never more."""
+        return Sample(self.outcomes[:n])
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One candidate of the sequence against the leader.
+
+    Attributes:
+        key: The candidate cell.
+        search_shortfall: Its shortfall on the search runs (positive: worse), which placed it.
+        status: ``pass``, ``out`` (ruled out), ``undecided`` (both looks done, or the budget
+            cannot pay the next look), ``diverged`` (a confirmation run diverged) or ``open``
+            (its current look still needs runs).
+        looks: Looks taken.
+        test: The last look's Welch comparison on confirmation runs (``None`` before one).
+        runs: The candidate's finished confirmation runs.
+        runs_to_decide: About how many runs each of it and the leader would decide it at the
+            plan's confidence, if its shortfall and SDs held (undecided only).
+    """
+
+    key: CellKey
+    search_shortfall: float | None
+    status: str
+    looks: int = 0
+    test: Welch | None = None
+    runs: int = 0
+    runs_to_decide: int | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where the study stands (see the module docstring).
+
+    Attributes:
+        stage: ``explore`` (the sampler's turn), ``wait`` (the exploration is spent and its
+            last runs are in flight elsewhere), ``confirm`` (a confirmation run is due or in
+            flight) or ``done`` (nothing more to run: decided, or stopped undecided).
+        leader: The most accurate cell by its search runs (``None`` before one completes).
+        comparisons: The candidates reached so far, in the sequence's order.
+        next_cell: The cell whose confirmation run should be enqueued next, if any.
+        decided: Whether the answer is decided at the plan's confidence.
+        reason: Why the study stops (``done``), in words.
+    """
+
+    stage: str
+    leader: CellKey | None = None
+    comparisons: tuple[Comparison, ...] = ()
+    next_cell: CellKey | None = None
+    decided: bool = False
+    reason: str = ""
+    leader_runs: int = 0
+
+    @property
+    def passed(self) -> list[CellKey]:
+        """The candidates shown within tolerance, in the sequence's (batch size) order."""
+        return [c.key for c in self.comparisons if c.status == "pass"]
+
+    @property
+    def open(self) -> list[Comparison]:
+        """The comparison that ended the sequence without a decision (at most one)."""
+        return [c for c in self.comparisons if c.status == "undecided"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The decision's settings, one frozen object passed explicitly: what a user sets and the
+    study stores in its ``config`` (``--confidence``, ``--tolerance``, ``--confirm-runs``,
+    ``--trials``), and the space's cells.
+
+    Args:
+        total: The study's ``--trials`` (the cap).
+        confirm_runs: Runs a look needs of each cell (``--confirm-runs``, at least 2).
+        tolerance: ``--tolerance``, in the metric's units.
+        confidence: ``--confidence``: one minus the chance of naming a cell truly outside.
+        metric: The study's metric (its direction).
+        exploration: Search trials before any confirmation (one per cell of the space, at
+            most ``total``).
+        scaling_rules: The space's rules (a ``scaling_rule`` parameter only with several).
+        lr_search_width: ``--lr-search-width`` (above 1, cells split by LR bucket).
+    """
+
+    total: int
+    confirm_runs: int = 3
+    tolerance: float = 0.01
+    confidence: float = 0.95
+    metric: MetricInfo = ACCURACY
+    exploration: int = 1
+    scaling_rules: tuple[str, ...] = ("linear",)
+    lr_search_width: float = 1.0
+
+    @property
+    def look_level(self) -> float:
+        """The one-sided confidence each look tests at (Pocock, two looks)."""
+        return 1.0 - pocock_level(1.0 - self.confidence, LOOKS)
+
+    @classmethod
+    def of_study(cls, study: optuna.Study, total: int) -> Plan | None:
+        """The plan of a study made by this tool, from its stored ``config`` and ``space``;
+        ``None`` for a study without ``confirm_runs`` (at least 2) or without a space."""
+        attrs = study.user_attrs
+        config, space = attrs.get("config") or {}, attrs.get("space") or {}
+        runs = config.get("confirm_runs")
+        if not isinstance(runs, int) or runs < 2 or not space:
+            return None
+        rules = tuple(space.get("scaling_rules") or ("linear",))
+        cells = len(space.get("batch_sizes") or ()) * len(rules)
+        return cls(
+            total=int(total),
+            confirm_runs=runs,
+            tolerance=float(config.get("tolerance", 0.01)),
+            confidence=float(config.get("confidence", 0.95)),
+            metric=study_metric(study),
+            exploration=max(1, min(int(total), cells)),
+            scaling_rules=rules,
+            lr_search_width=float(config.get("lr_search_width") or 1.0),
+        )
+
+    @classmethod
+    def for_reading(cls, study: optuna.Study) -> Plan:
+        """The plan the answer of a stored study is read with: :meth:`of_study` at its stored
+        ``--trials``, else (a study made before the decision plan existed, or by plain
+        Optuna) the defaults, with its space's rules or its trials' own parameters."""
+        config = study.user_attrs.get("config") or {}
+        finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+        total = int(config.get("trials") or finished or 1)
+        plan = cls.of_study(study, total)
+        if plan is not None:
+            return plan
+        space = study.user_attrs.get("space") or {}
+        rules = tuple(space.get("scaling_rules") or ("linear",))
+        return cls(
+            total=total,
+            tolerance=float(config.get("tolerance", 0.01)),
+            confidence=float(config.get("confidence", 0.95)),
+            metric=study_metric(study),
+            exploration=0,
+            scaling_rules=rules,
+            lr_search_width=float(config.get("lr_search_width") or 1.0),
+        )
+
+    def params(self, key: CellKey) -> dict[str, Any]:
+        """The fixed parameters of a confirmation run of ``key`` (those the objective asks)."""
+        params: dict[str, Any] = {"batch_size": key.batch_size}
+        if len(self.scaling_rules) > 1:
+            params["scaling_rule"] = key.scaling_rule
+        if self.lr_search_width > 1:
+            width = self.lr_search_width
+            centre = 2 ** (key.lr_bucket or 0.0)
+            params["lr_multiplier"] = min(width, max(1 / width, centre))
+        return params
+
+    def user_attrs(self, key: CellKey) -> dict[str, Any]:
+        """The user attributes a confirmation run is enqueued with: its phase and cell."""
+        attrs: dict[str, Any] = {
+            "phase": CONFIRM,
+            "batch_size": key.batch_size,
+            "scaling_rule": key.scaling_rule,
+        }
+        if self.lr_search_width > 1:
+            attrs["lr_multiplier"] = self.params(key)["lr_multiplier"]
+        return attrs
+
+
+def samples(records: Sequence[TrialRecord], plan: Plan, phase: str) -> dict[CellKey, Sample]:
+    """Finished runs per cell of one phase (``confirm``, or anything else for the search):
+    complete runs with a value, and runs stopped as diverged. Runs the pruner stopped are
+    left out (they have no final value)."""
+    found: dict[CellKey, list[float | None]] = {}
+    for r in sorted(records, key=lambda r: r.number if r.number is not None else -1):
+        if (r.phase == CONFIRM) != (phase == CONFIRM):
+            continue
+        key = cell_key(r, plan.lr_search_width)
+        if key is None:
+            continue
+        if r.state == "COMPLETE" and r.val_metric is not None and math.isfinite(r.val_metric):
+            found.setdefault(key, []).append(float(r.val_metric))
+        elif r.state in ("PRUNED", "COMPLETE") and r.diverged:
+            found.setdefault(key, []).append(None)
+    return {k: Sample(tuple(v)) for k, v in found.items()}
+
+
+def _in_flight(records: Sequence[TrialRecord], plan: Plan) -> Counter[CellKey]:
+    pending: Counter[CellKey] = Counter()
+    for r in records:
+        if r.state in ("RUNNING", "WAITING") and r.phase == CONFIRM:
+            key = cell_key(r, plan.lr_search_width)
+            if key is not None:
+                pending[key] += 1
+    return pending
+
+
+def _pooled(search: dict[CellKey, Sample]) -> tuple[float | None, int]:
+    """Pooled single-run SD of the search runs and its degrees of freedom."""
+    dof = sum(len(s.values) - 1 for s in search.values() if len(s.values) >= 2)
+    if dof == 0:
+        return None, 0
+    ss = 0.0
+    for s in search.values():
+        if len(s.values) >= 2:
+            m = sum(s.values) / len(s.values)
+            ss += sum((v - m) ** 2 for v in s.values)
+    return math.sqrt(ss / dof), dof
+
+
+def leader_of(search: dict[CellKey, Sample], metric: MetricInfo) -> CellKey | None:
+    """The cell with the best search mean (more runs, then the smaller batch, on a tie)."""
+    scored = [(k, s) for k, s in search.items() if s.values]
+    if not scored:
+        return None
+    return max(
+        scored,
+        key=lambda ks: (metric.sign * (ks[1].mean or 0.0), len(ks[1].values), -ks[0].batch_size),
+    )[0]
+
+
+def candidates(
+    search: dict[CellKey, Sample], leader: CellKey, plan: Plan
+) -> list[tuple[CellKey, float]]:
+    """The sequence of faster candidates with their search shortfalls (module docstring)."""
+    sign = plan.metric.sign
+    sigma, dof = _pooled(search)
+    if sigma is None:
+        sigma = FALLBACK_SIGMA_TOLERANCES * plan.tolerance
+    t = t_quantile(plan.confidence, dof) if dof else t_quantile(plan.confidence, 1e6)
+    lead = search[leader]
+    by_batch: dict[int, tuple[CellKey, Sample]] = {}
+    for key, s in search.items():
+        if key.batch_size <= leader.batch_size or not s.values:
+            continue
+        best = by_batch.get(key.batch_size)
+        if best is None or (sign * (s.mean or 0.0), len(s.values)) > (
+            sign * (best[1].mean or 0.0),
+            len(best[1].values),
+        ):
+            by_batch[key.batch_size] = (key, s)
+    listed: list[tuple[CellKey, float]] = []
+    for batch in sorted(by_batch):
+        key, s = by_batch[batch]
+        d = sign * ((lead.mean or 0.0) - (s.mean or 0.0))
+        se = sigma * math.sqrt(1 / len(lead.values) + 1 / len(s.values))
+        if d - t * se < plan.tolerance:  # not already ruled out by the search runs
+            listed.append((key, d))
+    within = [i for i, (_, d) in enumerate(listed) if d <= plan.tolerance]
+    start = within[-1] if within else 0
+    return listed[start:]
+
+
+def runs_to_decide(leader: Sample, cell: Sample, d: float, plan: Plan) -> int | None:
+    """About how many runs each would decide a comparison at the look's level if the
+    shortfall ``d`` and the SDs held: ``t² (sd_leader² + sd_cell²) / (tolerance - d)²``."""
+    if len(leader.values) < 2 or len(cell.values) < 2:
+        return None
+    var = _var(leader.values) + _var(cell.values)
+    gap = max(abs(plan.tolerance - d), 1e-12)
+    z = t_quantile(plan.look_level, 1e6)
+    needed = math.ceil(z**2 * var / gap**2)
+    return min(max(needed, min(len(leader.values), len(cell.values)) + 1), RUNS_TO_DECIDE_CAP)
+
+
+def _var(values: Sequence[float]) -> float:
+    m = sum(values) / len(values)
+    return sum((v - m) ** 2 for v in values) / (len(values) - 1)
+
+
+def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
+    """The study's state under ``plan`` (see the module docstring)."""
+    finished = sum(r.state in ("COMPLETE", "PRUNED") for r in records)
+    in_flight = sum(r.state in ("RUNNING", "WAITING") for r in records)
+    left = plan.total - finished - in_flight
+    explored = sum(
+        r.phase != CONFIRM and r.state in ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+        for r in records
+    )
+    search = samples(records, plan, "search")
+    leader = leader_of(search, plan.metric)
+    if explored < plan.exploration:
+        return Decision("explore", leader)
+    if leader is None:
+        if any(r.phase != CONFIRM and r.state in ("RUNNING", "WAITING") for r in records):
+            return Decision("wait")  # the exploration's last runs are in flight elsewhere
+        return Decision("explore", reason="no search run has completed yet")
+    confirm = samples(records, plan, CONFIRM)
+    pending = _in_flight(records, plan)
+    r = max(2, plan.confirm_runs)
+    sign = plan.metric.sign
+
+    def got(key: CellKey) -> Sample:
+        return confirm.get(key, Sample())
+
+    def need(key: CellKey, n: int) -> int:
+        return max(0, n - got(key).runs - pending[key])
+
+    def state(stage: str, comparisons: list[Comparison], **kw) -> Decision:
+        return Decision(stage, leader, tuple(comparisons), leader_runs=got(leader).runs, **kw)
+
+    if need(leader, r):
+        if need(leader, r) > left:
+            why = f"the budget has no room for the leader's {r} confirmation runs"
+            return state("done", [], reason=why)
+        return state("confirm", [], next_cell=leader)
+    if got(leader).runs < r:
+        return state("confirm", [])  # its runs are in flight elsewhere
+    done: list[Comparison] = []
+    level = plan.look_level
+    for key, search_d in candidates(search, leader, plan):
+        last: Welch | None = None
+        for look in range(1, LOOKS + 1):
+            n = look * r
+            missing = need(key, n) + need(leader, n)
+            if missing:
+                if missing > left:
+                    needed = None
+                    if last is not None:
+                        needed = runs_to_decide(got(leader), got(key), last.d, plan)
+                    done.append(
+                        Comparison(
+                            key, search_d, "undecided", look - 1, last, got(key).runs, needed
+                        )
+                    )
+                    why = "the budget has no room for the runs the open comparison needs"
+                    return state("done", done, reason=why)
+                target = key if need(key, n) >= need(leader, n) else leader
+                done.append(Comparison(key, search_d, "open", look - 1, last, got(key).runs))
+                return state("confirm", done, next_cell=target)
+            lead, cell = got(leader).first(n), got(key).first(n)
+            if cell.runs < n or lead.runs < n:  # the look's runs are in flight elsewhere
+                done.append(Comparison(key, search_d, "open", look - 1, last, cell.runs))
+                return state("confirm", done)
+            if cell.diverged:
+                done.append(Comparison(key, search_d, "diverged", look, None, cell.runs))
+                return state("done", done, decided=True, reason="a candidate's run diverged")
+            if len(lead.values) < 2 or len(cell.values) < 2:
+                done.append(Comparison(key, search_d, "undecided", look, None, cell.runs))
+                return state("done", done, reason="too few runs with a value to compare")
+            last = welch([sign * v for v in lead.values], [sign * v for v in cell.values])
+            if last.upper(level) <= plan.tolerance:
+                done.append(Comparison(key, search_d, "pass", look, last, cell.runs))
+                break
+            if last.lower(level) >= plan.tolerance:
+                done.append(Comparison(key, search_d, "out", look, last, cell.runs))
+                return state("done", done, decided=True, reason="a candidate is ruled out")
+            if look == LOOKS:
+                needed = runs_to_decide(lead, cell, last.d, plan)
+                done.append(Comparison(key, search_d, "undecided", look, last, cell.runs, needed))
+                why = "a candidate is still undecided after its second look"
+                return state("done", done, reason=why)
+    return state("done", done, decided=True, reason="every candidate was decided")
