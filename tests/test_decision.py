@@ -75,8 +75,16 @@ def test_exploration_comes_first_and_the_leader_is_chosen_on_search_runs_only():
 def test_candidates_go_up_the_batch_sizes_from_the_search_s_pick():
     p = plan()
     search = samples(
-        [rec(8, 0.96), rec(8, 0.962), rec(16, 0.958), rec(16, 0.956, rule="sqrt"),
-         rec(32, 0.955), rec(64, 0.945), rec(128, 0.90), rec(128, 0.91)],
+        [
+            rec(8, 0.96),
+            rec(8, 0.962),
+            rec(16, 0.958),
+            rec(16, 0.956, rule="sqrt"),
+            rec(32, 0.955),
+            rec(64, 0.945),
+            rec(128, 0.90),
+            rec(128, 0.91),
+        ],
         p,
         "search",
     )
