@@ -4,7 +4,7 @@ a stated confidence, and which run (if any) the study still needs to decide.
 One procedure, re-derived from the stored trials at every claim (so workers and a resume see
 the same state), in three stages:
 
-1. **Explore.** The sampler runs the first :attr:`ConfirmPlan.exploration` trials (one per
+1. **Explore.** The sampler runs the first :attr:`Plan.exploration` trials (one per
    cell of the space, at most the budget); the pruner may stop them. These *search* runs
    select; they are never used to estimate.
 2. **Select, then estimate.** The **leader** is the cell with the best mean over its search

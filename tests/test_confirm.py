@@ -239,3 +239,21 @@ def test_a_real_digits_study_confirms_its_best_cells_and_resumes_without_enqueue
     assert {t.number: t.user_attrs.get("phase") for t in again.get_trials()} == before
     more = run_digits(url, 11, tmp_path / "log.txt")  # resumed with a larger budget
     assert_confirmed(more, 11, confirm_runs=2)
+
+
+def test_the_same_seed_and_values_give_the_same_trials(tmp_path):
+    # speed enters the plan only through the batch sizes' order: the trials' times (here
+    # random on every run) never change which runs are enqueued
+    def trials_of(name: str) -> list:
+        study = make_study(f"sqlite:///{tmp_path / name}")
+        objective = fake_objective(noise=0.004)
+
+        def timed(trial: optuna.Trial) -> float:
+            value = objective(trial)
+            trial.set_user_attr("train_time_s", random.random())  # a loaded or idle machine
+            return value
+
+        run_trials(study, timed, total=30, lock=NoLock())
+        return [(t.number, t.params, t.user_attrs.get("phase")) for t in study.trials]
+
+    assert trials_of("a.db") == trials_of("b.db")

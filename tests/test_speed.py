@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import objectives.train
 from objectives.data import as_tensors
@@ -231,3 +232,47 @@ def test_real_measurement_runs_every_update_through_step_update(monkeypatch):
         assert len(row.rates) == 2 and all(r > 0 for r in row.rates)
         assert row.units_per_update == row.batch_size
     assert json.dumps(result.to_dict())
+
+
+class DictItems(torch.utils.data.Dataset):
+    """Items with dict inputs: a dataset a study streams (not held as two tensors)."""
+
+    def __init__(self, n: int = 256) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 6, generator=g)
+        self.y = (self.x[:, 0] > 0).long()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return {"features": self.x[i]}, self.y[i]
+
+
+class DictModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(6, 2)
+
+    def forward(self, features):
+        return self.net(features)
+
+
+def test_the_answer_s_batch_sizes_are_timed_in_one_interleaved_measurement_streamed_too():
+    from objectives.backend import TorchBackend
+    from objectives.tasks import Task
+    from study.config import StudyConfig
+    from study.space import build_space
+
+    data = DictItems()
+    task = Task("dicts", DictModel, data, DictItems(64), DictItems(64))
+    assert as_tensors(task.train) is None  # streamed: fetched item by item
+    config = StudyConfig(trials=1, epochs=1).validate()
+    space = build_space(8, 16, 4, len(data), "linear", "test")  # 64 = 16 x 4 accumulated
+    measured = TorchBackend().measure_speed(config, task, "cpu", space, [8, 64])
+    [timing] = measured["timings"]  # one measurement: every round times both batch sizes
+    assert [sorted(r) for r in timing["order"]] == [[8, 64]] * timing["rounds"]
+    rows = measured["per_batch"]
+    assert rows[8]["micro_batch_size"] == 8 and rows[64]["micro_batch_size"] == 16
+    assert len(rows[8]["rates"]) == len(rows[64]["rates"]) == timing["rounds"]
+    assert all(rate > 0 for rate in rows[64]["rates"])
