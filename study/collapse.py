@@ -1,7 +1,7 @@
 """Collapse: a trial that has stopped learning is divergence too, not only a NaN loss.
 
 Adam with linear scaling at batch 1024 can fall to chance accuracy (0.10 on digits) with a
-finite loss and run its whole budget there (issue 10, point 6). :func:`collapse_reason`
+finite loss and run its whole budget there. :func:`collapse_reason`
 looks at a trial's curves after each evaluation period and, once at least a quarter of the
 budget is done, returns why the trial has collapsed (the objective then stops it as
 ``diverged`` and stores the reason as ``stop_reason``), else ``None``:

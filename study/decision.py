@@ -141,7 +141,6 @@ class Decision:
     next_cell: CellKey | None = None
     decided: bool = False
     reason: str = ""
-    leader_runs: int = 0
 
     @property
     def passed(self) -> list[CellKey]:
@@ -212,7 +211,7 @@ class Plan:
     def for_reading(cls, study: optuna.Study) -> Plan:
         """The plan the answer of a stored study is read with: :meth:`of_study` at its stored
         ``--trials``, else (a study made before the decision plan existed, or by plain
-        Optuna) the defaults, with its space's rules or its trials' own parameters."""
+        Optuna) the defaults with its space's rules and no exploration."""
         config = study.user_attrs.get("config") or {}
         finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
         total = int(config.get("trials") or finished or 1)
@@ -384,7 +383,7 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
         return max(0, n - got(key).runs - pending[key])
 
     def state(stage: str, comparisons: list[Comparison], **kw) -> Decision:
-        return Decision(stage, leader, tuple(comparisons), leader_runs=got(leader).runs, **kw)
+        return Decision(stage, leader, tuple(comparisons), **kw)
 
     if need(leader, r):
         if need(leader, r) > left:

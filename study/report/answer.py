@@ -1,6 +1,6 @@
 """The answer a study gives, in words: what the summary, the report and the note open with.
 
-The answer is the study's ``recommendation`` (issue 10; :mod:`study.recommend` computes and
+The answer is the study's ``recommendation`` (:mod:`study.recommend` computes and
 stores it): the most accurate cell with its mean, 95% interval and runs, and the fastest cell
 within the tolerance of it with its speedup and what it costs in the metric; or, for a study
 too small to confirm anything, the sentence that says so. This module only writes it down:
@@ -29,7 +29,7 @@ TOO_SMALL = (
 )
 NONE_YET = "none yet (the study stores no recommendation and none could be computed)."
 
-#: The keys of each recommended cell (issue 10, point 3).
+#: The keys of each recommended cell.
 CELL_KEYS = (
     "batch_size",
     "micro_batch_size",
@@ -146,7 +146,7 @@ def answer_lines(rec: dict[str, Any] | None, metric: MetricText) -> list[str]:
     """The answer as plain-text lines: the statement, then the two cells and the trade-off.
 
     Args:
-        rec: The recommendation (issue 10, point 3), ``None`` when there is none.
+        rec: The recommendation, ``None`` when there is none.
         metric: The study's metric.
     """
     if rec is None:
@@ -259,8 +259,9 @@ def answer_note(rec: dict[str, Any] | None, metric: MetricText) -> str:
     elif budget:
         parts.append(f"Budget: {budget}.")
     parts.append(
-        f"Means and 95% intervals over complete runs of each cell on the validation split; the "
-        f"test {metric.name} is shown, never used to choose."
+        f"Means and intervals of the named cells are over their confirmation runs (made after "
+        f"they were chosen), across seeds on the validation split; the test {metric.name} is "
+        "shown, never used to choose."
     )
     return " ".join(p for p in parts if p)
 
