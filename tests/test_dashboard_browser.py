@@ -24,13 +24,13 @@ import pytest
 from study.report.dashboard import attach_report
 from study.report.html import write_report
 from study.report.note import write_study_note
+from tests.conftest import ROOT, script_env
 
 try:
     from report_studies import build_study
 except ImportError:  # tests/ imported as a package
     from tests.report_studies import build_study
 
-ROOT = Path(__file__).resolve().parent.parent
 README_SCREENSHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -92,7 +92,7 @@ def _start_dashboard(url: str, artifacts: Path) -> tuple[subprocess.Popen, str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        env=script_env(),
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()

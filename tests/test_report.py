@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import socket
 import subprocess
@@ -34,13 +33,13 @@ from study.report.html import (
 )
 from study.report.note import study_note, write_study_note
 from study.report.summary import summary, trial_line
+from tests.conftest import ROOT, script_env
 
 try:
     from report_studies import LR_WIDTH, STEPS, TRAIN_SIZE, build_study
 except ImportError:  # tests/ imported as a package
     from tests.report_studies import LR_WIDTH, STEPS, TRAIN_SIZE, build_study
 
-ROOT = Path(__file__).resolve().parent.parent
 ALL_FIGURES = ["accuracy", "learning-curves", "hardware", "learning-rate", "history", "importances"]
 PARETO_FIGURES = ["pareto", *ALL_FIGURES]
 MULTIPLIER_FIGURES = [*ALL_FIGURES[:4], "lr-multiplier", *ALL_FIGURES[4:]]
@@ -49,7 +48,7 @@ NOISE_LABEL = "B_simple (gradient noise scale) \u2248 "
 
 def run_report(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """``python scripts/report.py ARGS`` in a real subprocess."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = script_env()
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "report.py"), *args],
         cwd=cwd,
@@ -623,7 +622,7 @@ def test_report_reads_a_study_the_core_ran(tmp_path: Path) -> None:
             *("--storage", url),
         ],
         cwd=tmp_path,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        env=script_env(),
         capture_output=True,
         text=True,
         timeout=300,
