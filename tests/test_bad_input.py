@@ -300,6 +300,29 @@ CASES = [
 ]
 # fmt: on
 
+# fmt: off
+#: Numbers a run cannot represent, secrets in any URL parameter, the data a study was made on,
+#: and the machine's own limits (memory, pipes, special files).
+CASES += [
+    # ---- numbers: finite, and within what the run can represent, before anything is stored
+    case("run", [*FAST, "--lr-search-width", "inf"], "--lr-search-width inf: use 1 (off) or more"),  # noqa: E501
+    case("run", [*FAST, "--lr-search-width", "nan"], "--lr-search-width nan: use 1 (off) or more"),  # noqa: E501
+    case("run", [*FAST, "--base-lr", "1e308"], "keep them within 1e-30 to 1e+30", proc=True),
+    case("run", [*FAST, "--base-lr", "1e-35"], "keep them within 1e-30 to 1e+30"),
+    case("run", [*FAST, "--base-lr", "1e20", "--lr-search-width", "1e12"], "keep them within"),  # noqa: E501
+    case("run", [*FAST, "--budget", "steps", "--steps", "1e24"], "invalid int value: '1e24'"),
+    case("run", [*FAST, "--budget", "steps", "--steps", str(10**24)], "is above 2147483647"),
+    case("run", [*FAST, "--epochs", str(2**31)], "--epochs 2147483648 is above 2147483647"),
+    case("run", [*FAST, "--trials", str(10**30)], "is above 2147483647"),
+    case("run", [*FAST, "--max-accumulation", str(2**40)], "is above 2147483647"),
+    case("run", [*FAST, "--hidden", str(10**12)], "--hidden 1000000000000 is above 2147483647"),  # noqa: E501
+    case("run", [*FAST, "--memory-budget", "1e400"], "is not understood"),
+    case("run", [*FAST, "--memory-budget", "9" * 30 + "TiB"], "too large"),
+    case("run", [*FAST, "--warmup-epochs", str(2**63)], "--warmup-epochs"),
+    case("run", [*FAST, "--heartbeat-interval", "-0"], "must be positive and below"),
+]
+# fmt: on
+
 IN_PROCESS = {
     "run": commands.run,
     "probe": commands.probe,
