@@ -39,6 +39,7 @@ from objectives.batch import (
     leaves,
     stack_items,
 )
+from objectives.datacheck import DataItemError, data_problem
 from objectives.metrics import ACCURACY, IGNORE_INDEX, Metric, cross_entropy, metric_problem
 from objectives.models import build_model_factory
 from objectives.train import StepHook
@@ -438,6 +439,13 @@ def validate_task(task: object, spec: str) -> Task:
                 f"item 0 is {describe(first['train'])}: all splits need one structure (kinds, "
                 "keys, dtypes)"
             )
+    splits = {name: getattr(task, name) for name in ("train", "val", "test")}
+    try:
+        problem = data_problem(splits)
+    except DataItemError as exc:
+        raise TaskError(f"task {spec!r}: {exc}") from exc
+    if problem:
+        raise TaskError(f"task {spec!r}: {problem}")
     if task.classification and task.num_classes is None:
         labels = _split_labels(task.train, limit=None)
         task.num_classes = int(labels.max().item()) + 1 if labels.numel() else 1
