@@ -383,6 +383,62 @@ def _holds_no_study(path: Path) -> bool:
         return False
 
 
+# ------------------------------------------------------------------ the machine's limits
+
+#: Messages of allocator failures: CUDA's, and the CPU allocator's (which raises RuntimeError;
+#: "not enough memory" is its wording on Windows).
+OOM_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "not enough memory",
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocator failure, told without importing torch.
+
+    Python's ``MemoryError``, torch's ``OutOfMemoryError`` (by name), or a ``RuntimeError``
+    with one of :data:`OOM_MESSAGES` (the CPU allocator's).
+
+    Example:
+        >>> is_out_of_memory(MemoryError()), is_out_of_memory(RuntimeError("shape mismatch"))
+        (True, False)
+        >>> is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: ..."))
+        True
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    if any(kind.__name__ == "OutOfMemoryError" for kind in type(exc).__mro__):
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        return any(m in text for m in OOM_MESSAGES)
+    return False
+
+
+def out_of_memory_line(prog: str, exc: BaseException, argv: Iterable[str]) -> str:
+    """The one line that reports running out of memory (secrets of ``argv``'s URLs scrubbed)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = scrub(text if len(text) <= 160 else text[:157] + "...", urls_in(argv))
+    return (
+        f"{prog}: error: out of memory ({text}): this task does not fit in the memory "
+        "available; use a smaller --max-batch-size, --memory-budget or model, or a machine "
+        "with more memory (finished trials are kept; the same command continues)"
+    )
+
+
+def silence_stdout() -> None:
+    """Point standard output at the null device: after the reader of a pipe has gone (``|
+    head``), so that flushing at exit raises no second ``BrokenPipeError``."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured)
+        pass
+
+
 # ------------------------------------------------------------------ unexpected errors
 
 
