@@ -70,15 +70,19 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$", re.S)
 
 
 def _split_url(url: str) -> tuple[str, str | None, str | None, str, str] | None:
-    """``(scheme, user, password, rest, query)`` of a URL, ``None`` if it has no scheme.
+    """``(scheme, user, password, rest, query)`` of a URL; ``None`` if it has no scheme and
+    neither a user-info nor a query (a text without a scheme has the scheme ``""``).
 
     The user-info ends at the *last* ``@`` before the query, so a password holding an
     unencoded ``@`` (which SQLAlchemy would split into a wrong host name) is still whole.
     """
     match = _SCHEME.match(url)
-    if not match:
+    if match:
+        scheme, body = match.groups()
+    elif "?" in url or "@" in url:  # no scheme, but what may hold a secret: split it too
+        scheme, body = "", url
+    else:
         return None
-    scheme, body = match.groups()
     before_query, _, query = body.partition("?")
     if before_query.startswith("/"):  # sqlite:///path: no authority (and '@' may be a path)
         return scheme, None, None, before_query, query
@@ -136,7 +140,7 @@ def redact(url: str) -> str:
     if parts is None:
         return "<unparsable storage URL>" if url_secrets(url) or "@" in url else url
     scheme, user, password, rest, query = parts
-    shown = f"{scheme}://"
+    shown = f"{scheme}://" if scheme else ""
     if user is not None:
         shown += user + (":***" if password is not None else "") + "@"
     shown += rest
@@ -264,7 +268,7 @@ def special_file_problem(path: Path) -> str | None:
     stream, so it is refused without being opened."""
     try:
         mode = path.stat().st_mode
-    except OSError:
+    except (OSError, ValueError):
         return None  # missing (or a broken link): the storage is created, or says why not
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
@@ -300,14 +304,15 @@ def storage_file(url: str | None) -> Path | None:
     if not url:
         return None
     if url.startswith(JOURNAL_PREFIX):
-        return Path(url[len(JOURNAL_PREFIX) :]) if url[len(JOURNAL_PREFIX) :] else None
+        journal = url[len(JOURNAL_PREFIX) :]
+        return Path(journal) if Path(journal).name and "\x00" not in journal else None
     parts = _split_url(url)
     if parts is None or not parts[0].lower().startswith("sqlite"):
         return None
     database = unquote(parts[3].removeprefix("/"))
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
-    if not Path(database).name:  # sqlite://// names the root folder, no file
+    if not Path(database).name or "\x00" in database:  # sqlite:////: the root folder
         return None
     return Path(database)
 

@@ -470,6 +470,15 @@ CASES += [
     case("report", ["--storage", "sqlite:///study.db", "--format", "text"], None, code=141, setup="study", proc=True, closed_stdout=True),  # noqa: E501
     case("cli", ["--help"], None, code=141, proc=True, closed_stdout=True),
     case("probe", ["--help"], None, code=141, proc=True, closed_stdout=True),
+    # ---- found by the fuzz stage (tests/test_fuzz.py)
+    case("report", ["--storage", "postgresql://alice:s3cretpw@127.0.0.1:abc/db"], "is the port a number?"),  # noqa: E501
+    case("report", ["--storage", "postgresql://alice@[::1]:9/db?auth_token=s3cretpw"], "auth_token=***"),  # noqa: E501
+    case("report", ["--storage", "127.0.0.1:9/db?a=b=s3cretpw"], "db?a=*** is not a database URL"),  # noqa: E501
+    case("run", [*FAST, "--storage", "//127.0.0.1:9/db?x-token=s3cretpw"], "x-token=***"),
+    case("run", [*FAST, "--storage", "journal:///dir/"], "give a file"),
+    case("run", [*FAST, "--storage", "journal:////"], "give a file"),
+    case("run", [*FAST, "--storage", "sqlite:///a%00b.db"], "holds a NUL character"),
+    case("run", [*FAST, "--storage", "sqlite:///d/"], "names a folder, not a file"),
 ]
 # fmt: on
 
