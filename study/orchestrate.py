@@ -30,6 +30,7 @@ from study.config import ConfigError, StudyConfig
 from study.confirm import study_decision
 from study.decision import Plan
 from study.locks import NoLock, storage_lock
+from study.outputs import OutputError
 from study.recommend import store_recommendation
 from study.record import MetricInfo, study_metric
 from study.report.summary import budget_text, summary, trial_line
@@ -47,7 +48,7 @@ from study.workers import (
 )
 
 #: Errors of the Optuna side that a user causes with flags or inputs: one line and exit 2.
-STUDY_ERRORS: tuple[type[Exception], ...] = (ConfigError, StorageError, SpaceError)
+STUDY_ERRORS: tuple[type[Exception], ...] = (ConfigError, StorageError, SpaceError, OutputError)
 
 
 class Backend(Protocol):
