@@ -191,7 +191,11 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
             )
     backend.tidy(config, study)
     lock.close()
-    if created or done < config.trials:  # a rerun of a finished study changes nothing
+    # A rerun of a finished study changes nothing, unless the steps after the trials (the
+    # answer's timing, the answer, the note and report) were cut short: then it redoes them.
+    if created or done < config.trials or answer_due(study):
+        if not created and done >= config.trials:
+            print("the study's answer is missing or out of date: computing it now", file=out)
         _answer(study, config, backend, built[0] if built else None, device, space, out)
         _publish(study, config, out)
     print("\n" + summary(study), file=out)
@@ -241,6 +245,16 @@ class _Progress:
                 file=self.out,
                 flush=True,
             )
+
+
+def answer_due(study: optuna.Study) -> bool:
+    """Whether the study's answer (``recommendation``) is missing or older than its trials
+    (a run stopped after its trials, e.g. by Ctrl-C while the answer's batch sizes were
+    timed): the same command then computes it, without new trials."""
+    stored = study.user_attrs.get("recommendation")
+    if not isinstance(stored, dict):
+        return True
+    return stored.get("trials_used") != finished_count(study)
 
 
 def _answer(

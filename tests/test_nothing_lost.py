@@ -136,3 +136,32 @@ def test_a_report_on_a_full_disk_names_the_disk_and_leaves_no_temporary(tmp_path
 
 
 STUDY_ARGS = [a for a in STUDY if a not in ("--storage", "sqlite:///study.db")]
+
+
+# ------------------------------------------------------------------ the answer is finished
+
+
+def test_a_study_whose_answer_is_missing_gets_it_from_the_same_command(
+    tmp_path, monkeypatch, capsys
+):
+    import sqlite3
+
+    shutil.copy(_study_template(), tmp_path / "study.db")
+    monkeypatch.chdir(tmp_path)
+    url = "sqlite:///study.db"
+    # the state a Ctrl-C leaves while the answer's batch sizes are timed: trials done, no answer
+    connection = sqlite3.connect(tmp_path / "study.db")
+    with connection:
+        connection.execute("DELETE FROM study_user_attributes WHERE key = 'recommendation'")
+    connection.close()
+    study = optuna.load_study(study_name="batch-size", storage=url)
+    assert "recommendation" not in study.user_attrs
+    trials = len(study.get_trials(deepcopy=False))
+    argv = [*STUDY_ARGS, "--storage", url, "--checkpoint-dir", "none"]
+    assert commands.run(argv) == 0
+    assert "answer is missing or out of date: computing it now" in capsys.readouterr().out
+    study = optuna.load_study(study_name="batch-size", storage=url)
+    assert study.user_attrs["recommendation"]["trials_used"] == 1
+    assert len(study.get_trials(deepcopy=False)) == trials  # no new trial
+    assert commands.run(argv) == 0  # now complete: a rerun changes nothing
+    assert "computing it now" not in capsys.readouterr().out
