@@ -17,6 +17,7 @@ Flags in ``argv`` may use ``{tmp}`` for the case's folder. Setups (``setup=``) a
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import signal
 import subprocess
@@ -114,6 +115,7 @@ SETUPS = {
     "tasks": lambda d: (d / "tasks.py").write_text(BROKEN_TASKS),
     "study": _study,
     "journal_study": lambda d: shutil.copy(_study_template("study.log"), d / "study.log"),
+    "fifo": lambda d: os.mkfifo(d / "pipe.db"),
 }
 
 
@@ -315,6 +317,46 @@ CASES = [
 ]
 # fmt: on
 
+# fmt: off
+#: Numbers a run cannot represent, secrets in any URL parameter, the data a study was made on,
+#: and the machine's own limits (memory, pipes, special files).
+CASES += [
+    # ---- numbers: finite, and within what the run can represent, before anything is stored
+    case("run", [*FAST, "--lr-search-width", "inf"], "--lr-search-width inf: use 1 (off) or more"),  # noqa: E501
+    case("run", [*FAST, "--lr-search-width", "nan"], "--lr-search-width nan: use 1 (off) or more"),  # noqa: E501
+    case("run", [*FAST, "--base-lr", "1e308"], "keep them within 1e-30 to 1e+30", proc=True),
+    case("run", [*FAST, "--base-lr", "1e-35"], "keep them within 1e-30 to 1e+30"),
+    case("run", [*FAST, "--base-lr", "1e20", "--lr-search-width", "1e12"], "keep them within"),  # noqa: E501
+    case("run", [*FAST, "--budget", "steps", "--steps", "1e24"], "invalid int value: '1e24'"),
+    case("run", [*FAST, "--budget", "steps", "--steps", str(10**24)], "is above 2147483647"),
+    case("run", [*FAST, "--epochs", str(2**31)], "--epochs 2147483648 is above 2147483647"),
+    case("run", [*FAST, "--trials", str(10**30)], "is above 2147483647"),
+    case("run", [*FAST, "--max-accumulation", str(2**40)], "is above 2147483647"),
+    case("run", [*FAST, "--hidden", str(10**12)], "--hidden 1000000000000 is above 2147483647"),  # noqa: E501
+    case("run", [*FAST, "--memory-budget", "1e400"], "is not understood"),
+    case("run", [*FAST, "--memory-budget", "9" * 30 + "TiB"], "too large"),
+    case("run", [*FAST, "--warmup-epochs", str(2**63)], "--warmup-epochs"),
+    case("run", [*FAST, "--heartbeat-interval", "-0"], "must be positive and below"),
+    # ---- secrets in any URL parameter, and a fix that names the real problem
+    case("run", [*FAST, "--storage", "postgresql://alice@127.0.0.1:9/db?auth_token=s3cretpw"], "auth_token=***", proc=True),  # noqa: E501
+    case("run", [*FAST, "--storage", "postgresql://alice@127.0.0.1:9/db?client_secret=s3cretpw"], "remove the parameters it does not know"),  # noqa: E501
+    case("run", [*FAST, "--storage", "postgresql://alice@127.0.0.1:9/db?api-key=s3cretpw&sslmode=disable"], "api-key=***&sslmode=disable"),  # noqa: E501
+    case("run", [*FAST, "--storage", "postgresql://alice:hunter@127.0.0.1:9/db?x-token=22ab"], "x-token=***"),  # noqa: E501
+    case("run", [*FAST, "--storage", "postgresql://alice@127.0.0.1:9/db?s3cretpw"], "db?***"),
+    case("run", [*FAST, "--storage", "sqlite:///s.db?auth_token=s3cretpw"], "SQLite takes no parameter auth_token"),  # noqa: E501
+    case("run", [*FAST, "--storage", "mysql://u@127.0.0.1:9/x?api-key=s3cretpw"], "driver is missing"),  # noqa: E501
+    case("report", ["--storage", "postgresql://alice@127.0.0.1:9/db?client_secret=s3cretpw"], "client_secret=***"),  # noqa: E501
+    case("dashboard", ["--storage", "postgresql://alice@127.0.0.1:9/db?auth_token=s3cretpw"], "auth_token=***"),  # noqa: E501
+    # ---- storage paths that are not a regular file or folder
+    case("run", [*FAST, "--storage", "sqlite:////"], "names a folder, not a file", proc=True),
+    case("run", [*FAST, "--storage", "sqlite:///pipe.db"], "is a named pipe (FIFO)", setup="fifo", proc=True),  # noqa: E501
+    case("run", [*FAST, "--storage", "journal:///pipe.db"], "is a named pipe (FIFO)", setup="fifo"),  # noqa: E501
+    case("run", [*FAST, "--storage", "sqlite:////dev/null"], "/dev/null is a device"),
+    case("run", [*FAST, "--storage", "journal:////dev/null"], "/dev/null is a device"),
+    case("report", ["--storage", "sqlite:///pipe.db"], "pipe.db", setup="fifo"),
+]
+# fmt: on
+
 IN_PROCESS = {
     "run": commands.run,
     "probe": commands.probe,
@@ -339,7 +381,12 @@ def snapshot(folder: Path) -> dict[str, str]:
         if "__pycache__" in path.parts:
             continue
         rel = str(path.relative_to(folder))
-        out[rel] = "folder" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        if path.is_dir():
+            out[rel] = "folder"
+        elif not path.is_file():  # a FIFO or a device: reading it would block
+            out[rel] = "special"
+        else:
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 
 
@@ -479,3 +526,32 @@ def test_the_success_line_hides_the_password():
         shown = redact(url)
         assert not any(s in shown for s in SECRETS), shown
         assert shown.startswith(url.split("://")[0] + "://alice")
+
+
+def test_every_query_value_is_hidden_unless_known_harmless():
+    from study.storage import redact
+
+    for url, shown in (
+        ("postgresql://a@h/db?auth_token=s3cretpw", "postgresql://a@h/db?auth_token=***"),
+        ("postgresql://a@h/db?client_secret=s3cretpw", "postgresql://a@h/db?client_secret=***"),
+        ("postgresql://a@h/db?api-key=s3cretpw", "postgresql://a@h/db?api-key=***"),
+        ("postgresql://a@h/db?Some_New_Key=s3cretpw", "postgresql://a@h/db?Some_New_Key=***"),
+        ("postgresql://a@h/db?s3cretpw", "postgresql://a@h/db?***"),
+        (
+            "postgresql://a:hunter@h/db?sslmode=require&connect_timeout=5&password=22ab",
+            "postgresql://a:***@h/db?sslmode=require&connect_timeout=5&password=***",
+        ),
+        ("sqlite:///s.db?timeout=20", "sqlite:///s.db?timeout=20"),
+    ):
+        assert redact(url) == shown
+        assert safety.scrub(f"failed: {url}", [url]) == f"failed: {shown}"
+
+
+def test_an_unknown_url_parameter_is_not_blamed_on_the_host():
+    from study.storage import StorageError, open_storage
+
+    with pytest.raises(StorageError) as refused:
+        open_storage("postgresql://alice@127.0.0.1:9/db?client_secret=s3cretpw")
+    message = str(refused.value)
+    assert "host" not in message and "port" not in message and "s3cretpw" not in message
+    assert 'invalid connection option "client_secret"' in message
