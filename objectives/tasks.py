@@ -41,7 +41,7 @@ from objectives.batch import (
 )
 from objectives.metrics import ACCURACY, IGNORE_INDEX, Metric, cross_entropy, metric_problem
 from objectives.models import build_model_factory
-from objectives.train import StepHook
+from objectives.train import StepHook, Update, takes_update
 from study.config import BUILTIN_TASKS
 
 __all__ = ["Metric", "StepHook", "Task", "TaskError", "load_task", "validate_task"]
@@ -88,6 +88,12 @@ class Task:
         count: ``count(inputs, targets)`` -> the units in a batch (an int or a 0-dim tensor,
             which stays on the device). Default: the batch's samples.
         num_classes: Classes of the default loss; inferred from the labels when not given.
+        optimizer: ``optimizer(params, lr) -> torch.optim.Optimizer``: the task's own
+            optimizer, built at the trial's peak learning rate (replaces ``--optimizer`` and
+            ``--weight-decay``; the tool still sets each update's rate, see ``lr_schedule``).
+        lr_schedule: ``lr_schedule(index, total) -> factor``: the share of the peak learning
+            rate for update ``index`` (from 0) of the trial's ``total`` updates (replaces
+            ``--lr-schedule`` and the warm-up flags). The peak is the scaling rule's.
         info: Free-form facts about the task (sizes are added when it is loaded).
     """
 
@@ -104,6 +110,8 @@ class Task:
     unit: str = "samples"
     count: Callable[[Any, Any], int | torch.Tensor] | None = None
     num_classes: int | None = None
+    optimizer: Callable[[Any, float], torch.optim.Optimizer] | None = None
+    lr_schedule: Callable[[int, int], float] | None = None
     info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -339,6 +347,13 @@ def _check_contract(task: Task, spec: str) -> None:
             f"task {spec!r}: collate must be callable as collate(list_of_items) -> "
             "(inputs, targets)"
         )
+    if task.optimizer is not None and not callable(task.optimizer):
+        raise TaskError(
+            f"task {spec!r}: optimizer must be callable as optimizer(params, lr) -> a "
+            "torch.optim.Optimizer"
+        )
+    if task.lr_schedule is not None:
+        _check_schedule(task.lr_schedule, spec)
     if task.step is not None and not all(
         hasattr(task.step, name)
         and (getattr(task.step, name) is None or callable(getattr(task.step, name)))
@@ -358,6 +373,22 @@ def _check_contract(task: Task, spec: str) -> None:
             f"task {spec!r}: count must be callable as count(inputs, targets) -> the "
             f"{task.unit} in a batch"
         )
+
+
+def _check_schedule(schedule: object, spec: str) -> None:
+    """A task's ``lr_schedule(index, total)`` must give a finite factor of at least 0."""
+    fix = "lr_schedule must be callable as lr_schedule(index, total) -> a factor >= 0 of the peak"
+    if not callable(schedule):
+        raise TaskError(f"task {spec!r}: {fix}")
+    for index, total in ((0, 10), (9, 10)):
+        try:
+            factor = float(schedule(index, total))
+        except Exception as exc:
+            raise TaskError(
+                f"task {spec!r}: lr_schedule({index}, {total}) raised {_first_line(exc)}: {fix}"
+            ) from exc
+        if not (0 <= factor < float("inf")):
+            raise TaskError(f"task {spec!r}: lr_schedule({index}, {total}) gave {factor}: {fix}")
 
 
 def _check_split(task: Task, spec: str, split_name: str, dataset: object) -> list:
@@ -550,11 +581,26 @@ def check_task_runs(task: Task, spec: str) -> None:
                 f"task {spec!r}: build_model() returned {type(model).__name__}, not a "
                 "torch.nn.Module: return a fresh model on each call"
             )
+        if task.optimizer is not None:
+            _check_optimizer(task, spec, model)
         model.train()
         for split_name in ("train", "val", "test"):
             dataset = getattr(task, split_name)
             items = [dataset[i] for i in check_indices(len(dataset))]
             _check_batch_runs(task, spec, split_name, model, items, labels_of_split)
+
+
+def _check_optimizer(task: Task, spec: str, model: torch.nn.Module) -> None:
+    """The task's ``optimizer(params, lr)`` builds a ``torch.optim.Optimizer``."""
+    try:
+        optimizer = task.optimizer(model.parameters(), 1e-3)
+    except Exception as exc:
+        raise TaskError(f"task {spec!r}: optimizer(params, lr) raised {_first_line(exc)}") from exc
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TaskError(
+            f"task {spec!r}: optimizer(params, lr) returned {type(optimizer).__name__}: it "
+            "must return a torch.optim.Optimizer over params at learning rate lr"
+        )
 
 
 def _check_batch_runs(
@@ -628,7 +674,11 @@ def _check_batch_runs(
     before_update = getattr(task.step, "before_update", None)
     if before_update is not None and split_name == "train":
         try:
-            before_update(model, torch.optim.SGD(model.parameters(), lr=0.0))
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+            if takes_update(before_update):
+                before_update(model, optimizer, Update(0, 0, 0.0))
+            else:
+                before_update(model, optimizer)
         except Exception as exc:
             raise TaskError(
                 f"task {spec!r}: the step hook's before_update raised {_first_line(exc)}"
