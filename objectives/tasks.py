@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import importlib.util
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
@@ -39,7 +40,16 @@ from objectives.batch import (
     leaves,
     stack_items,
 )
-from objectives.metrics import ACCURACY, IGNORE_INDEX, Metric, cross_entropy, metric_problem
+from objectives.metrics import (
+    ACCURACY,
+    IGNORE_INDEX,
+    Metric,
+    SplitMetric,
+    cross_entropy,
+    is_accumulating,
+    logits_of,
+    metric_problem,
+)
 from objectives.models import build_model_factory
 from objectives.train import StepHook, Update, takes_update
 from study.config import BUILTIN_TASKS
@@ -470,13 +480,13 @@ def validate_task(task: object, spec: str) -> Task:
                 "keys, dtypes)"
             )
     if task.classification and task.num_classes is None:
-        labels = _split_labels(task.train, limit=None)
+        labels = split_labels(task.train, limit=None)
         task.num_classes = int(labels.max().item()) + 1 if labels.numel() else 1
     check_task_runs(task, spec)
     return task
 
 
-def _split_labels(dataset: Dataset, limit: int | None = CHECK_LABELS) -> torch.Tensor:
+def split_labels(dataset: Dataset, limit: int | None = CHECK_LABELS) -> torch.Tensor:
     """The split's class labels, flattened, :data:`~objectives.metrics.IGNORE_INDEX` left out:
     all of a ``TensorDataset``, else those of the first ``limit`` items (``None``: all)."""
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
@@ -491,9 +501,7 @@ def _split_labels(dataset: Dataset, limit: int | None = CHECK_LABELS) -> torch.T
 
 def _check_labels(task: Task, spec: str) -> dict[str, torch.Tensor]:
     """The default loss's labels are class indices: none negative. Returns them per split."""
-    labels_of_split = {
-        name: _split_labels(getattr(task, name)) for name in ("train", "val", "test")
-    }
+    labels_of_split = {name: split_labels(getattr(task, name)) for name in ("train", "val", "test")}
     for split_name, labels in labels_of_split.items():
         if labels.numel() and int(labels.min()) < 0:
             where = int((labels < 0).nonzero()[0])
@@ -508,14 +516,20 @@ def _check_class_scores(
     task: Task, spec: str, split_name: str, out: object, targets: torch.Tensor, high: int | None
 ) -> None:
     """The default loss's outputs: class scores ``[n, classes]`` (or ``[*targets, classes]``)
-    with a score for every label."""
+    with a score for every label: a tensor, a dict's ``logits`` or an object's ``.logits``."""
     n = batch_len(targets)
+    out = logits_of(out)
+    if not isinstance(out, torch.Tensor):
+        raise TaskError(
+            f"task {spec!r}: the model's forward pass gives {type(out).__name__}, not class "
+            "scores: return a tensor, a dict with 'logits' or an object with .logits, or give "
+            "the task a loss(outputs, targets) -> [n] and a metric that read your outputs"
+        )
     if targets.dim() <= 1:
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n:
-            shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if out.dim() != 2 or out.shape[0] != n:
             raise TaskError(
-                f"task {spec!r}: the model's forward pass gives {shape} for {n} items: it "
-                "must return class scores of shape [items, classes]"
+                f"task {spec!r}: the model's forward pass gives {list(out.shape)} for {n} "
+                "items: it must return class scores of shape [items, classes]"
             )
     elif not isinstance(out, torch.Tensor) or out.shape[:-1] != targets.shape:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -539,13 +553,26 @@ def _check_class_scores(
 
 
 def _per_sample(spec: str, what: str, values: object, n: int, split_name: str) -> None:
-    """``values`` (from the loss, the hook or the metric) must be a tensor of shape ``[n]``."""
+    """``values`` (from the loss, the hook or a per-sample metric) must be a tensor of shape
+    ``[n]``; the hint fits a loss or a metric."""
     if not isinstance(values, torch.Tensor) or tuple(values.shape) != (n,):
         got = list(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        if "metric" in what:
+            fix = (
+                "a per-sample metric's mean is the split's value; for a metric of the whole "
+                "split (micro-F1, AUC) use Metric(..., per='split') or a torchmetrics object"
+            )
+        elif isinstance(values, torch.Tensor) and values.dim() == 0:
+            fix = (
+                "a batch mean, such as a Hugging Face model's own .loss, cannot keep "
+                "accumulation exact: reduction='none', or drop the loss and let the default "
+                "cross-entropy read the outputs' logits"
+            )
+        else:
+            fix = "e.g. reduction='none', then the mean over the other dimensions"
         raise TaskError(
             f"task {spec!r}: {what} gives {got} for {n} {split_name} items: it must return "
-            f"one value per sample, shape [{n}] (e.g. reduction='none', then the mean over "
-            "the other dimensions)"
+            f"one value per sample, shape [{n}] ({fix})"
         )
 
 
@@ -685,15 +712,7 @@ def _check_batch_runs(
             ) from exc
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
-        detached = out.detach() if isinstance(out, torch.Tensor) else out
-        try:
-            values = task.metric.fn(detached, targets)
-        except Exception as exc:
-            raise TaskError(
-                f"task {spec!r}: the metric {task.metric.name!r} raised {_first_line(exc)} on "
-                f"{split_name} items"
-            ) from exc
-        _per_sample(spec, f"the metric {task.metric.name!r}", values, n, split_name)
+        _check_metric_runs(task, spec, split_name, out, targets, n)
     if task.count is not None:
         try:
             units = task.count(inputs, targets)
@@ -707,6 +726,41 @@ def _check_batch_runs(
                 f"task {spec!r}: count(inputs, targets) gives {describe(units)}: it must "
                 f"return the {task.unit} in the batch, an int or a one-element tensor >= 0"
             )
+
+
+def _check_metric_runs(
+    task: Task, spec: str, split_name: str, out: object, targets: object, n: int
+) -> None:
+    """The metric on one batch: ``[n]`` values (per sample) or one finite number (per split)."""
+    metric = task.metric
+    detached = out.detach() if isinstance(out, torch.Tensor) else out
+    if not metric.per_split:
+        try:
+            values = metric.fn(detached, targets)
+        except Exception as exc:
+            raise TaskError(
+                f"task {spec!r}: the metric {metric.name!r} raised {_first_line(exc)} on "
+                f"{split_name} items"
+            ) from exc
+        _per_sample(spec, f"the metric {metric.name!r}", values, n, split_name)
+        return
+    total = SplitMetric(metric, "cpu" if not isinstance(out, torch.Tensor) else out.device)
+    try:
+        total.add(detached, targets)
+        value = total.value()
+    except Exception as exc:
+        raise TaskError(
+            f"task {spec!r}: the split metric {metric.name!r} raised {_first_line(exc)} on "
+            f"{split_name} items: fn(outputs, targets) gets the split's outputs and targets "
+            "concatenated and must return one number (a torchmetrics object gets update/compute)"
+        ) from exc
+    if not math.isfinite(value) and not math.isnan(value):
+        raise TaskError(
+            f"task {spec!r}: the split metric {metric.name!r} gives {value} on {split_name} "
+            "items: it must return one finite number"
+        )
+    if is_accumulating(metric.fn):
+        metric.fn.reset()
 
 
 def load_task(

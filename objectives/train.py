@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from objectives.batch import batch_len, call_model, micro_batches, to_device
 from objectives.data import Tensors, make_loader, place
 from objectives.memory import PeakMemory, state_bytes
-from objectives.metrics import accuracy, cross_entropy
+from objectives.metrics import ACCURACY, SplitMetric, cross_entropy
 from study.config import EVALUATION_PERIODS, OPTIMIZERS, ConfigError, check_precision
 from study.schedule import LRSchedule
 
@@ -372,7 +372,12 @@ class Step:
         for x, y in micro_batches:
             with self.autocast():
                 outputs = call_model(self.model, x)
-                if fast and outputs.dim() == 2 and y.dtype == torch.long:  # the default loss
+                if (  # the default loss on a tensor of class scores
+                    fast
+                    and isinstance(outputs, torch.Tensor)
+                    and outputs.dim() == 2
+                    and y.dtype == torch.long
+                ):
                     loss = F.cross_entropy(outputs, y, reduction="sum")  # one kernel fewer
                 else:
                     losses = self.loss(outputs, y)
@@ -548,16 +553,16 @@ def evaluate(
     precision: str = "fp32",
     task: Task | None = None,
 ) -> float:
-    """The task's metric (default: accuracy) of ``model`` on ``data``: the mean of its
-    per-sample values, in batches of ``batch_size``.
+    """The task's metric (default: accuracy) of ``model`` on ``data``, in batches of
+    ``batch_size``: the mean of its per-sample values, or its value over the whole split
+    (:class:`~objectives.metrics.SplitMetric`).
 
-    Runs under the autocast of ``precision``; the sum stays on the device until the end.
+    Runs under the autocast of ``precision``; a sum stays on the device until the end.
     """
     device = torch.device(device)
-    metric = task.metric.fn if task is not None else accuracy
+    total = SplitMetric(task.metric if task is not None else ACCURACY, device)
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
     if isinstance(data, Tensors):
         batches = zip(data.x.split(batch_size), data.y.split(batch_size), strict=True)
     else:
@@ -568,9 +573,9 @@ def evaluate(
         for x, y in batches:
             x = to_device(x, device, non_blocking)
             y = to_device(y, device, non_blocking)
-            total += metric(call_model(model, x), y).sum()
+            total.add(call_model(model, x), y)
     model.train(was_training)
-    return total.item() / len(data)
+    return total.value()
 
 
 def train_model(
