@@ -18,12 +18,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib
 import importlib.util
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,25 @@ def synthetic_task(
     return Task("synthetic", factory, train, val, test, num_classes=classes)
 
 
+@contextlib.contextmanager
+def folder_on_path(folder: Path) -> Iterator[None]:
+    """``folder`` first on ``sys.path`` while a file task loads (as ``python file.py`` would
+    have it), so that the file imports the modules beside it; removed afterwards."""
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if entry in sys.path:
+            sys.path.remove(entry)
+
+
+def _task_folder(spec: str) -> Path | None:
+    """The folder of a ``path/to/file.py:factory`` task, ``None`` for other tasks."""
+    target = spec.rpartition(":")[0]
+    return Path(target).resolve().parent if target.endswith(".py") else None
+
+
 def _import_factory(spec: str) -> Callable[[], object]:
     """Resolve ``package.module:factory`` or ``path/to/file.py:factory`` to the callable."""
     target, _, attr = spec.rpartition(":")
@@ -273,7 +293,8 @@ def _import_factory(spec: str) -> Callable[[], object]:
             module_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name] = module
-            module_spec.loader.exec_module(module)
+            with folder_on_path(path.resolve().parent):  # its helper modules import
+                module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(target)
     except TaskError:
@@ -482,7 +503,9 @@ def validate_task(task: object, spec: str) -> Task:
     if task.classification and task.num_classes is None:
         labels = split_labels(task.train, limit=None)
         task.num_classes = int(labels.max().item()) + 1 if labels.numel() else 1
-    check_task_runs(task, spec)
+    model_class = check_task_runs(task, spec)
+    if spec not in BUILTIN_TASKS and not isinstance(task.info.get("model"), str):
+        task.info["model"] = model_class  # the report names the user's model by its class
     return task
 
 
@@ -576,7 +599,7 @@ def _per_sample(spec: str, what: str, values: object, n: int, split_name: str) -
         )
 
 
-def check_task_runs(task: Task, spec: str) -> None:
+def check_task_runs(task: Task, spec: str) -> str:
     """A batch of a few items of each split, through a fresh model, the loss and the metric.
 
     Run when a task is loaded, before anything is stored, so that a model that does not fit
@@ -585,7 +608,7 @@ def check_task_runs(task: Task, spec: str) -> None:
     ``build_model`` that returns no module is one line (:class:`TaskError`) instead of a
     crash inside the first trial. The batch is built from items spread over the split
     (:func:`check_indices`), with the task's ``collate`` when it has one. The global random
-    state is left as it was.
+    state is left as it was. Returns the class name of the model ``build_model`` built.
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -615,6 +638,7 @@ def check_task_runs(task: Task, spec: str) -> None:
             dataset = getattr(task, split_name)
             items = [dataset[i] for i in check_indices(len(dataset))]
             _check_batch_runs(task, spec, split_name, model, items, labels_of_split)
+    return type(model).__name__
 
 
 def _check_optimizer(task: Task, spec: str, model: torch.nn.Module) -> None:
@@ -803,8 +827,10 @@ def load_task(
         task = vision_task(name, data_dir, download, model=model, hidden=hidden, seed=seed)
     else:
         factory = _import_factory(name)
+        folder = _task_folder(name)
         try:
-            task = factory()
+            with folder_on_path(folder) if folder else contextlib.nullcontext():
+                task = factory()
         except TaskError:
             raise
         except Exception as exc:
