@@ -32,6 +32,8 @@ import torch
 
 from objectives.train import EpochResult, TrainResult
 from study.compat import trial_system_attrs
+from study.disk import disk_full, free_bytes, is_disk_full
+from study.outputs import OutputError, storage_kind
 
 
 def first_attempt(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
@@ -86,6 +88,17 @@ def _result_from_dict(data: dict) -> TrainResult:
     return TrainResult(epochs=epochs, **values)
 
 
+def _state_bytes(state: object) -> int:
+    """Bytes of the tensors in ``state`` (nested dicts and lists): what a save writes."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_state_bytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(_state_bytes(v) for v in state)
+    return 0
+
+
 class CheckpointStore:
     """The checkpoint files of one study, in ``directory`` (created when first written)."""
 
@@ -110,19 +123,35 @@ class CheckpointStore:
         """
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
+        kind = storage_kind(path) if path.exists() else None
+        if kind is not None:
+            raise OutputError(
+                f"--checkpoint-dir: {path} is {kind} (a study storage), not a checkpoint; "
+                "move it away or choose another --checkpoint-dir"
+            )
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(
-            {
-                "run": run,
-                "epoch": len(result.epochs),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                "result": _result_to_dict(result),
-                "micro_batch_size": micro_batch_size,
-            },
-            tmp,
-        )
-        os.replace(tmp, path)
+        state = {
+            "run": run,
+            "epoch": len(result.epochs),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "result": _result_to_dict(result),
+            "micro_batch_size": micro_batch_size,
+        }
+        try:
+            torch.save(state, tmp)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)  # the previous epoch's checkpoint stays whole
+            needed = _state_bytes(state)
+            space = free_bytes(self.directory)
+            if isinstance(exc, Exception) and (
+                is_disk_full(exc) or (space is not None and space[0] < needed)
+            ):
+                raise disk_full(path, "a checkpoint", needed=needed) from None
+            raise
 
     def load(self, key: int, run: str, device: torch.device | str) -> Checkpoint | None:
         """The checkpoint of ``key`` for ``run``, or ``None`` (none, another run's, or

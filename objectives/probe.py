@@ -67,6 +67,7 @@ import torch
 from objectives.batch import call_model, numel, stack_items, to_device
 from objectives.data import Tensors, place
 from objectives.memory import PeakMemory, state_bytes, tensor_bytes
+from objectives.metrics import SplitMetric
 from objectives.oom import is_out_of_memory
 from objectives.speed import SpeedResult, knee_from_timings, time_interleaved
 from objectives.tasks import Task
@@ -460,7 +461,9 @@ class _StepRig:
         """One evaluation batch as :func:`objectives.train.evaluate` runs it (the metric)."""
         self.model.eval()
         with torch.no_grad(), self.step.autocast():
-            self.task.metric.fn(call_model(self.step.model, x), y).sum()
+            total = SplitMetric(self.task.metric, self.device)
+            total.add(call_model(self.step.model, x), y)
+            total.value()
         self.model.train()
 
     def _level(self) -> int:

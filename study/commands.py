@@ -38,6 +38,7 @@ from study.cli import (
     seed_value,
 )
 from study.config import OPTIMIZERS, PRECISIONS, ConfigError, StudyConfig
+from study.disk import DiskFullError, disk_full, is_disk_full
 
 #: Exit code of a user's mistake (a bad flag, storage, study or task).
 USER_ERROR_EXIT = 2
@@ -82,6 +83,9 @@ def guarded(command: Callable[..., int]) -> Callable[..., int]:
         except BrokenPipeError:
             safety.silence_stdout()
             return BROKEN_PIPE_EXIT
+        except DiskFullError as exc:
+            print(f"{prog}: error: {safety.scrub(str(exc), safety.urls_in(args))}", file=sys.stderr)
+            return USER_ERROR_EXIT
         except OSError as exc:
             if exc.errno not in ENVIRONMENT_ERRNOS:
                 return safety.internal_error(prog, exc, args)
@@ -191,10 +195,28 @@ def run(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
             file=sys.stderr,
         )
         return INTERRUPTED_EXIT
+    except Exception as exc:
+        leftovers.remove()
+        if isinstance(exc, DiskFullError) or not is_disk_full(exc):
+            raise
+        raise _disk_full_error(exc, config.storage) from None
     except BaseException:
         leftovers.remove()
         raise
     return 0
+
+
+def _disk_full_error(exc: BaseException, storage: str) -> DiskFullError:
+    """The one-line error of a write that failed for space somewhere in a run."""
+    filename = getattr(exc, "filename", None)
+    where = filename or safety.storage_file(storage)
+    if where is not None:
+        return disk_full(where, "a file" if filename else "the study storage")
+    return DiskFullError(
+        f"the disk of the storage {safety.redact(storage)} is full (its server could not "
+        "write); nothing stored was changed: free some space there, then run the same "
+        "command again"
+    )
 
 
 def worker(argv: list[str] | None = None) -> int:
@@ -332,6 +354,12 @@ def report_parser(prog: str = "report.py") -> argparse.ArgumentParser:
         help="html: the report page; text: its tables; json: the study's recommendation "
         "(computed now when the study stores none)",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing --out file this tool did not write (never the study's "
+        "own storage)",
+    )
     return parser
 
 
@@ -341,6 +369,7 @@ def report(argv: list[str] | None = None, prog: str = "report.py") -> int:
     creates or changes a study."""
     args = report_parser(prog).parse_args(argv)
     _quiet_optuna()
+    from study.outputs import OutputError, check_output, write_atomic
     from study.report.data import study_recommendation
     from study.report.html import (
         ReportError,
@@ -352,6 +381,9 @@ def report(argv: list[str] | None = None, prog: str = "report.py") -> int:
     )
 
     try:
+        if args.out is not None or args.format == "html":
+            out = Path(args.out) if args.out else default_report_path(args.study_name)
+            check_output("--out", out, storage_url=args.storage, force=args.force)
         study = load_study_for_report(args.storage, args.study_name)
         if args.format in ("text", "json"):
             if args.format == "json":
@@ -367,15 +399,15 @@ def report(argv: list[str] | None = None, prog: str = "report.py") -> int:
                 return 0
             path = Path(args.out)
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text, encoding="utf-8")
+                write_atomic(path, text, f"the {args.format} report")
+            except DiskFullError:
+                raise
             except OSError as exc:
                 raise ReportError(f"--out {path}: cannot write ({exc.strerror})") from None
             print(f"wrote {path}")
             return 0
-        out = Path(args.out) if args.out else default_report_path(args.study_name)
         path, built = write_report(study, out, storage_url=args.storage)
-    except ReportError as exc:
+    except (ReportError, OutputError) as exc:
         print(f"{prog}: error: {safety.scrub(str(exc), [args.storage])}", file=sys.stderr)
         return USER_ERROR_EXIT
     size_mb = path.stat().st_size / 1e6

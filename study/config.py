@@ -13,6 +13,7 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 
 from study.scaling import RULES, SCALING_CHOICES, resolve_rule, scaled_lr
+from study.schedule import SCHEDULES
 from study.space import is_power_of_two, largest_power_of_two
 from study.units import MAX_BYTES
 
@@ -54,6 +55,10 @@ IDENTITY_FIELDS = (
     "budget",
     "steps",
     "warmup_epochs",
+    "warmup_steps",
+    "weight_decay",
+    "lr_schedule",
+    "final_lr_fraction",
     "lr_search_width",
     "seed",  # chooses the built-in tasks' train/validation/test split
     "data_dir",  # the image datasets' files
@@ -85,7 +90,15 @@ class StudyConfig:
         model: ``mlp`` or ``cnn`` (built-in tasks).
         hidden: Hidden layer sizes of the model.
         epochs: Epochs per trial (the budget every batch size gets).
-        optimizer: ``sgd``, ``adam`` or ``adamw``.
+        optimizer: ``sgd`` (momentum 0.9), ``adam`` or ``adamw``.
+        weight_decay: The optimizer's weight decay (``None``: torch's default, 0 for SGD and
+            Adam, 0.01 for AdamW).
+        lr_schedule: ``constant``, ``cosine`` or ``linear``: the learning rate over each
+            trial's own updates, from the rule's peak (see :mod:`study.schedule`).
+        final_lr_fraction: Where ``cosine`` and ``linear`` end, as a fraction of the peak.
+        warmup_epochs: Epochs of linear warm-up to the peak (0: none).
+        warmup_steps: Updates of linear warm-up to the peak (0: none; not with
+            ``warmup_epochs``).
         base_lr: Learning rate at ``base_batch_size``.
         base_batch_size: Reference batch size of ``base_lr``.
         scaling: ``linear``, ``sqrt``, ``none``, ``auto`` or ``search`` (sample the rule).
@@ -163,6 +176,10 @@ class StudyConfig:
     budget: str = "epochs"
     steps: int | None = None
     warmup_epochs: int = 0
+    warmup_steps: int = 0
+    weight_decay: float | None = None
+    lr_schedule: str = "constant"
+    final_lr_fraction: float = 0.0
     lr_search_width: float = 1.0
     noise_scale: bool = False
     confirm_runs: int = 3
@@ -239,6 +256,7 @@ class StudyConfig:
             raise ConfigError(
                 f"--warmup-epochs {self.warmup_epochs}: use 0 (off) up to fewer than --epochs"
             )
+        self._validate_schedule()
         if not 1 <= self.lr_search_width <= LR_RANGE[1]:
             raise ConfigError(
                 f"--lr-search-width {self.lr_search_width}: use 1 (off) or more, up to "
@@ -331,6 +349,33 @@ class StudyConfig:
                 f"{batches[1]} (--scaling {self.scaling}, --lr-search-width "
                 f"{self.lr_search_width:g}): keep them within {LR_RANGE[0]:g} to "
                 f"{LR_RANGE[1]:g}, e.g. --base-lr 1e-3"
+            )
+
+    def _validate_schedule(self) -> None:
+        _choice("--lr-schedule", self.lr_schedule, SCHEDULES)
+        fraction = self.final_lr_fraction
+        if not (isinstance(fraction, int | float) and 0 <= fraction <= 1):
+            raise ConfigError(
+                f"--final-lr-fraction {fraction}: use a fraction of the peak from 0 to 1, e.g. 0.1"
+            )
+        if fraction and self.lr_schedule == "constant":
+            raise ConfigError(
+                f"--final-lr-fraction {fraction} needs a decaying schedule: add --lr-schedule "
+                "cosine or linear"
+            )
+        decay = self.weight_decay
+        if decay is not None and not (isinstance(decay, int | float) and 0 <= decay < math.inf):
+            raise ConfigError(f"--weight-decay {decay}: use a number of at least 0, e.g. 0.01")
+        if type(self.warmup_steps) is not int or self.warmup_steps < 0:
+            raise ConfigError(f"--warmup-steps {self.warmup_steps}: use 0 (off) or more updates")
+        if self.warmup_steps and self.warmup_epochs:
+            raise ConfigError(
+                f"--warmup-steps {self.warmup_steps} and --warmup-epochs {self.warmup_epochs}: "
+                "give the warm-up in one unit, drop one of them"
+            )
+        if self.budget == "steps" and self.steps is not None and self.warmup_steps >= self.steps:
+            raise ConfigError(
+                f"--warmup-steps {self.warmup_steps}: use fewer than --steps {self.steps}"
             )
 
     def _validate_workers(self) -> None:

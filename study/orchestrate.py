@@ -31,6 +31,7 @@ from study.confirm import study_decision
 from study.datamatch import FINGERPRINT_ATTR, data_changed_message, data_changes
 from study.decision import Plan
 from study.locks import NoLock, storage_lock
+from study.outputs import OutputError
 from study.recommend import store_recommendation
 from study.record import MetricInfo, study_metric
 from study.report.summary import budget_text, summary, trial_line
@@ -48,7 +49,7 @@ from study.workers import (
 )
 
 #: Errors of the Optuna side that a user causes with flags or inputs: one line and exit 2.
-STUDY_ERRORS: tuple[type[Exception], ...] = (ConfigError, StorageError, SpaceError)
+STUDY_ERRORS: tuple[type[Exception], ...] = (ConfigError, StorageError, SpaceError, OutputError)
 
 
 class Backend(Protocol):
@@ -200,7 +201,11 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
             )
     backend.tidy(config, study)
     lock.close()
-    if created or done < config.trials:  # a rerun of a finished study changes nothing
+    # A rerun of a finished study changes nothing, unless the steps after the trials (the
+    # answer's timing, the answer, the note and report) were cut short: then it redoes them.
+    if created or done < config.trials or answer_due(study):
+        if not created and done >= config.trials:
+            print("the study's answer is missing or out of date: computing it now", file=out)
         _answer(study, config, backend, built[0] if built else None, device, space, out)
         _publish(study, config, out)
     print("\n" + summary(study), file=out)
@@ -264,6 +269,16 @@ class _Progress:
                 file=self.out,
                 flush=True,
             )
+
+
+def answer_due(study: optuna.Study) -> bool:
+    """Whether the study's answer (``recommendation``) is missing or older than its trials
+    (a run stopped after its trials, e.g. by Ctrl-C while the answer's batch sizes were
+    timed): the same command then computes it, without new trials."""
+    stored = study.user_attrs.get("recommendation")
+    if not isinstance(stored, dict):
+        return True
+    return stored.get("trials_used") != finished_count(study)
 
 
 def _answer(

@@ -35,6 +35,7 @@ from study.compat import (
 )
 from study.config import EVALUATION_PERIODS, ConfigError, StudyConfig, differences
 from study.decision import Plan
+from study.disk import is_disk_full
 from study.locks import SETUP_SCOPE, NoLock, StorageLock
 from study.pruning import FairMedianPruner
 from study.record import MetricInfo, TrialRecord, write_record
@@ -226,8 +227,9 @@ def run_trials(
 
     KeyboardInterrupt (and any exception of the objective) marks the running trial FAIL and
     propagates; failed attempts do not count towards ``total``, and a rerun continues. An
-    interrupted trial is also queued again (WAITING, as the storage's heartbeat retry policy
-    would queue a dead worker's), so that the next run resumes it.
+    interrupted trial (or one stopped by a full disk) is also queued again (WAITING, as the
+    storage's heartbeat retry policy would queue a dead worker's), so that the next run
+    resumes it.
 
     ``confirm``: the confirmation phase (:mod:`study.confirm`). ``True`` (default) reads its
     plan from the study's stored config (``confirm_runs``, ``tolerance``; a study without
@@ -307,7 +309,7 @@ def _run_claimed(
     if error is not None:
         with contextlib.suppress(Exception):
             failed = study.tell(trial, state=TrialState.FAIL)
-            if isinstance(error, KeyboardInterrupt):
+            if isinstance(error, KeyboardInterrupt) or is_disk_full(error):
                 _queue_retry(study, failed)
         raise error
     if state == TrialState.PRUNED:

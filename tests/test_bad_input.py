@@ -87,20 +87,22 @@ def _study(folder: Path) -> None:
     shutil.copy(_study_template(), folder / "study.db")
 
 
-_TEMPLATE: list[Path] = []
+_TEMPLATE: dict[str, Path] = {}
 
 
-def _study_template() -> Path:
-    """A finished one-trial study, made once (in-process) and copied into each case."""
-    if not _TEMPLATE:
+def _study_template(name: str = "study.db") -> Path:
+    """A finished one-trial study (SQLite, or a journal for ``*.log``), made once
+    (in-process) and copied into each case."""
+    if name not in _TEMPLATE:
         import tempfile
 
         folder = Path(tempfile.mkdtemp(prefix="bad-input-study-"))
-        argv = [*STUDY[:-4], "--storage", f"sqlite:///{folder / 'study.db'}"]
+        kind = "journal" if name.endswith(".log") else "sqlite"
+        argv = [*STUDY[:-4], "--storage", f"{kind}:///{folder / name}"]
         argv += ["--artifact-dir", "none", "--checkpoint-dir", "none"]
         assert commands.run(argv) == 0
-        _TEMPLATE.append(folder / "study.db")
-    return _TEMPLATE[0]
+        _TEMPLATE[name] = folder / name
+    return _TEMPLATE[name]
 
 
 SETUPS = {
@@ -112,6 +114,7 @@ SETUPS = {
     "empty_journal": lambda d: (d / "empty.log").write_text(""),
     "tasks": lambda d: (d / "tasks.py").write_text(BROKEN_TASKS),
     "study": _study,
+    "journal_study": lambda d: shutil.copy(_study_template("study.log"), d / "study.log"),
     "fifo": lambda d: os.mkfifo(d / "pipe.db"),
 }
 
@@ -303,6 +306,18 @@ CASES = [
     case("report", ["--storage", "sqlite:///study.db", "--format", "pdf"], "invalid choice", setup="study"),  # noqa: E501
     case("report", ["--storage", "sqlite:///study.db", "--format", "text", "--out", "afile/x.txt"], "cannot write", setup=("study", "afile")),  # noqa: E501
     case("report", ["--storage", "not a url"], "is not a database URL"),
+    # ---- report: no output path can be an input
+    case("report", ["--storage", "sqlite:///study.db", "--out", "study.db"], "--out study.db is the study's storage", setup="study", proc=True),  # noqa: E501
+    case("report", ["--storage", "sqlite:///study.db", "--format", "text", "--out", "study.db"], "is the study's storage", setup="study"),  # noqa: E501
+    case("report", ["--storage", "sqlite:///study.db", "--format", "text", "--out", "{tmp}/study.db"], "is the study's storage", setup="study"),  # noqa: E501
+    case("report", ["--storage", "sqlite:///study.db", "--format", "json", "--out", "study.db-journal"], "is the study's storage", setup="study"),  # noqa: E501
+    case("report", ["--storage", "sqlite:///study.db", "--out", "study.db", "--force"], "is the study's storage", setup="study"),  # noqa: E501
+    case("report", ["--storage", "journal:///study.log", "--format", "json", "--out", "study.log"], "--out study.log is the study's storage", setup="journal_study", proc=True),  # noqa: E501
+    case("report", ["--storage", "sqlite:///study.db", "--format", "json", "--out", "other.db"], "is an SQLite database (a study storage)", setup=("study", "foreign_db")),  # noqa: E501
+    case("report", ["--storage", "journal:///study.log", "--format", "text", "--out", "study.db"], "is an SQLite database", setup=("journal_study", "study"), proc=True),  # noqa: E501
+    case("report", ["--storage", "sqlite:///study.db", "--out", "study.log"], "is an Optuna journal file", setup=("study", "journal_study")),  # noqa: E501
+    case("report", ["--storage", "sqlite:///study.db", "--format", "text", "--out", "notes.log"], "was not written by this tool", setup=("study", "notes")),  # noqa: E501
+    case("report", ["--storage", "sqlite:///study.db", "--out", "afile"], "add --force to replace it", setup=("study", "afile")),  # noqa: E501
     # ---- dashboard
     case("dashboard", ["--port", "99999"], "'99999' is not a port", proc=True),
     case("dashboard", ["--port", "-1"], "is not a port"),
@@ -638,7 +653,7 @@ def test_a_disk_full_error_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert commands.run(FAST) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "No space left on device (storage/x.db)" in err[0]
+    assert len(err) == 1 and "the disk is full" in err[0] and "(storage/x.db)" in err[0]
 
 
 def test_artifact_dir_none_means_off_in_the_dashboard_too(tmp_path, monkeypatch, capsys):

@@ -32,6 +32,7 @@ from study.record import (
     read_record,
     study_metric,
 )
+from study.schedule import LRSchedule
 from study.units import format_percent
 
 #: Order in which scaling rules are listed; other names follow alphabetically.
@@ -519,6 +520,19 @@ class ReportData:
     def searched_multiplier(self) -> bool:
         """The study searched a multiplier on the rule's learning rate."""
         return self.lr_search_width > 1 or any(t.lr_multiplier for t in self.trials)
+
+    def schedule_words(self) -> str | None:
+        """The learning-rate schedule in words (config ``lr_schedule``, ``final_lr_fraction``,
+        ``warmup_steps``); ``None`` for a constant rate without a warm-up in updates."""
+        kind = self.config.get("lr_schedule") or "constant"
+        warmup = int_or_none(self.config.get("warmup_steps")) or 0
+        if kind == "constant" and not warmup:
+            return None
+        fraction = self.config.get("final_lr_fraction") or 0.0
+        try:
+            return LRSchedule(str(kind), float(fraction), warmup).describe()
+        except (TypeError, ValueError):
+            return f"{kind} (stored as {kind!r}, final fraction {fraction!r})"
 
     def warmup_advice(self) -> str | None:
         """A sentence suggesting warm-up where linear scaling diverged at the largest batches."""

@@ -37,6 +37,8 @@ from plotly.offline import get_plotlyjs
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from study.disk import DiskFullError
+from study.outputs import GENERATOR_TAG, write_atomic
 from study.record import TrialRecord
 from study.report.answer import answer_note, answer_rows
 from study.report.data import (
@@ -316,13 +318,18 @@ def _setup_table(data: ReportData) -> Table:
         hidden = c.get("hidden")
         rows.append(["Model", str(c["model"]) + (f" (hidden {hidden})" if hidden else "")])
     if c.get("optimizer") is not None:
+        decay = c.get("weight_decay")
+        decay_text = f", weight decay {decay:g}" if isinstance(decay, int | float) else ""
         rows.append(
             [
                 "Optimizer",
-                f"{c['optimizer']}, base lr {c.get('base_lr')} at batch "
+                f"{c['optimizer']}{decay_text}, base lr {c.get('base_lr')} at batch "
                 f"{c.get('base_batch_size')}, scaling {c.get('scaling')}",
             ]
         )
+    schedule = data.schedule_words()
+    if schedule is not None:
+        rows.append(["LR schedule", schedule])
     if data.warmup_epochs:
         rows.append(["Warm-up", f"{data.warmup_epochs} epoch(s) of learning-rate warm-up"])
     if data.lr_search_width > 1:
@@ -771,6 +778,7 @@ def render_html_report(report: Report) -> str:
             '<html lang="en">',
             "<head>",
             '<meta charset="utf-8">',
+            GENERATOR_TAG,
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
             f"<title>{esc(data.study_name)}: batch-size study report</title>",
             f"<style>{_CSS}</style>",
@@ -811,14 +819,19 @@ def write_report(
 ) -> tuple[Path, Report]:
     """Write the HTML report of ``study`` to ``out`` (folders created); return path and report.
 
+    The file appears whole (:func:`study.outputs.write_atomic`); callers check ``out`` first
+    with :func:`study.outputs.check_output` (the report command does).
+
     Raises:
         ReportError: ``out`` cannot be written.
+        DiskFullError: the disk is full (nothing was written).
     """
     report = build_report(study, storage_url=storage_url)
     path = Path(out)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render_html_report(report), encoding="utf-8")
+        write_atomic(path, render_html_report(report), "the report")
+    except DiskFullError:
+        raise
     except OSError as exc:
         raise ReportError(f"--out {path}: cannot write the report ({exc.strerror})") from None
     return path, report
