@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from study import safety
 from study.compat import BaseHeartbeat, trial_id_of
+from study.journal import WholeRecordBackend, set_aside_torn_tail
 from study.locks import SETUP_SCOPE, NoLock, storage_lock
 
 #: Seconds between a running trial's heartbeats, and after which a silent trial is failed.
@@ -151,7 +153,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     ``_get_stale_trial_ids`` included), which ``tests/test_compat.py`` checks.
 
     Args:
-        backend: The journal backend (e.g. ``JournalFileBackend(path)``).
+        backend: The journal backend (e.g. ``WholeRecordBackend(path)``).
         heartbeat_interval: Seconds between heartbeats.
         grace_period: Seconds without a heartbeat after which a RUNNING trial is stale.
         stale_trial_callback: Called for each trial failed as stale (e.g. to retry it).
@@ -203,18 +205,24 @@ def _make_parent(url: str, path: Path) -> None:
         ) from None
 
 
-def _open_journal(url: str, heartbeat: dict) -> HeartbeatJournalStorage | JournalStorage:
+def _open_journal(
+    url: str, heartbeat: dict, read_only: bool = False
+) -> HeartbeatJournalStorage | JournalStorage:
     path = Path(url[len(JOURNAL_PREFIX) :])
     if not path.name:
         raise StorageError(f"--storage {url}: give a file, e.g. journal:///storage/x.log")
     problem = safety.journal_problem(path)
     if problem:
         raise StorageError(f"--storage {url}: {problem}")
-    _make_parent(url, path)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise StorageError(f"--storage {url}: {path} is read-only; make it writable")
+    if not read_only:  # a reader takes no lock and changes nothing
+        _make_parent(url, path)
+        if path.exists() and not os.access(path, os.W_OK):
+            raise StorageError(f"--storage {url}: {path} is read-only; make it writable")
+        note = set_aside_torn_tail(path)
+        if note:
+            print(note, file=sys.stderr)
     try:
-        backend = JournalFileBackend(str(path))
+        backend = JournalFileBackend(str(path)) if read_only else WholeRecordBackend(str(path))
         if heartbeat:
             return HeartbeatJournalStorage(
                 backend,
@@ -270,7 +278,7 @@ def open_storage(
                 ),
             }
     if url.startswith(JOURNAL_PREFIX):
-        return _open_journal(url, heartbeat)
+        return _open_journal(url, heartbeat, read_only)
     parsed = _check_url(url)
     engine_kwargs: dict = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
