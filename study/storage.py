@@ -21,6 +21,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote
 
 import optuna
 import sqlalchemy
@@ -100,6 +101,11 @@ def _prepare_sqlite(parsed: sqlalchemy.URL, url: str) -> None:
             f"--storage {url}: an in-memory SQLite database cannot be resumed or shared; "
             "give a file, e.g. sqlite:///storage/x.db"
         )
+    if database.startswith("file:"):
+        raise StorageError(
+            f"--storage {redact(url)}: an SQLite file: URI opens the database for readers "
+            "(report, dashboard); a run writes: give a plain path, e.g. sqlite:///storage/x.db"
+        )
     path = Path(database)
     problem = safety.sqlite_problem(path)
     if problem:
@@ -117,6 +123,24 @@ def _prepare_sqlite(parsed: sqlalchemy.URL, url: str) -> None:
             raise StorageError(f"--storage {url}: {path} is read-only; make it writable")
         if header:
             _check_sqlite_unlocked(path, url)
+
+
+def sqlite_path(database: str) -> Path:
+    """The file of an SQLite URL's database part (a ``file:`` URI name is unwrapped)."""
+    if database.startswith("file:"):
+        return Path(unquote(database[len("file:") :].split("?", 1)[0]))
+    return Path(database)
+
+
+def _read_only_connect(path: Path) -> Callable[[], sqlite3.Connection]:
+    """Connections that only read ``path`` (``mode=ro``): no lock file, no journal, nothing
+    written, so they work on a read-only mount and beside a writer holding the file."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False)
+
+    return connect
 
 
 def _check_sqlite_unlocked(path: Path, url: str, wait_s: float = SQLITE_LOCK_WAIT_S) -> None:
@@ -283,11 +307,14 @@ def open_storage(
     engine_kwargs: dict = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
         if read_only:
-            problem = safety.sqlite_problem(Path(parsed.database or ""), require_optuna=True)
+            path = sqlite_path(parsed.database or "")
+            problem = safety.sqlite_problem(path, require_optuna=True)
             if problem:
                 raise StorageError(f"--storage {redact(url)}: {problem}")
-        _prepare_sqlite(parsed, url)
-        engine_kwargs["connect_args"] = {"timeout": 60}
+            engine_kwargs["creator"] = _read_only_connect(path)
+        else:
+            _prepare_sqlite(parsed, url)
+            engine_kwargs["connect_args"] = {"timeout": 60}
     elif parsed.get_backend_name() == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     # new schemas race when several processes create them at once (a reader creates none)

@@ -315,3 +315,98 @@ def test_a_running_trial_whose_process_is_gone_is_retried_without_waiting(tmp_pa
     assert trials[orphan].state == optuna.trial.TrialState.FAIL
     retried = [t for t in trials.values() if t.system_attrs.get("failed_trial") == orphan]
     assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
+
+
+# ------------------------------------------------------------------ readers read
+
+
+@contextlib.contextmanager
+def read_only_mount(source: Path, target: Path) -> Iterator[Path]:
+    """``source`` seen read-only at ``target`` (a read-only bind mount; even root cannot
+    write there). Skips the test when mounting is refused."""
+    target.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here ({done.stderr.decode().strip() or 'not root'})")
+    try:
+        remount = ["mount", "-o", "remount,bind,ro", str(target)]
+        done = subprocess.run(remount, capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot remount read-only ({done.stderr.decode().strip()})")
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def _dashboard_serves(url: str, cwd: Path) -> str:
+    """Start the dashboard on ``url``, fetch its list of studies, stop it; the list."""
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    from tests.conftest import ROOT, script_env
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, str(ROOT / "scripts" / "dashboard.py"), "--storage", url]
+    command += ["--artifact-dir", "none", "--port", str(port)]
+    server = subprocess.Popen(
+        command, cwd=cwd, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as page:
+                    return page.read().decode()
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(server.communicate()[1].decode()) from None
+                time.sleep(0.3)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_report_and_dashboard_read_a_study_on_a_read_only_mount(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copy(_study_template(), source / "study.db")
+    shutil.copy(_study_template("study.log"), source / "study.log")
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    with read_only_mount(source, tmp_path / "ro") as ro:
+        with pytest.raises(OSError):
+            (ro / "probe").write_text("x")  # root cannot write there either
+        for url in (f"sqlite:///{ro / 'study.db'}", f"journal:///{ro / 'study.log'}"):
+            done = run_script("report.py", "--storage", url, "--format", "text", cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+            assert "1 trial: 1 complete" in done.stdout
+            done = run_script(
+                "report.py", "--storage", url, "--format", "json", "--out", "a.json", cwd=tmp_path
+            )
+            assert done.returncode == 0, done.stderr
+            assert '"batch-size"' in _dashboard_serves(url, tmp_path)
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+
+
+def test_readers_read_a_storage_another_writer_holds(tmp_path):
+    import sqlite3
+    import time
+
+    shutil.copy(_study_template(), tmp_path / "study.db")
+    shutil.copy(_study_template("study.log"), tmp_path / "study.log")
+    writer = sqlite3.connect(tmp_path / "study.db")
+    writer.execute("BEGIN IMMEDIATE")  # a run in the middle of a write transaction
+    (tmp_path / "study.log.lock").symlink_to("study.log")  # a journal writer's lock
+    try:
+        for url in ("sqlite:///study.db", "journal:///study.log"):
+            start = time.monotonic()
+            done = run_script("report.py", "--storage", url, "--format", "text", cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+            assert time.monotonic() - start < 30
+    finally:
+        writer.rollback()
+        writer.close()
+    assert (tmp_path / "study.log.lock").is_symlink()  # the reader took no lock, freed none
