@@ -452,7 +452,8 @@ def test_a_disk_full_error_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert commands.run(FAST) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "No space left on device (storage/x.db)" in err[0]
+    assert len(err) == 1 and "the disk is full: writing a file (storage/x.db)" in err[0]
+    assert "failed on the filesystem mounted at" in err[0] and "free of" in err[0]
 
 
 def test_artifact_dir_none_means_off_in_the_dashboard_too(tmp_path, monkeypatch, capsys):
