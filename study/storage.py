@@ -112,17 +112,23 @@ def _prepare_sqlite(parsed: sqlalchemy.URL, url: str) -> None:
         raise StorageError(f"--storage {redact(url)}: {problem}")
     _make_parent(url, path)
     if path.exists():
-        with open(path, "rb") as handle:
-            header = handle.read(16)
-        if header and header != b"SQLite format 3\x00":
-            raise StorageError(
-                f"--storage {url}: {path} is not an SQLite database (corrupt or another "
-                "kind of file); move it away or choose another path"
-            )
+        header = _check_sqlite_header(path, url)
         if not os.access(path, os.W_OK):
             raise StorageError(f"--storage {url}: {path} is read-only; make it writable")
         if header:
             _check_sqlite_unlocked(path, url)
+
+
+def _check_sqlite_header(path: Path, url: str) -> bytes:
+    """The first 16 bytes of ``path``; a file of another kind is refused."""
+    with open(path, "rb") as handle:
+        header = handle.read(16)
+    if header and header != b"SQLite format 3\x00":
+        raise StorageError(
+            f"--storage {redact(url)}: {path} is not an SQLite database (corrupt or another "
+            "kind of file); move it away or choose another path"
+        )
+    return header
 
 
 def sqlite_path(database: str) -> Path:
@@ -311,6 +317,7 @@ def open_storage(
             problem = safety.sqlite_problem(path, require_optuna=True)
             if problem:
                 raise StorageError(f"--storage {redact(url)}: {problem}")
+            _check_sqlite_header(path, url)
             engine_kwargs["creator"] = _read_only_connect(path)
         else:
             _prepare_sqlite(parsed, url)
