@@ -237,6 +237,12 @@ def load_study_for_report(url: str, study_name: str) -> optuna.Study:
             "(pass --study-name NAME)"
         )
     study = optuna.load_study(study_name=study_name, storage=storage)
+    problem = study_shape_problem(study)
+    if problem is not None:
+        raise ReportError(
+            f"study {study_name!r} in {redact(url)} was not made by run_study.py (it "
+            f"{problem}; {shape_words(study)}); pass the --study-name of a batch-size study"
+        )
     attrs = study.user_attrs
     if "config" not in attrs and "space" not in attrs:
         count = len(study.get_trials(deepcopy=False))
@@ -245,12 +251,6 @@ def load_study_for_report(url: str, study_name: str) -> optuna.Study:
             f"Optuna study of {count} trials, without the settings and batch-size space this "
             "tool stores); pass the --study-name of a batch-size study, or browse it with "
             "optuna-dashboard"
-        )
-    problem = study_shape_problem(study)
-    if problem is not None:
-        raise ReportError(
-            f"study {study_name!r} in {redact(url)} was not made by run_study.py (it "
-            f"{problem}; {shape_words(study)}); pass the --study-name of a batch-size study"
         )
     return study
 
