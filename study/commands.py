@@ -189,7 +189,7 @@ def _disk_full_error(exc: BaseException, storage: str) -> DiskFullError:
         return disk_full(where, "a file" if filename else "the study storage")
     return DiskFullError(
         f"the disk of the storage {safety.redact(storage)} is full (its server could not "
-        "write); nothing stored was changed: free some space there, then run the same "
+        "write); nothing already stored is lost: free some space there, then run the same "
         "command again"
     )
 
