@@ -23,6 +23,8 @@ import torch
 from sqlalchemy.engine import make_url
 
 from objectives.checkpoint import CheckpointStore, first_attempt
+from objectives.datacheck import DataItemError
+from objectives.fingerprint import data_fingerprint
 from objectives.models import ModelError
 from objectives.objective import BatchSizeObjective, task_metric
 from objectives.probe import ProbeError
@@ -107,7 +109,13 @@ def _units_per_sample(task: Task, data: Any) -> float:
 class TorchBackend:
     """Trains with PyTorch: the backend of the scripts and the console command."""
 
-    user_errors: tuple[type[Exception], ...] = (ConfigError, TaskError, ModelError, ProbeError)
+    user_errors: tuple[type[Exception], ...] = (
+        ConfigError,
+        TaskError,
+        ModelError,
+        ProbeError,
+        DataItemError,
+    )
 
     def __init__(self, task: Task | None = None) -> None:
         """``task``: a task given as an object (``study.api.run_study(task=...)``), used
@@ -151,6 +159,10 @@ class TorchBackend:
     def metric(self, task: Task) -> MetricInfo:
         """The task's metric (accuracy, maximised, by default) and what it counts."""
         return task_metric(task)
+
+    def fingerprint(self, task: Task) -> dict:
+        """The fingerprint of the task's data (:func:`objectives.fingerprint.data_fingerprint`)."""
+        return data_fingerprint(task)
 
     def memory_cap(self, config: StudyConfig, task: Task, device: str) -> tuple[int, str, dict]:
         """The hardware probe's cap for the trials' settings, and its table to store."""

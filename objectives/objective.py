@@ -196,7 +196,8 @@ class BatchSizeObjective:
         self.metric = task_metric(task)
         self.chance = chance_level(task, self.metric.name)
         self.train, self.val, self.test = (
-            place(d, self.device, task.collate) for d in (task.train, task.val, task.test)
+            place(getattr(task, name), self.device, task.collate, name)
+            for name in ("train", "val", "test")
         )
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:

@@ -389,7 +389,10 @@ class _StepRig:
             self.base_reserved = torch.cuda.memory_reserved(device)
             self.base_allocated = torch.cuda.memory_allocated(device)
         # Held as training holds them (on CUDA this is part of what the allocator measures).
-        splits = [place(d, device, task.collate) for d in (task.train, task.val, task.test)]
+        splits = [
+            place(getattr(task, name), device, task.collate, name)
+            for name in ("train", "val", "test")
+        ]
         self.train = splits[0]
         self.held_splits = splits
         self.copy_bytes = 0 if self.on_cuda else _copied_bytes(task, splits)

@@ -41,6 +41,7 @@ from objectives.batch import (
     leaves,
     stack_items,
 )
+from objectives.datacheck import DataItemError, data_problem, read_item
 from objectives.metrics import (
     ACCURACY,
     IGNORE_INDEX,
@@ -299,6 +300,12 @@ def _import_factory(spec: str) -> Callable[[], object]:
             module = importlib.import_module(target)
     except TaskError:
         raise
+    except SystemExit as exc:  # user code that exits while imported: a mistake, said so
+        raise TaskError(
+            f"--task {spec!r}: importing {target} called sys.exit({exc.code!r}); a task module "
+            "must define its factory without exiting (guard scripts with "
+            "if __name__ == '__main__')"
+        ) from None
     except Exception as exc:  # any import-time failure of user code
         raise TaskError(
             f"--task {spec!r}: importing {target} failed ({type(exc).__name__}: {exc}); "
@@ -500,23 +507,35 @@ def validate_task(task: object, spec: str) -> Task:
                 f"item 0 is {describe(first['train'])}: all splits need one structure (kinds, "
                 "keys, dtypes)"
             )
-    if task.classification and task.num_classes is None:
-        labels = split_labels(task.train, limit=None)
-        task.num_classes = int(labels.max().item()) + 1 if labels.numel() else 1
-    model_class = check_task_runs(task, spec)
+    splits = {name: getattr(task, name) for name in ("train", "val", "test")}
+    try:
+        problem = data_problem(splits)
+    except DataItemError as exc:
+        raise TaskError(f"task {spec!r}: {exc}") from exc
+    if problem:
+        raise TaskError(f"task {spec!r}: {problem}")
+    try:
+        if task.classification and task.num_classes is None:
+            labels = split_labels(task.train, limit=None, split="train")
+            task.num_classes = int(labels.max().item()) + 1 if labels.numel() else 1
+        model_class = check_task_runs(task, spec)
+    except DataItemError as exc:
+        raise TaskError(f"task {spec!r}: {exc}") from exc
     if spec not in BUILTIN_TASKS and not isinstance(task.info.get("model"), str):
         task.info["model"] = model_class  # the report names the user's model by its class
     return task
 
 
-def split_labels(dataset: Dataset, limit: int | None = CHECK_LABELS) -> torch.Tensor:
+def split_labels(
+    dataset: Dataset, limit: int | None = CHECK_LABELS, split: str = "data"
+) -> torch.Tensor:
     """The split's class labels, flattened, :data:`~objectives.metrics.IGNORE_INDEX` left out:
     all of a ``TensorDataset``, else those of the first ``limit`` items (``None``: all)."""
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         labels = dataset.tensors[1].reshape(-1)
     else:
         n = len(dataset) if limit is None else min(len(dataset), limit)
-        parts = [torch.as_tensor(dataset[i][1]).reshape(-1) for i in range(n)]
+        parts = [torch.as_tensor(read_item(dataset, split, i)[1]).reshape(-1) for i in range(n)]
         labels = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
     labels = labels.long()
     return labels[labels != IGNORE_INDEX]
@@ -524,7 +543,9 @@ def split_labels(dataset: Dataset, limit: int | None = CHECK_LABELS) -> torch.Te
 
 def _check_labels(task: Task, spec: str) -> dict[str, torch.Tensor]:
     """The default loss's labels are class indices: none negative. Returns them per split."""
-    labels_of_split = {name: split_labels(getattr(task, name)) for name in ("train", "val", "test")}
+    labels_of_split = {
+        name: split_labels(getattr(task, name), split=name) for name in ("train", "val", "test")
+    }
     for split_name, labels in labels_of_split.items():
         if labels.numel() and int(labels.min()) < 0:
             where = int((labels < 0).nonzero()[0])
@@ -833,6 +854,12 @@ def load_task(
                 task = factory()
         except TaskError:
             raise
+        except SystemExit as exc:  # a factory that exits: a mistake in the task, said so
+            raise TaskError(
+                f"--task {name!r}: the factory called sys.exit({exc.code!r}) instead of "
+                "returning an objectives.Task: return the task, or raise an exception that "
+                "says what is wrong"
+            ) from None
         except Exception as exc:
             raise TaskError(
                 f"--task {name!r}: the factory raised {type(exc).__name__}: {exc}"

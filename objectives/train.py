@@ -747,7 +747,9 @@ def train_task(
     device = torch.device(settings.device)
     torch.manual_seed(settings.seed)
     model = task.build_model().to(device)
-    train, val, test = (place(d, device, task.collate) for d in (task.train, task.val, task.test))
+    train, val, test = (
+        place(getattr(task, name), device, task.collate, name) for name in ("train", "val", "test")
+    )
     with torch_flags(device):
         result = train_model(model, train, val, settings, on_epoch, task=task)
         finish(result, model, train, test, settings.eval_batch, device, settings.precision, task)

@@ -70,15 +70,19 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$", re.S)
 
 
 def _split_url(url: str) -> tuple[str, str | None, str | None, str, str] | None:
-    """``(scheme, user, password, rest, query)`` of a URL, ``None`` if it has no scheme.
+    """``(scheme, user, password, rest, query)`` of a URL; ``None`` if it has no scheme and
+    neither a user-info nor a query (a text without a scheme has the scheme ``""``).
 
     The user-info ends at the *last* ``@`` before the query, so a password holding an
     unencoded ``@`` (which SQLAlchemy would split into a wrong host name) is still whole.
     """
     match = _SCHEME.match(url)
-    if not match:
+    if match:
+        scheme, body = match.groups()
+    elif "?" in url or "@" in url:  # no scheme, but what may hold a secret: split it too
+        scheme, body = "", url
+    else:
         return None
-    scheme, body = match.groups()
     before_query, _, query = body.partition("?")
     if before_query.startswith("/"):  # sqlite:///path: no authority (and '@' may be a path)
         return scheme, None, None, before_query, query
@@ -136,7 +140,7 @@ def redact(url: str) -> str:
     if parts is None:
         return "<unparsable storage URL>" if url_secrets(url) or "@" in url else url
     scheme, user, password, rest, query = parts
-    shown = f"{scheme}://"
+    shown = f"{scheme}://" if scheme else ""
     if user is not None:
         shown += user + (":***" if password is not None else "") + "@"
     shown += rest
@@ -264,7 +268,7 @@ def special_file_problem(path: Path) -> str | None:
     stream, so it is refused without being opened."""
     try:
         mode = path.stat().st_mode
-    except OSError:
+    except (OSError, ValueError):
         return None  # missing (or a broken link): the storage is created, or says why not
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
@@ -300,14 +304,15 @@ def storage_file(url: str | None) -> Path | None:
     if not url:
         return None
     if url.startswith(JOURNAL_PREFIX):
-        return Path(url[len(JOURNAL_PREFIX) :]) if url[len(JOURNAL_PREFIX) :] else None
+        journal = url[len(JOURNAL_PREFIX) :]
+        return Path(journal) if Path(journal).name and "\x00" not in journal else None
     parts = _split_url(url)
     if parts is None or not parts[0].lower().startswith("sqlite"):
         return None
     database = unquote(parts[3].removeprefix("/"))
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
-    if not Path(database).name:  # sqlite://// names the root folder, no file
+    if not Path(database).name or "\x00" in database:  # sqlite:////: the root folder
         return None
     return Path(database)
 
@@ -411,6 +416,62 @@ def _holds_no_study(path: Path) -> bool:
             return all(json.loads(line).get("op_code") != 0 for line in handle if line.strip())
     except (ValueError, OSError, AttributeError):
         return False
+
+
+# ------------------------------------------------------------------ the machine's limits
+
+#: Messages of allocator failures: CUDA's, and the CPU allocator's (which raises RuntimeError;
+#: "not enough memory" is its wording on Windows).
+OOM_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "not enough memory",
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocator failure, told without importing torch.
+
+    Python's ``MemoryError``, torch's ``OutOfMemoryError`` (by name), or a ``RuntimeError``
+    with one of :data:`OOM_MESSAGES` (the CPU allocator's).
+
+    Example:
+        >>> is_out_of_memory(MemoryError()), is_out_of_memory(RuntimeError("shape mismatch"))
+        (True, False)
+        >>> is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: ..."))
+        True
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    if any(kind.__name__ == "OutOfMemoryError" for kind in type(exc).__mro__):
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        return any(m in text for m in OOM_MESSAGES)
+    return False
+
+
+def out_of_memory_line(prog: str, exc: BaseException, argv: Iterable[str]) -> str:
+    """The one line that reports running out of memory (secrets of ``argv``'s URLs scrubbed)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = scrub(text if len(text) <= 160 else text[:157] + "...", urls_in(argv))
+    return (
+        f"{prog}: error: out of memory ({text}): this task does not fit in the memory "
+        "available; use a smaller --max-batch-size, --memory-budget or model, or a machine "
+        "with more memory (finished trials are kept; the same command continues)"
+    )
+
+
+def silence_stdout() -> None:
+    """Point standard output at the null device: after the reader of a pipe has gone (``|
+    head``), so that flushing at exit raises no second ``BrokenPipeError``."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured)
+        pass
 
 
 # ------------------------------------------------------------------ unexpected errors

@@ -108,6 +108,8 @@ def _prepare_sqlite(parsed: sqlalchemy.URL, url: str) -> None:
             f"--storage {redact(url)}: an in-memory SQLite database cannot be resumed or shared; "
             "give a file, e.g. sqlite:///storage/x.db"
         )
+    if "\x00" in database:
+        raise StorageError(f"--storage {redact(url)}: the path holds a NUL character; fix it")
     if not Path(database).name or database.endswith("/"):
         raise StorageError(
             f"--storage {redact(url)} names a folder, not a file: give a file, e.g. "
@@ -257,8 +259,10 @@ def _open_journal(
     url: str, heartbeat: dict, read_only: bool = False
 ) -> HeartbeatJournalStorage | JournalStorage:
     path = Path(url[len(JOURNAL_PREFIX) :])
-    if not path.name:
+    if not path.name or url.endswith("/"):
         raise StorageError(f"--storage {redact(url)}: give a file, e.g. journal:///storage/x.log")
+    if "\x00" in str(path):
+        raise StorageError(f"--storage {redact(url)}: the path holds a NUL character; fix it")
     problem = safety.journal_problem(path)
     if problem:
         raise StorageError(f"--storage {redact(url)}: {problem}")

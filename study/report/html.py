@@ -179,6 +179,11 @@ def _sqlite_file(url: str) -> Path | None:
             f"--storage {redact(url)} is not a database URL: use e.g. "
             "sqlite:///storage/batch-size.db or postgresql://user@host/db"
         ) from None
+    except ValueError:  # e.g. a port that is not a number
+        raise ReportError(
+            f"--storage {redact(url)} is not a valid database URL (is the port a number?): "
+            "use e.g. postgresql://user@host:5432/db"
+        ) from None
     if parsed.get_backend_name() != "sqlite":
         return None
     database = parsed.database
