@@ -75,6 +75,8 @@ def test_a_micro_f1_metric_through_a_study(tmp_path):
     assert study_metric(study).name == "f1_micro"
     values = [t.user_attrs["val_f1_micro"] for t in study.trials if t.state.is_finished()]
     assert len(values) == 2 and all(0.5 < v <= 1 for v in values)
+    frame = study.trials_dataframe()  # pandas is a dependency: the docs' call works
+    assert len(frame) == 2 and "user_attrs_val_f1_micro" in frame.columns
 
 
 def test_a_per_sample_metric_that_returns_one_number_is_told_about_split_metrics():
