@@ -113,8 +113,8 @@ class Estimate:
         trainings: Expected trainings (:func:`expected_trainings`).
         cap: The most trainings the study may run (``--trials``).
         seconds: Expected seconds of the trials and the fixed part.
-        cap_seconds: Seconds if every one of ``cap`` trainings ran at the slowest batch size
-            after the exploration.
+        cap_seconds: Seconds if all ``cap`` trainings run (the study did not stop early),
+            those after the exploration at the median batch size's time.
     """
 
     cells: int
@@ -145,7 +145,7 @@ def estimate(
     typical = statistics.median(per_batch.values())
     once = FIXED_S + FIRST_TRIAL_S
     seconds = once + explore_s + (trainings - explore) * typical
-    cap_seconds = once + explore_s + (trials - explore) * max(per_batch.values())
+    cap_seconds = once + explore_s + (trials - explore) * typical
     return Estimate(cells, trainings, trials, seconds, cap_seconds)
 
 
