@@ -6,7 +6,8 @@ rate the ``--scaling`` rule gives, with the tool's own training loop
 (:func:`objectives.train.train_task`), and prints per schedule and batch size the mean final
 validation metric with its standard deviation over seeds, then per schedule: the most
 accurate batch size and the largest batch whose mean is within ``--tolerance`` of it (the
-answer's question, by the means; no test).
+answer's question, by the means; no test). With ``--schedules constant`` and two values of
+``--epochs`` it shows whether a shorter budget's answer carries over (docs/cost.md).
 
     python benchmarks/bench_schedule.py                  # digits, mlp, 10 epochs, 3 seeds
     python benchmarks/bench_schedule.py --epochs 20 --seeds 5 --optimizer sgd --scaling linear
@@ -49,13 +50,13 @@ def main() -> None:
         b *= 2
     schedules = args.schedules.split(",")
     print(
-        f"{args.task} ({args.model}), {args.optimizer}, {args.scaling} rule from "
-        f"{args.base_lr:g} at {args.base_batch}, {args.epochs} epochs, {args.seeds} seeds a "
+        f"{args.task} ({args.model}, {task.metric.name}), {args.optimizer}, {args.scaling} rule "
+        f"from {args.base_lr:g} at {args.base_batch}, {args.epochs} epochs, {args.seeds} seeds a "
         "cell; final validation metric, mean +- SD over seeds"
     )
     means: dict[str, dict[int, float]] = {s: {} for s in schedules}
     started = time.perf_counter()
-    print(f"{'batch':>6} " + " ".join(f"{s:>18}" for s in schedules))
+    print(f"{'batch':>6} " + " ".join(f"{s:>18}" for s in schedules), flush=True)
     for batch in batches:
         lr = scaled_lr(args.scaling, args.base_lr, args.base_batch, batch)
         cells = []
@@ -76,12 +77,13 @@ def main() -> None:
             means[schedule][batch] = mean
             cells.append(f"{mean:.4f} +- {sd:.4f}")
         print(f"{batch:>6} " + " ".join(f"{c:>18}" for c in cells), flush=True)
+    sign = 1 if task.metric.direction == "maximize" else -1
     for schedule in schedules:
         row = means[schedule]
-        best = max(row, key=row.get)
-        within = max(b for b, m in row.items() if m >= row[best] - args.tolerance)
+        best = max(row, key=lambda b: sign * row[b])
+        within = max(b for b, m in row.items() if sign * (row[best] - m) <= args.tolerance)
         print(
-            f"{schedule}: most accurate batch {best} ({row[best]:.4f}); largest within "
+            f"{schedule}: best batch {best} ({row[best]:.4f}); largest within "
             f"{args.tolerance:g}: {within} ({row[within]:.4f})"
         )
     print(f"({time.perf_counter() - started:.0f} s)")

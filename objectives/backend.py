@@ -106,6 +106,18 @@ def _units_per_sample(task: Task, data: Any) -> float:
     return float(task.count(data.x[:n], data.y[:n])) / n
 
 
+def _streamed_units(task: Task) -> float:
+    """What one sample counts in the task's unit, from a batch of up to 8 items collated as
+    training collates them (1 for samples)."""
+    if task.count is None:
+        return 1.0
+    from objectives.batch import stack_items
+
+    items = [task.train[i] for i in range(min(8, len(task.train)))]
+    inputs, targets = (task.collate or stack_items)(items)
+    return float(task.count(inputs, targets)) / len(items)
+
+
 class TorchBackend:
     """Trains with PyTorch: the backend of the scripts and the console command."""
 
@@ -206,7 +218,8 @@ class TorchBackend:
         with, so the answer's speed-ups are per-round ratios of one measurement. Returns the
         timing's JSON (``SpeedResult.to_dict()``) plus ``per_batch``: ``{batch_size:
         {"samples_per_s", "rates", "spread", "micro_batch_size"}}`` in the task's unit
-        (``rates``: one per round). Data held as tensors is sliced; any other dataset is
+        (``rates``: one per round), and ``units_per_sample``
+        (what one sample counts in it). Data held as tensors is sliced; any other dataset is
         fetched item by item and collated as training does (:func:`dataset_batches`), so
         every task gets a timing.
         """
@@ -263,7 +276,11 @@ class TorchBackend:
                     "spread": row.relative_spread,
                     "micro_batch_size": micro[b],
                 }
-        return {"per_batch": per_batch, "timings": [result.to_dict()]}
+        return {
+            "per_batch": per_batch,
+            "timings": [result.to_dict()],
+            "units_per_sample": units if data is not None else _streamed_units(task),
+        }
 
     def tidy(self, config: StudyConfig, study: optuna.Study) -> None:
         """Keep only the checkpoints that a RUNNING or WAITING retry may resume."""

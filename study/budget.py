@@ -19,7 +19,9 @@ the user attribute ``phase`` (``search`` or ``confirm``).
 and a study ends with exactly ``total`` finished trials. FAIL records (killed or interrupted
 attempts) do not count. Stale trials (no heartbeat for the grace period) are failed under the
 same lock before each count, and their retries queued as WAITING; WAITING trials still left
-when the budget is spent are closed as FAIL with the user attribute ``dropped``.
+when the budget is spent are closed as FAIL with the user attribute ``dropped``. On an SQLite
+or journal file a RUNNING trial whose process on this machine is gone is failed and retried at
+once, without waiting for the grace period (:mod:`study.owners`).
 
 Example (not run as a doctest: it needs a study, files or a server)::
 
@@ -46,6 +48,7 @@ from study.compat import (
 )
 from study.confirm import SEARCH, Plan, enqueue_confirm
 from study.locks import StorageLock
+from study.owners import fail_orphans, record_owner
 from study.record import TrialRecord
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -78,7 +81,9 @@ class Claim:
 
 
 def fail_stale(study: optuna.Study) -> None:
-    """Fail RUNNING trials whose heartbeat is older than the grace period; queue retries."""
+    """Fail RUNNING trials whose process is gone (on a one-machine storage, at once, see
+    :mod:`study.owners`) or whose heartbeat is older than the grace period; queue retries."""
+    fail_orphans(study)
     if heartbeat_enabled(storage_of(study)):
         fail_stale_trials(study)
 
@@ -139,6 +144,7 @@ def claim_trial(
             trial = study.ask()  # pops a WAITING trial first (retry, confirmation), else new
         try:
             storage = storage_of(study)
+            record_owner(storage, trial_id_of(trial))
             if heartbeat_enabled(storage):
                 storage.record_heartbeat(trial_id_of(trial))
             if "phase" not in trial.user_attrs:

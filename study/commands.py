@@ -31,6 +31,7 @@ from study.cli import (
     STORAGE_HELP,
     OneLineParser,
     add_task_arguments,
+    build_parser,
     byte_size,
     fail,
     parse_config,
@@ -220,9 +221,44 @@ def _disk_full_error(exc: BaseException, storage: str) -> DiskFullError:
         return disk_full(where, "a file" if filename else "the study storage")
     return DiskFullError(
         f"the disk of the storage {safety.redact(storage)} is full (its server could not "
-        "write); nothing stored was changed: free some space there, then run the same "
+        "write); nothing already stored is lost: free some space there, then run the same "
         "command again"
     )
+
+
+def plan_parser(prog: str = "plan.py") -> argparse.ArgumentParser:
+    """The flags of ``run``, and ``--json``."""
+    parser = build_parser(prog)
+    parser.description = (
+        "What a study with these flags will cost, before it runs: the probe's cap, each batch "
+        "size's throughput, the space, the expected trainings and time, and cheaper settings. "
+        "Trains nothing, creates no study and no file."
+    )
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    return parser
+
+
+@guarded
+def plan(argv: list[str] | None = None, prog: str = "plan.py") -> int:
+    """Estimate a study's cost with the flags of ``run``: ``batchsize-study plan --epochs 20``."""
+    parser = plan_parser(prog)
+    args = vars(parser.parse_args(argv))
+    as_json = args.pop("json")
+    try:
+        config = StudyConfig(**args).validate()
+    except ConfigError as exc:
+        parser.error(str(exc))
+    _quiet_optuna()
+    from objectives.backend import TorchBackend
+    from study.plan import make_plan
+
+    backend = TorchBackend()
+    try:
+        found = make_plan(config, backend)
+    except backend.user_errors as exc:
+        fail(safety.scrub(str(exc), [config.storage or ""]))
+    print(json.dumps(found.to_dict(), indent=2) if as_json else found.text())
+    return 0
 
 
 def worker(argv: list[str] | None = None) -> int:
@@ -697,6 +733,7 @@ def _noise_stop_words(stop: str) -> str:
 COMMANDS: dict[str, tuple[Callable[..., int], str]] = {
     "run": (run, "run or resume a study (scripts/run_study.py)"),
     "probe": (probe, "measure the largest batch that fits, and its speed (scripts/probe.py)"),
+    "plan": (plan, "what a study will cost, before it runs (scripts/plan.py)"),
     "report": (report, "write a study's HTML or text report (scripts/report.py)"),
     "dashboard": (dashboard, "serve optuna-dashboard on a study (scripts/dashboard.py)"),
     "noise-scale": (noise_scale, "estimate the gradient noise scale (scripts/noise_scale.py)"),

@@ -97,6 +97,6 @@ def disk_full(path: str | Path, what: str, needed: int | None = None) -> DiskFul
     need = f"; it needs about {human(needed)}" if needed else ""
     return DiskFullError(
         f"the disk is full: writing {what} ({path}) failed on the filesystem mounted at {disk} "
-        f"({free}{need}); nothing stored was changed: free some space there, then run the same "
+        f"({free}{need}); nothing already stored is lost: free some space there, then run the same "
         "command again"
     )

@@ -25,7 +25,7 @@ from typing import Any, Protocol, TextIO
 
 import optuna
 
-from study.budget import Tally, reap
+from study.budget import FINISHED, Tally, reap
 from study.config import ConfigError, StudyConfig
 from study.confirm import study_decision
 from study.datamatch import FINGERPRINT_ATTR, data_changed_message, data_changes
@@ -167,7 +167,13 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
         built.append(backend.build_task(config))
         return plan_space(config, built[0], device, backend)
 
-    study, space, created = create_or_resume(config, storage, make_space, lock)
+    def check_resume(stored: dict) -> None:  # before a resume writes anything
+        study_id = storage.get_study_id_from_name(config.study_name)
+        finished = storage.get_all_trials(study_id, deepcopy=False, states=FINISHED)
+        if len(finished) < config.trials:  # trials will train: on the study's data only
+            built.append(_checked_task(config, backend, stored.get(FINGERPRINT_ATTR)))
+
+    study, space, created = create_or_resume(config, storage, make_space, lock, check_resume)
     where = redact(config.storage)
     verb = "created" if created else "resumed"
     print(
@@ -178,8 +184,6 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
         flush=True,
     )
     done = finished_count(study)
-    if not created and done < config.trials:  # changed data is refused before any trial
-        built.append(resumed_task(config, backend, study))
     if done < config.trials and (config.workers > 1 or config.gpus):
         built.clear()  # the workers load the task themselves
         _run_workers(config, study, lock, out)
@@ -225,8 +229,13 @@ def resumed_task(config: StudyConfig, backend: Backend, study: optuna.Study) -> 
         ConfigError: the data's fingerprint differs from the one stored at creation (the
             splits and what changed are named).
     """
+    return _checked_task(config, backend, study.user_attrs.get(FINGERPRINT_ATTR))
+
+
+def _checked_task(config: StudyConfig, backend: Backend, stored: dict | None) -> Any:
+    """The task, built; :class:`ConfigError` when its data differs from ``stored``."""
     task = backend.build_task(config)
-    changes = data_changes(study.user_attrs.get(FINGERPRINT_ATTR), backend.fingerprint(task))
+    changes = data_changes(stored, backend.fingerprint(task))
     if changes:
         raise ConfigError(data_changed_message(config.study_name, changes))
     return task

@@ -322,7 +322,10 @@ class Leftovers:
 
     Take a snapshot before the run (:meth:`before`); if the run fails, :meth:`remove` deletes
     what it created while the storage holds no study: the storage file, its lock and journal
-    side files, and the folders it made for them (only when empty).
+    side files, and the folders it made for them (only when empty). An empty file given as
+    the storage is kept, and emptied again of the tables the run wrote into it. The lock file
+    it created beside a storage that does hold a study (a refused resume) goes too, unless
+    another process holds the lock.
     """
 
     SIDE_SUFFIXES = ("-journal", "-wal", "-shm", ".claim-lock", ".lock")
@@ -331,10 +334,13 @@ class Leftovers:
         self.path = path
         self.created: list[Path] = []
         self.new_folder: Path | None = None
+        #: An empty file given as the storage: emptied again (not deleted) after a failure.
+        self.was_empty = False
         if path is None:
             return
         self.created = [path] + [path.with_name(path.name + s) for s in self.SIDE_SUFFIXES]
         self.created = [p for p in self.created if not os.path.lexists(p)]
+        self.was_empty = path.is_file() and path.stat().st_size == 0
         if path.exists():
             return
         for parent in path.parents:
@@ -348,11 +354,18 @@ class Leftovers:
 
     def remove(self) -> None:
         """Delete what the failed run created, if it stored nothing; never raises."""
-        if not self.created or self.path is None or not self.path.is_file():
+        if not (self.created or self.was_empty) or self.path is None:
+            return
+        if not self.path.is_file():
             return  # (a storage that is not a file was refused before anything was made)
         try:
+            for created in self.created:
+                if created.name.endswith(".claim-lock"):
+                    _remove_free_lock(created)
             if not _holds_no_study(self.path):
                 return
+            if self.was_empty:
+                os.truncate(self.path, 0)  # no schema left in the user's empty file
             for created in self.created:
                 if os.path.lexists(created) and not created.is_dir():
                     created.unlink()
@@ -362,6 +375,23 @@ class Leftovers:
                 folder = folder.parent
         except OSError:
             return
+
+
+def _remove_free_lock(path: Path) -> None:
+    """Delete the lock file at ``path`` if no process holds its lock now."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held elsewhere: leave it
+        path.unlink()
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _holds_no_study(path: Path) -> bool:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote
 
 import optuna
 import sqlalchemy
@@ -31,6 +33,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from study import safety
 from study.compat import BaseHeartbeat, trial_id_of
+from study.journal import WholeRecordBackend, set_aside_torn_tail
 from study.locks import SETUP_SCOPE, NoLock, storage_lock
 
 #: Seconds between a running trial's heartbeats, and after which a silent trial is failed.
@@ -118,23 +121,52 @@ def _prepare_sqlite(parsed: sqlalchemy.URL, url: str) -> None:
             f"--storage {redact(url)}: SQLite takes no parameter {', '.join(unknown)}; "
             "remove it from the URL"
         )
+    if database.startswith("file:"):
+        raise StorageError(
+            f"--storage {redact(url)}: an SQLite file: URI opens the database for readers "
+            "(report, dashboard); a run writes: give a plain path, e.g. sqlite:///storage/x.db"
+        )
     path = Path(database)
     problem = safety.sqlite_problem(path)
     if problem:
         raise StorageError(f"--storage {redact(url)}: {problem}")
     _make_parent(url, path)
     if path.exists():
-        with open(path, "rb") as handle:
-            header = handle.read(16)
-        if header and header != b"SQLite format 3\x00":
-            raise StorageError(
-                f"--storage {redact(url)}: {path} is not an SQLite database (corrupt or another "
-                "kind of file); move it away or choose another path"
-            )
+        header = _check_sqlite_header(path, url)
         if not os.access(path, os.W_OK):
             raise StorageError(f"--storage {redact(url)}: {path} is read-only; make it writable")
         if header:
             _check_sqlite_unlocked(path, url)
+
+
+def _check_sqlite_header(path: Path, url: str) -> bytes:
+    """The first 16 bytes of ``path``; a file of another kind is refused."""
+    with open(path, "rb") as handle:
+        header = handle.read(16)
+    if header and header != b"SQLite format 3\x00":
+        raise StorageError(
+            f"--storage {redact(url)}: {path} is not an SQLite database (corrupt or another "
+            "kind of file); move it away or choose another path"
+        )
+    return header
+
+
+def sqlite_path(database: str) -> Path:
+    """The file of an SQLite URL's database part (a ``file:`` URI name is unwrapped)."""
+    if database.startswith("file:"):
+        return Path(unquote(database[len("file:") :].split("?", 1)[0]))
+    return Path(database)
+
+
+def _read_only_connect(path: Path) -> Callable[[], sqlite3.Connection]:
+    """Connections that only read ``path`` (``mode=ro``): no lock file, no journal, nothing
+    written, so they work on a read-only mount and beside a writer holding the file."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False)
+
+    return connect
 
 
 def _check_sqlite_unlocked(path: Path, url: str, wait_s: float = SQLITE_LOCK_WAIT_S) -> None:
@@ -171,7 +203,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     ``_get_stale_trial_ids`` included), which ``tests/test_compat.py`` checks.
 
     Args:
-        backend: The journal backend (e.g. ``JournalFileBackend(path)``).
+        backend: The journal backend (e.g. ``WholeRecordBackend(path)``).
         heartbeat_interval: Seconds between heartbeats.
         grace_period: Seconds without a heartbeat after which a RUNNING trial is stale.
         stale_trial_callback: Called for each trial failed as stale (e.g. to retry it).
@@ -223,7 +255,9 @@ def _make_parent(url: str, path: Path) -> None:
         ) from None
 
 
-def _open_journal(url: str, heartbeat: dict) -> HeartbeatJournalStorage | JournalStorage:
+def _open_journal(
+    url: str, heartbeat: dict, read_only: bool = False
+) -> HeartbeatJournalStorage | JournalStorage:
     path = Path(url[len(JOURNAL_PREFIX) :])
     if not path.name or url.endswith("/"):
         raise StorageError(f"--storage {redact(url)}: give a file, e.g. journal:///storage/x.log")
@@ -232,11 +266,15 @@ def _open_journal(url: str, heartbeat: dict) -> HeartbeatJournalStorage | Journa
     problem = safety.journal_problem(path)
     if problem:
         raise StorageError(f"--storage {redact(url)}: {problem}")
-    _make_parent(url, path)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise StorageError(f"--storage {redact(url)}: {path} is read-only; make it writable")
+    if not read_only:  # a reader takes no lock and changes nothing
+        _make_parent(url, path)
+        if path.exists() and not os.access(path, os.W_OK):
+            raise StorageError(f"--storage {redact(url)}: {path} is read-only; make it writable")
+        note = set_aside_torn_tail(path)
+        if note:
+            print(note, file=sys.stderr)
     try:
-        backend = JournalFileBackend(str(path))
+        backend = JournalFileBackend(str(path)) if read_only else WholeRecordBackend(str(path))
         if heartbeat:
             return HeartbeatJournalStorage(
                 backend,
@@ -292,16 +330,20 @@ def open_storage(
                 ),
             }
     if url.startswith(JOURNAL_PREFIX):
-        return _open_journal(url, heartbeat)
+        return _open_journal(url, heartbeat, read_only)
     parsed = _check_url(url)
     engine_kwargs: dict = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
         if read_only:
-            problem = safety.sqlite_problem(Path(parsed.database or ""), require_optuna=True)
+            path = sqlite_path(parsed.database or "")
+            problem = safety.sqlite_problem(path, require_optuna=True)
             if problem:
                 raise StorageError(f"--storage {redact(url)}: {problem}")
-        _prepare_sqlite(parsed, url)
-        engine_kwargs["connect_args"] = {"timeout": 60}
+            _check_sqlite_header(path, url)
+            engine_kwargs["creator"] = _read_only_connect(path)
+        else:
+            _prepare_sqlite(parsed, url)
+            engine_kwargs["connect_args"] = {"timeout": 60}
     elif parsed.get_backend_name() == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     # new schemas race when several processes create them at once (a reader creates none)

@@ -87,6 +87,17 @@ def _study(folder: Path) -> None:
     shutil.copy(_study_template(), folder / "study.db")
 
 
+def _plain_study(folder: Path) -> None:
+    """A plain Optuna study named like ours, with 5 trials, not made by this tool."""
+    import optuna
+
+    study = optuna.create_study(
+        storage=f"sqlite:///{folder / 'plain.db'}", study_name="batch-size", direction="maximize"
+    )
+    for x in range(5):
+        study.add_trial(optuna.trial.create_trial(value=x / 10))
+
+
 _TEMPLATE: dict[str, Path] = {}
 
 
@@ -114,6 +125,8 @@ SETUPS = {
     "empty_journal": lambda d: (d / "empty.log").write_text(""),
     "tasks": lambda d: (d / "tasks.py").write_text(BROKEN_TASKS),
     "study": _study,
+    "plain_study": lambda d: _plain_study(d),
+    "empty_db": lambda d: (d / "empty.db").write_bytes(b""),
     "journal_study": lambda d: shutil.copy(_study_template("study.log"), d / "study.log"),
     "fifo": lambda d: os.mkfifo(d / "pipe.db"),
 }
@@ -236,6 +249,9 @@ CASES = [
     case("run", [*FAST, "--budget", "steps", "--steps", "0"], "--steps 0 must be at least 1"),
     case("run", [*FAST, "--storage", "journal:///empty.log", "--task", "synthetic", "--synthetic-samples", "10"], "too small", setup="empty_journal"),  # noqa: E501
     case("run", [*FAST, "--storage", "sqlite:///new/deeper/s.db", "--task", "synthetic", "--synthetic-samples", "10"], "too small"),  # noqa: E501
+    case("run", [*FAST, "--storage", "sqlite:///empty.db", "--task", "synthetic", "--synthetic-samples", "10"], "too small", setup="empty_db"),  # noqa: E501
+    case("run", [*FAST, "--storage", "sqlite:///file:x.db?mode=ro&uri=true"], "file: URI opens the database for readers"),  # noqa: E501
+    case("run", [*FAST, "--storage", "sqlite:///file:sub/x.db?mode=ro&uri=true"], "a run writes: give a plain path", proc=True),  # noqa: E501
     # ---- run: folders that are files are refused before anything is stored
     case("run", [*FAST, "--checkpoint-dir", "afile"], "--checkpoint-dir afile is a file", setup="afile", proc=True),  # noqa: E501
     case("run", [*FAST, "--checkpoint-dir", "afile/sub"], "is under afile, a file", setup="afile"),  # noqa: E501
@@ -318,6 +334,9 @@ CASES = [
     case("report", ["--storage", "sqlite:///study.db", "--out", "study.log"], "is an Optuna journal file", setup=("study", "journal_study")),  # noqa: E501
     case("report", ["--storage", "sqlite:///study.db", "--format", "text", "--out", "notes.log"], "was not written by this tool", setup=("study", "notes")),  # noqa: E501
     case("report", ["--storage", "sqlite:///study.db", "--out", "afile"], "add --force to replace it", setup=("study", "afile")),  # noqa: E501
+    # ---- readers: a study this tool did not make is named as such
+    case("report", ["--storage", "sqlite:///plain.db"], "a plain Optuna study of 5 trials", setup="plain_study", proc=True),  # noqa: E501
+    case("report", ["--storage", "sqlite:///plain.db", "--format", "text"], "was not made by run_study.py", setup="plain_study"),  # noqa: E501
     # ---- dashboard
     case("dashboard", ["--port", "99999"], "'99999' is not a port", proc=True),
     case("dashboard", ["--port", "-1"], "is not a port"),
@@ -679,7 +698,8 @@ def test_a_disk_full_error_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert commands.run(FAST) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "the disk is full" in err[0] and "(storage/x.db)" in err[0]
+    assert len(err) == 1 and "the disk is full: writing a file (storage/x.db)" in err[0]
+    assert "failed on the filesystem mounted at" in err[0] and "free of" in err[0]
 
 
 def test_artifact_dir_none_means_off_in_the_dashboard_too(tmp_path, monkeypatch, capsys):

@@ -75,6 +75,8 @@ def test_a_micro_f1_metric_through_a_study(tmp_path):
     assert study_metric(study).name == "f1_micro"
     values = [t.user_attrs["val_f1_micro"] for t in study.trials if t.state.is_finished()]
     assert len(values) == 2 and all(0.5 < v <= 1 for v in values)
+    frame = study.trials_dataframe()  # pandas is a dependency: the docs' call works
+    assert len(frame) == 2 and "user_attrs_val_f1_micro" in frame.columns
 
 
 def test_a_per_sample_metric_that_returns_one_number_is_told_about_split_metrics():
@@ -137,3 +139,23 @@ def test_outputs_without_scores_get_an_error_naming_how_to_supply_a_loss():
         validate_task(blobs_task(TupleModel), "t")
     with pytest.raises(TaskError, match="Hugging Face model's own .loss"):
         validate_task(blobs_task(ObjectModel, loss=lambda out, y: out.loss), "t")
+
+
+def test_the_chance_level_of_token_targets_counts_tokens_and_leaves_padding_out():
+    from objectives.metrics import IGNORE_INDEX
+    from objectives.objective import chance_level
+
+    x = torch.randn(4, 3, 8)
+    y = torch.tensor([[1, 1, 2], [1, 0, IGNORE_INDEX], [1, 2, IGNORE_INDEX], [0, 1, 1]])
+
+    class PerToken(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.linear(x)  # [n, tokens, classes]
+
+    task = Task("tokens", PerToken, TensorDataset(x, y), TensorDataset(x, y), TensorDataset(x, y))
+    validate_task(task, "tokens")
+    assert chance_level(task, "accuracy") == pytest.approx(6 / 10)  # token 1: 6 of 10 tokens

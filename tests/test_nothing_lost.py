@@ -165,3 +165,248 @@ def test_a_study_whose_answer_is_missing_gets_it_from_the_same_command(
     assert len(study.get_trials(deepcopy=False)) == trials  # no new trial
     assert commands.run(argv) == 0  # now complete: a rerun changes nothing
     assert "computing it now" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ a full disk loses nothing
+
+FAST_RUN = [*STUDY_ARGS[2:], "--checkpoint-dir", "none"]
+
+
+def _finished(url: str) -> list[int]:
+    from study.storage import open_storage
+
+    storage = open_storage(url, heartbeat_interval=None, read_only=True)
+    study = optuna.load_study(study_name="batch-size", storage=storage)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return [t.number for t in study.get_trials(deepcopy=False, states=states)]
+
+
+def _one_line(done: subprocess.CompletedProcess) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    return lines[0]
+
+
+def test_a_full_disk_leaves_a_journal_study_readable_and_the_same_command_continues(tmp_path):
+    with tmpfs(tmp_path / "small", "512k") as small:
+        url = f"journal:///{small / 'study.log'}"
+        run = ["--storage", url, *FAST_RUN]
+        done = run_script("run_study.py", "--trials", "2", *run, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        before = _finished(url)
+        assert len(before) == 2
+        fill(small)
+        done = run_script("run_study.py", "--trials", "4", *run, cwd=tmp_path)
+        assert done.returncode == 2, done.stdout + done.stderr
+        line = _one_line(done)
+        assert "the disk is full" in line and f"mounted at {small}" in line, line
+        assert _finished(url) == before  # readable after the failure
+        text = (small / "study.log").read_bytes()
+        assert text.endswith(b"\n")  # whole records only
+        (small / "filler").unlink()
+        done = run_script("run_study.py", "--trials", "4", *run, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        after = _finished(url)
+        assert len(after) == 4 and set(before) <= set(after)  # and after the next run
+
+
+def test_a_torn_last_journal_record_is_set_aside_and_never_appended_to(tmp_path):
+    journal = tmp_path / "study.log"
+    shutil.copy(_study_template("study.log"), journal)
+    url = f"journal:///{journal}"
+    torn = b'{"op_code":5,"worker_id":"w","trial_id":0,"par'
+    with open(journal, "ab") as handle:
+        handle.write(torn)
+    # a reader reads around it and changes nothing (a writer may be writing it right now)
+    done = run_script("report.py", "--storage", url, "--format", "text", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert journal.read_bytes().endswith(torn)
+    done = run_script("run_study.py", "--trials", "2", "--storage", url, *FAST_RUN, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"ended with a half-written record ({len(torn)} bytes" in done.stderr
+    backups = list(tmp_path.glob("study.log.torn-*.bak"))
+    assert len(backups) == 1 and backups[0].read_bytes() == torn
+    assert len(_finished(url)) == 2
+    for line in journal.read_bytes().splitlines():
+        assert line.startswith(b"{") and line.endswith(b"}")
+
+
+def test_a_full_disk_under_sqlite_is_one_line_and_the_study_stays(tmp_path):
+    with tmpfs(tmp_path / "small", "512k") as small:
+        shutil.copy(_study_template(), small / "study.db")
+        url = f"sqlite:///{small / 'study.db'}"
+        before = _finished(url)
+        fill(small)
+        run = ["--storage", url, *FAST_RUN]
+        done = run_script("run_study.py", "--trials", "3", *run, cwd=tmp_path)
+        assert done.returncode == 2, done.stdout + done.stderr
+        line = _one_line(done)
+        assert "the disk is full" in line and f"mounted at {small}" in line, line
+        assert "internal error" not in line
+        assert _finished(url) == before
+        assert not [p for p in small.iterdir() if p.name.endswith((".tmp", "-journal"))]
+        (small / "filler").unlink()
+        done = run_script("run_study.py", "--trials", "3", *run, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert len(_finished(url)) == 3
+
+
+def test_a_full_disk_under_the_checkpoints_is_one_line_and_leaves_no_temporary(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    two_epochs = [*STUDY_ARGS[2:], "--epochs", "2", "--storage", url]  # (the last epoch saves none)
+    done = run_script("run_study.py", "--trials", "1", *two_epochs, "--checkpoint-dir", "none")
+    assert done.returncode == 0, done.stderr
+    with tmpfs(tmp_path / "small", "256k") as small:
+        fill(small)
+        run = [*two_epochs, "--checkpoint-dir", str(small)]
+        done = run_script("run_study.py", "--trials", "2", *run, cwd=tmp_path)
+        assert done.returncode == 2, done.stdout + done.stderr
+        line = _one_line(done)
+        assert "writing a checkpoint" in line and f"mounted at {small}" in line, line
+        assert "it needs about" in line
+        assert not list(small.rglob("*.tmp")) and len(_finished(url)) == 1
+        (small / "filler").unlink()
+        done = run_script("run_study.py", "--trials", "2", *run, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert len(_finished(url)) == 2
+
+
+ORPHAN = """
+import sys
+import optuna
+from study.budget import claim_trial
+from study.locks import storage_lock
+from study.storage import open_storage
+
+url = sys.argv[1]
+study = optuna.load_study(study_name="batch-size", storage=open_storage(url))
+print(claim_trial(study, 5, storage_lock(url)).trial.number)
+"""
+
+
+def test_a_running_trial_whose_process_is_gone_is_retried_without_waiting(tmp_path):
+    import sys
+    import time
+
+    from tests.conftest import script_env
+
+    journal = tmp_path / "study.log"
+    shutil.copy(_study_template("study.log"), journal)
+    url = f"journal:///{journal}"
+    done = subprocess.run(
+        [sys.executable, "-c", ORPHAN, url],
+        cwd=tmp_path,
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    orphan = int(done.stdout.strip())  # RUNNING, its process gone (no heartbeat since)
+    start = time.monotonic()
+    done = run_script("run_study.py", "--trials", "2", "--storage", url, *FAST_RUN, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert time.monotonic() - start < 25  # the grace period is 30 s: not waited for
+    from study.storage import open_storage
+
+    storage = open_storage(url, heartbeat_interval=None, read_only=True)
+    study = optuna.load_study(study_name="batch-size", storage=storage)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert trials[orphan].state == optuna.trial.TrialState.FAIL
+    retried = [t for t in trials.values() if t.system_attrs.get("failed_trial") == orphan]
+    assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
+
+
+# ------------------------------------------------------------------ readers read
+
+
+@contextlib.contextmanager
+def read_only_mount(source: Path, target: Path) -> Iterator[Path]:
+    """``source`` seen read-only at ``target`` (a read-only bind mount; even root cannot
+    write there). Skips the test when mounting is refused."""
+    target.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here ({done.stderr.decode().strip() or 'not root'})")
+    try:
+        remount = ["mount", "-o", "remount,bind,ro", str(target)]
+        done = subprocess.run(remount, capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot remount read-only ({done.stderr.decode().strip()})")
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def _dashboard_serves(url: str, cwd: Path) -> str:
+    """Start the dashboard on ``url``, fetch its list of studies, stop it; the list."""
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    from tests.conftest import ROOT, script_env
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, str(ROOT / "scripts" / "dashboard.py"), "--storage", url]
+    command += ["--artifact-dir", "none", "--port", str(port)]
+    server = subprocess.Popen(
+        command, cwd=cwd, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as page:
+                    return page.read().decode()
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(server.communicate()[1].decode()) from None
+                time.sleep(0.3)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_report_and_dashboard_read_a_study_on_a_read_only_mount(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copy(_study_template(), source / "study.db")
+    shutil.copy(_study_template("study.log"), source / "study.log")
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    with read_only_mount(source, tmp_path / "ro") as ro:
+        with pytest.raises(OSError):
+            (ro / "probe").write_text("x")  # root cannot write there either
+        for url in (f"sqlite:///{ro / 'study.db'}", f"journal:///{ro / 'study.log'}"):
+            done = run_script("report.py", "--storage", url, "--format", "text", cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+            assert "1 trial: 1 complete" in done.stdout
+            done = run_script(
+                "report.py", "--storage", url, "--format", "json", "--out", "a.json", cwd=tmp_path
+            )
+            assert done.returncode == 0, done.stderr
+            assert '"batch-size"' in _dashboard_serves(url, tmp_path)
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+
+
+def test_readers_read_a_storage_another_writer_holds(tmp_path):
+    import sqlite3
+    import time
+
+    shutil.copy(_study_template(), tmp_path / "study.db")
+    shutil.copy(_study_template("study.log"), tmp_path / "study.log")
+    writer = sqlite3.connect(tmp_path / "study.db")
+    writer.execute("BEGIN IMMEDIATE")  # a run in the middle of a write transaction
+    (tmp_path / "study.log.lock").symlink_to("study.log")  # a journal writer's lock
+    try:
+        for url in ("sqlite:///study.db", "journal:///study.log"):
+            start = time.monotonic()
+            done = run_script("report.py", "--storage", url, "--format", "text", cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+            assert time.monotonic() - start < 30
+    finally:
+        writer.rollback()
+        writer.close()
+    assert (tmp_path / "study.log.lock").is_symlink()  # the reader took no lock, freed none

@@ -857,12 +857,14 @@ def shape_words(study: optuna.Study) -> str:
 def study_recommendation(study: optuna.Study) -> dict[str, Any] | None:
     """The study's answer: the stored ``recommendation`` attribute, else computed now by
     :func:`study.recommend.recommend` (a study from an older version stores none); ``None``
-    when neither is available. Never writes to the study."""
+    when neither is available. Its ``budget`` is the study's now (the trial budget of the
+    latest run, the trials finished so far), not the one stored with the answer. Never
+    writes to the study."""
+    from study.recommend import recommend, study_budget
+
     stored = study.user_attrs.get("recommendation")
     if isinstance(stored, dict):
-        return stored
-    from study.recommend import recommend
-
+        return {**stored, "budget": study_budget(study)}
     return recommend(study).to_dict()
 
 

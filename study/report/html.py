@@ -51,7 +51,7 @@ from study.report.data import (
     study_shape_problem,
 )
 from study.report.figures import ReportFigure, build_figures
-from study.storage import StorageError, open_storage, redact
+from study.storage import StorageError, open_storage, redact, sqlite_path
 from study.units import format_bytes, format_percent
 
 __all__ = [
@@ -192,7 +192,7 @@ def _sqlite_file(url: str) -> Path | None:
             f"--storage {redact(url)}: an in-memory SQLite database holds no stored study; "
             "give the study's file, e.g. sqlite:///storage/batch-size.db"
         )
-    return Path(database)
+    return sqlite_path(database)
 
 
 def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
@@ -247,6 +247,15 @@ def load_study_for_report(url: str, study_name: str) -> optuna.Study:
         raise ReportError(
             f"study {study_name!r} in {redact(url)} was not made by run_study.py (it "
             f"{problem}; {shape_words(study)}); pass the --study-name of a batch-size study"
+        )
+    attrs = study.user_attrs
+    if "config" not in attrs and "space" not in attrs:
+        count = len(study.get_trials(deepcopy=False))
+        raise ReportError(
+            f"study {study_name!r} in {redact(url)} was not made by run_study.py (a plain "
+            f"Optuna study of {count} trials, without the settings and batch-size space this "
+            "tool stores); pass the --study-name of a batch-size study, or browse it with "
+            "optuna-dashboard"
         )
     return study
 
