@@ -771,3 +771,30 @@ def test_an_unknown_url_parameter_is_not_blamed_on_the_host():
     message = str(refused.value)
     assert "host" not in message and "port" not in message and "s3cretpw" not in message
     assert 'invalid connection option "client_secret"' in message
+
+
+def test_out_of_memory_is_told_apart_without_torch():
+    assert safety.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to ..."))
+    assert safety.is_out_of_memory(MemoryError())
+    message = "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+    assert safety.is_out_of_memory(RuntimeError(message))
+    assert not safety.is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not safety.is_out_of_memory(ValueError("out of memory"))
+
+
+def test_an_internal_errors_log_hides_query_secrets_too(tmp_path, monkeypatch, capsys):
+    import study.orchestrate
+
+    def crash(config, backend):
+        raise RuntimeError(f"boom while opening {config.storage}")
+
+    monkeypatch.setattr(study.orchestrate, "run_study", crash)
+    monkeypatch.setattr(safety, "CRASH_DIR", tmp_path / "crashes")
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://alice@127.0.0.1:9/db?auth_token=s3cretpw&client_secret=hunter"
+    assert commands.run([*FAST, "--storage", url]) == 1
+    err = capsys.readouterr().err
+    (log,) = (tmp_path / "crashes").glob("crash-*.log")
+    text = log.read_text()
+    assert "boom" in text and "auth_token=***" in text
+    assert not any(s in err + text for s in SECRETS)
