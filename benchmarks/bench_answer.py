@@ -43,6 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -282,18 +283,39 @@ def run_one(args: argparse.Namespace, seed: int, folder: Path, task) -> tuple[St
     started = time.process_time()
     result = run_study(config, task=task if seed else None, out=io.StringIO())
     cpu = time.process_time() - started
-    study = result.study
+    return _study_run(result.study, seed, result.recommendation, cpu), result.study
+
+
+def _study_run(study, seed: int, answer: dict, cpu: float) -> StudyRun:
+    """What ``study`` trained, with its answer."""
     metric = study_metric(study)
     records = [read_record(t, metric=metric) for t in study.trials]
     train_size = study.user_attrs["task_info"]["train_size"]
-    run = StudyRun(
+    return StudyRun(
         seed=seed,
-        answer=result.recommendation,
+        answer=answer,
         sample_epochs=sum((r.epochs_completed or 0) * train_size for r in records),
         seconds=sum(r.train_time_s or 0.0 for r in records),
         cpu_s=cpu,
     )
-    return run, study
+
+
+def stored_studies(folders: list[str]) -> list[tuple[StudyRun, object]]:
+    """The finished studies (``study-SEED.db`` with a stored answer) that earlier runs of this
+    benchmark left in ``folders``, one per seed, by seed; their CPU time is not known (NaN)."""
+    found: dict[int, tuple[StudyRun, object]] = {}
+    for folder in folders:
+        for path in sorted(Path(folder).glob("study-*.db")):
+            seed = int(path.stem.split("-")[1])
+            url = f"sqlite:///{path}"
+            names = optuna.get_all_study_names(storage=url)
+            if seed in found or not names:
+                continue
+            study = optuna.load_study(study_name=names[0], storage=url)
+            answer = study.user_attrs.get("recommendation")
+            if answer:
+                found[seed] = (_study_run(study, seed, answer, math.nan), study)
+    return [found[seed] for seed in sorted(found)]
 
 
 def judge(run: StudyRun, cells: dict, best: Cell, fast: Cell, rule_fast: Cell, sign, tol) -> dict:
@@ -364,6 +386,13 @@ def main() -> None:
         "--pruner", default=StudyConfig.pruner, choices=PRUNERS, help="the studies' pruner"
     )
     p.add_argument("--quick", action="store_true", help="tiny study and grid: checks it runs")
+    p.add_argument(
+        "--studies-from",
+        nargs="+",
+        metavar="DIR",
+        help="judge the finished studies earlier runs left in these folders (bench-answer-* "
+        "under the temporary folder) instead of running new ones",
+    )
     p.add_argument("--save-grid", help="write the grid's runs to this JSON file")
     p.add_argument(
         "--grid-json",
@@ -380,19 +409,28 @@ def main() -> None:
         args.trials, args.epochs, args.seeds = 12, 2, 2
     torch.set_num_threads(max(1, torch.get_num_threads()))
     folder = Path(tempfile.mkdtemp(prefix="bench-answer-"))
-    seeds = range(args.first_seed, args.first_seed + args.studies)
-    print(
-        f"study: --task {args.task} --model {args.model} --trials {args.trials} --epochs "
-        f"{args.epochs} (defaults otherwise), {args.studies} studies (seeds {seeds[0]}-{seeds[-1]})"
-    )
     task = build_task(StudyConfig(task=args.task, model=args.model, epochs=args.epochs))
-    runs: list[StudyRun] = []
-    for seed in seeds:
-        run, study = run_one(args, seed, folder, task)
-        runs.append(run)
-        print(f"  seed {seed}: {run.cpu_s:.0f} s CPU", flush=True)
-        if seed == seeds[0]:
-            first = study
+    if args.studies_from:
+        stored = stored_studies(args.studies_from)
+        if not stored:
+            p.error(f"--studies-from {' '.join(args.studies_from)}: no finished study there")
+        runs = [run for run, _ in stored]
+        first = stored[0][1]
+        print(f"studies: {len(runs)} stored, seeds {', '.join(str(r.seed) for r in runs)}")
+    else:
+        seeds = range(args.first_seed, args.first_seed + args.studies)
+        print(
+            f"study: --task {args.task} --model {args.model} --trials {args.trials} --epochs "
+            f"{args.epochs} (defaults otherwise), {args.studies} studies (seeds "
+            f"{seeds[0]}-{seeds[-1]})"
+        )
+        runs = []
+        for seed in seeds:
+            run, study = run_one(args, seed, folder, task)
+            runs.append(run)
+            print(f"  seed {seed}: {run.cpu_s:.0f} s CPU", flush=True)
+            if seed == seeds[0]:
+                first = study
     metric = study_metric(first)
     sign = metric.sign
     train_size = first.user_attrs["task_info"]["train_size"]
