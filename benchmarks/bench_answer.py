@@ -51,7 +51,7 @@ from objectives.backend import build_task
 from objectives.batch import call_model
 from objectives.train import make_optimizer
 from study.api import run_study
-from study.config import PRUNERS, StudyConfig
+from study.config import PRUNERS, PYTHON_TASK_PREFIX, StudyConfig
 from study.record import read_record, study_metric
 from study.scaling import scaled_lr
 from study.stats import welch
@@ -300,9 +300,11 @@ def _study_run(study, seed: int, answer: dict, cpu: float) -> StudyRun:
     )
 
 
-def stored_studies(folders: list[str]) -> list[tuple[StudyRun, object]]:
-    """The finished studies (``study-SEED.db`` with a stored answer) that earlier runs of this
-    benchmark left in ``folders``, one per seed, by seed; their CPU time is not known (NaN)."""
+def stored_studies(folders: list[str], args: argparse.Namespace) -> list[tuple[StudyRun, object]]:
+    """The finished studies (``study-SEED.db`` with a stored answer) of this task, model,
+    epochs and trials that earlier runs of this benchmark left in ``folders``, one per seed,
+    by seed; their CPU time is not known (NaN)."""
+    wanted = {PYTHON_TASK_PREFIX + args.task, args.task}
     found: dict[int, tuple[StudyRun, object]] = {}
     for folder in folders:
         for path in sorted(Path(folder).glob("study-*.db")):
@@ -313,7 +315,13 @@ def stored_studies(folders: list[str]) -> list[tuple[StudyRun, object]]:
                 continue
             study = optuna.load_study(study_name=names[0], storage=url)
             answer = study.user_attrs.get("recommendation")
-            if answer:
+            config = study.user_attrs.get("config", {})
+            same = config.get("task") in wanted and (
+                config.get("model"),
+                config.get("epochs"),
+                config.get("trials"),
+            ) == (args.model, args.epochs, args.trials)
+            if answer and same:
                 found[seed] = (_study_run(study, seed, answer, math.nan), study)
     return [found[seed] for seed in sorted(found)]
 
@@ -411,7 +419,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-answer-"))
     task = build_task(StudyConfig(task=args.task, model=args.model, epochs=args.epochs))
     if args.studies_from:
-        stored = stored_studies(args.studies_from)
+        stored = stored_studies(args.studies_from, args)
         if not stored:
             p.error(f"--studies-from {' '.join(args.studies_from)}: no finished study there")
         runs = [run for run, _ in stored]
