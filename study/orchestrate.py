@@ -25,10 +25,12 @@ from typing import Any, Protocol, TextIO
 
 import optuna
 
+from study import safety
 from study.budget import Tally, reap
 from study.config import ConfigError, StudyConfig
 from study.confirm import study_decision
 from study.decision import Plan
+from study.disk import DiskFullError, disk_full, is_disk_full
 from study.locks import NoLock, storage_lock
 from study.outputs import OutputError
 from study.recommend import store_recommendation
@@ -381,7 +383,8 @@ def worker_main(backend: Backend, argv: list[str] | None = None) -> int:
     """A worker process: claim and run the study's trials until its budget is spent.
 
     Reads its settings from stdin (:func:`config_to_json`); the study must exist. Prints
-    one line per trial. Exit codes: 0 done, 2 bad settings/storage/task, 130 interrupted
+    one line per trial. Exit codes: 0 done, 2 bad settings/storage/task or a full disk, 130
+    interrupted
     (SIGINT or SIGTERM: the running trial is marked FAIL first).
     """
     parser = argparse.ArgumentParser(prog="python -m study.commands worker")
@@ -390,6 +393,7 @@ def worker_main(backend: Backend, argv: list[str] | None = None) -> int:
     name = os.environ.get("BATCHSIZE_WORKER", f"w{args.worker_index}")
     stop_on_signals()  # SIGTERM stops like Ctrl-C
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config: StudyConfig | None = None
     try:
         config = config_from_json(sys.stdin.read())
         storage = open_storage(config.storage, config.heartbeat_interval, config.grace_period)
@@ -422,4 +426,22 @@ def worker_main(backend: Backend, argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        storage_url = config.storage if config is not None else ""
+        full = exc if isinstance(exc, DiskFullError) else storage_disk_full(storage_url)
+        print(f"error: [{name}] {full}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
+
+
+def storage_disk_full(storage: str) -> DiskFullError:
+    """The one-line error of a storage write that failed for space."""
+    path = safety.storage_file(storage)
+    if path is not None:
+        return disk_full(path, "the study storage")
+    return DiskFullError(
+        f"the disk of the storage {redact(storage)} is full (its server could not write); "
+        "nothing already stored is lost: free some space there, then run the same command again"
+    )

@@ -410,3 +410,22 @@ def test_readers_read_a_storage_another_writer_holds(tmp_path):
         writer.rollback()
         writer.close()
     assert (tmp_path / "study.log.lock").is_symlink()  # the reader took no lock, freed none
+
+
+def test_a_checkpoint_never_replaces_a_storage_file(tmp_path):
+    import torch
+
+    from objectives.checkpoint import CheckpointStore
+    from objectives.train import TrainResult
+    from study.outputs import OutputError
+
+    store = CheckpointStore(tmp_path)
+    shutil.copy(_study_template(), store.path(0))  # a study where a checkpoint would go
+    before = store.path(0).read_bytes()
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(OutputError, match="is an SQLite database"):
+        store.save(0, "run", model, None, TrainResult(epochs=[]), 8)
+    assert store.path(0).read_bytes() == before and len(list(tmp_path.iterdir())) == 1
+    store.save(1, "run", model, None, TrainResult(epochs=[]), 8)  # a checkpoint may be replaced
+    store.save(1, "run", model, None, TrainResult(epochs=[]), 8)
+    assert store.load(1, "run", "cpu").micro_batch_size == 8
