@@ -200,6 +200,8 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
             print("the study's answer is missing or out of date: computing it now", file=out)
         _answer(study, config, backend, built[0] if built else None, device, space, out)
         _publish(study, config, out)
+    elif publish_due(study):  # stopped after storing the answer, before the note and report
+        _publish(study, config, out)
     print("\n" + summary(study), file=out)
     browse = where[len(JOURNAL_PREFIX) :] if where.startswith(JOURNAL_PREFIX) else where
     print(
@@ -259,6 +261,12 @@ def answer_due(study: optuna.Study) -> bool:
     return stored.get("trials_used") != finished_count(study)
 
 
+def publish_due(study: optuna.Study) -> bool:
+    """Whether the note and report of the stored answer are missing (``published`` counts
+    the finished trials they were written for)."""
+    return study.user_attrs.get("published") != finished_count(study)
+
+
 def _answer(
     study: optuna.Study,
     config: StudyConfig,
@@ -310,6 +318,7 @@ def _publish(study: optuna.Study, config: StudyConfig, out: TextIO) -> None:
                 f"report attached to the study ({len(ids)} artifacts in {config.artifact_dir})",
                 file=out,
             )
+        study.set_user_attr("published", finished_count(study))
     except Exception as exc:  # the trials are stored; a report failure must not hide that
         print(f"warning: writing the note or the report failed ({exc})", file=sys.stderr)
 

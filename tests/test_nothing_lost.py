@@ -163,8 +163,18 @@ def test_a_study_whose_answer_is_missing_gets_it_from_the_same_command(
     study = optuna.load_study(study_name="batch-size", storage=url)
     assert study.user_attrs["recommendation"]["trials_used"] == 1
     assert len(study.get_trials(deepcopy=False)) == trials  # no new trial
+    assert study.user_attrs["published"] == 1  # the note was written for it
     assert commands.run(argv) == 0  # now complete: a rerun changes nothing
     assert "computing it now" not in capsys.readouterr().out
+    # stopped after the answer, before the note and report: the same command writes those
+    connection = sqlite3.connect(tmp_path / "study.db")
+    with connection:
+        connection.execute("DELETE FROM study_user_attributes WHERE key = 'published'")
+    connection.close()
+    answer = optuna.load_study(study_name="batch-size", storage=url).user_attrs["recommendation"]
+    assert commands.run(argv) == 0
+    study = optuna.load_study(study_name="batch-size", storage=url)
+    assert study.user_attrs["published"] == 1 and study.user_attrs["recommendation"] == answer
 
 
 # ------------------------------------------------------------------ a full disk loses nothing
