@@ -2,13 +2,13 @@
 
 Public names: the task contract (:class:`Task`: data, a model factory, and optionally a
 per-sample loss, a :class:`Metric`, a ``collate``, a :class:`StepHook` and a unit; see
-``docs/tasks.md``), the ready metrics (:data:`ACCURACY`, :data:`MSE`,
-:data:`BITS_PER_CHAR`; losses in :mod:`objectives.metrics`), :func:`load_task`, the training
-loop (:func:`train_model`, :class:`TrainSettings`) and the Optuna objective
+``docs/tasks.md``), the ready metrics (:data:`ACCURACY`, :data:`MSE`, :data:`BITS_PER_CHAR`,
+:func:`f1` of the whole split; losses in :mod:`objectives.metrics`), :func:`load_task`, the
+training loop (:func:`train_model`, :class:`TrainSettings`) and the Optuna objective
 (:class:`BatchSizeObjective`).
 """
 
-from objectives.metrics import ACCURACY, BITS_PER_CHAR, MSE, Metric
+from objectives.metrics import ACCURACY, BITS_PER_CHAR, MSE, Metric, f1
 from objectives.objective import BatchSizeObjective, trial_seed
 from objectives.tasks import Task, TaskError, load_task, validate_task
 from objectives.train import (
@@ -16,6 +16,7 @@ from objectives.train import (
     StepHook,
     TrainResult,
     TrainSettings,
+    Update,
     samples_left_out,
     train_model,
     train_task,
@@ -33,6 +34,8 @@ __all__ = [
     "TaskError",
     "TrainResult",
     "TrainSettings",
+    "Update",
+    "f1",
     "load_task",
     "samples_left_out",
     "train_model",

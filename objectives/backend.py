@@ -23,6 +23,8 @@ import torch
 from sqlalchemy.engine import make_url
 
 from objectives.checkpoint import CheckpointStore, first_attempt
+from objectives.datacheck import DataItemError
+from objectives.fingerprint import data_fingerprint
 from objectives.models import ModelError
 from objectives.objective import BatchSizeObjective, task_metric
 from objectives.probe import ProbeError
@@ -104,10 +106,28 @@ def _units_per_sample(task: Task, data: Any) -> float:
     return float(task.count(data.x[:n], data.y[:n])) / n
 
 
+def _streamed_units(task: Task) -> float:
+    """What one sample counts in the task's unit, from a batch of up to 8 items collated as
+    training collates them (1 for samples)."""
+    if task.count is None:
+        return 1.0
+    from objectives.batch import stack_items
+
+    items = [task.train[i] for i in range(min(8, len(task.train)))]
+    inputs, targets = (task.collate or stack_items)(items)
+    return float(task.count(inputs, targets)) / len(items)
+
+
 class TorchBackend:
     """Trains with PyTorch: the backend of the scripts and the console command."""
 
-    user_errors: tuple[type[Exception], ...] = (ConfigError, TaskError, ModelError, ProbeError)
+    user_errors: tuple[type[Exception], ...] = (
+        ConfigError,
+        TaskError,
+        ModelError,
+        ProbeError,
+        DataItemError,
+    )
 
     def __init__(self, task: Task | None = None) -> None:
         """``task``: a task given as an object (``study.api.run_study(task=...)``), used
@@ -152,6 +172,10 @@ class TorchBackend:
         """The task's metric (accuracy, maximised, by default) and what it counts."""
         return task_metric(task)
 
+    def fingerprint(self, task: Task) -> dict:
+        """The fingerprint of the task's data (:func:`objectives.fingerprint.data_fingerprint`)."""
+        return data_fingerprint(task)
+
     def memory_cap(self, config: StudyConfig, task: Task, device: str) -> tuple[int, str, dict]:
         """The hardware probe's cap for the trials' settings, and its table to store."""
         from objectives.probe import log_to_stderr, probe_batch_size
@@ -194,7 +218,8 @@ class TorchBackend:
         with, so the answer's speed-ups are per-round ratios of one measurement. Returns the
         timing's JSON (``SpeedResult.to_dict()``) plus ``per_batch``: ``{batch_size:
         {"samples_per_s", "rates", "spread", "micro_batch_size"}}`` in the task's unit
-        (``rates``: one per round). Data held as tensors is sliced; any other dataset is
+        (``rates``: one per round), and ``units_per_sample``
+        (what one sample counts in it). Data held as tensors is sliced; any other dataset is
         fetched item by item and collated as training does (:func:`dataset_batches`), so
         every task gets a timing.
         """
@@ -251,7 +276,11 @@ class TorchBackend:
                     "spread": row.relative_spread,
                     "micro_batch_size": micro[b],
                 }
-        return {"per_batch": per_batch, "timings": [result.to_dict()]}
+        return {
+            "per_batch": per_batch,
+            "timings": [result.to_dict()],
+            "units_per_sample": units if data is not None else _streamed_units(task),
+        }
 
     def tidy(self, config: StudyConfig, study: optuna.Study) -> None:
         """Keep only the checkpoints that a RUNNING or WAITING retry may resume."""

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset
 
+from objectives.datacheck import read_item
+
 #: Datasets whose stacked tensors stay under this size are stacked into host tensors.
 IN_MEMORY_LIMIT_BYTES = 2 * 1024**3
 #: A split is held on a CUDA device when it takes at most this fraction of its free memory.
@@ -75,14 +77,17 @@ def _plain(item: Any) -> bool:
     )
 
 
-def as_tensors(dataset: Dataset, limit_bytes: int = IN_MEMORY_LIMIT_BYTES) -> Tensors | None:
+def as_tensors(
+    dataset: Dataset, limit_bytes: int = IN_MEMORY_LIMIT_BYTES, split: str = "data"
+) -> Tensors | None:
     """Return the dataset as :class:`Tensors`, or ``None`` when it cannot or should not be.
 
     A two-tensor ``TensorDataset`` is used as it is (no copy; integer labels become ``long``);
     other datasets of ``(tensor, tensor or number)`` items are stacked item by item when their
     estimated size (first item's bytes times length) is under ``limit_bytes`` and the items
     have equal shapes. Inputs keep their dtype (token ids stay integers). Anything else
-    (dict or tuple inputs, items of different lengths): ``None``.
+    (dict or tuple inputs, items of different lengths): ``None``. An item that cannot be read
+    raises :class:`~objectives.datacheck.DataItemError` naming ``split`` and its index.
     """
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         x, y = dataset.tensors
@@ -92,7 +97,7 @@ def as_tensors(dataset: Dataset, limit_bytes: int = IN_MEMORY_LIMIT_BYTES) -> Te
     first = dataset[0][0]
     if first.element_size() * first.numel() * len(dataset) > limit_bytes:
         return None
-    items = [dataset[i] for i in range(len(dataset))]
+    items = [read_item(dataset, split, i) for i in range(len(dataset))]
     if not all(_plain(item) and item[0].shape == first.shape for item in items):
         return None
     xs, ys = zip(*items, strict=True)
@@ -116,20 +121,41 @@ def fits_on_device(nbytes: int, device: torch.device | str) -> bool:
     return nbytes <= DEVICE_DATA_FRACTION * free
 
 
+class NamedItems(Dataset):
+    """``dataset`` read item by item, an item that fails named by ``split`` and index.
+
+    What a streamed split is read through, so that an item beyond those the task's check read
+    ends a run with one line (:class:`~objectives.datacheck.DataItemError`), not a traceback.
+    """
+
+    def __init__(self, dataset: Dataset, split: str) -> None:
+        self.dataset, self.split = dataset, split
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return read_item(self.dataset, self.split, index)
+
+
 def place(
-    dataset: Dataset, device: torch.device | str, collate: Callable | None = None
+    dataset: Dataset,
+    device: torch.device | str,
+    collate: Callable | None = None,
+    split: str = "data",
 ) -> Tensors | Dataset:
     """The dataset as device tensors when it fits (:func:`fits_on_device`), else itself.
 
     Moved once (a non-blocking copy on CUDA); training then batches it by slicing. A dataset
     with a ``collate`` (its task's) always stays itself: its batches are built by ``collate``.
+    A dataset that stays itself and is not a ``TensorDataset`` is read through
+    :class:`NamedItems` (``split`` names it in errors).
     """
-    if collate is not None:
-        return dataset
-    tensors = as_tensors(dataset)
-    if tensors is None or not fits_on_device(tensors.nbytes, device):
-        return dataset
-    return tensors.to(device)
+    if collate is None:
+        tensors = as_tensors(dataset, split=split)
+        if tensors is not None and fits_on_device(tensors.nbytes, device):
+            return tensors.to(device)
+    return dataset if isinstance(dataset, TensorDataset) else NamedItems(dataset, split)
 
 
 def loader_workers(device: torch.device | str, requested: int | None = None) -> int:

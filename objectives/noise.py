@@ -444,7 +444,7 @@ def noise_scale_over_training(
     torch.manual_seed(seed)
     dev = torch.device(device)
     model = task.build_model().to(dev)
-    train = place(task.train, dev)
+    train = place(task.train, dev, split="train")
     if not isinstance(train, Tensors):
         raise ValueError("the noise scale needs a training set that fits in memory")
     b_big = min(b_big, len(train) - len(train) % b_small)

@@ -39,11 +39,11 @@ from objectives.checkpoint import (
     first_attempt,
     run_id,
 )
-from objectives.data import Tensors, as_tensors, labels_of
+from objectives.data import Tensors, as_tensors
 from objectives.noise import estimate_noise_scale
 from objectives.oom import is_out_of_memory, release_memory
 from objectives.oom import summary as oom_summary
-from objectives.tasks import Task
+from objectives.tasks import Task, split_labels
 from objectives.train import (
     Diverged,
     EpochResult,
@@ -92,12 +92,13 @@ COLLAPSE_LOSS_ITEMS = 1024
 def chance_level(task: Task, metric_name: str) -> float | None:
     """What the metric reads for a model that learned nothing, where that is known.
 
-    Accuracy with the default loss: the share of the most frequent validation label. Mean
+    Accuracy with the default loss: the share of the most frequent validation label (over
+    all target tokens of a sequence model, padding left out). Mean
     squared error: the variance of the validation targets (predicting their mean). Other
     metrics: ``None`` (only the loss-above-its-start rule of the collapse check applies).
     """
-    if metric_name == "accuracy" and task.classification:
-        return chance_accuracy(labels_of(task.val).tolist())
+    if metric_name == "accuracy" and task.classification:  # labels, or tokens' targets
+        return chance_accuracy(split_labels(task.val, limit=None).tolist())
     if metric_name == "mse":
         data = as_tensors(task.val)
         if data is not None and data.y.is_floating_point() and data.y.numel() > 1:
@@ -195,7 +196,8 @@ class BatchSizeObjective:
         self.metric = task_metric(task)
         self.chance = chance_level(task, self.metric.name)
         self.train, self.val, self.test = (
-            place(d, self.device, task.collate) for d in (task.train, task.val, task.test)
+            place(getattr(task, name), self.device, task.collate, name)
+            for name in ("train", "val", "test")
         )
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
@@ -345,8 +347,12 @@ class BatchSizeObjective:
             epochs=len(plan) - start,
             period_steps=plan[start:] if self.config.budget == "steps" else None,
             first_step=sum(plan[:start]) if self.config.budget == "steps" else start * per_epoch,
-            warmup_steps=self.config.warmup_epochs * per_epoch,
+            total_steps=sum(plan) if self.config.budget == "steps" else len(plan) * per_epoch,
+            warmup_steps=self.config.warmup_steps or self.config.warmup_epochs * per_epoch,
             warmup_start_lr=min(self.config.base_lr, lr),
+            weight_decay=self.config.weight_decay,
+            lr_schedule=self.config.lr_schedule,
+            final_lr_fraction=self.config.final_lr_fraction,
             batch_size=batch_size,
             micro_batch_size=attempt.micro_batch_size,
             lr=lr,

@@ -2,7 +2,9 @@
 
 A trial that runs out of memory is not a crash of the study: the objective catches the error,
 frees what the attempt held, records it, and retries once with half the micro-batch and twice
-the accumulation (the same effective batch); a second failure prunes the trial.
+the accumulation (the same effective batch); a second failure prunes the trial. Out of memory
+outside a trial's training (building the task, holding its data) ends the command with one
+line and exit code 2 (:func:`study.commands.guarded`), never as an internal error.
 
 Example:
     >>> try:
@@ -18,32 +20,9 @@ import gc
 
 import torch
 
-#: Messages of allocator failures: CUDA's, and the CPU allocator's (which raises RuntimeError;
-#: "not enough memory" is its wording on Windows).
-OOM_MESSAGES = (
-    "out of memory",
-    "can't allocate memory",
-    "cannot allocate memory",
-    "not enough memory",
-)
+from study.safety import OOM_MESSAGES, is_out_of_memory  # one home, torch-free
 
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocator failure on CUDA or CPU.
-
-    ``torch.OutOfMemoryError`` (CUDA), Python's ``MemoryError``, or a ``RuntimeError`` with
-    one of :data:`OOM_MESSAGES` (the CPU allocator's).
-
-    Example:
-        >>> is_out_of_memory(MemoryError()), is_out_of_memory(RuntimeError("shape mismatch"))
-        (True, False)
-    """
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    if isinstance(exc, RuntimeError):
-        text = str(exc).lower()
-        return any(m in text for m in OOM_MESSAGES)
-    return False
+__all__ = ["OOM_MESSAGES", "is_out_of_memory", "release_memory", "summary"]
 
 
 def summary(exc: BaseException, limit: int = 200) -> str:

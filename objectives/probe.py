@@ -67,6 +67,7 @@ import torch
 from objectives.batch import call_model, numel, stack_items, to_device
 from objectives.data import Tensors, place
 from objectives.memory import PeakMemory, state_bytes, tensor_bytes
+from objectives.metrics import SplitMetric
 from objectives.oom import is_out_of_memory
 from objectives.speed import SpeedResult, knee_from_timings, time_interleaved
 from objectives.tasks import Task
@@ -388,7 +389,10 @@ class _StepRig:
             self.base_reserved = torch.cuda.memory_reserved(device)
             self.base_allocated = torch.cuda.memory_allocated(device)
         # Held as training holds them (on CUDA this is part of what the allocator measures).
-        splits = [place(d, device, task.collate) for d in (task.train, task.val, task.test)]
+        splits = [
+            place(getattr(task, name), device, task.collate, name)
+            for name in ("train", "val", "test")
+        ]
         self.train = splits[0]
         self.held_splits = splits
         self.copy_bytes = 0 if self.on_cuda else _copied_bytes(task, splits)
@@ -457,7 +461,9 @@ class _StepRig:
         """One evaluation batch as :func:`objectives.train.evaluate` runs it (the metric)."""
         self.model.eval()
         with torch.no_grad(), self.step.autocast():
-            self.task.metric.fn(call_model(self.step.model, x), y).sum()
+            total = SplitMetric(self.task.metric, self.device)
+            total.add(call_model(self.step.model, x), y)
+            total.value()
         self.model.train()
 
     def _level(self) -> int:

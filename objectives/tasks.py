@@ -18,11 +18,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib
 import importlib.util
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,9 +41,19 @@ from objectives.batch import (
     leaves,
     stack_items,
 )
-from objectives.metrics import ACCURACY, IGNORE_INDEX, Metric, cross_entropy, metric_problem
+from objectives.datacheck import DataItemError, data_problem, read_item
+from objectives.metrics import (
+    ACCURACY,
+    IGNORE_INDEX,
+    Metric,
+    SplitMetric,
+    cross_entropy,
+    is_accumulating,
+    logits_of,
+    metric_problem,
+)
 from objectives.models import build_model_factory
-from objectives.train import StepHook
+from objectives.train import StepHook, Update, takes_update
 from study.config import BUILTIN_TASKS
 
 __all__ = ["Metric", "StepHook", "Task", "TaskError", "load_task", "validate_task"]
@@ -88,6 +100,12 @@ class Task:
         count: ``count(inputs, targets)`` -> the units in a batch (an int or a 0-dim tensor,
             which stays on the device). Default: the batch's samples.
         num_classes: Classes of the default loss; inferred from the labels when not given.
+        optimizer: ``optimizer(params, lr) -> torch.optim.Optimizer``: the task's own
+            optimizer, built at the trial's peak learning rate (replaces ``--optimizer`` and
+            ``--weight-decay``; the tool still sets each update's rate, see ``lr_schedule``).
+        lr_schedule: ``lr_schedule(index, total) -> factor``: the share of the peak learning
+            rate for update ``index`` (from 0) of the trial's ``total`` updates (replaces
+            ``--lr-schedule`` and the warm-up flags). The peak is the scaling rule's.
         info: Free-form facts about the task (sizes are added when it is loaded).
     """
 
@@ -104,6 +122,8 @@ class Task:
     unit: str = "samples"
     count: Callable[[Any, Any], int | torch.Tensor] | None = None
     num_classes: int | None = None
+    optimizer: Callable[[Any, float], torch.optim.Optimizer] | None = None
+    lr_schedule: Callable[[int, int], float] | None = None
     info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -238,6 +258,25 @@ def synthetic_task(
     return Task("synthetic", factory, train, val, test, num_classes=classes)
 
 
+@contextlib.contextmanager
+def folder_on_path(folder: Path) -> Iterator[None]:
+    """``folder`` first on ``sys.path`` while a file task loads (as ``python file.py`` would
+    have it), so that the file imports the modules beside it; removed afterwards."""
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if entry in sys.path:
+            sys.path.remove(entry)
+
+
+def _task_folder(spec: str) -> Path | None:
+    """The folder of a ``path/to/file.py:factory`` task, ``None`` for other tasks."""
+    target = spec.rpartition(":")[0]
+    return Path(target).resolve().parent if target.endswith(".py") else None
+
+
 def _import_factory(spec: str) -> Callable[[], object]:
     """Resolve ``package.module:factory`` or ``path/to/file.py:factory`` to the callable."""
     target, _, attr = spec.rpartition(":")
@@ -255,11 +294,18 @@ def _import_factory(spec: str) -> Callable[[], object]:
             module_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name] = module
-            module_spec.loader.exec_module(module)
+            with folder_on_path(path.resolve().parent):  # its helper modules import
+                module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(target)
     except TaskError:
         raise
+    except SystemExit as exc:  # user code that exits while imported: a mistake, said so
+        raise TaskError(
+            f"--task {spec!r}: importing {target} called sys.exit({exc.code!r}); a task module "
+            "must define its factory without exiting (guard scripts with "
+            "if __name__ == '__main__')"
+        ) from None
     except Exception as exc:  # any import-time failure of user code
         raise TaskError(
             f"--task {spec!r}: importing {target} failed ({type(exc).__name__}: {exc}); "
@@ -339,6 +385,13 @@ def _check_contract(task: Task, spec: str) -> None:
             f"task {spec!r}: collate must be callable as collate(list_of_items) -> "
             "(inputs, targets)"
         )
+    if task.optimizer is not None and not callable(task.optimizer):
+        raise TaskError(
+            f"task {spec!r}: optimizer must be callable as optimizer(params, lr) -> a "
+            "torch.optim.Optimizer"
+        )
+    if task.lr_schedule is not None:
+        _check_schedule(task.lr_schedule, spec)
     if task.step is not None and not all(
         hasattr(task.step, name)
         and (getattr(task.step, name) is None or callable(getattr(task.step, name)))
@@ -358,6 +411,22 @@ def _check_contract(task: Task, spec: str) -> None:
             f"task {spec!r}: count must be callable as count(inputs, targets) -> the "
             f"{task.unit} in a batch"
         )
+
+
+def _check_schedule(schedule: object, spec: str) -> None:
+    """A task's ``lr_schedule(index, total)`` must give a finite factor of at least 0."""
+    fix = "lr_schedule must be callable as lr_schedule(index, total) -> a factor >= 0 of the peak"
+    if not callable(schedule):
+        raise TaskError(f"task {spec!r}: {fix}")
+    for index, total in ((0, 10), (9, 10)):
+        try:
+            factor = float(schedule(index, total))
+        except Exception as exc:
+            raise TaskError(
+                f"task {spec!r}: lr_schedule({index}, {total}) raised {_first_line(exc)}: {fix}"
+            ) from exc
+        if not (0 <= factor < float("inf")):
+            raise TaskError(f"task {spec!r}: lr_schedule({index}, {total}) gave {factor}: {fix}")
 
 
 def _check_split(task: Task, spec: str, split_name: str, dataset: object) -> list:
@@ -438,21 +507,35 @@ def validate_task(task: object, spec: str) -> Task:
                 f"item 0 is {describe(first['train'])}: all splits need one structure (kinds, "
                 "keys, dtypes)"
             )
-    if task.classification and task.num_classes is None:
-        labels = _split_labels(task.train, limit=None)
-        task.num_classes = int(labels.max().item()) + 1 if labels.numel() else 1
-    check_task_runs(task, spec)
+    splits = {name: getattr(task, name) for name in ("train", "val", "test")}
+    try:
+        problem = data_problem(splits)
+    except DataItemError as exc:
+        raise TaskError(f"task {spec!r}: {exc}") from exc
+    if problem:
+        raise TaskError(f"task {spec!r}: {problem}")
+    try:
+        if task.classification and task.num_classes is None:
+            labels = split_labels(task.train, limit=None, split="train")
+            task.num_classes = int(labels.max().item()) + 1 if labels.numel() else 1
+        model_class = check_task_runs(task, spec)
+    except DataItemError as exc:
+        raise TaskError(f"task {spec!r}: {exc}") from exc
+    if spec not in BUILTIN_TASKS and not isinstance(task.info.get("model"), str):
+        task.info["model"] = model_class  # the report names the user's model by its class
     return task
 
 
-def _split_labels(dataset: Dataset, limit: int | None = CHECK_LABELS) -> torch.Tensor:
+def split_labels(
+    dataset: Dataset, limit: int | None = CHECK_LABELS, split: str = "data"
+) -> torch.Tensor:
     """The split's class labels, flattened, :data:`~objectives.metrics.IGNORE_INDEX` left out:
     all of a ``TensorDataset``, else those of the first ``limit`` items (``None``: all)."""
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         labels = dataset.tensors[1].reshape(-1)
     else:
         n = len(dataset) if limit is None else min(len(dataset), limit)
-        parts = [torch.as_tensor(dataset[i][1]).reshape(-1) for i in range(n)]
+        parts = [torch.as_tensor(read_item(dataset, split, i)[1]).reshape(-1) for i in range(n)]
         labels = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
     labels = labels.long()
     return labels[labels != IGNORE_INDEX]
@@ -461,7 +544,7 @@ def _split_labels(dataset: Dataset, limit: int | None = CHECK_LABELS) -> torch.T
 def _check_labels(task: Task, spec: str) -> dict[str, torch.Tensor]:
     """The default loss's labels are class indices: none negative. Returns them per split."""
     labels_of_split = {
-        name: _split_labels(getattr(task, name)) for name in ("train", "val", "test")
+        name: split_labels(getattr(task, name), split=name) for name in ("train", "val", "test")
     }
     for split_name, labels in labels_of_split.items():
         if labels.numel() and int(labels.min()) < 0:
@@ -477,14 +560,20 @@ def _check_class_scores(
     task: Task, spec: str, split_name: str, out: object, targets: torch.Tensor, high: int | None
 ) -> None:
     """The default loss's outputs: class scores ``[n, classes]`` (or ``[*targets, classes]``)
-    with a score for every label."""
+    with a score for every label: a tensor, a dict's ``logits`` or an object's ``.logits``."""
     n = batch_len(targets)
+    out = logits_of(out)
+    if not isinstance(out, torch.Tensor):
+        raise TaskError(
+            f"task {spec!r}: the model's forward pass gives {type(out).__name__}, not class "
+            "scores: return a tensor, a dict with 'logits' or an object with .logits, or give "
+            "the task a loss(outputs, targets) -> [n] and a metric that read your outputs"
+        )
     if targets.dim() <= 1:
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n:
-            shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if out.dim() != 2 or out.shape[0] != n:
             raise TaskError(
-                f"task {spec!r}: the model's forward pass gives {shape} for {n} items: it "
-                "must return class scores of shape [items, classes]"
+                f"task {spec!r}: the model's forward pass gives {list(out.shape)} for {n} "
+                "items: it must return class scores of shape [items, classes]"
             )
     elif not isinstance(out, torch.Tensor) or out.shape[:-1] != targets.shape:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -508,17 +597,30 @@ def _check_class_scores(
 
 
 def _per_sample(spec: str, what: str, values: object, n: int, split_name: str) -> None:
-    """``values`` (from the loss, the hook or the metric) must be a tensor of shape ``[n]``."""
+    """``values`` (from the loss, the hook or a per-sample metric) must be a tensor of shape
+    ``[n]``; the hint fits a loss or a metric."""
     if not isinstance(values, torch.Tensor) or tuple(values.shape) != (n,):
         got = list(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        if "metric" in what:
+            fix = (
+                "a per-sample metric's mean is the split's value; for a metric of the whole "
+                "split (micro-F1, AUC) use Metric(..., per='split') or a torchmetrics object"
+            )
+        elif isinstance(values, torch.Tensor) and values.dim() == 0:
+            fix = (
+                "a batch mean, such as a Hugging Face model's own .loss, cannot keep "
+                "accumulation exact: reduction='none', or drop the loss and let the default "
+                "cross-entropy read the outputs' logits"
+            )
+        else:
+            fix = "e.g. reduction='none', then the mean over the other dimensions"
         raise TaskError(
             f"task {spec!r}: {what} gives {got} for {n} {split_name} items: it must return "
-            f"one value per sample, shape [{n}] (e.g. reduction='none', then the mean over "
-            "the other dimensions)"
+            f"one value per sample, shape [{n}] ({fix})"
         )
 
 
-def check_task_runs(task: Task, spec: str) -> None:
+def check_task_runs(task: Task, spec: str) -> str:
     """A batch of a few items of each split, through a fresh model, the loss and the metric.
 
     Run when a task is loaded, before anything is stored, so that a model that does not fit
@@ -527,7 +629,7 @@ def check_task_runs(task: Task, spec: str) -> None:
     ``build_model`` that returns no module is one line (:class:`TaskError`) instead of a
     crash inside the first trial. The batch is built from items spread over the split
     (:func:`check_indices`), with the task's ``collate`` when it has one. The global random
-    state is left as it was.
+    state is left as it was. Returns the class name of the model ``build_model`` built.
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -550,11 +652,27 @@ def check_task_runs(task: Task, spec: str) -> None:
                 f"task {spec!r}: build_model() returned {type(model).__name__}, not a "
                 "torch.nn.Module: return a fresh model on each call"
             )
+        if task.optimizer is not None:
+            _check_optimizer(task, spec, model)
         model.train()
         for split_name in ("train", "val", "test"):
             dataset = getattr(task, split_name)
             items = [dataset[i] for i in check_indices(len(dataset))]
             _check_batch_runs(task, spec, split_name, model, items, labels_of_split)
+    return type(model).__name__
+
+
+def _check_optimizer(task: Task, spec: str, model: torch.nn.Module) -> None:
+    """The task's ``optimizer(params, lr)`` builds a ``torch.optim.Optimizer``."""
+    try:
+        optimizer = task.optimizer(model.parameters(), 1e-3)
+    except Exception as exc:
+        raise TaskError(f"task {spec!r}: optimizer(params, lr) raised {_first_line(exc)}") from exc
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TaskError(
+            f"task {spec!r}: optimizer(params, lr) returned {type(optimizer).__name__}: it "
+            "must return a torch.optim.Optimizer over params at learning rate lr"
+        )
 
 
 def _check_batch_runs(
@@ -628,22 +746,18 @@ def _check_batch_runs(
     before_update = getattr(task.step, "before_update", None)
     if before_update is not None and split_name == "train":
         try:
-            before_update(model, torch.optim.SGD(model.parameters(), lr=0.0))
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+            if takes_update(before_update):
+                before_update(model, optimizer, Update(0, 0, 0.0))
+            else:
+                before_update(model, optimizer)
         except Exception as exc:
             raise TaskError(
                 f"task {spec!r}: the step hook's before_update raised {_first_line(exc)}"
             ) from exc
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
-        detached = out.detach() if isinstance(out, torch.Tensor) else out
-        try:
-            values = task.metric.fn(detached, targets)
-        except Exception as exc:
-            raise TaskError(
-                f"task {spec!r}: the metric {task.metric.name!r} raised {_first_line(exc)} on "
-                f"{split_name} items"
-            ) from exc
-        _per_sample(spec, f"the metric {task.metric.name!r}", values, n, split_name)
+        _check_metric_runs(task, spec, split_name, out, targets, n)
     if task.count is not None:
         try:
             units = task.count(inputs, targets)
@@ -657,6 +771,41 @@ def _check_batch_runs(
                 f"task {spec!r}: count(inputs, targets) gives {describe(units)}: it must "
                 f"return the {task.unit} in the batch, an int or a one-element tensor >= 0"
             )
+
+
+def _check_metric_runs(
+    task: Task, spec: str, split_name: str, out: object, targets: object, n: int
+) -> None:
+    """The metric on one batch: ``[n]`` values (per sample) or one finite number (per split)."""
+    metric = task.metric
+    detached = out.detach() if isinstance(out, torch.Tensor) else out
+    if not metric.per_split:
+        try:
+            values = metric.fn(detached, targets)
+        except Exception as exc:
+            raise TaskError(
+                f"task {spec!r}: the metric {metric.name!r} raised {_first_line(exc)} on "
+                f"{split_name} items"
+            ) from exc
+        _per_sample(spec, f"the metric {metric.name!r}", values, n, split_name)
+        return
+    total = SplitMetric(metric, "cpu" if not isinstance(out, torch.Tensor) else out.device)
+    try:
+        total.add(detached, targets)
+        value = total.value()
+    except Exception as exc:
+        raise TaskError(
+            f"task {spec!r}: the split metric {metric.name!r} raised {_first_line(exc)} on "
+            f"{split_name} items: fn(outputs, targets) gets the split's outputs and targets "
+            "concatenated and must return one number (a torchmetrics object gets update/compute)"
+        ) from exc
+    if not math.isfinite(value) and not math.isnan(value):
+        raise TaskError(
+            f"task {spec!r}: the split metric {metric.name!r} gives {value} on {split_name} "
+            "items: it must return one finite number"
+        )
+    if is_accumulating(metric.fn):
+        metric.fn.reset()
 
 
 def load_task(
@@ -699,10 +848,18 @@ def load_task(
         task = vision_task(name, data_dir, download, model=model, hidden=hidden, seed=seed)
     else:
         factory = _import_factory(name)
+        folder = _task_folder(name)
         try:
-            task = factory()
+            with folder_on_path(folder) if folder else contextlib.nullcontext():
+                task = factory()
         except TaskError:
             raise
+        except SystemExit as exc:  # a factory that exits: a mistake in the task, said so
+            raise TaskError(
+                f"--task {name!r}: the factory called sys.exit({exc.code!r}) instead of "
+                "returning an objectives.Task: return the task, or raise an exception that "
+                "says what is wrong"
+            ) from None
         except Exception as exc:
             raise TaskError(
                 f"--task {name!r}: the factory raised {type(exc).__name__}: {exc}"

@@ -46,8 +46,9 @@ from torch.utils.data import DataLoader, Dataset
 from objectives.batch import batch_len, call_model, micro_batches, to_device
 from objectives.data import Tensors, make_loader, place
 from objectives.memory import PeakMemory, state_bytes
-from objectives.metrics import accuracy, cross_entropy
+from objectives.metrics import ACCURACY, SplitMetric, cross_entropy
 from study.config import EVALUATION_PERIODS, OPTIMIZERS, ConfigError, check_precision
+from study.schedule import LRSchedule
 
 if TYPE_CHECKING:
     from objectives.tasks import Task
@@ -88,7 +89,13 @@ class TrainSettings:
         warmup_steps: Updates over which the learning rate ramps linearly from
             ``warmup_start_lr`` to ``lr`` (Goyal et al. 2017); 0 turns warm-up off.
         warmup_start_lr: Where the ramp starts (default: ``lr``, i.e. no ramp).
-        first_step: Updates done before this call (a resumed trial), for the warm-up ramp.
+        first_step: Updates done before this call (a resumed trial), for the schedule.
+        weight_decay: The optimizer's weight decay (``None``: torch's default for it).
+        lr_schedule: ``constant``, ``cosine`` or ``linear`` (:mod:`study.schedule`): the
+            learning rate of every update, from ``lr`` (the peak) over ``total_steps``.
+        final_lr_fraction: Where ``cosine`` and ``linear`` end, a fraction of ``lr``.
+        total_steps: The trial's updates, over which the schedule runs (``None``: the
+            updates of this call plus ``first_step``).
 
     Raises:
         ConfigError: an unknown precision, ``fp16`` off CUDA, or ``bf16`` on a GPU without
@@ -110,13 +117,21 @@ class TrainSettings:
     warmup_steps: int = 0
     warmup_start_lr: float | None = None
     first_step: int = 0
+    weight_decay: float | None = None
+    lr_schedule: str = "constant"
+    final_lr_fraction: float = 0.0
+    total_steps: int | None = None
 
-    def lr_at(self, step: int) -> float:
-        """The learning rate of update number ``step`` (0-based, counted over the trial)."""
-        if step >= self.warmup_steps or self.warmup_start_lr is None:
-            return self.lr
-        start = self.warmup_start_lr
-        return start + (self.lr - start) * (step + 1) / self.warmup_steps
+    @property
+    def schedule(self) -> LRSchedule:
+        """The trial's :class:`~study.schedule.LRSchedule` (warm-up, then the decay)."""
+        return LRSchedule(self.lr_schedule, self.final_lr_fraction, self.warmup_steps)
+
+    def lr_at(self, step: int, total: int | None = None) -> float:
+        """The learning rate of update number ``step`` (0-based, counted over the trial) of
+        ``total`` (default :attr:`total_steps`; a constant schedule needs none)."""
+        total = total if total is not None else self.total_steps or step + 1
+        return self.schedule.lr(step, total, self.lr, self.warmup_start_lr)
 
     def __post_init__(self) -> None:
         device = torch.device(self.device)
@@ -183,16 +198,26 @@ class TrainResult:
         return self.units_seen / self.train_time_s if self.train_time_s > 0 else 0.0
 
 
-def make_optimizer(name: str, params, lr: float, fused: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, params, lr: float, fused: bool = False, weight_decay: float | None = None
+) -> torch.optim.Optimizer:
     """Build optimizer ``name`` (one of ``study.config.OPTIMIZERS``) over ``params``.
 
-    ``fused`` (used on CUDA) updates all parameters in one kernel and, with a gradient scaler,
-    checks for infinite gradients without waiting for the device.
+    ``sgd`` has momentum 0.9; ``weight_decay`` ``None`` keeps torch's default (0 for SGD and
+    Adam, 0.01 for AdamW). ``fused`` (used on CUDA) updates all parameters in one kernel and,
+    with a gradient scaler, checks for infinite gradients without waiting for the device.
+
+    Example:
+        >>> make_optimizer("adamw", torch.nn.Linear(2, 1).parameters(), 1e-3,
+        ...                weight_decay=0.1).param_groups[0]["weight_decay"]
+        0.1
     """
-    extra = {"fused": True} if fused else {}
+    extra: dict[str, Any] = {"fused": True} if fused else {}
+    if weight_decay is not None:
+        extra["weight_decay"] = weight_decay
     if name == "sgd":
         if "fused" not in inspect.signature(torch.optim.SGD).parameters:  # torch < 2.3
-            extra = {}
+            extra.pop("fused", None)
         return torch.optim.SGD(params, lr=lr, momentum=0.9, **extra)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, **extra)
@@ -231,7 +256,10 @@ class StepHook:
     * ``before_update(model, optimizer)``: after the last micro-batch's backward pass and
       before the optimizer step, with the gradients already unscaled (``fp16``), e.g.
       ``torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)``. Its changes to the
-      gradients are what the optimizer applies.
+      gradients are what the optimizer applies. A hook that takes a third argument,
+      ``before_update(model, optimizer, update)``, also gets the :class:`Update`: the
+      update's index over the trial, the trial's total and the learning rate it runs at
+      (to build a schedule of its own, or log).
 
     Example:
         >>> import torch.nn.functional as F
@@ -248,7 +276,39 @@ class StepHook:
     """
 
     loss: Callable[[torch.Tensor, Any, Any, torch.nn.Module], torch.Tensor] | None = None
-    before_update: Callable[[torch.nn.Module, torch.optim.Optimizer], object] | None = None
+    before_update: Callable[..., object] | None = None
+
+
+@dataclass(frozen=True)
+class Update:
+    """Where an update sits in its trial: what a three-argument ``before_update`` receives.
+
+    Attributes:
+        index: The update's number over the whole trial, from 0 (a resumed trial counts on).
+        total: The trial's updates (its epochs' updates, or its step budget); 0 outside a
+            trial (the hardware probe's steps).
+        lr: The learning rate of this update (the schedule's, set before the hook runs).
+    """
+
+    index: int
+    total: int
+    lr: float
+
+
+def takes_update(before_update: Callable[..., object]) -> bool:
+    """Whether a hook's ``before_update`` accepts a third argument, the :class:`Update`.
+
+    Example:
+        >>> takes_update(lambda model, opt: None), takes_update(lambda model, opt, u: None)
+        (False, True)
+    """
+    try:
+        inspect.signature(before_update).bind(None, None, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (a builtin): called the plain way
+        return False
+    return True
 
 
 @dataclass
@@ -280,7 +340,9 @@ class Step:
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.settings.device, self.settings.precision)
 
-    def update(self, micro_batches: Iterable[Batch], samples: int) -> torch.Tensor:
+    def update(
+        self, micro_batches: Iterable[Batch], samples: int, update: Update | None = None
+    ) -> torch.Tensor:
         """One optimizer update over the micro-batches of one group of ``samples`` samples.
 
         Exact gradient accumulation: each micro-batch's summed per-sample loss is divided by
@@ -290,6 +352,8 @@ class Step:
         settings' autocast; with ``fp16`` the loss is scaled, the gradients are unscaled
         before the hook's ``before_update``, and the update is skipped on infinite
         gradients. The gradients stay until the next update (cleared at its start).
+        ``update`` (the training loop's) says where the update sits in its trial, for a hook
+        that takes it.
 
         Returns:
             The group's summed loss, on the device (reading it would wait for the device).
@@ -308,7 +372,12 @@ class Step:
         for x, y in micro_batches:
             with self.autocast():
                 outputs = call_model(self.model, x)
-                if fast and outputs.dim() == 2 and y.dtype == torch.long:  # the default loss
+                if (  # the default loss on a tensor of class scores
+                    fast
+                    and isinstance(outputs, torch.Tensor)
+                    and outputs.dim() == 2
+                    and y.dtype == torch.long
+                ):
                     loss = F.cross_entropy(outputs, y, reduction="sum")  # one kernel fewer
                 else:
                     losses = self.loss(outputs, y)
@@ -322,7 +391,12 @@ class Step:
             raise ValueError("an update needs at least one micro-batch")
         if self.hook is not None and self.hook.before_update is not None:
             self.scaler.unscale_(self.optimizer)  # the hook sees the true gradients
-            self.hook.before_update(self.model, self.optimizer)
+            if takes_update(self.hook.before_update):
+                if update is None:
+                    update = Update(0, 0, float(self.optimizer.param_groups[0]["lr"]))
+                self.hook.before_update(self.model, self.optimizer, update)
+            else:
+                self.hook.before_update(self.model, self.optimizer)
         self.scaler.step(self.optimizer)  # optimizer.step(), skipped on inf/NaN grads in fp16
         self.scaler.update()
         return total
@@ -342,7 +416,9 @@ def make_step(model: torch.nn.Module, settings: TrainSettings, task: Task | None
 
     ``model`` must already be on ``settings.device``. The hardware probe builds its steps
     here too, so that the memory cap it measures holds for the trials. ``task`` gives the
-    loss and the step hook (``None``: cross-entropy, no hook).
+    loss, the step hook and, when it has one, its own ``optimizer(params, lr)`` (which then
+    replaces ``settings.optimizer`` and ``settings.weight_decay``); ``None``: cross-entropy,
+    no hook.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -352,7 +428,13 @@ def make_step(model: torch.nn.Module, settings: TrainSettings, task: Task | None
     """
     device = torch.device(settings.device)
     on_cuda = device.type == "cuda"
-    optimizer = make_optimizer(settings.optimizer, model.parameters(), settings.lr, on_cuda)
+    own = getattr(task, "optimizer", None) if task is not None else None
+    if own is not None:
+        optimizer = own(model.parameters(), settings.lr)
+    else:
+        optimizer = make_optimizer(
+            settings.optimizer, model.parameters(), settings.lr, on_cuda, settings.weight_decay
+        )
     scaler = _grad_scaler(device.type, enabled=settings.precision == "fp16")
     runner = torch.compile(model) if settings.compile else model
     if task is None:
@@ -471,16 +553,16 @@ def evaluate(
     precision: str = "fp32",
     task: Task | None = None,
 ) -> float:
-    """The task's metric (default: accuracy) of ``model`` on ``data``: the mean of its
-    per-sample values, in batches of ``batch_size``.
+    """The task's metric (default: accuracy) of ``model`` on ``data``, in batches of
+    ``batch_size``: the mean of its per-sample values, or its value over the whole split
+    (:class:`~objectives.metrics.SplitMetric`).
 
-    Runs under the autocast of ``precision``; the sum stays on the device until the end.
+    Runs under the autocast of ``precision``; a sum stays on the device until the end.
     """
     device = torch.device(device)
-    metric = task.metric.fn if task is not None else accuracy
+    total = SplitMetric(task.metric if task is not None else ACCURACY, device)
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
     if isinstance(data, Tensors):
         batches = zip(data.x.split(batch_size), data.y.split(batch_size), strict=True)
     else:
@@ -491,9 +573,9 @@ def evaluate(
         for x, y in batches:
             x = to_device(x, device, non_blocking)
             y = to_device(y, device, non_blocking)
-            total += metric(call_model(model, x), y).sum()
+            total.add(call_model(model, x), y)
     model.train(was_training)
-    return total.item() / len(data)
+    return total.value()
 
 
 def train_model(
@@ -581,6 +663,19 @@ def train_model(
     stream = updates_forever()
     plan = settings.period_steps or (None,) * settings.epochs
     global_step = settings.first_step
+    total_steps = settings.total_steps or global_step + (
+        sum(settings.period_steps)
+        if settings.period_steps
+        else settings.epochs * steps_per_epoch(len(train), settings.batch_size)
+    )
+    own_schedule = getattr(task, "lr_schedule", None) if task is not None else None
+    scheduled = own_schedule is not None or settings.schedule.varies
+
+    def lr_of(index: int) -> float:
+        if own_schedule is not None:  # the task's: a factor of the peak per update
+            return settings.lr * float(own_schedule(index, total_steps))
+        return settings.lr_at(index, total_steps)
+
     with torch_flags(device):
         for epoch, period_steps in enumerate(plan, start_epoch + 1):
             started = time.perf_counter()
@@ -592,19 +687,22 @@ def train_model(
             else:  # a share of a step budget, walking on across epochs
                 updates = itertools.islice(stream, period_steps)
             for batches, group_size in updates:
-                if global_step < settings.warmup_steps + 1:  # the warm-up ramp, then the LR
+                lr = settings.lr
+                if scheduled:  # the schedule's rate for this update, from the rule's peak
+                    lr = lr_of(global_step)
                     for group in step.optimizer.param_groups:
-                        group["lr"] = settings.lr_at(global_step)
+                        group["lr"] = lr
+                where = Update(global_step, total_steps, lr)
                 if count is not None:  # units (e.g. tokens) counted as the batches go by
                     batches = counted(batches)
                 if not on_cuda and cpu_peak_bytes == 0:  # measured as the probe measures
                     step.optimizer.zero_grad(set_to_none=True)  # freed before, not during
                     held = state_bytes(model, step.optimizer)
                     with PeakMemory(device) as peak:
-                        loss_sum += step.update(batches, group_size)
+                        loss_sum += step.update(batches, group_size, where)
                     cpu_peak_bytes = held + peak.bytes
                 else:
-                    loss_sum += step.update(batches, group_size)
+                    loss_sum += step.update(batches, group_size, where)
                 seen += group_size
                 global_step += 1
             if on_cuda:
@@ -649,7 +747,9 @@ def train_task(
     device = torch.device(settings.device)
     torch.manual_seed(settings.seed)
     model = task.build_model().to(device)
-    train, val, test = (place(d, device, task.collate) for d in (task.train, task.val, task.test))
+    train, val, test = (
+        place(getattr(task, name), device, task.collate, name) for name in ("train", "val", "test")
+    )
     with torch_flags(device):
         result = train_model(model, train, val, settings, on_epoch, task=task)
         finish(result, model, train, test, settings.eval_batch, device, settings.precision, task)

@@ -60,6 +60,7 @@ def run_study(
     *,
     task: Any = None,
     out: TextIO | None = None,
+    verbose: bool | None = None,
     **settings: Any,
 ) -> StudyResult:
     """Run (or resume) a study in this process and return it with its recommendation.
@@ -69,6 +70,10 @@ def run_study(
             fields (``run_study(task=t, trials=12, epochs=3, storage="sqlite:///s.db")``).
         task: A :class:`Task` object to study; ``None`` builds the task ``config.task`` names.
         out: Where progress and the summary go (default: kept in ``StudyResult.log``).
+        verbose: Also print the progress (a line per finished trial, long trials' epochs)
+            and the summary as the run goes, to ``sys.stdout``; they are kept in
+            ``StudyResult.log`` all the same. ``None`` (default): on in a Jupyter notebook,
+            off elsewhere. Ignored when ``out`` is given.
 
     Raises:
         ConfigError: a bad setting, or a ``Task`` object with worker processes.
@@ -96,6 +101,8 @@ def run_study(
         backend = TorchBackend(task)
     config = config.validate()
     buffer = io.StringIO() if out is None else None
+    if buffer is not None and (in_notebook() if verbose is None else verbose):
+        out = Tee(buffer, sys.stdout)
     study = _run_study(config, backend, out or buffer or sys.stdout)
     recommendation = study.user_attrs.get("recommendation")
     return StudyResult(
@@ -103,3 +110,39 @@ def run_study(
         recommendation if isinstance(recommendation, dict) else {},
         buffer.getvalue() if buffer is not None else "",
     )
+
+
+class Tee(io.TextIOBase):
+    """A text stream that writes to several: the kept log and the screen.
+
+    Example:
+        >>> kept, shown = io.StringIO(), io.StringIO()
+        >>> _ = Tee(kept, shown).write("trial 1\\n")
+        >>> kept.getvalue() == shown.getvalue() == "trial 1\\n"
+        True
+    """
+
+    def __init__(self, *streams: TextIO) -> None:
+        super().__init__()
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+    def isatty(self) -> bool:
+        return False  # plain counted lines, not a redrawn bar
+
+
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (IPython's ZMQ shell); IPython is never
+    imported here, only asked when already loaded."""
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    shell = get_ipython() if callable(get_ipython) else None
+    return type(shell).__name__ == "ZMQInteractiveShell"

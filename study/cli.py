@@ -24,6 +24,7 @@ from study.config import (
     StudyConfig,
 )
 from study.scaling import SCALING_CHOICES
+from study.schedule import SCHEDULES
 from study.units import parse_bytes
 
 USAGE_EXIT = 2
@@ -153,6 +154,25 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
     )
     g.add_argument("--base-batch-size", type=int, default=d.base_batch_size)
     g.add_argument(
+        "--weight-decay",
+        type=float,
+        default=d.weight_decay,
+        help="the optimizer's weight decay (default: torch's, 0 for sgd and adam, 0.01 adamw)",
+    )
+    g.add_argument(
+        "--lr-schedule",
+        default=d.lr_schedule,
+        choices=SCHEDULES,
+        help="the LR over each trial's own updates: constant, or cosine/linear decay from the "
+        "rule's value to --final-lr-fraction of it",
+    )
+    g.add_argument(
+        "--final-lr-fraction",
+        type=float,
+        default=d.final_lr_fraction,
+        help="where cosine and linear decay end, a fraction of the peak (default 0)",
+    )
+    g.add_argument(
         "--scaling",
         default=d.scaling,
         choices=SCALING_CHOICES,
@@ -280,6 +300,12 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
         type=int,
         default=d.warmup_epochs,
         help="ramp the LR linearly from --base-lr to the rule's value over W epochs (Goyal et al.)",
+    )
+    g.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=d.warmup_steps,
+        help="ramp the LR linearly from --base-lr to the rule's value over N updates",
     )
     g.add_argument(
         "--lr-search-width",

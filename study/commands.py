@@ -31,6 +31,7 @@ from study.cli import (
     STORAGE_HELP,
     OneLineParser,
     add_task_arguments,
+    build_parser,
     byte_size,
     fail,
     parse_config,
@@ -46,6 +47,9 @@ USER_ERROR_EXIT = 2
 INTERNAL_ERROR_EXIT = 1
 #: Exit code after Ctrl-C (or SIGTERM during a run).
 INTERRUPTED_EXIT = 130
+#: Exit code when the reader of the output has gone (``| head``): a shell's code for a
+#: process ended by SIGPIPE (128 + 13), as Unix tools end.
+BROKEN_PIPE_EXIT = 141
 #: OS errors that are the machine's state rather than a bug: one line, exit 2.
 ENVIRONMENT_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE}
@@ -55,9 +59,11 @@ ENVIRONMENT_ERRNOS = frozenset(
 def guarded(command: Callable[..., int]) -> Callable[..., int]:
     """Run ``command`` so that nothing ends in a traceback.
 
-    A full disk or a permission problem is one line and exit code 2; Ctrl-C is one line and
-    130; any other unexpected exception is an internal error: one line naming the log file
-    that holds the traceback (secrets scrubbed), exit code 1.
+    A full disk or a permission problem is one line and exit code 2, and so is running out of
+    memory; Ctrl-C is one line and 130; output piped into a reader that has gone (``| head``)
+    ends quietly with 141, as Unix tools do; any other unexpected exception is an internal
+    error: one line naming the log file that holds the traceback (secrets scrubbed), exit
+    code 1.
     """
 
     @functools.wraps(command)
@@ -65,12 +71,19 @@ def guarded(command: Callable[..., int]) -> Callable[..., int]:
         prog = prog or command.__defaults__[-1]
         args = list(sys.argv[1:] if argv is None else argv)
         try:
-            return command(args, prog=prog)
-        except SystemExit:
+            code = command(args, prog=prog)
+            sys.stdout.flush()  # here, so that a reader that has gone is caught below
+            return code
+        except SystemExit:  # (--help, a usage error) its output too may meet a closed pipe
+            if not _flushed():
+                raise SystemExit(BROKEN_PIPE_EXIT) from None
             raise
         except KeyboardInterrupt:
             print(f"\n{prog}: interrupted", file=sys.stderr)
             return INTERRUPTED_EXIT
+        except BrokenPipeError:
+            safety.silence_stdout()
+            return BROKEN_PIPE_EXIT
         except DiskFullError as exc:
             print(f"{prog}: error: {safety.scrub(str(exc), safety.urls_in(args))}", file=sys.stderr)
             return USER_ERROR_EXIT
@@ -86,9 +99,22 @@ def guarded(command: Callable[..., int]) -> Callable[..., int]:
             )
             return USER_ERROR_EXIT
         except Exception as exc:
+            if safety.is_out_of_memory(exc):
+                print(safety.out_of_memory_line(prog, exc, args), file=sys.stderr)
+                return USER_ERROR_EXIT
             return safety.internal_error(prog, exc, args)
 
     return wrapper
+
+
+def _flushed() -> bool:
+    """Flush standard output; ``False`` (and stdout silenced) when its reader has gone."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        safety.silence_stdout()
+        return False
+    return True
 
 
 def _usage_error(prog: str, message: str) -> NoReturn:
@@ -187,6 +213,41 @@ def _disk_full_error(exc: BaseException, storage: str) -> DiskFullError:
 
     filename = getattr(exc, "filename", None)
     return disk_full(filename, "a file") if filename else storage_disk_full(storage)
+
+
+def plan_parser(prog: str = "plan.py") -> argparse.ArgumentParser:
+    """The flags of ``run``, and ``--json``."""
+    parser = build_parser(prog)
+    parser.description = (
+        "What a study with these flags will cost, before it runs: the probe's cap, each batch "
+        "size's throughput, the space, the expected trainings and time, and cheaper settings. "
+        "Trains nothing, creates no study and no file."
+    )
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    return parser
+
+
+@guarded
+def plan(argv: list[str] | None = None, prog: str = "plan.py") -> int:
+    """Estimate a study's cost with the flags of ``run``: ``batchsize-study plan --epochs 20``."""
+    parser = plan_parser(prog)
+    args = vars(parser.parse_args(argv))
+    as_json = args.pop("json")
+    try:
+        config = StudyConfig(**args).validate()
+    except ConfigError as exc:
+        parser.error(str(exc))
+    _quiet_optuna()
+    from objectives.backend import TorchBackend
+    from study.plan import make_plan
+
+    backend = TorchBackend()
+    try:
+        found = make_plan(config, backend)
+    except backend.user_errors as exc:
+        fail(safety.scrub(str(exc), [config.storage or ""]))
+    print(json.dumps(found.to_dict(), indent=2) if as_json else found.text())
+    return 0
 
 
 def worker(argv: list[str] | None = None) -> int:
@@ -653,6 +714,7 @@ def _noise_stop_words(stop: str) -> str:
 COMMANDS: dict[str, tuple[Callable[..., int], str]] = {
     "run": (run, "run or resume a study (scripts/run_study.py)"),
     "probe": (probe, "measure the largest batch that fits, and its speed (scripts/probe.py)"),
+    "plan": (plan, "what a study will cost, before it runs (scripts/plan.py)"),
     "report": (report, "write a study's HTML or text report (scripts/report.py)"),
     "dashboard": (dashboard, "serve optuna-dashboard on a study (scripts/dashboard.py)"),
     "noise-scale": (noise_scale, "estimate the gradient noise scale (scripts/noise_scale.py)"),
@@ -661,6 +723,15 @@ COMMANDS: dict[str, tuple[Callable[..., int], str]] = {
 
 def main(argv: list[str] | None = None) -> int:
     """``batchsize-study COMMAND [FLAGS]``; ``batchsize-study COMMAND --help`` lists the flags."""
+    try:
+        code = _main(argv)
+    except BrokenPipeError:  # the usage piped into a reader that has gone
+        safety.silence_stdout()
+        return BROKEN_PIPE_EXIT
+    return code if _flushed() else BROKEN_PIPE_EXIT
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "worker":  # internal: started by `run` for --workers / --gpus
         return worker(argv[1:])

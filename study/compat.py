@@ -177,6 +177,38 @@ def save_study_note(study: optuna.Study, body: str) -> None:
         storage.set_study_system_attr(study_id, f"{NOTE_CHUNK_PREFIX}{i}", "")
 
 
+# -------------------------------------------------------------------- Optuna: study artifacts
+
+#: Where Optuna's ``upload_artifact`` keeps an artifact's metadata (a study system attribute).
+ARTIFACT_ATTR_PREFIX = "artifacts:"
+
+
+def put_study_artifact(study: optuna.Study, store: Any, path: str, artifact_id: str) -> str:
+    """Store the file at ``path`` as the study's artifact ``artifact_id``, as Optuna's
+    ``upload_artifact`` would, but under a given id: storing it again replaces the file and
+    its one listing instead of adding a copy (``upload_artifact`` draws a new id every call).
+    The test checks that ``optuna.artifacts.get_all_artifact_meta`` reads it back.
+    """
+    import json
+    import mimetypes
+    import os
+
+    filename = os.path.basename(path)
+    mimetype, encoding = mimetypes.guess_type(filename)
+    meta = {
+        "artifact_id": artifact_id,
+        "filename": filename,
+        "mimetype": mimetype or "application/octet-stream",
+        "encoding": encoding,
+    }
+    with open(path, "rb") as f:
+        store.write(artifact_id, f)
+    storage_of(study).set_study_system_attr(
+        study_id_of(study), ARTIFACT_ATTR_PREFIX + artifact_id, json.dumps(meta)
+    )
+    return artifact_id
+
+
 # --------------------------------------------------------------------------- torch: profiler
 
 

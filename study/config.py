@@ -12,8 +12,10 @@ import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
 
-from study.scaling import SCALING_CHOICES
-from study.space import is_power_of_two
+from study.scaling import RULES, SCALING_CHOICES, resolve_rule, scaled_lr
+from study.schedule import SCHEDULES
+from study.space import is_power_of_two, largest_power_of_two
+from study.units import MAX_BYTES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRUNERS = ("median", "hyperband", "none")
@@ -53,6 +55,10 @@ IDENTITY_FIELDS = (
     "budget",
     "steps",
     "warmup_epochs",
+    "warmup_steps",
+    "weight_decay",
+    "lr_schedule",
+    "final_lr_fraction",
     "lr_search_width",
     "seed",  # chooses the built-in tasks' train/validation/test split
     "data_dir",  # the image datasets' files
@@ -62,6 +68,12 @@ IDENTITY_FIELDS = (
 OBJECTIVES = (("metric",), ("metric", "time"))
 OBJECTIVE_ALIASES = {"accuracy": "metric"}
 BUDGETS = ("epochs", "steps")
+#: The largest count a flag may give (trials, epochs, steps, batch sizes, workers, ...): what a
+#: 32-bit signed integer holds, which every loop, tensor index and storage column can take.
+MAX_COUNT = 2**31 - 1
+#: The learning rates a study may train with, after the scaling rule and ``--lr-search-width``:
+#: beyond them an optimizer's arithmetic overflows or does nothing (checked before storing).
+LR_RANGE = (1e-30, 1e30)
 
 
 class ConfigError(ValueError):
@@ -78,7 +90,15 @@ class StudyConfig:
         model: ``mlp`` or ``cnn`` (built-in tasks).
         hidden: Hidden layer sizes of the model.
         epochs: Epochs per trial (the budget every batch size gets).
-        optimizer: ``sgd``, ``adam`` or ``adamw``.
+        optimizer: ``sgd`` (momentum 0.9), ``adam`` or ``adamw``.
+        weight_decay: The optimizer's weight decay (``None``: torch's default, 0 for SGD and
+            Adam, 0.01 for AdamW).
+        lr_schedule: ``constant``, ``cosine`` or ``linear``: the learning rate over each
+            trial's own updates, from the rule's peak (see :mod:`study.schedule`).
+        final_lr_fraction: Where ``cosine`` and ``linear`` end, as a fraction of the peak.
+        warmup_epochs: Epochs of linear warm-up to the peak (0: none).
+        warmup_steps: Updates of linear warm-up to the peak (0: none; not with
+            ``warmup_epochs``).
         base_lr: Learning rate at ``base_batch_size``.
         base_batch_size: Reference batch size of ``base_lr``.
         scaling: ``linear``, ``sqrt``, ``none``, ``auto`` or ``search`` (sample the rule).
@@ -156,6 +176,10 @@ class StudyConfig:
     budget: str = "epochs"
     steps: int | None = None
     warmup_epochs: int = 0
+    warmup_steps: int = 0
+    weight_decay: float | None = None
+    lr_schedule: str = "constant"
+    final_lr_fraction: float = 0.0
     lr_search_width: float = 1.0
     noise_scale: bool = False
     confirm_runs: int = 3
@@ -184,6 +208,19 @@ class StudyConfig:
         """
         _positive("--trials", self.trials)
         _positive("--epochs", self.epochs)
+        for flag, value, least in (
+            ("--confirm-runs", self.confirm_runs, 2),
+            ("--warmup-epochs", self.warmup_epochs, 0),
+            ("--min-batch-size", self.min_batch_size, 1),
+            ("--base-batch-size", self.base_batch_size, 1),
+            ("--max-batch-size", self.max_batch_size, 1),
+            ("--heartbeat-interval", self.heartbeat_interval, 1),
+            ("--grace-period", self.grace_period, 1),
+        ):
+            if value is not None and value >= least:
+                _count(flag, value)
+        for size in self.hidden:
+            _count("--hidden", size)
         if type(self.seed) is not int or not 0 <= self.seed < 2**32:
             raise ConfigError(f"--seed {self.seed}: use a whole number from 0 to {2**32 - 1}")
         objectives = tuple(OBJECTIVE_ALIASES.get(o, o) for o in self.objectives)
@@ -219,16 +256,18 @@ class StudyConfig:
             raise ConfigError(
                 f"--warmup-epochs {self.warmup_epochs}: use 0 (off) up to fewer than --epochs"
             )
-        if not self.lr_search_width >= 1:
+        self._validate_schedule()
+        if not 1 <= self.lr_search_width <= LR_RANGE[1]:
             raise ConfigError(
-                f"--lr-search-width {self.lr_search_width}: use 1 (off) or more, e.g. 4 "
-                "samples a multiplier in [1/4, 4]"
+                f"--lr-search-width {self.lr_search_width}: use 1 (off) or more, up to "
+                f"{LR_RANGE[1]:g}, e.g. 4 samples a multiplier in [1/4, 4]"
             )
         _positive("--max-accumulation", self.max_accumulation)
         _positive("--synthetic-samples", self.synthetic_samples)
         _positive("--synthetic-features", self.synthetic_features)
         if self.synthetic_classes < 2:
             raise ConfigError(f"--synthetic-classes {self.synthetic_classes}: use at least 2")
+        _count("--synthetic-classes", self.synthetic_classes)
         for flag, value in (
             ("--min-batch-size", self.min_batch_size),
             ("--base-batch-size", self.base_batch_size),
@@ -252,6 +291,7 @@ class StudyConfig:
             )
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--scaling", self.scaling, SCALING_CHOICES)
+        self._validate_lr_range()
         _choice("--pruner", self.pruner, PRUNERS)
         _choice("--sampler", self.sampler, SAMPLERS)
         _choice("--model", self.model, MODELS)
@@ -261,6 +301,8 @@ class StudyConfig:
             raise ConfigError(f"--memory-margin {self.memory_margin}: use a fraction in [0, 1)")
         if self.memory_budget is not None and self.memory_budget <= 0:
             raise ConfigError(f"--memory-budget {self.memory_budget}: must be positive")
+        if self.memory_budget is not None and self.memory_budget > MAX_BYTES:
+            raise ConfigError(f"--memory-budget {self.memory_budget}: give at most 1024 TiB")
         if not 0 < self.heartbeat_interval < self.grace_period:
             raise ConfigError(
                 f"--heartbeat-interval {self.heartbeat_interval} must be positive and below "
@@ -280,6 +322,61 @@ class StudyConfig:
             workers=len(self.gpus) * self.workers_per_gpu if self.gpus else self.workers,
             storage=self.storage or f"sqlite:///storage/{self.study_name}.db",
         )
+
+    def _validate_lr_range(self) -> None:
+        """The learning rates trials may train with stay within :data:`LR_RANGE`.
+
+        Over every rule the study may use and every batch size it may sample: from
+        ``--min-batch-size`` to ``--max-batch-size`` times ``--max-accumulation`` (without
+        ``--max-batch-size``, the largest power of two a count may be), widened by
+        ``--lr-search-width``.
+        """
+        rule = resolve_rule(self.scaling, self.optimizer)
+        rules = RULES if rule == "search" else (rule,)
+        top = self.max_batch_size or largest_power_of_two(MAX_COUNT)
+        batches = (self.min_batch_size, top * self.max_accumulation)
+        rates = [
+            scaled_lr(r, float(self.base_lr), self.base_batch_size, b)
+            for r in rules
+            for b in batches
+        ]
+        low = min(rates) / self.lr_search_width
+        high = max(rates) * self.lr_search_width
+        if not LR_RANGE[0] <= low <= high <= LR_RANGE[1]:
+            raise ConfigError(
+                f"--base-lr {self.base_lr} at --base-batch-size {self.base_batch_size} gives "
+                f"learning rates from {low:.3g} to {high:.3g} over batch sizes {batches[0]} to "
+                f"{batches[1]} (--scaling {self.scaling}, --lr-search-width "
+                f"{self.lr_search_width:g}): keep them within {LR_RANGE[0]:g} to "
+                f"{LR_RANGE[1]:g}, e.g. --base-lr 1e-3"
+            )
+
+    def _validate_schedule(self) -> None:
+        _choice("--lr-schedule", self.lr_schedule, SCHEDULES)
+        fraction = self.final_lr_fraction
+        if not (isinstance(fraction, int | float) and 0 <= fraction <= 1):
+            raise ConfigError(
+                f"--final-lr-fraction {fraction}: use a fraction of the peak from 0 to 1, e.g. 0.1"
+            )
+        if fraction and self.lr_schedule == "constant":
+            raise ConfigError(
+                f"--final-lr-fraction {fraction} needs a decaying schedule: add --lr-schedule "
+                "cosine or linear"
+            )
+        decay = self.weight_decay
+        if decay is not None and not (isinstance(decay, int | float) and 0 <= decay < math.inf):
+            raise ConfigError(f"--weight-decay {decay}: use a number of at least 0, e.g. 0.01")
+        if type(self.warmup_steps) is not int or self.warmup_steps < 0:
+            raise ConfigError(f"--warmup-steps {self.warmup_steps}: use 0 (off) or more updates")
+        if self.warmup_steps and self.warmup_epochs:
+            raise ConfigError(
+                f"--warmup-steps {self.warmup_steps} and --warmup-epochs {self.warmup_epochs}: "
+                "give the warm-up in one unit, drop one of them"
+            )
+        if self.budget == "steps" and self.steps is not None and self.warmup_steps >= self.steps:
+            raise ConfigError(
+                f"--warmup-steps {self.warmup_steps}: use fewer than --steps {self.steps}"
+            )
 
     def _validate_workers(self) -> None:
         _positive("--workers", self.workers)
@@ -343,6 +440,15 @@ def differences(stored: dict, requested: dict) -> list[str]:
 def _positive(flag: str, value: int) -> None:
     if value < 1:
         raise ConfigError(f"{flag} {value} must be at least 1")
+    _count(flag, value)
+
+
+def _count(flag: str, value: object) -> None:
+    """A count is a whole number of at most :data:`MAX_COUNT`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{flag} {value!r} must be a whole number, e.g. 10")
+    if value > MAX_COUNT:
+        raise ConfigError(f"{flag} {value} is above {MAX_COUNT}, the largest count a run holds")
 
 
 def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -29,6 +29,7 @@ from study import safety
 from study.budget import Tally, reap
 from study.config import ConfigError, StudyConfig
 from study.confirm import study_decision
+from study.datamatch import FINGERPRINT_ATTR, data_changed_message, data_changes
 from study.decision import Plan
 from study.disk import DiskFullError, disk_full, is_disk_full
 from study.locks import NoLock, storage_lock
@@ -71,6 +72,9 @@ class Backend(Protocol):
     def metric(self, task: Any) -> MetricInfo:
         """The task's metric: its name, direction and unit (stored with the study)."""
 
+    def fingerprint(self, task: Any) -> dict:
+        """The fingerprint of the task's data (sizes, a hash of sampled items), JSON-ready."""
+
     def memory_cap(self, config: StudyConfig, task: Any, device: str) -> tuple[int, str, dict]:
         """The largest micro-batch that fits, where it came from, and attributes to store."""
 
@@ -109,7 +113,11 @@ def plan_space(
 
     The memory cap is ``--max-batch-size`` when given, else the backend's hardware probe.
     """
-    extra: dict = {"task_info": task.info, "metric": backend.metric(task).to_dict()}
+    extra: dict = {
+        "task_info": task.info,
+        "metric": backend.metric(task).to_dict(),
+        FINGERPRINT_ATTR: backend.fingerprint(task),
+    }
     if config.max_batch_size is not None:
         cap, source = config.max_batch_size, "--max-batch-size"
     else:
@@ -172,11 +180,13 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
         flush=True,
     )
     done = finished_count(study)
+    if not created and done < config.trials:  # changed data is refused before any trial
+        built.append(resumed_task(config, backend, study))
     if done < config.trials and (config.workers > 1 or config.gpus):
         built.clear()  # the workers load the task themselves
         _run_workers(config, study, lock, out)
     elif done < config.trials:
-        task = built[0] if built else backend.build_task(config)
+        task = built[0] if built else resumed_task(config, backend, study)
 
         def log(line: str) -> None:
             print(line, file=out, flush=True)
@@ -210,6 +220,20 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
         file=out,
     )
     return study
+
+
+def resumed_task(config: StudyConfig, backend: Backend, study: optuna.Study) -> Any:
+    """The task of a study that exists, built, and checked to be on the study's data.
+
+    Raises:
+        ConfigError: the data's fingerprint differs from the one stored at creation (the
+            splits and what changed are named).
+    """
+    task = backend.build_task(config)
+    changes = data_changes(study.user_attrs.get(FINGERPRINT_ATTR), backend.fingerprint(task))
+    if changes:
+        raise ConfigError(data_changed_message(config.study_name, changes))
+    return task
 
 
 class _Progress:
@@ -293,7 +317,7 @@ def _answer(
     if len(candidates) > 1:
         try:
             if task is None:
-                task = backend.build_task(config)
+                task = resumed_task(config, backend, study)
             print(f"timing the answer's candidate batch sizes {candidates} ...", file=out)
             measured = backend.measure_speed(config, task, device, space, candidates)
             if measured:
@@ -417,7 +441,8 @@ def worker_main(backend: Backend, argv: list[str] | None = None) -> int:
         def log(line: str) -> None:
             print(f"{line}  [{name}]", flush=True)
 
-        objective = backend.objective(config, backend.build_task(config), space, device, log)
+        task = resumed_task(config, backend, study)
+        objective = backend.objective(config, task, space, device, log)
 
         def on_trial(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             log(trial_line(trial, study_metric(_study)))

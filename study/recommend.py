@@ -177,7 +177,14 @@ def _pick(
         "runs": cell.runs + cell.pruned if cell else confirm.runs,
         "confirm_runs": confirm.runs,
         "diverged": confirm.diverged,
-        "train_time_s_median": statistics.median(times) if times else None,
+        # The cell's one median time (all its complete runs), the figure its table row shows.
+        "train_time_s_median": (
+            cell.train_time_s_median
+            if cell is not None and cell.train_time_s_median is not None
+            else statistics.median(times)
+            if times
+            else None
+        ),
         "samples_per_s": timed.get("samples_per_s")
         or (cell.samples_per_s_median if cell else None),
         "speed_source": "timing" if timed else "trials",

@@ -170,6 +170,13 @@ def _create_or_resume(
             )
         space = BatchSpace.from_dict(stored["space"])
         metric = MetricInfo.from_dict(stored.get("metric"))
+        stored_config = stored.get("config")
+        if isinstance(stored_config, dict) and stored_config.get("trials") != config.trials:
+            study_id = storage.get_study_id_from_name(config.study_name)
+            # The trial budget may change on a resume: the stored one is the latest run's.
+            storage.set_study_user_attr(
+                study_id, "config", {**stored_config, "trials": config.trials}
+            )
     else:
         space, extra_attrs = make_space()
         metric = MetricInfo.from_dict(extra_attrs.get("metric"))

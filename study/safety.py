@@ -4,8 +4,9 @@
   storage (a folder, a text file, another program's SQLite database), read-only, before
   Optuna would write its tables or a journal record into it.
 * :func:`redact` hides every secret of a storage URL (the password of the user-info, however
-  it is written, and secret query parameters such as ``?password=``); :func:`scrub` removes
-  them from any text (a driver's error message, a traceback).
+  it is written, and the value of every query parameter that is not known to be harmless,
+  such as ``?password=``, ``?auth_token=`` or ``?api-key=``); :func:`scrub` removes them from
+  any text (a driver's error message, a traceback).
 * :class:`Leftovers` removes what a failed run created before it stored anything (a
   schema-only SQLite file, an empty journal file, their lock files and new folders).
 * :func:`internal_error` turns an unexpected exception into one line naming the log file that
@@ -26,6 +27,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import sys
 import tempfile
 import time
@@ -35,9 +37,28 @@ from pathlib import Path
 from urllib.parse import unquote
 
 JOURNAL_PREFIX = "journal:///"
-#: Query parameters whose values are secrets (compared in lower case).
-SECRET_QUERY_KEYS = frozenset(
-    {"password", "passwd", "pwd", "pass", "secret", "token", "sslpassword", "api_key", "apikey"}
+#: Query parameters whose values are shown (compared in lower case): connection settings that
+#: hold no secret. Every other parameter's value is a secret (``password``, ``auth_token``,
+#: ``client_secret``, ``api-key``, and any name not listed here).
+HARMLESS_QUERY_KEYS = frozenset(
+    {
+        "sslmode",
+        "timeout",
+        "connect_timeout",
+        "application_name",
+        "target_session_attrs",
+        "client_encoding",
+        "charset",
+        "gssencmode",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "check_same_thread",
+        "mode",
+        "cache",
+        "uri",
+    }
 )
 #: Tables every Optuna RDB storage has; a database holding other tables but not these is not
 #: an Optuna storage.
@@ -49,15 +70,19 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$", re.S)
 
 
 def _split_url(url: str) -> tuple[str, str | None, str | None, str, str] | None:
-    """``(scheme, user, password, rest, query)`` of a URL, ``None`` if it has no scheme.
+    """``(scheme, user, password, rest, query)`` of a URL; ``None`` if it has no scheme and
+    neither a user-info nor a query (a text without a scheme has the scheme ``""``).
 
     The user-info ends at the *last* ``@`` before the query, so a password holding an
     unencoded ``@`` (which SQLAlchemy would split into a wrong host name) is still whole.
     """
     match = _SCHEME.match(url)
-    if not match:
+    if match:
+        scheme, body = match.groups()
+    elif "?" in url or "@" in url:  # no scheme, but what may hold a secret: split it too
+        scheme, body = "", url
+    else:
         return None
-    scheme, body = match.groups()
     before_query, _, query = body.partition("?")
     if before_query.startswith("/"):  # sqlite:///path: no authority (and '@' may be a path)
         return scheme, None, None, before_query, query
@@ -66,6 +91,16 @@ def _split_url(url: str) -> tuple[str, str | None, str | None, str, str] | None:
         return scheme, None, None, before_query, query
     user, colon, password = before_query[:at].partition(":")
     return scheme, user, password if colon else None, before_query[at + 1 :], query
+
+
+def is_secret_query_key(key: str) -> bool:
+    """Whether the value of query parameter ``key`` is hidden: unless it is known harmless.
+
+    Example:
+        >>> is_secret_query_key("sslmode"), is_secret_query_key("client_secret")
+        (False, True)
+    """
+    return unquote(key).strip().lower() not in HARMLESS_QUERY_KEYS
 
 
 def url_secrets(url: str) -> list[str]:
@@ -82,8 +117,10 @@ def url_secrets(url: str) -> list[str]:
             found += [head, unquote(head)]
             found += [tail, unquote(tail)]
     for pair in query.split("&"):
-        key, _, value = pair.partition("=")
-        if unquote(key).lower() in SECRET_QUERY_KEYS and value:
+        key, eq, value = pair.partition("=")
+        if not eq:  # a bare word: it may be a token itself
+            value = key
+        if is_secret_query_key(key) and value:
             found += [value, unquote(value)]
     return sorted({s for s in found if len(s) >= 2}, key=len, reverse=True)
 
@@ -103,7 +140,7 @@ def redact(url: str) -> str:
     if parts is None:
         return "<unparsable storage URL>" if url_secrets(url) or "@" in url else url
     scheme, user, password, rest, query = parts
-    shown = f"{scheme}://"
+    shown = f"{scheme}://" if scheme else ""
     if user is not None:
         shown += user + (":***" if password is not None else "") + "@"
     shown += rest
@@ -111,8 +148,11 @@ def redact(url: str) -> str:
         pairs = []
         for pair in query.split("&"):
             key, eq, value = pair.partition("=")
-            secret = unquote(key).lower() in SECRET_QUERY_KEYS
-            pairs.append(f"{key}{eq}***" if secret and value else pair)
+            secret = is_secret_query_key(key)
+            if not eq:  # a bare word: it may be a token itself
+                pairs.append("***" if secret and key else pair)
+            else:
+                pairs.append(f"{key}{eq}***" if secret and value else pair)
         shown += "?" + "&".join(pairs)
     return shown
 
@@ -161,6 +201,9 @@ def sqlite_problem(path: Path, require_optuna: bool = False) -> str | None:
     """
     if path.is_dir():
         return f"{path} is a folder, not an SQLite file; give a file, e.g. {path / 'study.db'}"
+    special = special_file_problem(path)
+    if special:
+        return special
     if not path.is_file():
         return f"no study database at {path}" if require_optuna else None
     if path.stat().st_size == 0:
@@ -195,6 +238,9 @@ def journal_problem(path: Path) -> str | None:
     """
     if path.is_dir():
         return f"{path} is a folder, not a journal file; give a file, e.g. {path / 'study.log'}"
+    special = special_file_problem(path)
+    if special:
+        return special
     if not path.is_file():
         return None
     try:
@@ -214,6 +260,28 @@ def journal_problem(path: Path) -> str | None:
         f"{path} is not an Optuna journal file (its first line is not a journal record); it "
         "was left unchanged: choose another file"
     )
+
+
+def special_file_problem(path: Path) -> str | None:
+    """Why ``path`` is neither a regular file, a folder nor missing (a FIFO, a device, a
+    socket), or ``None``: opening one as a storage would block or read another program's
+    stream, so it is refused without being opened."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return None  # missing (or a broken link): the storage is created, or says why not
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = (
+        "a named pipe (FIFO)"
+        if stat.S_ISFIFO(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "not a regular file"
+    )
+    return f"{path} is {kind}, not a storage file; it was not opened: give a regular file"
 
 
 def folder_problem(flag: str, folder: str | Path) -> str | None:
@@ -236,12 +304,15 @@ def storage_file(url: str | None) -> Path | None:
     if not url:
         return None
     if url.startswith(JOURNAL_PREFIX):
-        return Path(url[len(JOURNAL_PREFIX) :]) if url[len(JOURNAL_PREFIX) :] else None
+        journal = url[len(JOURNAL_PREFIX) :]
+        return Path(journal) if Path(journal).name and "\x00" not in journal else None
     parts = _split_url(url)
     if parts is None or not parts[0].lower().startswith("sqlite"):
         return None
     database = unquote(parts[3].removeprefix("/"))
     if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    if not Path(database).name or "\x00" in database:  # sqlite:////: the root folder
         return None
     return Path(database)
 
@@ -345,6 +416,62 @@ def _holds_no_study(path: Path) -> bool:
             return all(json.loads(line).get("op_code") != 0 for line in handle if line.strip())
     except (ValueError, OSError, AttributeError):
         return False
+
+
+# ------------------------------------------------------------------ the machine's limits
+
+#: Messages of allocator failures: CUDA's, and the CPU allocator's (which raises RuntimeError;
+#: "not enough memory" is its wording on Windows).
+OOM_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "not enough memory",
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocator failure, told without importing torch.
+
+    Python's ``MemoryError``, torch's ``OutOfMemoryError`` (by name), or a ``RuntimeError``
+    with one of :data:`OOM_MESSAGES` (the CPU allocator's).
+
+    Example:
+        >>> is_out_of_memory(MemoryError()), is_out_of_memory(RuntimeError("shape mismatch"))
+        (True, False)
+        >>> is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: ..."))
+        True
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    if any(kind.__name__ == "OutOfMemoryError" for kind in type(exc).__mro__):
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        return any(m in text for m in OOM_MESSAGES)
+    return False
+
+
+def out_of_memory_line(prog: str, exc: BaseException, argv: Iterable[str]) -> str:
+    """The one line that reports running out of memory (secrets of ``argv``'s URLs scrubbed)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = scrub(text if len(text) <= 160 else text[:157] + "...", urls_in(argv))
+    return (
+        f"{prog}: error: out of memory ({text}): this task does not fit in the memory "
+        "available; use a smaller --max-batch-size, --memory-budget or model, or a machine "
+        "with more memory (finished trials are kept; the same command continues)"
+    )
+
+
+def silence_stdout() -> None:
+    """Point standard output at the null device: after the reader of a pipe has gone (``|
+    head``), so that flushing at exit raises no second ``BrokenPipeError``."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured)
+        pass
 
 
 # ------------------------------------------------------------------ unexpected errors

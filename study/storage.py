@@ -46,6 +46,13 @@ SQLITE_LOCK_WAIT_S = 5
 #: URL prefix of journal files: ``journal:///relative/path.log`` or ``journal:////abs/path``.
 JOURNAL_PREFIX = "journal:///"
 
+#: Query parameters of an SQLite URL that its driver uses (others are refused: SQLAlchemy
+#: would ignore them with a warning).
+SQLITE_QUERY_KEYS = frozenset(
+    {"timeout", "isolation_level", "detect_types", "check_same_thread", "cached_statements"}
+    | {"uri", "mode", "cache", "vfs", "immutable", "nolock"}
+)
+
 DRIVER_HINTS = {
     "postgresql": "pip install 'psycopg[binary]' (or: pip install -e '.[postgres]')",
     "mysql": "pip install pymysql and use mysql+pymysql://",
@@ -98,8 +105,21 @@ def _prepare_sqlite(parsed: sqlalchemy.URL, url: str) -> None:
     database = parsed.database
     if not database or database == ":memory:":
         raise StorageError(
-            f"--storage {url}: an in-memory SQLite database cannot be resumed or shared; "
+            f"--storage {redact(url)}: an in-memory SQLite database cannot be resumed or shared; "
             "give a file, e.g. sqlite:///storage/x.db"
+        )
+    if "\x00" in database:
+        raise StorageError(f"--storage {redact(url)}: the path holds a NUL character; fix it")
+    if not Path(database).name or database.endswith("/"):
+        raise StorageError(
+            f"--storage {redact(url)} names a folder, not a file: give a file, e.g. "
+            "sqlite:///storage/x.db (relative) or sqlite:////abs/path/x.db (absolute)"
+        )
+    unknown = sorted(set(parsed.query) - SQLITE_QUERY_KEYS)
+    if unknown:
+        raise StorageError(
+            f"--storage {redact(url)}: SQLite takes no parameter {', '.join(unknown)}; "
+            "remove it from the URL"
         )
     if database.startswith("file:"):
         raise StorageError(
@@ -114,7 +134,7 @@ def _prepare_sqlite(parsed: sqlalchemy.URL, url: str) -> None:
     if path.exists():
         header = _check_sqlite_header(path, url)
         if not os.access(path, os.W_OK):
-            raise StorageError(f"--storage {url}: {path} is read-only; make it writable")
+            raise StorageError(f"--storage {redact(url)}: {path} is read-only; make it writable")
         if header:
             _check_sqlite_unlocked(path, url)
 
@@ -163,11 +183,11 @@ def _check_sqlite_unlocked(path: Path, url: str, wait_s: float = SQLITE_LOCK_WAI
         text = str(exc).lower()
         if "locked" in text or "busy" in text:
             raise StorageError(
-                f"--storage {url}: the database is locked by another program (waited "
+                f"--storage {redact(url)}: the database is locked by another program (waited "
                 f"{wait_s:g} s); close that program or wait for it, then run again"
             ) from None
         raise StorageError(
-            f"--storage {url}: the file is not a usable SQLite database ({exc}); "
+            f"--storage {redact(url)}: the file is not a usable SQLite database ({exc}); "
             "move it away or choose another path"
         ) from None
     finally:
@@ -230,7 +250,7 @@ def _make_parent(url: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(
-            f"--storage {url}: cannot create folder {path.parent} ({exc.strerror}); "
+            f"--storage {redact(url)}: cannot create folder {path.parent} ({exc.strerror}); "
             "choose a writable path"
         ) from None
 
@@ -239,15 +259,17 @@ def _open_journal(
     url: str, heartbeat: dict, read_only: bool = False
 ) -> HeartbeatJournalStorage | JournalStorage:
     path = Path(url[len(JOURNAL_PREFIX) :])
-    if not path.name:
-        raise StorageError(f"--storage {url}: give a file, e.g. journal:///storage/x.log")
+    if not path.name or url.endswith("/"):
+        raise StorageError(f"--storage {redact(url)}: give a file, e.g. journal:///storage/x.log")
+    if "\x00" in str(path):
+        raise StorageError(f"--storage {redact(url)}: the path holds a NUL character; fix it")
     problem = safety.journal_problem(path)
     if problem:
-        raise StorageError(f"--storage {url}: {problem}")
+        raise StorageError(f"--storage {redact(url)}: {problem}")
     if not read_only:  # a reader takes no lock and changes nothing
         _make_parent(url, path)
         if path.exists() and not os.access(path, os.W_OK):
-            raise StorageError(f"--storage {url}: {path} is read-only; make it writable")
+            raise StorageError(f"--storage {redact(url)}: {path} is read-only; make it writable")
         note = set_aside_torn_tail(path)
         if note:
             print(note, file=sys.stderr)
@@ -263,7 +285,7 @@ def _open_journal(
         return JournalStorage(backend)
     except Exception as exc:
         raise StorageError(
-            f"--storage {url}: cannot read the journal file ({type(exc).__name__}: {exc}); "
+            f"--storage {redact(url)}: cannot read the journal file ({type(exc).__name__}: {exc}); "
             "move it away or choose another path"
         ) from None
 
@@ -348,6 +370,11 @@ def _reason(exc: BaseException, password: str | None) -> str:
         return "the file is not a usable SQLite database (corrupt); move it away"
     if "password" in lowered or "authentication" in lowered:
         return "authentication failed; check the user and password"
+    if "invalid connection option" in lowered or "invalid dsn" in lowered:
+        return (
+            f"the database refused a URL parameter ({text}); remove the parameters it does "
+            "not know from the URL's query string"
+        )
     if "does not exist" in lowered:
         return f"{text.split('FATAL:')[-1].strip()}; create it first (e.g. createdb NAME)"
     if "connection" in lowered or "could not" in lowered or "refused" in lowered:

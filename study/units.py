@@ -27,6 +27,9 @@ _UNITS = {
     "tib": 1024**4,
     "tb": 1000**4,
 }
+#: The largest memory size accepted (1024 TiB): larger ones are typing mistakes, and sizes
+#: far beyond it no longer fit the 64-bit counters that hold them.
+MAX_BYTES = 1024**5
 _BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 
 
@@ -51,6 +54,8 @@ def parse_bytes(text: str | int) -> int:
     if isinstance(text, int):
         if text <= 0:
             raise ValueError(f"memory size {text} must be a positive number of bytes")
+        if text > MAX_BYTES:
+            raise ValueError(f"memory size {text} is too large: give at most 1024 TiB")
         return text
     match = _BYTES_RE.match(text)
     unit = match.group(2).lower() if match else ""
@@ -60,7 +65,10 @@ def parse_bytes(text: str | int) -> int:
             "unit, like 6GiB, 512MiB, 1.5GB or 1048576 (units: B, KiB, MiB, GiB, TiB, K, M, G, "
             "T, kB, MB, GB, TB)"
         )
-    value = round(float(match.group(1)) * _UNITS[unit])
+    number = float(match.group(1)) * _UNITS[unit]
+    if not number < MAX_BYTES:
+        raise ValueError(f"memory size {text!r} is too large: give at most 1024 TiB")
+    value = round(number)
     if value <= 0:
         raise ValueError(f"memory size {text!r} must be at least 1 byte")
     return value

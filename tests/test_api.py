@@ -102,3 +102,13 @@ def test_defaults_come_from_a_config_and_keyword_settings_override_it(tmp_path):
     result = run_study(config, task=line_task(), epochs=1)
     assert result.study.user_attrs["config"]["epochs"] == 1
     assert len(result.study.trials) <= 3
+
+
+def test_verbose_shows_progress_as_the_run_goes_and_keeps_the_log(tmp_path, capsys):
+    result = run_study(task=line_task(), verbose=True, **settings(tmp_path, trials=2))
+    shown = capsys.readouterr().out
+    assert "[1/2]" in shown and "[2/2]" in shown  # a line per finished trial
+    assert shown == result.log
+    (tmp_path / "quiet").mkdir()
+    quiet = run_study(task=line_task(), **settings(tmp_path / "quiet", trials=2))
+    assert capsys.readouterr().out == "" and "[2/2]" in quiet.log  # off outside a notebook

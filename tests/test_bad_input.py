@@ -17,6 +17,7 @@ Flags in ``argv`` may use ``{tmp}`` for the case's folder. Setups (``setup=``) a
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import signal
 import subprocess
@@ -127,12 +128,33 @@ SETUPS = {
     "plain_study": lambda d: _plain_study(d),
     "empty_db": lambda d: (d / "empty.db").write_bytes(b""),
     "journal_study": lambda d: shutil.copy(_study_template("study.log"), d / "study.log"),
+    "fifo": lambda d: os.mkfifo(d / "pipe.db"),
 }
 
 
-def case(entry, argv, message, *, code=2, setup=(), proc=False, xfail=None, cuda_free=False):
-    """One corpus line: ``entry`` is run, probe, report, dashboard, noise or cli."""
+def case(
+    entry,
+    argv,
+    message,
+    *,
+    code=2,
+    setup=(),
+    proc=False,
+    xfail=None,
+    cuda_free=False,
+    creates=(),
+    closed_stdout=False,
+):
+    """One corpus line: ``entry`` is run, probe, report, dashboard, noise or cli.
+
+    ``creates``: files (path prefixes) the case may leave, e.g. the study a run made before the
+    failure; everything else must stay unchanged. ``closed_stdout``: the subprocess writes into
+    a pipe whose reader has gone (``| head``); ``message=None``: stderr stays empty.
+    """
     setup = (setup,) if isinstance(setup, str) else tuple(setup)
+    setup += tuple(f"creates:{c}" for c in creates)
+    if closed_stdout:
+        setup += ("closed_stdout",)
     marks = []
     if xfail:
         marks.append(pytest.mark.xfail(reason=xfail, strict=True))
@@ -334,6 +356,166 @@ CASES = [
 ]
 # fmt: on
 
+DATA_TASKS = """
+import sys
+import torch
+from torch.utils.data import Dataset, TensorDataset
+from objectives.tasks import Task
+
+SAMPLES = 96
+
+def _data(n=64):
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(n, 4, generator=g), torch.arange(n) % 2)
+
+def _task(train, val=None):
+    return Task("t", lambda: torch.nn.Linear(4, 2), train, val or _data(), _data())
+
+def make():  # the data of the stored study: SAMPLES changes it
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(SAMPLES, 4, generator=g)
+    n = SAMPLES // 2
+    return _task(TensorDataset(x[:n], (x[:n, 0] > 0).long()), _data(SAMPLES // 4))
+
+def nan():
+    x = torch.randn(64, 4)
+    x[41, 2] = float("nan")
+    return _task(TensorDataset(x, torch.arange(64) % 2))
+
+def inf():
+    x = torch.randn(64, 4)
+    x[3] = float("-inf")
+    return _task(_data(), TensorDataset(x, torch.arange(64) % 2))
+
+class Records(Dataset):
+    def __len__(self):
+        return 200
+    def __getitem__(self, i):
+        if i == 150:
+            raise OSError(f"record {i} is damaged")
+        return torch.full((4,), float(i % 5)), torch.tensor(i % 2)
+
+def unreadable():
+    return _task(Records())
+
+class Hungry(torch.nn.Module):  # fits the checks' 8 items, not a trial's batches
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 2)
+    def forward(self, x):
+        if len(x) > 8:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                               "allocate 68719476736 bytes. Error code 12")
+        return self.linear(x)
+
+def hungry():
+    return Task("hungry", Hungry, _data(), _data(), _data())
+
+def exits():
+    sys.exit(3)
+
+def exits_quietly():
+    sys.exit(0)
+"""
+
+
+def _data_study(folder: Path) -> None:
+    """A finished one-trial study of ``data.py:make``, then ``data.py`` with fewer samples."""
+    shutil.copy(_data_study_template(), folder / "study.db")
+    (folder / "data.py").write_text(DATA_TASKS.replace("SAMPLES = 96", "SAMPLES = 80"))
+
+
+DATA_STUDY = ["--epochs", "1", "--max-batch-size", "16", "--model", "mlp", "--scaling", "none"]
+DATA_STUDY += ["--task", "data.py:make", "--storage", "sqlite:///study.db"]
+DATA_STUDY += ["--artifact-dir", "none", "--checkpoint-dir", "none"]
+
+
+def _data_study_template() -> Path:
+    if not _DATA_TEMPLATE:
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="bad-input-data-study-"))
+        (folder / "data.py").write_text(DATA_TASKS)
+        here = Path.cwd()
+        os.chdir(folder)
+        try:
+            assert commands.run([*DATA_STUDY, "--trials", "1"]) == 0
+        finally:
+            os.chdir(here)
+        _DATA_TEMPLATE.append(folder / "study.db")
+    return _DATA_TEMPLATE[0]
+
+
+_DATA_TEMPLATE: list[Path] = []
+SETUPS["data_tasks"] = lambda d: (d / "data.py").write_text(DATA_TASKS)
+SETUPS["data_study"] = _data_study
+SETUPS["exits_on_import"] = lambda d: (d / "exiting.py").write_text("import sys\nsys.exit(5)\n")
+
+# fmt: off
+#: Numbers a run cannot represent, secrets in any URL parameter, the data a study was made on,
+#: and the machine's own limits (memory, pipes, special files).
+CASES += [
+    # ---- numbers: finite, and within what the run can represent, before anything is stored
+    case("run", [*FAST, "--lr-search-width", "inf"], "--lr-search-width inf: use 1 (off) or more"),  # noqa: E501
+    case("run", [*FAST, "--lr-search-width", "nan"], "--lr-search-width nan: use 1 (off) or more"),  # noqa: E501
+    case("run", [*FAST, "--base-lr", "1e308"], "keep them within 1e-30 to 1e+30", proc=True),
+    case("run", [*FAST, "--base-lr", "1e-35"], "keep them within 1e-30 to 1e+30"),
+    case("run", [*FAST, "--base-lr", "1e20", "--lr-search-width", "1e12"], "keep them within"),  # noqa: E501
+    case("run", [*FAST, "--budget", "steps", "--steps", "1e24"], "invalid int value: '1e24'"),
+    case("run", [*FAST, "--budget", "steps", "--steps", str(10**24)], "is above 2147483647"),
+    case("run", [*FAST, "--epochs", str(2**31)], "--epochs 2147483648 is above 2147483647"),
+    case("run", [*FAST, "--trials", str(10**30)], "is above 2147483647"),
+    case("run", [*FAST, "--max-accumulation", str(2**40)], "is above 2147483647"),
+    case("run", [*FAST, "--hidden", str(10**12)], "--hidden 1000000000000 is above 2147483647"),  # noqa: E501
+    case("run", [*FAST, "--memory-budget", "1e400"], "is not understood"),
+    case("run", [*FAST, "--memory-budget", "9" * 30 + "TiB"], "too large"),
+    case("run", [*FAST, "--warmup-epochs", str(2**63)], "--warmup-epochs"),
+    case("run", [*FAST, "--heartbeat-interval", "-0"], "must be positive and below"),
+    # ---- secrets in any URL parameter, and a fix that names the real problem
+    case("run", [*FAST, "--storage", "postgresql://alice@127.0.0.1:9/db?auth_token=s3cretpw"], "auth_token=***", proc=True),  # noqa: E501
+    case("run", [*FAST, "--storage", "postgresql://alice@127.0.0.1:9/db?client_secret=s3cretpw"], "remove the parameters it does not know"),  # noqa: E501
+    case("run", [*FAST, "--storage", "postgresql://alice@127.0.0.1:9/db?api-key=s3cretpw&sslmode=disable"], "api-key=***&sslmode=disable"),  # noqa: E501
+    case("run", [*FAST, "--storage", "postgresql://alice:hunter@127.0.0.1:9/db?x-token=22ab"], "x-token=***"),  # noqa: E501
+    case("run", [*FAST, "--storage", "postgresql://alice@127.0.0.1:9/db?s3cretpw"], "db?***"),
+    case("run", [*FAST, "--storage", "sqlite:///s.db?auth_token=s3cretpw"], "SQLite takes no parameter auth_token"),  # noqa: E501
+    case("run", [*FAST, "--storage", "mysql://u@127.0.0.1:9/x?api-key=s3cretpw"], "driver is missing"),  # noqa: E501
+    case("report", ["--storage", "postgresql://alice@127.0.0.1:9/db?client_secret=s3cretpw"], "client_secret=***"),  # noqa: E501
+    case("dashboard", ["--storage", "postgresql://alice@127.0.0.1:9/db?auth_token=s3cretpw"], "auth_token=***"),  # noqa: E501
+    # ---- storage paths that are not a regular file or folder
+    case("run", [*FAST, "--storage", "sqlite:////"], "names a folder, not a file", proc=True),
+    case("run", [*FAST, "--storage", "sqlite:///pipe.db"], "is a named pipe (FIFO)", setup="fifo", proc=True),  # noqa: E501
+    case("run", [*FAST, "--storage", "journal:///pipe.db"], "is a named pipe (FIFO)", setup="fifo"),  # noqa: E501
+    case("run", [*FAST, "--storage", "sqlite:////dev/null"], "/dev/null is a device"),
+    case("run", [*FAST, "--storage", "journal:////dev/null"], "/dev/null is a device"),
+    case("report", ["--storage", "sqlite:///pipe.db"], "pipe.db", setup="fifo"),
+    # ---- the data is part of the study, and is checked before anything is stored
+    case("run", [*DATA_STUDY, "--trials", "2"], "was created on other data: train size 48 -> 40; val size 24 -> 20", setup="data_study", proc=True),  # noqa: E501
+    case("run", [*FAST, "--task", "data.py:nan"], "train item 41 has NaN in its inputs", setup="data_tasks"),  # noqa: E501
+    case("run", [*FAST, "--task", "data.py:inf"], "val item 3 has an infinite value in its inputs", setup="data_tasks"),  # noqa: E501
+    case("run", [*FAST, "--task", "data.py:unreadable"], "train item 150 could not be read: OSError: record 150 is damaged", setup="data_tasks"),  # noqa: E501
+    case("probe", ["--task", "data.py:nan"], "train item 41 has NaN", setup="data_tasks"),
+    case("noise", ["--task", "data.py:unreadable"], "train item 150 could not be read", setup="data_tasks"),  # noqa: E501
+    # ---- the machine's limits and a task's own exits: the user's problem, said so
+    case("run", [*FAST, "--task", "data.py:hungry", "--storage", "sqlite:///oom.db", "--checkpoint-dir", "none", "--artifact-dir", "none"], "out of memory (DefaultCPUAllocator: can't allocate memory", setup="data_tasks", creates=("oom.db",), proc=True),  # noqa: E501
+    case("run", [*FAST, "--task", "data.py:exits"], "the factory called sys.exit(3)", setup="data_tasks", proc=True),  # noqa: E501
+    case("run", [*FAST, "--task", "data.py:exits_quietly"], "the factory called sys.exit(0)", setup="data_tasks"),  # noqa: E501
+    case("run", [*FAST, "--task", "exiting.py:make"], "importing exiting.py called sys.exit(5)", setup="exits_on_import"),  # noqa: E501
+    case("probe", ["--task", "data.py:exits"], "the factory called sys.exit(3)", setup="data_tasks"),  # noqa: E501
+    case("report", ["--storage", "sqlite:///study.db", "--format", "text"], None, code=141, setup="study", proc=True, closed_stdout=True),  # noqa: E501
+    case("cli", ["--help"], None, code=141, proc=True, closed_stdout=True),
+    case("probe", ["--help"], None, code=141, proc=True, closed_stdout=True),
+    # ---- found by the fuzz stage (tests/test_fuzz.py)
+    case("report", ["--storage", "postgresql://alice:s3cretpw@127.0.0.1:abc/db"], "is the port a number?"),  # noqa: E501
+    case("report", ["--storage", "postgresql://alice@[::1]:9/db?auth_token=s3cretpw"], "auth_token=***"),  # noqa: E501
+    case("report", ["--storage", "127.0.0.1:9/db?a=b=s3cretpw"], "db?a=*** is not a database URL"),  # noqa: E501
+    case("run", [*FAST, "--storage", "//127.0.0.1:9/db?x-token=s3cretpw"], "x-token=***"),
+    case("run", [*FAST, "--storage", "journal:///dir/"], "give a file"),
+    case("run", [*FAST, "--storage", "journal:////"], "give a file"),
+    case("run", [*FAST, "--storage", "sqlite:///a%00b.db"], "holds a NUL character"),
+    case("run", [*FAST, "--storage", "sqlite:///d/"], "names a folder, not a file"),
+]
+# fmt: on
+
 IN_PROCESS = {
     "run": commands.run,
     "probe": commands.probe,
@@ -358,18 +540,45 @@ def snapshot(folder: Path) -> dict[str, str]:
         if "__pycache__" in path.parts:
             continue
         rel = str(path.relative_to(folder))
-        out[rel] = "folder" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        if path.is_dir():
+            out[rel] = "folder"
+        elif not path.is_file():  # a FIFO or a device: reading it would block
+            out[rel] = "special"
+        else:
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 
 
-def run_case(entry: str, argv: list[str], folder: Path, proc: bool, capsys) -> tuple:
-    """``(exit code, stdout, stderr)`` of one entry point with ``argv``, run in ``folder``."""
+def run_case(
+    entry: str, argv: list[str], folder: Path, proc: bool, capsys, closed_stdout: bool = False
+) -> tuple:
+    """``(exit code, stdout, stderr)`` of one entry point with ``argv``, run in ``folder``.
+
+    With ``closed_stdout`` (a subprocess), standard output is a pipe whose reader has gone.
+    """
     if proc:
         command = (
             [sys.executable, str(ROOT / "scripts" / SCRIPTS[entry])]
             if entry in SCRIPTS
             else [sys.executable, "-m", "study.commands"]
         )  # noqa: E501
+        if closed_stdout:
+            read_end, write_end = os.pipe()
+            os.close(read_end)
+            env = {**script_env(), "PYTHONUNBUFFERED": ""}  # buffered, as in a user's pipe
+            try:
+                done = subprocess.run(
+                    [*command, *argv],
+                    cwd=folder,
+                    env=env,
+                    stdout=write_end,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    timeout=60,
+                )
+            finally:
+                os.close(write_end)
+            return done.returncode, "", done.stderr
         done = subprocess.run(
             [*command, *argv],
             cwd=folder,
@@ -394,21 +603,32 @@ def run_case(entry: str, argv: list[str], folder: Path, proc: bool, capsys) -> t
 def test_bad_input_is_one_line_and_changes_nothing(
     entry, argv, code, message, setup, proc, tmp_path, monkeypatch, capsys
 ):
+    creates = [name.split(":", 1)[1] for name in setup if name.startswith("creates:")]
+    closed = "closed_stdout" in setup
     for name in setup:
-        SETUPS[name](tmp_path)
+        if name in SETUPS:
+            SETUPS[name](tmp_path)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     before = snapshot(tmp_path)
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
-    got, out, err = run_case(entry, argv, tmp_path, proc, capsys)
+    got, out, err = run_case(entry, argv, tmp_path, proc, capsys, closed)
     shown = out + err
     assert got == code, shown
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], err
-    assert "Traceback" not in shown and len(lines[0]) < 400, err
+    if message is None:
+        assert lines == [], err
+    else:
+        assert len(lines) == 1 and message in lines[0], err
+        assert len(lines[0]) < 400, err
+    assert "Traceback" not in shown and "internal error" not in shown, shown
     for secret in SECRETS:
         assert secret not in shown, shown
-    assert snapshot(tmp_path) == before
+    after = snapshot(tmp_path)
+    if entry in ("run", "cli") and any("study" in name for name in setup):
+        after.pop("study.db.claim-lock", None)  # a run may lock a study it resumes
+    after = {k: v for k, v in after.items() if not any(k.startswith(c) for c in creates)}
+    assert after == before
 
 
 def test_the_corpus_holds_a_subprocess_sample_of_every_entry_point():
@@ -496,3 +716,32 @@ def test_the_success_line_hides_the_password():
         shown = redact(url)
         assert not any(s in shown for s in SECRETS), shown
         assert shown.startswith(url.split("://")[0] + "://alice")
+
+
+def test_every_query_value_is_hidden_unless_known_harmless():
+    from study.storage import redact
+
+    for url, shown in (
+        ("postgresql://a@h/db?auth_token=s3cretpw", "postgresql://a@h/db?auth_token=***"),
+        ("postgresql://a@h/db?client_secret=s3cretpw", "postgresql://a@h/db?client_secret=***"),
+        ("postgresql://a@h/db?api-key=s3cretpw", "postgresql://a@h/db?api-key=***"),
+        ("postgresql://a@h/db?Some_New_Key=s3cretpw", "postgresql://a@h/db?Some_New_Key=***"),
+        ("postgresql://a@h/db?s3cretpw", "postgresql://a@h/db?***"),
+        (
+            "postgresql://a:hunter@h/db?sslmode=require&connect_timeout=5&password=22ab",
+            "postgresql://a:***@h/db?sslmode=require&connect_timeout=5&password=***",
+        ),
+        ("sqlite:///s.db?timeout=20", "sqlite:///s.db?timeout=20"),
+    ):
+        assert redact(url) == shown
+        assert safety.scrub(f"failed: {url}", [url]) == f"failed: {shown}"
+
+
+def test_an_unknown_url_parameter_is_not_blamed_on_the_host():
+    from study.storage import StorageError, open_storage
+
+    with pytest.raises(StorageError) as refused:
+        open_storage("postgresql://alice@127.0.0.1:9/db?client_secret=s3cretpw")
+    message = str(refused.value)
+    assert "host" not in message and "port" not in message and "s3cretpw" not in message
+    assert 'invalid connection option "client_secret"' in message

@@ -71,6 +71,7 @@ def test_scripts_are_thin_and_edit_no_import_path():
     assert {p.name for p in scripts} == {
         "run_study.py",
         "probe.py",
+        "plan.py",
         "report.py",
         "dashboard.py",
         "noise_scale.py",
@@ -92,7 +93,7 @@ def test_console_command_lists_its_commands_and_refuses_an_unknown_one_in_one_li
         timeout=60,
     )
     assert listed.returncode == 0
-    for name in ("run", "probe", "report", "dashboard", "noise-scale"):
+    for name in ("run", "probe", "plan", "report", "dashboard", "noise-scale"):
         assert f"  {name} " in listed.stdout
     wrong = subprocess.run(
         [sys.executable, "-m", "study.commands", "tune"],

@@ -13,6 +13,8 @@ from study.cells import CellKey, cell_stats, lr_bucket
 from study.decision import Plan
 from study.recommend import build_answer, paired_speedup, store_recommendation
 from study.record import MetricInfo, TrialRecord
+from study.report.answer import answer_rows
+from study.report.data import MetricText
 
 PICK_KEYS = {
     "batch_size",
@@ -151,6 +153,23 @@ def test_the_most_accurate_is_reported_from_its_confirmation_runs_only():
     assert (best["confirm_runs"], best["runs"], best["diverged"]) == (3, 4, 0)
     assert best["test_mean"] == pytest.approx(0.9) and best["test_ci"] is not None
     assert "across seeds on this validation set" in best["interval"]
+
+
+def test_a_cell_has_one_median_time_in_the_answer_and_in_its_table_row():
+    records = runs(16, "linear", [0.97], time=7.4) + runs(
+        16, "linear", [0.96, 0.955, 0.965], time=3.15, phase="confirm"
+    )
+    records += runs(16, "linear", [0.95], time=9.0) + runs(16, "linear", [0.95, 0.95], time=7.0)
+    answer = build_answer(plan(exploration=2), records, budget=EPOCHS)
+    (cell,) = cell_stats(records)
+    assert answer.most_accurate["train_time_s_median"] == cell.train_time_s_median == 7.0
+    timed = {**answer.most_accurate, "speed_source": "timing"}
+    trials = {**answer.most_accurate, "batch_size": 64, "speed_source": "trials"}
+    _, rows = answer_rows({"most_accurate": timed, "fastest_within": trials}, MetricText(MSE))
+    labels = {row[0]: row[1:] for row in rows}
+    assert "Median training time (a trial)" in labels  # a trial's time, of the cell's runs
+    throughput = "Throughput (samples/s, timed rounds side by side; * median of the trials)"
+    assert labels[throughput][0][-1] != "*" and labels[throughput][1].endswith("*")
 
 
 def test_a_winner_with_no_confirmation_runs_is_never_confirmed():

@@ -402,6 +402,11 @@ def test_attach_report_uploads_html_and_figures(tmp_path: Path) -> None:
     assert {k.split(":")[2] for k in chunks} == {"report-accuracy", "report-learning-rate"}
     save_dashboard_figures(study)  # again: replaces, does not add
     assert graph_chunks() == chunks
+    again = attach_report(study, artifacts)  # a resumed run publishes again: no copies
+    assert again == ids
+    listed = optuna.artifacts.get_all_artifact_meta(study)
+    assert sorted(m.artifact_id for m in listed) == sorted(ids)
+    assert len(list(artifacts.iterdir())) == len(ids)
 
 
 def test_study_package_does_not_import_torch() -> None:

@@ -14,6 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from study.report.data import study_recommendation
 from tests.conftest import ROOT, run_script, script_env
 
 FAST = ["--model", "mlp", "--hidden", "32", "--epochs", "2", "--max-batch-size", "64"]
@@ -184,6 +185,12 @@ def test_resume_continues_to_the_total_without_redoing_finished_trials(tmp_path)
     assert len(trials) == 4
     for t in trials[:2]:
         assert (t.params, t.user_attrs, t.datetime_complete) == first[t.number]
+    study = load(url)
+    assert study.user_attrs["config"]["trials"] == 4  # the budget raised on the resume
+    stale = {**study.user_attrs["recommendation"], "budget": {"trials": 2, "finished": 2}}
+    study.set_user_attr("recommendation", stale)  # as an answer stored by an earlier run
+    budget = study_recommendation(load(url))["budget"]
+    assert (budget["trials"], budget["finished"]) == (4, 4)  # the report's budget is current
 
 
 def _start(url: str, trials: int, *extra: str) -> subprocess.Popen:

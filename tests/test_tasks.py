@@ -192,3 +192,20 @@ def test_a_task_is_run_once_before_use_and_leaves_the_random_state_alone():
         check_task_runs(
             Task("high", lambda: torch.nn.Linear(4, 2), good, high, good, num_classes=2), "high"
         )
+
+
+def test_a_file_task_imports_the_module_beside_it(tmp_path):
+    (tmp_path / "helper_for_task.py").write_text(
+        "import torch\nfrom torch.utils.data import TensorDataset\n"
+        "def data(n):\n    g = torch.Generator().manual_seed(n)\n"
+        "    return TensorDataset(torch.randn(n, 4, generator=g), torch.arange(n) % 2)\n"
+    )
+    (tmp_path / "my_task.py").write_text(
+        "import torch\nfrom helper_for_task import data\nfrom objectives import Task\n"
+        "class Tiny(torch.nn.Linear):\n    pass\n"
+        "def make():\n    return Task('t', lambda: Tiny(4, 2), data(32), data(8), data(8))\n"
+    )
+    before = list(sys.path)
+    task = load_task(f"{tmp_path / 'my_task.py'}:make")
+    assert task.info["model"] == "Tiny" and sys.path == before  # only while it loads
+    sys.modules.pop("helper_for_task", None)

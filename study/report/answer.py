@@ -103,8 +103,24 @@ def cell_words(cell: dict[str, Any], metric: MetricText, *, bold: str = "") -> s
     )
     time = number_or_none(cell.get("train_time_s_median"))
     if time is not None:
-        text += f", median {time:.3g} s training"
+        text += f", median {time:.3g} s training a trial"
     return text
+
+
+def _speed_source(cells: list[dict[str, Any]]) -> str:
+    """What the throughput row holds: the answer's timed rounds, the trials' medians, or both
+    (the trials' then marked ``*``)."""
+    sources = {c.get("speed_source") for c in cells}
+    if sources == {"timing"}:
+        return "timed rounds side by side"
+    if "timing" not in sources:
+        return "median of the trials"
+    return "timed rounds side by side; * median of the trials"
+
+
+def _speed_mark(cell: dict[str, Any], cells: list[dict[str, Any]]) -> str:
+    mixed = {c.get("speed_source") for c in cells} > {"timing"}
+    return "*" if mixed and cell.get("speed_source") != "timing" else ""
 
 
 def trade_off_words(rec: dict[str, Any] | None, metric: MetricText) -> str | None:
@@ -230,8 +246,10 @@ def answer_rows(
         ["Runs"] + [str(int_or_none(c.get("runs")) or 0) for c in cells],
         [f"Mean {metric.test} (never used to choose)"]
         + [metric.value(number_or_none(c.get("test_mean"))) for c in cells],
-        ["Median training time"] + [num(c.get("train_time_s_median"), ".3g", " s") for c in cells],
-        [f"Throughput ({metric.rate})"] + [num(c.get("samples_per_s"), ",.0f") for c in cells],
+        ["Median training time (a trial)"]
+        + [num(c.get("train_time_s_median"), ".3g", " s") for c in cells],
+        [f"Throughput ({metric.rate}, {_speed_source(cells)})"]
+        + [num(c.get("samples_per_s"), ",.0f") + _speed_mark(c, cells) for c in cells],
         ["Peak memory"] + [memory(c.get("peak_memory_bytes")) for c in cells],
         ["Speedup (vs most accurate)"] + [num(c.get("speedup"), ".1f", "x") for c in cells],
     ]

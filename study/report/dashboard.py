@@ -20,16 +20,18 @@ Example (not run as a doctest: it needs a study, files or a server)::
 from __future__ import annotations
 
 import tempfile
+import uuid
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
 import plotly.graph_objects as go
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage
 from optuna_dashboard import save_plotly_graph_object, wsgi
 
+from study.compat import put_study_artifact, study_id_of
 from study.report.html import Report, build_report, file_stem, render_html_report
 
 DEFAULT_ARTIFACT_DIR = "storage/artifacts"
@@ -69,7 +71,8 @@ def attach_report(
     """Upload the study's HTML report and its figures as study artifacts.
 
     Files: ``<study>-report.html`` (self-contained) and ``<study>-<figure>.json`` per figure
-    (Plotly JSON). Each call uploads a fresh set; earlier ones stay listed in the dashboard.
+    (Plotly JSON). Each file has a fixed id per study and file name, so a later call (a
+    resumed run) replaces the files and their listings instead of adding copies.
 
     Args:
         study: The study (its storage must be writable).
@@ -95,12 +98,15 @@ def attach_report(
             path.write_text(fig.figure.to_json(), encoding="utf-8")
             files.append(path)
         for path in files:
-            ids.append(
-                upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
-            )
+            ids.append(put_study_artifact(study, store, str(path), artifact_id(study, path.name)))
     if dashboard_figures:
         save_dashboard_figures(study, report)
     return ids
+
+
+def artifact_id(study: optuna.Study, filename: str) -> str:
+    """The fixed artifact id of ``filename`` in ``study``: the same on every run."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"batchsize-study/{study_id_of(study)}/{filename}"))
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):

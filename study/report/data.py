@@ -32,6 +32,7 @@ from study.record import (
     read_record,
     study_metric,
 )
+from study.schedule import LRSchedule
 from study.units import format_percent
 
 #: Order in which scaling rules are listed; other names follow alphabetically.
@@ -520,6 +521,19 @@ class ReportData:
         """The study searched a multiplier on the rule's learning rate."""
         return self.lr_search_width > 1 or any(t.lr_multiplier for t in self.trials)
 
+    def schedule_words(self) -> str | None:
+        """The learning-rate schedule in words (config ``lr_schedule``, ``final_lr_fraction``,
+        ``warmup_steps``); ``None`` for a constant rate without a warm-up in updates."""
+        kind = self.config.get("lr_schedule") or "constant"
+        warmup = int_or_none(self.config.get("warmup_steps")) or 0
+        if kind == "constant" and not warmup:
+            return None
+        fraction = self.config.get("final_lr_fraction") or 0.0
+        try:
+            return LRSchedule(str(kind), float(fraction), warmup).describe()
+        except (TypeError, ValueError):
+            return f"{kind} (stored as {kind!r}, final fraction {fraction!r})"
+
     def warmup_advice(self) -> str | None:
         """A sentence suggesting warm-up where linear scaling diverged at the largest batches."""
         sizes = sorted(
@@ -843,12 +857,14 @@ def shape_words(study: optuna.Study) -> str:
 def study_recommendation(study: optuna.Study) -> dict[str, Any] | None:
     """The study's answer: the stored ``recommendation`` attribute, else computed now by
     :func:`study.recommend.recommend` (a study from an older version stores none); ``None``
-    when neither is available. Never writes to the study."""
+    when neither is available. Its ``budget`` is the study's now (the trial budget of the
+    latest run, the trials finished so far), not the one stored with the answer. Never
+    writes to the study."""
+    from study.recommend import recommend, study_budget
+
     stored = study.user_attrs.get("recommendation")
     if isinstance(stored, dict):
-        return stored
-    from study.recommend import recommend
-
+        return {**stored, "budget": study_budget(study)}
     return recommend(study).to_dict()
 
 

@@ -179,6 +179,11 @@ def _sqlite_file(url: str) -> Path | None:
             f"--storage {redact(url)} is not a database URL: use e.g. "
             "sqlite:///storage/batch-size.db or postgresql://user@host/db"
         ) from None
+    except ValueError:  # e.g. a port that is not a number
+        raise ReportError(
+            f"--storage {redact(url)} is not a valid database URL (is the port a number?): "
+            "use e.g. postgresql://user@host:5432/db"
+        ) from None
     if parsed.get_backend_name() != "sqlite":
         return None
     database = parsed.database
@@ -322,13 +327,18 @@ def _setup_table(data: ReportData) -> Table:
         hidden = c.get("hidden")
         rows.append(["Model", str(c["model"]) + (f" (hidden {hidden})" if hidden else "")])
     if c.get("optimizer") is not None:
+        decay = c.get("weight_decay")
+        decay_text = f", weight decay {decay:g}" if isinstance(decay, int | float) else ""
         rows.append(
             [
                 "Optimizer",
-                f"{c['optimizer']}, base lr {c.get('base_lr')} at batch "
+                f"{c['optimizer']}{decay_text}, base lr {c.get('base_lr')} at batch "
                 f"{c.get('base_batch_size')}, scaling {c.get('scaling')}",
             ]
         )
+    schedule = data.schedule_words()
+    if schedule is not None:
+        rows.append(["LR schedule", schedule])
     if data.warmup_epochs:
         rows.append(["Warm-up", f"{data.warmup_epochs} epoch(s) of learning-rate warm-up"])
     if data.lr_search_width > 1:
