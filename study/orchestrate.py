@@ -37,7 +37,13 @@ from study.outputs import OutputError
 from study.recommend import store_recommendation
 from study.record import MetricInfo, study_metric
 from study.report.summary import budget_text, summary, trial_line
-from study.runner import create_or_resume, finished_count, run_trials, trial_sampler
+from study.runner import (
+    create_or_resume,
+    finished_count,
+    record_trials,
+    run_trials,
+    trial_sampler,
+)
 from study.scaling import resolve_rule
 from study.space import BatchSpace, SpaceError, build_space
 from study.storage import JOURNAL_PREFIX, StorageError, open_storage, redact
@@ -182,6 +188,8 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
     done = finished_count(study)
     if not created and done < config.trials:  # changed data is refused before any trial
         built.append(resumed_task(config, backend, study))
+    if not created:
+        record_trials(study, config.trials)
     if done < config.trials and (config.workers > 1 or config.gpus):
         built.clear()  # the workers load the task themselves
         _run_workers(config, study, lock, out)

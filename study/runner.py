@@ -170,13 +170,6 @@ def _create_or_resume(
             )
         space = BatchSpace.from_dict(stored["space"])
         metric = MetricInfo.from_dict(stored.get("metric"))
-        stored_config = stored.get("config")
-        if isinstance(stored_config, dict) and stored_config.get("trials") != config.trials:
-            study_id = storage.get_study_id_from_name(config.study_name)
-            # The trial budget may change on a resume: the stored one is the latest run's.
-            storage.set_study_user_attr(
-                study_id, "config", {**stored_config, "trials": config.trials}
-            )
     else:
         space, extra_attrs = make_space()
         metric = MetricInfo.from_dict(extra_attrs.get("metric"))
@@ -197,6 +190,15 @@ def _create_or_resume(
         study.set_user_attr("config", config.to_dict())
         study.set_user_attr("space", space.to_dict())  # written last: marks a complete setup
     return study, space, created
+
+
+def record_trials(study: optuna.Study, trials: int) -> None:
+    """Store ``trials`` as the study's budget (``config["trials"]``): the budget may change on
+    a resume, and the stored one is the latest run's. Called once the resume is accepted
+    (its data checked), so that a refused resume changes nothing."""
+    stored = study.user_attrs.get("config")
+    if isinstance(stored, dict) and stored.get("trials") != trials:
+        study.set_user_attr("config", {**stored, "trials": trials})
 
 
 def finished_count(study: optuna.Study) -> int:
