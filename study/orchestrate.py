@@ -214,7 +214,7 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
     # A rerun of a finished study changes nothing, unless the steps after the trials (the
     # answer's timing, the answer, the note and report) were cut short: then it redoes them.
     if created or done < config.trials or answer_due(study):
-        if not created and done >= config.trials:
+        if not created and finished_count(study) == done and answer_due(study):
             print("the study's answer is missing or out of date: computing it now", file=out)
         _answer(study, config, backend, built[0] if built else None, device, space, out)
         _publish(study, config, out)

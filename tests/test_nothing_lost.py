@@ -439,3 +439,42 @@ def test_a_checkpoint_never_replaces_a_storage_file(tmp_path):
     store.save(1, "run", model, None, TrainResult(epochs=[]), 8)  # a checkpoint may be replaced
     store.save(1, "run", model, None, TrainResult(epochs=[]), 8)
     assert store.load(1, "run", "cpu").micro_batch_size == 8
+
+
+def test_ctrl_c_while_the_answer_is_timed_then_the_same_command_stores_the_answer(tmp_path):
+    import signal
+    import sys
+
+    from tests.conftest import ROOT, script_env
+
+    # two cells decided fast: batch 32 leads, 64 is shown within a wide tolerance, so the
+    # answer times 32 and 64 side by side after the trials
+    argv = ["--trials", "12", "--epochs", "2", "--model", "mlp", "--hidden", "16"]
+    argv += ["--scaling", "none", "--base-lr", "0.01", "--min-batch-size", "16"]
+    argv += ["--max-batch-size", "64", "--confirm-runs", "2", "--tolerance", "0.5"]
+    argv += ["--storage", "sqlite:///s.db", "--artifact-dir", "none", "--checkpoint-dir", "none"]
+    command = [sys.executable, str(ROOT / "scripts" / "run_study.py"), *argv]
+    run = subprocess.Popen(
+        command, cwd=tmp_path, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    timing = False
+    for line in run.stdout:
+        if b"timing the answer's candidate batch sizes" in line:
+            run.send_signal(signal.SIGINT)
+            timing = True
+            break
+    run.communicate(timeout=120)
+    assert timing and run.returncode == 130
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.load_study(study_name="batch-size", storage=url)
+    assert "recommendation" not in study.user_attrs
+    trials = len(study.trials)
+    done = run_script("run_study.py", *argv, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "answer is missing or out of date: computing it now" in done.stdout
+    assert "timing the answer's candidate batch sizes [32, 64]" in done.stdout
+    study = optuna.load_study(study_name="batch-size", storage=url)
+    answer = study.user_attrs["recommendation"]
+    assert answer["decided"] and answer["fastest_within"]["batch_size"] == 64
+    assert answer["fastest_within"]["speedup"] is not None and "speed" in study.user_attrs
+    assert len(study.trials) == trials  # no new trial
