@@ -352,7 +352,14 @@ def _publish(study: optuna.Study, config: StudyConfig, out: TextIO) -> None:
             )
         study.set_user_attr("published", finished_count(study))
     except Exception as exc:  # the trials are stored; a report failure must not hide that
-        print(f"warning: writing the note or the report failed ({exc})", file=sys.stderr)
+        if is_disk_full(exc):
+            where = getattr(exc, "filename", None) or safety.storage_file(config.storage)
+            exc = disk_full(where, "the note or the report") if where else exc
+        print(
+            f"warning: writing the note or the report failed ({exc}); the same command writes "
+            "them once that is fixed",
+            file=sys.stderr,
+        )
 
 
 def _decision_done(study: optuna.Study, config: StudyConfig) -> bool:
