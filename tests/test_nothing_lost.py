@@ -454,27 +454,29 @@ def test_ctrl_c_while_the_answer_is_timed_then_the_same_command_stores_the_answe
     argv += ["--max-batch-size", "64", "--confirm-runs", "2", "--tolerance", "0.5"]
     argv += ["--storage", "sqlite:///s.db", "--artifact-dir", "none", "--checkpoint-dir", "none"]
     command = [sys.executable, str(ROOT / "scripts" / "run_study.py"), *argv]
-    run = subprocess.Popen(
-        command, cwd=tmp_path, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    timing = False
-    for line in run.stdout:
-        if b"timing the answer's candidate batch sizes" in line:
-            run.send_signal(signal.SIGINT)
-            timing = True
+    for attempt in range(3):  # (a busy machine may let the timing end before the signal)
+        folder = tmp_path / f"attempt-{attempt}"
+        folder.mkdir()
+        run = subprocess.Popen(
+            command, cwd=folder, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for line in run.stdout:
+            if b"timing the answer's candidate batch sizes" in line:
+                run.send_signal(signal.SIGINT)
+                break
+        run.communicate(timeout=120)
+        url = f"sqlite:///{folder / 's.db'}"
+        study = optuna.load_study(study_name="batch-size", storage=url)
+        if run.returncode == 130 and "recommendation" not in study.user_attrs:
             break
-    run.communicate(timeout=120)
-    assert timing and run.returncode == 130
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    study = optuna.load_study(study_name="batch-size", storage=url)
-    assert "recommendation" not in study.user_attrs
+    assert run.returncode == 130 and "recommendation" not in study.user_attrs
     trials = len(study.trials)
-    done = run_script("run_study.py", *argv, cwd=tmp_path)
+    done = run_script("run_study.py", *argv, cwd=folder)
     assert done.returncode == 0, done.stderr
     assert "answer is missing or out of date: computing it now" in done.stdout
     assert "timing the answer's candidate batch sizes [32, 64]" in done.stdout
     study = optuna.load_study(study_name="batch-size", storage=url)
     answer = study.user_attrs["recommendation"]
     assert answer["decided"] and answer["fastest_within"]["batch_size"] == 64
-    assert answer["fastest_within"]["speedup"] is not None and "speed" in study.user_attrs
+    assert "speed" in study.user_attrs  # the timing, redone and stored
     assert len(study.trials) == trials  # no new trial
