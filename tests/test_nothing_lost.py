@@ -464,19 +464,19 @@ def test_ctrl_c_while_the_answer_is_timed_then_the_same_command_stores_the_answe
             if b"timing the answer's candidate batch sizes" in line:
                 run.send_signal(signal.SIGINT)
                 break
-        run.communicate(timeout=120)
+        _, err = run.communicate(timeout=120)
         url = f"sqlite:///{folder / 's.db'}"
         study = optuna.load_study(study_name="batch-size", storage=url)
         if run.returncode == 130 and "recommendation" not in study.user_attrs:
             break
-    assert run.returncode == 130 and "recommendation" not in study.user_attrs
+    assert run.returncode == 130 and "recommendation" not in study.user_attrs, err
     trials = len(study.trials)
     done = run_script("run_study.py", *argv, cwd=folder)
     assert done.returncode == 0, done.stderr
-    assert "answer is missing or out of date: computing it now" in done.stdout
-    assert "timing the answer's candidate batch sizes [32, 64]" in done.stdout
+    assert "answer is missing or out of date: computing it now" in done.stdout, done.stdout
+    assert "timing the answer's candidate batch sizes [32, 64]" in done.stdout, done.stdout
     study = optuna.load_study(study_name="batch-size", storage=url)
     answer = study.user_attrs["recommendation"]
-    assert answer["decided"] and answer["fastest_within"]["batch_size"] == 64
-    assert "speed" in study.user_attrs  # the timing, redone and stored
+    assert answer["decided"] and answer["fastest_within"]["batch_size"] == 64, answer
+    assert "speed" in study.user_attrs, done.stderr  # the timing, redone and stored
     assert len(study.trials) == trials  # no new trial
