@@ -352,6 +352,12 @@ def main() -> None:
     p.add_argument(
         "--studies", type=int, default=1, help="studies to judge (seeds 0, 1, ...; default 1)"
     )
+    p.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="the first study's seed (spread --studies over processes: 0, 7, 14, ...)",
+    )
     p.add_argument("--tolerance", type=float, default=StudyConfig.tolerance)
     p.add_argument("--confidence", type=float, default=StudyConfig.confidence)
     p.add_argument(
@@ -359,25 +365,33 @@ def main() -> None:
     )
     p.add_argument("--quick", action="store_true", help="tiny study and grid: checks it runs")
     p.add_argument("--save-grid", help="write the grid's runs to this JSON file")
-    p.add_argument("--grid-json", help="read the grid from this JSON file instead of training")
+    p.add_argument(
+        "--grid-json",
+        help="read the grid from this JSON file instead of training; waits for it to appear, so "
+        "another process may still be training it with --save-grid",
+    )
     args = p.parse_args()
-    if args.studies < 1 or args.seeds < 2:
-        p.error("--studies must be at least 1 and --seeds at least 2 (a grid cell needs an SD)")
+    if args.studies < 1 or args.seeds < 2 or args.first_seed < 0:
+        p.error(
+            "--studies must be at least 1, --seeds at least 2 (a grid cell needs an SD) and "
+            "--first-seed at least 0"
+        )
     if args.quick:
         args.trials, args.epochs, args.seeds = 12, 2, 2
     torch.set_num_threads(max(1, torch.get_num_threads()))
     folder = Path(tempfile.mkdtemp(prefix="bench-answer-"))
+    seeds = range(args.first_seed, args.first_seed + args.studies)
     print(
         f"study: --task {args.task} --model {args.model} --trials {args.trials} --epochs "
-        f"{args.epochs} (defaults otherwise), {args.studies} studies (seeds 0-{args.studies - 1})"
+        f"{args.epochs} (defaults otherwise), {args.studies} studies (seeds {seeds[0]}-{seeds[-1]})"
     )
     task = build_task(StudyConfig(task=args.task, model=args.model, epochs=args.epochs))
     runs: list[StudyRun] = []
-    for seed in range(args.studies):
+    for seed in seeds:
         run, study = run_one(args, seed, folder, task)
         runs.append(run)
         print(f"  seed {seed}: {run.cpu_s:.0f} s CPU", flush=True)
-        if seed == 0:
+        if seed == seeds[0]:
             first = study
     metric = study_metric(first)
     sign = metric.sign
@@ -386,7 +400,7 @@ def main() -> None:
     space = first.user_attrs["space"]
     grid_started = time.process_time()
     if args.grid_json:
-        saved = json.loads(Path(args.grid_json).read_text())
+        saved = _wait_for_grid(Path(args.grid_json))
         cells = {(c["batch_size"], c["rule"]): Cell(**c) for c in saved["cells"]}
         grid_cpu = float(saved["cpu_s"])
         # the saved grid's seeds, for the figures below (older files: count a cell's runs)
@@ -401,7 +415,8 @@ def main() -> None:
         f"{args.seeds} seeds, {args.epochs} epochs, unpruned, plain loop; {source}"
     )
     if args.save_grid:
-        Path(args.save_grid).write_text(
+        partial = Path(args.save_grid + ".part")
+        partial.write_text(
             json.dumps(
                 {
                     "cpu_s": grid_cpu,
@@ -413,6 +428,7 @@ def main() -> None:
                 }
             )
         )
+        partial.replace(args.save_grid)
     grid_runs = sum(len(c.values) for c in cells.values())
     grid_sample_epochs = grid_runs * args.epochs * train_size
     grid_seconds = sum(sum(c.seconds) for c in cells.values())
@@ -468,6 +484,16 @@ def main() -> None:
         f"{statistics.median(shares):.0%}, goal <= 35%); decided "
         f"{sum(v['decided'] for v in verdicts)}/{n}"
     )
+
+
+def _wait_for_grid(path: Path) -> dict:
+    """The saved grid at ``path``, once it is there (``--save-grid`` writes it whole, by a
+    rename, so a file that exists is complete)."""
+    if not path.exists():
+        print(f"waiting for the grid {path} (another process is training it)", flush=True)
+    while not path.exists():
+        time.sleep(10)
+    return json.loads(path.read_text())
 
 
 def _q(values: list[float], q: float) -> float:

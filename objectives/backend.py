@@ -231,7 +231,7 @@ class TorchBackend:
 
         if not batch_sizes:
             return {}
-        data = as_tensors(task.train)
+        data = as_tensors(task.train, split="train")
         micro = {b: space.split(b)[0] for b in batch_sizes}
         make_batch, units = None, 1.0
         if data is None:  # streamed: the rates come out in the task's unit already

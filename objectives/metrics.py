@@ -120,6 +120,27 @@ def is_accumulating(fn: object) -> bool:
     return all(callable(getattr(fn, name, None)) for name in ("update", "compute", "reset"))
 
 
+def as_metric(metric: Any) -> Any:
+    """``metric`` as a :class:`Metric`: a ``torchmetrics`` object handed in bare is named by
+    its class in snake case (``MulticlassF1Score`` -> ``multiclass_f1_score``) and directed by
+    its ``higher_is_better``; anything else is returned as it is (and checked later).
+
+    Example:
+        >>> class MeanError:  # the update/compute/reset protocol
+        ...     higher_is_better = False
+        ...     def update(self, outputs, targets): ...
+        ...     def compute(self): ...
+        ...     def reset(self): ...
+        >>> as_metric(MeanError()).name, as_metric(MeanError()).direction
+        ('mean_error', 'minimize')
+    """
+    if isinstance(metric, Metric) or not is_accumulating(metric):
+        return metric
+    name = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", type(metric).__name__).lower()
+    higher = getattr(metric, "higher_is_better", True)
+    return Metric(name, "maximize" if higher is not False else "minimize", metric)
+
+
 def logits_of(outputs: Any) -> Any:
     """The class scores in a model's outputs: the tensor itself, ``outputs["logits"]`` of a
     dict, or ``outputs.logits`` of an object (a Hugging Face ``ModelOutput``); other outputs

@@ -98,9 +98,9 @@ def chance_level(task: Task, metric_name: str) -> float | None:
     metrics: ``None`` (only the loss-above-its-start rule of the collapse check applies).
     """
     if metric_name == "accuracy" and task.classification:  # labels, or tokens' targets
-        return chance_accuracy(split_labels(task.val, limit=None).tolist())
+        return chance_accuracy(split_labels(task.val, limit=None, split="val").tolist())
     if metric_name == "mse":
-        data = as_tensors(task.val)
+        data = as_tensors(task.val, split="val")
         if data is not None and data.y.is_floating_point() and data.y.numel() > 1:
             return float(data.y.float().var(unbiased=False))
     return None

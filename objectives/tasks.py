@@ -47,6 +47,7 @@ from objectives.metrics import (
     IGNORE_INDEX,
     Metric,
     SplitMetric,
+    as_metric,
     cross_entropy,
     is_accumulating,
     logits_of,
@@ -90,7 +91,9 @@ class Task:
             them and divides by the update group's size). Default: cross-entropy over class
             scores in the last dimension (:func:`objectives.metrics.cross_entropy`).
         metric: The :class:`~objectives.metrics.Metric` the study selects on (its mean over
-            the validation split). Default: :data:`~objectives.metrics.ACCURACY`.
+            the validation split, or its value of the whole split), or a bare
+            ``torchmetrics`` object (named by its class, directed by its
+            ``higher_is_better``). Default: :data:`~objectives.metrics.ACCURACY`.
         collate: ``collate(list_of_items) -> (inputs, targets)``, for items that need it
             (padding to a common length). Default: items stacked (``default_collate``); plain
             ``(tensor, tensor)`` data is then held as tensors and sliced (the fast path).
@@ -131,6 +134,7 @@ class Task:
             self.loss = cross_entropy
         if self.metric is None:
             self.metric = ACCURACY
+        self.metric = as_metric(self.metric)  # a bare torchmetrics object, named and directed
 
     @property
     def classification(self) -> bool:

@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import itertools
 import math
@@ -298,17 +299,27 @@ class Update:
 def takes_update(before_update: Callable[..., object]) -> bool:
     """Whether a hook's ``before_update`` accepts a third argument, the :class:`Update`.
 
+    Asked before every update, so the answer is cached per hook (when it is hashable).
+
     Example:
         >>> takes_update(lambda model, opt: None), takes_update(lambda model, opt, u: None)
         (False, True)
     """
     try:
+        return _takes_update_cached(before_update)
+    except TypeError:  # an unhashable callable object: asked each time
+        return _takes_update(before_update)
+
+
+def _takes_update(before_update: Callable[..., object]) -> bool:
+    try:
         inspect.signature(before_update).bind(None, None, None)
-    except TypeError:
-        return False
-    except ValueError:  # no signature (a builtin): called the plain way
+    except (TypeError, ValueError):  # ValueError: no signature (a builtin), the plain call
         return False
     return True
+
+
+_takes_update_cached = functools.lru_cache(maxsize=256)(_takes_update)
 
 
 @dataclass

@@ -112,6 +112,32 @@ def run_study(
     )
 
 
+def plan_study(config: StudyConfig | None = None, *, task: Any = None, **settings: Any) -> Any:
+    """What :func:`run_study` with these settings would cost, before it runs: the same as
+    ``batchsize-study plan``. Nothing is trained or stored.
+
+    Returns:
+        A :class:`study.plan.Plan`: ``text()`` as the command prints it, ``to_dict()``, and
+        ``cost`` (expected trainings and seconds).
+
+    Raises:
+        ConfigError: a bad setting. TaskError: the task breaks the contract.
+    """
+    from objectives.backend import TorchBackend
+    from objectives.tasks import Task, TaskError, validate_task
+    from study.plan import make_plan
+
+    config = dataclasses.replace(config or StudyConfig(), **settings)
+    backend = TorchBackend()
+    if task is not None:
+        if not isinstance(task, Task):
+            raise TaskError(f"task= must be an objectives.Task, not {type(task).__name__}")
+        task = validate_task(task, task.name)
+        config = dataclasses.replace(config, task=PYTHON_TASK_PREFIX + task.name)
+        backend = TorchBackend(task)
+    return make_plan(config.validate(), backend)
+
+
 class Tee(io.TextIOBase):
     """A text stream that writes to several: the kept log and the screen.
 

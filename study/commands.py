@@ -38,7 +38,7 @@ from study.cli import (
     port_number,
     seed_value,
 )
-from study.config import OPTIMIZERS, PRECISIONS, ConfigError, StudyConfig
+from study.config import MAX_COUNT, OPTIMIZERS, PRECISIONS, ConfigError, StudyConfig
 from study.disk import DiskFullError, disk_full, is_disk_full
 
 #: Exit code of a user's mistake (a bad flag, storage, study or task).
@@ -105,6 +105,12 @@ def guarded(command: Callable[..., int]) -> Callable[..., int]:
             return safety.internal_error(prog, exc, args)
 
     return wrapper
+
+
+def _check_count(flag: str, value: int | None, prog: str) -> None:
+    """A count flag is at most :data:`study.config.MAX_COUNT` (what loops and tensors hold)."""
+    if value is not None and value > MAX_COUNT:
+        _usage_error(prog, f"{flag} {value} is above {MAX_COUNT}, the largest count a run holds")
 
 
 def _flushed() -> bool:
@@ -315,6 +321,12 @@ def _check_probe_flags(args: argparse.Namespace, prog: str) -> None:
         )
     if args.timed_steps < 1:
         _usage_error(prog, f"--timed-steps {args.timed_steps} must be at least 1")
+    for flag, value in (
+        ("--min-batch-size", args.min_batch_size),
+        ("--max-batch-size", args.max_batch_size),
+        ("--timed-steps", args.timed_steps),
+    ):
+        _check_count(flag, value, prog)
     if args.memory_budget is not None and args.memory_budget <= 0:
         _usage_error(prog, f"--memory-budget {args.memory_budget} must be positive, e.g. 6GiB")
     if args.memory_margin is not None and not 0 <= args.memory_margin < 1:
@@ -572,6 +584,8 @@ def _check_noise_flags(args: argparse.Namespace, prog: str) -> None:
     ):
         if value < least:
             _usage_error(prog, f"{flag} {value} must be at least {least}")
+        _check_count(flag, value, prog)
+    _check_count("--b-big", args.b_big, prog)
     if args.b_big <= args.b_small or args.b_big % args.b_small:
         _usage_error(
             prog,

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TextIO
 import optuna
 
 from study import safety
-from study.budget import Tally, reap
+from study.budget import FINISHED, Tally, reap
 from study.config import ConfigError, StudyConfig
 from study.confirm import study_decision
 from study.datamatch import FINGERPRINT_ATTR, data_changed_message, data_changes
@@ -37,13 +37,7 @@ from study.outputs import OutputError
 from study.recommend import store_recommendation
 from study.record import MetricInfo, study_metric
 from study.report.summary import budget_text, summary, trial_line
-from study.runner import (
-    create_or_resume,
-    finished_count,
-    record_trials,
-    run_trials,
-    trial_sampler,
-)
+from study.runner import create_or_resume, finished_count, run_trials, trial_sampler
 from study.scaling import resolve_rule
 from study.space import BatchSpace, SpaceError, build_space
 from study.storage import JOURNAL_PREFIX, StorageError, open_storage, redact
@@ -175,7 +169,13 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
         built.append(backend.build_task(config))
         return plan_space(config, built[0], device, backend)
 
-    study, space, created = create_or_resume(config, storage, make_space, lock)
+    def check_resume(stored: dict) -> None:  # before a resume writes anything
+        study_id = storage.get_study_id_from_name(config.study_name)
+        finished = storage.get_all_trials(study_id, deepcopy=False, states=FINISHED)
+        if len(finished) < config.trials:  # trials will train: on the study's data only
+            built.append(_checked_task(config, backend, stored.get(FINGERPRINT_ATTR)))
+
+    study, space, created = create_or_resume(config, storage, make_space, lock, check_resume)
     where = redact(config.storage)
     verb = "created" if created else "resumed"
     print(
@@ -186,10 +186,6 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
         flush=True,
     )
     done = finished_count(study)
-    if not created and done < config.trials:  # changed data is refused before any trial
-        built.append(resumed_task(config, backend, study))
-    if not created:
-        record_trials(study, config.trials)
     if done < config.trials and (config.workers > 1 or config.gpus):
         built.clear()  # the workers load the task themselves
         _run_workers(config, study, lock, out)
@@ -237,8 +233,13 @@ def resumed_task(config: StudyConfig, backend: Backend, study: optuna.Study) -> 
         ConfigError: the data's fingerprint differs from the one stored at creation (the
             splits and what changed are named).
     """
+    return _checked_task(config, backend, study.user_attrs.get(FINGERPRINT_ATTR))
+
+
+def _checked_task(config: StudyConfig, backend: Backend, stored: dict | None) -> Any:
+    """The task, built; :class:`ConfigError` when its data differs from ``stored``."""
     task = backend.build_task(config)
-    changes = data_changes(study.user_attrs.get(FINGERPRINT_ATTR), backend.fingerprint(task))
+    changes = data_changes(stored, backend.fingerprint(task))
     if changes:
         raise ConfigError(data_changed_message(config.study_name, changes))
     return task
@@ -432,8 +433,7 @@ def worker_main(backend: Backend, argv: list[str] | None = None) -> int:
 
     Reads its settings from stdin (:func:`config_to_json`); the study must exist. Prints
     one line per trial. Exit codes: 0 done, 2 bad settings/storage/task or a full disk, 130
-    interrupted
-    (SIGINT or SIGTERM: the running trial is marked FAIL first).
+    interrupted (SIGINT or SIGTERM: the running trial is marked FAIL first).
     """
     parser = argparse.ArgumentParser(prog="python -m study.commands worker")
     parser.add_argument("--worker-index", type=int, required=True)

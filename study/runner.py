@@ -126,6 +126,7 @@ def create_or_resume(
     storage: optuna.storages.BaseStorage,
     make_space: Callable[[], tuple[BatchSpace, dict]],
     lock: StorageLock | None = None,
+    check_resume: Callable[[dict], None] | None = None,
 ) -> tuple[optuna.Study, BatchSpace, bool]:
     """Open study ``config.study_name``, creating it (and its space) if it does not exist.
 
@@ -137,6 +138,9 @@ def create_or_resume(
         lock: The storage's lock (:func:`study.locks.storage_lock`): with it, processes on
             several machines starting at once create the study once, and the others wait and
             resume it.
+        check_resume: Called with the stored study's attributes when it is resumed, after its
+            settings are found to match and before anything is written: it raises to refuse
+            the resume (the data's fingerprint, see :mod:`study.datamatch`).
 
     Returns:
         ``(study, space, created)``.
@@ -145,13 +149,14 @@ def create_or_resume(
         ConfigError: the stored study was created with settings that differ from ``config``.
     """
     with (lock or NoLock()).scope(SETUP_SCOPE):
-        return _create_or_resume(config, storage, make_space)
+        return _create_or_resume(config, storage, make_space, check_resume)
 
 
 def _create_or_resume(
     config: StudyConfig,
     storage: optuna.storages.BaseStorage,
     make_space: Callable[[], tuple[BatchSpace, dict]],
+    check_resume: Callable[[dict], None] | None = None,
 ) -> tuple[optuna.Study, BatchSpace, bool]:
     created = config.study_name not in _existing_names(storage)
     if not created:
@@ -168,8 +173,17 @@ def _create_or_resume(
                 + "; ".join(changed)
                 + ". Rerun with the stored settings, or choose another --study-name"
             )
+        if check_resume is not None:
+            check_resume(stored)
         space = BatchSpace.from_dict(stored["space"])
         metric = MetricInfo.from_dict(stored.get("metric"))
+        stored_config = stored.get("config")
+        if isinstance(stored_config, dict) and stored_config.get("trials") != config.trials:
+            study_id = storage.get_study_id_from_name(config.study_name)
+            # The trial budget may change on a resume: the stored one is the latest run's.
+            storage.set_study_user_attr(
+                study_id, "config", {**stored_config, "trials": config.trials}
+            )
     else:
         space, extra_attrs = make_space()
         metric = MetricInfo.from_dict(extra_attrs.get("metric"))
@@ -190,15 +204,6 @@ def _create_or_resume(
         study.set_user_attr("config", config.to_dict())
         study.set_user_attr("space", space.to_dict())  # written last: marks a complete setup
     return study, space, created
-
-
-def record_trials(study: optuna.Study, trials: int) -> None:
-    """Store ``trials`` as the study's budget (``config["trials"]``): the budget may change on
-    a resume, and the stored one is the latest run's. Called once the resume is accepted
-    (its data checked), so that a refused resume changes nothing."""
-    stored = study.user_attrs.get("config")
-    if isinstance(stored, dict) and stored.get("trials") != trials:
-        study.set_user_attr("config", {**stored, "trials": trials})
 
 
 def finished_count(study: optuna.Study) -> int:

@@ -411,6 +411,28 @@ class Hungry(torch.nn.Module):  # fits the checks' 8 items, not a trial's batche
 def hungry():
     return Task("hungry", Hungry, _data(), _data(), _data())
 
+class Stream(Dataset):  # read item by item in training (a collate): item BAD is damaged
+    def __len__(self):
+        return 200
+    def __getitem__(self, i):
+        if i == BAD:
+            raise OSError(f"record {i} is damaged")
+        return torch.full((4,), float(i % 5)), torch.full((1,), float(i % 3))
+
+def _unchecked(size):  # an item no check before the study reads
+    from objectives.datacheck import sample_indices
+    from objectives.tasks import check_indices
+    seen = set(sample_indices(size)) | set(check_indices(size))
+    return next(i for i in range(size) if i not in seen)
+
+BAD = _unchecked(200)
+
+def streamed():
+    from objectives.metrics import MSE, mse
+    stack = lambda items: tuple(torch.stack(part) for part in zip(*items))
+    return Task("streamed", lambda: torch.nn.Linear(4, 1), Stream(), Stream(), Stream(),
+                loss=lambda out, y: mse(out, y).reshape(-1), metric=MSE, collate=stack)
+
 def exits():
     sys.exit(3)
 
@@ -497,6 +519,7 @@ CASES += [
     case("noise", ["--task", "data.py:unreadable"], "train item 150 could not be read", setup="data_tasks"),  # noqa: E501
     # ---- the machine's limits and a task's own exits: the user's problem, said so
     case("run", [*FAST, "--task", "data.py:hungry", "--storage", "sqlite:///oom.db", "--checkpoint-dir", "none", "--artifact-dir", "none"], "out of memory (DefaultCPUAllocator: can't allocate memory", setup="data_tasks", creates=("oom.db",), proc=True),  # noqa: E501
+    case("run", [*FAST, "--task", "data.py:streamed", "--storage", "sqlite:///s.db", "--checkpoint-dir", "none", "--artifact-dir", "none"], "item 1 could not be read: OSError: record 1 is damaged", setup="data_tasks", creates=("s.db",)),  # noqa: E501
     case("run", [*FAST, "--task", "data.py:exits"], "the factory called sys.exit(3)", setup="data_tasks", proc=True),  # noqa: E501
     case("run", [*FAST, "--task", "data.py:exits_quietly"], "the factory called sys.exit(0)", setup="data_tasks"),  # noqa: E501
     case("run", [*FAST, "--task", "exiting.py:make"], "importing exiting.py called sys.exit(5)", setup="exits_on_import"),  # noqa: E501
@@ -504,6 +527,9 @@ CASES += [
     case("report", ["--storage", "sqlite:///study.db", "--format", "text"], None, code=141, setup="study", proc=True, closed_stdout=True),  # noqa: E501
     case("cli", ["--help"], None, code=141, proc=True, closed_stdout=True),
     case("probe", ["--help"], None, code=141, proc=True, closed_stdout=True),
+    case("probe", ["--timed-steps", str(2**31)], "--timed-steps 2147483648 is above 2147483647"),  # noqa: E501
+    case("noise", ["--batch-size", str(10**20)], "is above 2147483647"),
+    case("noise", ["--b-big", str(2**64)], "is above 2147483647"),
     # ---- found by the fuzz stage (tests/test_fuzz.py)
     case("report", ["--storage", "postgresql://alice:s3cretpw@127.0.0.1:abc/db"], "is the port a number?"),  # noqa: E501
     case("report", ["--storage", "postgresql://alice@[::1]:9/db?auth_token=s3cretpw"], "auth_token=***"),  # noqa: E501
@@ -745,3 +771,30 @@ def test_an_unknown_url_parameter_is_not_blamed_on_the_host():
     message = str(refused.value)
     assert "host" not in message and "port" not in message and "s3cretpw" not in message
     assert 'invalid connection option "client_secret"' in message
+
+
+def test_out_of_memory_is_told_apart_without_torch():
+    assert safety.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to ..."))
+    assert safety.is_out_of_memory(MemoryError())
+    message = "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+    assert safety.is_out_of_memory(RuntimeError(message))
+    assert not safety.is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not safety.is_out_of_memory(ValueError("out of memory"))
+
+
+def test_an_internal_errors_log_hides_query_secrets_too(tmp_path, monkeypatch, capsys):
+    import study.orchestrate
+
+    def crash(config, backend):
+        raise RuntimeError(f"boom while opening {config.storage}")
+
+    monkeypatch.setattr(study.orchestrate, "run_study", crash)
+    monkeypatch.setattr(safety, "CRASH_DIR", tmp_path / "crashes")
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://alice@127.0.0.1:9/db?auth_token=s3cretpw&client_secret=hunter"
+    assert commands.run([*FAST, "--storage", url]) == 1
+    err = capsys.readouterr().err
+    (log,) = (tmp_path / "crashes").glob("crash-*.log")
+    text = log.read_text()
+    assert "boom" in text and "auth_token=***" in text
+    assert not any(s in err + text for s in SECRETS)

@@ -2,13 +2,15 @@
 
 A seeded generator draws :data:`NUMBER_CASES` command lines of odd numbers (NaN, infinities,
 ``-0``, ``1e308``, huge and negative integers, words, Unicode digits) for the numeric flags of
-``run``, and :data:`URL_CASES` storage URLs (odd schemes, user-info with passwords however
-written, query strings with secrets, empty and odd paths) for ``run`` and ``report``. Each case
+``run`` (three in five), ``probe`` and ``noise-scale``, and :data:`URL_CASES` storage URLs
+(odd schemes, user-info with passwords however written, query strings with secrets, empty and
+odd paths) for ``run`` and ``report``. Each case
 runs in-process through the real entry point (``study.commands``), in an empty folder, and must
 hold the contract of ``tests/test_bad_input.py``: exit code 0 or 2, stderr at most one line,
-never a traceback, never an internal error, no secret of the URL printed. Every run uses a task
-whose factory fails (``fuzz_task.py:fails``), so a command line that passes every check ends
-there, after its storage was opened, with exit 2 and before any training; its settings must
+never a traceback, never an internal error, no secret of the URL printed. Every command uses a
+task whose factory fails (``fuzz_task.py:fails``), so a command line that passes every check
+ends there (a run's after its storage was opened) with exit 2, before any training; a run's
+settings must
 then be storable as strict JSON (no NaN or infinity in what the study would keep).
 
 The seed is fixed, so a failure is reproduced by its case id; ``BATCHSIZE_FUZZ_SEED`` draws
@@ -36,6 +38,27 @@ SECRETS = ("s3cretpw", "hunter22", "tok9Kq4Zx", "xK8%40pw7")
 FAILING_TASK = "def fails():\n    raise KeyError('no such dataset')\n"
 QUIET = ["--task", "fuzz_task.py:fails", "--artifact-dir", "none", "--checkpoint-dir", "none"]
 
+#: The numeric flags of each entry point the number cases draw from.
+PROBE_FLAGS = (
+    "--min-batch-size",
+    "--max-batch-size",
+    "--timed-steps",
+    "--memory-budget",
+    "--memory-margin",
+    "--seed",
+    "--synthetic-classes",
+)
+NOISE_FLAGS = (
+    "--epochs",
+    "--batch-size",
+    "--lr",
+    "--b-small",
+    "--b-big",
+    "--repeats",
+    "--relative-error",
+    "--max-seconds",
+    "--seed",
+)
 NUMERIC_FLAGS = (
     "--trials",
     "--epochs",
@@ -104,10 +127,10 @@ def _number(rng: random.Random) -> str:
     return f"{rng.choice(('', '-'))}{rng.random():.3f}e{rng.randrange(-400, 400)}"
 
 
-def number_case(rng: random.Random) -> list[str]:
+def number_case(rng: random.Random, flags: tuple[str, ...] = NUMERIC_FLAGS) -> list[str]:
     """One to three numeric flags with odd values (``--budget steps`` when ``--steps``)."""
     argv: list[str] = []
-    for flag in rng.sample(NUMERIC_FLAGS, rng.randrange(1, 4)):
+    for flag in rng.sample(flags, rng.randrange(1, 4)):
         argv += [flag, _number(rng)]
         if flag == "--steps":
             argv += ["--budget", "steps"]
@@ -166,7 +189,11 @@ def url_case(rng: random.Random) -> str:
 
 def _cases() -> list:
     rng = random.Random(SEED)
-    cases = [pytest.param("run", number_case(rng), id=f"number-{i}") for i in range(NUMBER_CASES)]
+    cases = []
+    for i in range(NUMBER_CASES):  # three in five for run, one each for probe and noise-scale
+        entry = ("run", "run", "run", "probe", "noise")[i % 5]
+        flags = {"run": NUMERIC_FLAGS, "probe": PROBE_FLAGS, "noise": NOISE_FLAGS}[entry]
+        cases.append(pytest.param(entry, number_case(rng, flags), id=f"number-{entry}-{i}"))
     for i in range(URL_CASES):
         entry = "run" if i % 2 == 0 else "report"
         cases.append(pytest.param(entry, ["--storage", url_case(rng)], id=f"url-{entry}-{i}"))
@@ -174,14 +201,22 @@ def _cases() -> list:
 
 
 CASES = _cases()
-ENTRIES = {"run": commands.run, "report": commands.report}
+ENTRIES = {
+    "run": commands.run,
+    "report": commands.report,
+    "probe": commands.probe,
+    "noise": commands.noise_scale,
+}
 
 
 @pytest.mark.parametrize("entry, argv", CASES)
 def test_fuzzed_flags_and_urls_keep_the_contract(entry, argv, tmp_path, monkeypatch, capsys):
     (tmp_path / "fuzz_task.py").write_text(FAILING_TASK)
     monkeypatch.chdir(tmp_path)
-    argv = [*argv, *QUIET] if entry == "run" else argv
+    if entry == "run":
+        argv = [*argv, *QUIET]
+    elif entry in ("probe", "noise"):
+        argv = [*argv, "--task", "fuzz_task.py:fails"]
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
         code = ENTRIES[entry](argv)

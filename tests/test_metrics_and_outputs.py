@@ -79,6 +79,14 @@ def test_a_micro_f1_metric_through_a_study(tmp_path):
     assert len(frame) == 2 and "user_attrs_val_f1_micro" in frame.columns
 
 
+def test_a_bare_torchmetrics_object_is_named_by_its_class_and_directed_by_it(tmp_path):
+    auroc = torchmetrics.classification.MulticlassAUROC(num_classes=4)
+    task = blobs_task(metric=auroc)
+    assert (task.metric.name, task.metric.direction) == ("multiclass_auroc", "maximize")
+    result = run_study(task=task, **settings(tmp_path, trials=1, max_batch_size=16))
+    assert 0.5 < result.study.trials[0].user_attrs["val_multiclass_auroc"] <= 1
+
+
 def test_a_per_sample_metric_that_returns_one_number_is_told_about_split_metrics():
     bad = Metric("acc", "maximize", lambda out, y: (out.argmax(-1) == y).float().mean())
     with pytest.raises(TaskError, match=r"Metric\(\.\.\., per='split'\) or a torchmetrics"):

@@ -47,3 +47,19 @@ def test_the_plans_estimate_is_within_30_percent_of_the_studys_measured_time(tmp
     assert abs(estimated - measured) <= 0.3 * measured
     assert abs(plan["estimate"]["seconds"] - wall) <= 0.3 * wall  # start-up, answer, report
     assert plan["estimate"]["trainings"] == len(trials) == 8  # the cap, reached
+
+
+def test_plan_from_python_costs_a_task_object_without_storing_it(tmp_path):
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from objectives import Task
+    from study.api import plan_study
+
+    data = TensorDataset(torch.randn(256, 8), torch.arange(256) % 4)
+    task = Task("blobs", lambda: torch.nn.Linear(8, 4), data, data, data)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    found = plan_study(task=task, max_batch_size=64, min_batch_size=16, storage=url, epochs=4)
+    assert list(tmp_path.iterdir()) == []
+    assert found.space.batch_sizes == [16, 32, 64] and found.cost.cells == 9
+    assert set(found.trial_seconds()) == {16, 32, 64} and "Expected:" in found.text()
