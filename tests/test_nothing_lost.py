@@ -480,3 +480,37 @@ def test_ctrl_c_while_the_answer_is_timed_then_the_same_command_stores_the_answe
     assert answer["decided"] and answer["fastest_within"]["batch_size"] == 64, answer
     assert "speed" in study.user_attrs, done.stderr  # the timing, redone and stored
     assert len(study.trials) == trials  # no new trial
+
+
+def test_a_journal_broken_by_a_record_appended_to_a_torn_one_reads_again(tmp_path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = tmp_path / "study.log"
+    shutil.copy(_study_template("study.log"), journal)
+    torn = b'{"op_code":5,"worker_id":"w","trial_id":0,"par'
+    with open(journal, "ab") as handle:
+        handle.write(torn)
+    # what Optuna's own backend does next (and what this tool did before): append to it
+    study = optuna.load_study(
+        study_name="batch-size", storage=JournalStorage(JournalFileBackend(str(journal)))
+    )
+    study.set_user_attr("after", 1)
+    with pytest.raises(ValueError):  # written, then its own read fails on the broken line
+        study.set_user_attr("later", 2)
+    with pytest.raises(ValueError):  # from now on nobody can read the study
+        JournalStorage(JournalFileBackend(str(journal)))
+    url = f"journal:///{journal}"
+    done = run_script("report.py", "--storage", url, "--format", "text", cwd=tmp_path)
+    assert done.returncode == 2 and "run the study's run command once" in _one_line(done)
+    done = run_script("run_study.py", "--trials", "2", "--storage", url, *FAST_RUN, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "held 1 half-written record(s) with later records appended" in done.stderr
+    backups = list(tmp_path.glob("study.log.torn-*.bak"))
+    assert len(backups) == 1 and backups[0].read_bytes() == torn + b"\n"
+    assert len(_finished(url)) == 2
+    study = optuna.load_study(
+        study_name="batch-size", storage=JournalStorage(JournalFileBackend(str(journal)))
+    )
+    assert study.user_attrs["after"] == 1  # the record appended to the torn one is kept
+    assert study.user_attrs["later"] == 2
