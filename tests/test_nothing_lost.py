@@ -213,6 +213,11 @@ def test_a_full_disk_leaves_a_journal_study_readable_and_the_same_command_contin
         assert _finished(url) == before  # readable after the failure
         text = (small / "study.log").read_bytes()
         assert text.endswith(b"\n")  # whole records only
+        assert sorted(p.name for p in small.iterdir()) == [
+            "filler",
+            "study.log",
+            "study.log.claim-lock",
+        ]  # no lock or temporary file left
         (small / "filler").unlink()
         done = run_script("run_study.py", "--trials", "4", *run, cwd=tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr
