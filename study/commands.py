@@ -215,15 +215,10 @@ def run(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
 
 def _disk_full_error(exc: BaseException, storage: str) -> DiskFullError:
     """The one-line error of a write that failed for space somewhere in a run."""
+    from study.orchestrate import storage_disk_full
+
     filename = getattr(exc, "filename", None)
-    where = filename or safety.storage_file(storage)
-    if where is not None:
-        return disk_full(where, "a file" if filename else "the study storage")
-    return DiskFullError(
-        f"the disk of the storage {safety.redact(storage)} is full (its server could not "
-        "write); nothing already stored is lost: free some space there, then run the same "
-        "command again"
-    )
+    return disk_full(filename, "a file") if filename else storage_disk_full(storage)
 
 
 def plan_parser(prog: str = "plan.py") -> argparse.ArgumentParser:

@@ -11,6 +11,9 @@ fails: the study, finished trials included, can no longer be read. Two guards:
 * :func:`set_aside_torn_tail`, called when a writer opens the file, moves a half-written last
   record (from a crash, or an older writer) into ``<file>.torn-<time>.bak`` and cuts it from
   the file, under the same lock, so that nothing is ever appended to it.
+* :func:`mend_glued_records` repairs a file where records were already appended to a
+  half-written one (the study could not be read): the torn bytes go to the backup, every
+  whole record stays, in order.
 
 Readers (reports, the dashboard) change nothing: Optuna's reader already skips a half-written
 last line, and a writer may be in the middle of writing it.
@@ -143,4 +146,80 @@ def set_aside_torn_tail(path: Path) -> str | None:
         f"note: the journal {path} ended with a half-written record ({len(torn)} bytes, from a "
         f"write cut short, e.g. by a full disk); it was moved to {backup} and the study "
         "continues from its last whole record"
+    )
+
+
+#: How every record Optuna writes begins.
+RECORD_START = b'{"op_code"'
+
+
+def _glued(data: bytes) -> bool:
+    """Whether a record starts in the middle of a line (appended to a half-written one)."""
+    at_line_start = data.count(b"\n" + RECORD_START) + data.startswith(RECORD_START)
+    return data.count(RECORD_START) != at_line_start
+
+
+def _split_glued(data: bytes) -> tuple[bytes, list[bytes]]:
+    """``data`` without its half-written records, and those records' bytes."""
+    kept: list[bytes] = []
+    torn: list[bytes] = []
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines):
+        end = b"" if number == len(lines) - 1 else b"\n"
+        if not line:
+            kept.append(end)
+            continue
+        try:
+            json.loads(line)
+            kept.append(line + end)
+            continue
+        except (ValueError, UnicodeDecodeError):
+            pass
+        cut = line.rfind(RECORD_START)
+        while cut > 0:  # the whole record appended to the torn one starts here
+            try:
+                json.loads(line[cut:])
+                break
+            except (ValueError, UnicodeDecodeError):
+                cut = line.rfind(RECORD_START, 0, cut)
+        if cut > 0:
+            torn.append(line[:cut])
+            kept.append(line[cut:] + end)
+        else:
+            torn.append(line)
+    return b"".join(kept), torn
+
+
+def mend_glued_records(path: Path) -> str | None:
+    """Set aside half-written records that later records were appended to; say what was done.
+
+    Such a journal (left by a version that appended after a failed write) cannot be read at
+    all: Optuna stops at the broken line. Under the journal's lock the half-written bytes are
+    moved to ``<file>.torn-<time>.bak`` and the file is rewritten whole (temporary file,
+    rename) with every whole record, in order, so that the study and its finished trials read
+    again.
+
+    Returns:
+        One line saying what was moved where, or ``None`` when no record was glued.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        if not _glued(data):
+            return None
+        kept, torn = _split_glued(data)
+        if not torn:  # (a record's text inside a string value: nothing is broken)
+            return None
+        backup = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}.bak")
+        write_atomic(backup, b"\n".join(torn) + b"\n", "the torn journal records' backup")
+        write_atomic(path, kept, "the mended journal")
+    finally:
+        lock.release()
+    return (
+        f"note: the journal {path} held {len(torn)} half-written record(s) with later records "
+        f"appended to them (from a write cut short); they were moved to {backup} and every "
+        "whole record was kept"
     )

@@ -25,11 +25,13 @@ from typing import Any, Protocol, TextIO
 
 import optuna
 
+from study import safety
 from study.budget import FINISHED, Tally, reap
 from study.config import ConfigError, StudyConfig
 from study.confirm import study_decision
 from study.datamatch import FINGERPRINT_ATTR, data_changed_message, data_changes
 from study.decision import Plan
+from study.disk import DiskFullError, disk_full, is_disk_full
 from study.locks import NoLock, storage_lock
 from study.outputs import OutputError
 from study.recommend import store_recommendation
@@ -208,9 +210,11 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
     # A rerun of a finished study changes nothing, unless the steps after the trials (the
     # answer's timing, the answer, the note and report) were cut short: then it redoes them.
     if created or done < config.trials or answer_due(study):
-        if not created and done >= config.trials:
+        if not created and finished_count(study) == done and answer_due(study):
             print("the study's answer is missing or out of date: computing it now", file=out)
         _answer(study, config, backend, built[0] if built else None, device, space, out)
+        _publish(study, config, out)
+    elif publish_due(study):  # stopped after storing the answer, before the note and report
         _publish(study, config, out)
     print("\n" + summary(study), file=out)
     browse = where[len(JOURNAL_PREFIX) :] if where.startswith(JOURNAL_PREFIX) else where
@@ -290,6 +294,12 @@ def answer_due(study: optuna.Study) -> bool:
     return stored.get("trials_used") != finished_count(study)
 
 
+def publish_due(study: optuna.Study) -> bool:
+    """Whether the note and report of the stored answer are missing (``published`` counts
+    the finished trials they were written for)."""
+    return study.user_attrs.get("published") != finished_count(study)
+
+
 def _answer(
     study: optuna.Study,
     config: StudyConfig,
@@ -341,8 +351,16 @@ def _publish(study: optuna.Study, config: StudyConfig, out: TextIO) -> None:
                 f"report attached to the study ({len(ids)} artifacts in {config.artifact_dir})",
                 file=out,
             )
+        study.set_user_attr("published", finished_count(study))
     except Exception as exc:  # the trials are stored; a report failure must not hide that
-        print(f"warning: writing the note or the report failed ({exc})", file=sys.stderr)
+        if is_disk_full(exc):
+            where = getattr(exc, "filename", None) or safety.storage_file(config.storage)
+            exc = disk_full(where, "the note or the report") if where else exc
+        print(
+            f"warning: writing the note or the report failed ({exc}); the same command writes "
+            "them once that is fixed",
+            file=sys.stderr,
+        )
 
 
 def _decision_done(study: optuna.Study, config: StudyConfig) -> bool:
@@ -414,8 +432,8 @@ def worker_main(backend: Backend, argv: list[str] | None = None) -> int:
     """A worker process: claim and run the study's trials until its budget is spent.
 
     Reads its settings from stdin (:func:`config_to_json`); the study must exist. Prints
-    one line per trial. Exit codes: 0 done, 2 bad settings/storage/task, 130 interrupted
-    (SIGINT or SIGTERM: the running trial is marked FAIL first).
+    one line per trial. Exit codes: 0 done, 2 bad settings/storage/task or a full disk, 130
+    interrupted (SIGINT or SIGTERM: the running trial is marked FAIL first).
     """
     parser = argparse.ArgumentParser(prog="python -m study.commands worker")
     parser.add_argument("--worker-index", type=int, required=True)
@@ -423,6 +441,7 @@ def worker_main(backend: Backend, argv: list[str] | None = None) -> int:
     name = os.environ.get("BATCHSIZE_WORKER", f"w{args.worker_index}")
     stop_on_signals()  # SIGTERM stops like Ctrl-C
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config: StudyConfig | None = None
     try:
         config = config_from_json(sys.stdin.read())
         storage = open_storage(config.storage, config.heartbeat_interval, config.grace_period)
@@ -456,4 +475,22 @@ def worker_main(backend: Backend, argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        storage_url = config.storage if config is not None else ""
+        full = exc if isinstance(exc, DiskFullError) else storage_disk_full(storage_url)
+        print(f"error: [{name}] {full}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
+
+
+def storage_disk_full(storage: str) -> DiskFullError:
+    """The one-line error of a storage write that failed for space."""
+    path = safety.storage_file(storage)
+    if path is not None:
+        return disk_full(path, "the study storage")
+    return DiskFullError(
+        f"the disk of the storage {redact(storage)} is full (its server could not write); "
+        "nothing already stored is lost: free some space there, then run the same command again"
+    )

@@ -33,7 +33,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from study import safety
 from study.compat import BaseHeartbeat, trial_id_of
-from study.journal import WholeRecordBackend, set_aside_torn_tail
+from study.journal import WholeRecordBackend, mend_glued_records, set_aside_torn_tail
 from study.locks import SETUP_SCOPE, NoLock, storage_lock
 
 #: Seconds between a running trial's heartbeats, and after which a silent trial is failed.
@@ -270,9 +270,10 @@ def _open_journal(
         _make_parent(url, path)
         if path.exists() and not os.access(path, os.W_OK):
             raise StorageError(f"--storage {redact(url)}: {path} is read-only; make it writable")
-        note = set_aside_torn_tail(path)
-        if note:
-            print(note, file=sys.stderr)
+        for mend in (mend_glued_records, set_aside_torn_tail):
+            note = mend(path)
+            if note:
+                print(note, file=sys.stderr)
     try:
         backend = JournalFileBackend(str(path)) if read_only else WholeRecordBackend(str(path))
         if heartbeat:
@@ -284,9 +285,12 @@ def _open_journal(
             )
         return JournalStorage(backend)
     except Exception as exc:
+        fix = "move it away or choose another path"
+        if read_only and isinstance(exc, ValueError):  # a half-written record inside
+            fix = "run the study's run command once: it sets half-written records aside"
         raise StorageError(
-            f"--storage {redact(url)}: cannot read the journal file ({type(exc).__name__}: {exc}); "
-            "move it away or choose another path"
+            f"--storage {redact(url)}: cannot read the journal file ({type(exc).__name__}: "
+            f"{exc}); {fix}"
         ) from None
 
 

@@ -87,6 +87,13 @@ def _study(folder: Path) -> None:
     shutil.copy(_study_template(), folder / "study.db")
 
 
+def _glued_journal(folder: Path) -> None:
+    """A journal study whose later records were appended to a half-written one."""
+    lines = _study_template("study.log").read_bytes().splitlines(keepends=True)
+    torn = b'{"op_code":5,"worker_id":"w","trial_id":0,"par'
+    (folder / "study.log").write_bytes(b"".join(lines[:-2]) + torn + b"".join(lines[-2:]))
+
+
 def _plain_study(folder: Path) -> None:
     """A plain Optuna study named like ours, with 5 trials, not made by this tool."""
     import optuna
@@ -127,6 +134,7 @@ SETUPS = {
     "study": _study,
     "plain_study": lambda d: _plain_study(d),
     "empty_db": lambda d: (d / "empty.db").write_bytes(b""),
+    "glued_journal": lambda d: _glued_journal(d),
     "journal_study": lambda d: shutil.copy(_study_template("study.log"), d / "study.log"),
     "fifo": lambda d: os.mkfifo(d / "pipe.db"),
 }
@@ -334,7 +342,8 @@ CASES = [
     case("report", ["--storage", "sqlite:///study.db", "--out", "study.log"], "is an Optuna journal file", setup=("study", "journal_study")),  # noqa: E501
     case("report", ["--storage", "sqlite:///study.db", "--format", "text", "--out", "notes.log"], "was not written by this tool", setup=("study", "notes")),  # noqa: E501
     case("report", ["--storage", "sqlite:///study.db", "--out", "afile"], "add --force to replace it", setup=("study", "afile")),  # noqa: E501
-    # ---- readers: a study this tool did not make is named as such
+    # ---- readers: a study this tool did not make is named as such; a broken journal the fix
+    case("report", ["--storage", "journal:///study.log"], "run the study's run command once", setup="glued_journal", proc=True),  # noqa: E501
     case("report", ["--storage", "sqlite:///plain.db"], "a plain Optuna study of 5 trials", setup="plain_study", proc=True),  # noqa: E501
     case("report", ["--storage", "sqlite:///plain.db", "--format", "text"], "was not made by run_study.py", setup="plain_study"),  # noqa: E501
     # ---- dashboard

@@ -163,8 +163,18 @@ def test_a_study_whose_answer_is_missing_gets_it_from_the_same_command(
     study = optuna.load_study(study_name="batch-size", storage=url)
     assert study.user_attrs["recommendation"]["trials_used"] == 1
     assert len(study.get_trials(deepcopy=False)) == trials  # no new trial
+    assert study.user_attrs["published"] == 1  # the note was written for it
     assert commands.run(argv) == 0  # now complete: a rerun changes nothing
     assert "computing it now" not in capsys.readouterr().out
+    # stopped after the answer, before the note and report: the same command writes those
+    connection = sqlite3.connect(tmp_path / "study.db")
+    with connection:
+        connection.execute("DELETE FROM study_user_attributes WHERE key = 'published'")
+    connection.close()
+    answer = optuna.load_study(study_name="batch-size", storage=url).user_attrs["recommendation"]
+    assert commands.run(argv) == 0
+    study = optuna.load_study(study_name="batch-size", storage=url)
+    assert study.user_attrs["published"] == 1 and study.user_attrs["recommendation"] == answer
 
 
 # ------------------------------------------------------------------ a full disk loses nothing
@@ -203,6 +213,11 @@ def test_a_full_disk_leaves_a_journal_study_readable_and_the_same_command_contin
         assert _finished(url) == before  # readable after the failure
         text = (small / "study.log").read_bytes()
         assert text.endswith(b"\n")  # whole records only
+        assert sorted(p.name for p in small.iterdir()) == [
+            "filler",
+            "study.log",
+            "study.log.claim-lock",
+        ]  # no lock or temporary file left
         (small / "filler").unlink()
         done = run_script("run_study.py", "--trials", "4", *run, cwd=tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -410,3 +425,97 @@ def test_readers_read_a_storage_another_writer_holds(tmp_path):
         writer.rollback()
         writer.close()
     assert (tmp_path / "study.log.lock").is_symlink()  # the reader took no lock, freed none
+
+
+def test_a_checkpoint_never_replaces_a_storage_file(tmp_path):
+    import torch
+
+    from objectives.checkpoint import CheckpointStore
+    from objectives.train import TrainResult
+    from study.outputs import OutputError
+
+    store = CheckpointStore(tmp_path)
+    shutil.copy(_study_template(), store.path(0))  # a study where a checkpoint would go
+    before = store.path(0).read_bytes()
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(OutputError, match="is an SQLite database"):
+        store.save(0, "run", model, None, TrainResult(epochs=[]), 8)
+    assert store.path(0).read_bytes() == before and len(list(tmp_path.iterdir())) == 1
+    store.save(1, "run", model, None, TrainResult(epochs=[]), 8)  # a checkpoint may be replaced
+    store.save(1, "run", model, None, TrainResult(epochs=[]), 8)
+    assert store.load(1, "run", "cpu").micro_batch_size == 8
+
+
+def test_ctrl_c_while_the_answer_is_timed_then_the_same_command_stores_the_answer(tmp_path):
+    import signal
+    import sys
+
+    from tests.conftest import ROOT, script_env
+
+    # two cells decided fast: batch 32 leads, 64 is shown within a wide tolerance, so the
+    # answer times 32 and 64 side by side after the trials
+    argv = ["--trials", "12", "--epochs", "2", "--model", "mlp", "--hidden", "16"]
+    argv += ["--scaling", "none", "--base-lr", "0.01", "--min-batch-size", "16"]
+    argv += ["--max-batch-size", "64", "--confirm-runs", "2", "--tolerance", "0.5"]
+    argv += ["--storage", "sqlite:///s.db", "--artifact-dir", "none", "--checkpoint-dir", "none"]
+    command = [sys.executable, str(ROOT / "scripts" / "run_study.py"), *argv]
+    for attempt in range(3):  # (a busy machine may let the timing end before the signal)
+        folder = tmp_path / f"attempt-{attempt}"
+        folder.mkdir()
+        run = subprocess.Popen(
+            command, cwd=folder, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for line in run.stdout:
+            if b"timing the answer's candidate batch sizes" in line:
+                run.send_signal(signal.SIGINT)
+                break
+        _, err = run.communicate(timeout=120)
+        url = f"sqlite:///{folder / 's.db'}"
+        study = optuna.load_study(study_name="batch-size", storage=url)
+        if run.returncode == 130 and "recommendation" not in study.user_attrs:
+            break
+    assert run.returncode == 130 and "recommendation" not in study.user_attrs, err
+    trials = len(study.trials)
+    done = run_script("run_study.py", *argv, cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert "answer is missing or out of date: computing it now" in done.stdout, done.stdout
+    assert "timing the answer's candidate batch sizes [32, 64]" in done.stdout, done.stdout
+    study = optuna.load_study(study_name="batch-size", storage=url)
+    answer = study.user_attrs["recommendation"]
+    assert answer["decided"] and answer["fastest_within"]["batch_size"] == 64, answer
+    assert "speed" in study.user_attrs, done.stderr  # the timing, redone and stored
+    assert len(study.trials) == trials  # no new trial
+
+
+def test_a_journal_broken_by_a_record_appended_to_a_torn_one_reads_again(tmp_path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = tmp_path / "study.log"
+    shutil.copy(_study_template("study.log"), journal)
+    torn = b'{"op_code":5,"worker_id":"w","trial_id":0,"par'
+    with open(journal, "ab") as handle:
+        handle.write(torn)
+    # what Optuna's own backend does next (and what this tool did before): append to it
+    study = optuna.load_study(
+        study_name="batch-size", storage=JournalStorage(JournalFileBackend(str(journal)))
+    )
+    study.set_user_attr("after", 1)
+    with pytest.raises(ValueError):  # written, then its own read fails on the broken line
+        study.set_user_attr("later", 2)
+    with pytest.raises(ValueError):  # from now on nobody can read the study
+        JournalStorage(JournalFileBackend(str(journal)))
+    url = f"journal:///{journal}"
+    done = run_script("report.py", "--storage", url, "--format", "text", cwd=tmp_path)
+    assert done.returncode == 2 and "run the study's run command once" in _one_line(done)
+    done = run_script("run_study.py", "--trials", "2", "--storage", url, *FAST_RUN, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "held 1 half-written record(s) with later records appended" in done.stderr
+    backups = list(tmp_path.glob("study.log.torn-*.bak"))
+    assert len(backups) == 1 and backups[0].read_bytes() == torn + b"\n"
+    assert len(_finished(url)) == 2
+    study = optuna.load_study(
+        study_name="batch-size", storage=JournalStorage(JournalFileBackend(str(journal)))
+    )
+    assert study.user_attrs["after"] == 1  # the record appended to the torn one is kept
+    assert study.user_attrs["later"] == 2
