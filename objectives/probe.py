@@ -58,7 +58,7 @@ import contextlib
 import gc
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -69,14 +69,12 @@ from objectives.data import Tensors, place
 from objectives.memory import PeakMemory, state_bytes, tensor_bytes
 from objectives.metrics import SplitMetric
 from objectives.oom import is_out_of_memory
-from objectives.speed import SpeedResult, knee_from_timings, time_interleaved
+from objectives.speed import KNEE_TOLERANCE, SpeedResult, knee_from_timings, time_interleaved
 from objectives.tasks import Task
 from objectives.train import Step, TrainSettings, make_step, torch_flags
 from study.config import OPTIMIZERS
 from study.units import format_bytes, parse_bytes
 
-#: The knee is the smallest batch whose throughput is within this fraction of the best.
-KNEE_TOLERANCE = 0.1
 #: The search never runs a batch more than this many times the largest batch that has run.
 GROWTH_LIMIT = 8
 #: Throughput timing goes on past ``timed_steps`` until this many seconds have passed ...
@@ -115,31 +113,6 @@ class ProbeError(ValueError):
         self.budget_bytes = budget_bytes
         self.batch_size = batch_size
         self.needed_bytes = needed_bytes
-
-
-def knee_batch_size(
-    points: Iterable[tuple[int, float | None]], tolerance: float = KNEE_TOLERANCE
-) -> int:
-    """The smallest batch size whose throughput is within ``tolerance`` of the best.
-
-    Example:
-        >>> knee_batch_size([(1, 100.0), (2, 180.0), (4, 950.0), (8, 1000.0), (16, 990.0)])
-        4
-
-    Args:
-        points: ``(batch_size, samples_per_s)`` pairs; pairs without a throughput are skipped.
-        tolerance: Allowed shortfall from the best, as a fraction in ``[0, 1)``.
-
-    Raises:
-        ValueError: ``tolerance`` out of range, or no pair has a positive throughput.
-    """
-    if not 0 <= tolerance < 1:
-        raise ValueError(f"knee tolerance {tolerance} must be in [0, 1)")
-    measured = [(int(b), float(s)) for b, s in points if s is not None and s > 0]
-    if not measured:
-        raise ValueError("no batch size has a measured throughput, so there is no knee")
-    best = max(s for _, s in measured)
-    return min(b for b, s in measured if s >= (1 - tolerance) * best)
 
 
 def available_memory(device: torch.device | str) -> tuple[int, str]:
@@ -247,7 +220,9 @@ class ProbeResult:
     Args:
         max_batch_size: The cap: the largest batch whose measured step fitted the budget.
         knee_batch_size: Smallest batch from which up to the fastest every batch is within
-            10% of the fastest's throughput (``None`` when throughput was not measured).
+            :data:`~objectives.speed.KNEE_TOLERANCE` of the fastest's throughput
+            (:func:`~objectives.speed.knee_from_timings`; ``None`` when throughput was not
+            measured).
         fixed_bytes: The fit's intercept: parameters, optimizer state, data the device
             holds, and what of the gradients is alive at the step's peak.
         bytes_per_sample: The fit's bytes per sample of batch.

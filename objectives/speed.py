@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -56,7 +56,8 @@ DEFAULT_UPDATES = 3
 MIN_MEASUREMENT_SECONDS = 0.02
 #: ... but never more than this many.
 MAX_UPDATES = 50
-#: The knee is the smallest batch size within this fraction of the best median throughput.
+#: The knee (:func:`knee_from_timings`, the probe's too) is the smallest batch size from which up
+#: to the fastest every batch is within this fraction of the fastest's throughput.
 KNEE_TOLERANCE = 0.1
 
 #: ``run(batch_size, updates) -> units`` does ``updates`` optimizer updates at ``batch_size``
@@ -563,9 +564,3 @@ def knee_from_timings(result: SpeedResult, tolerance: float = KNEE_TOLERANCE) ->
             break
         knee = row.batch_size
     return knee
-
-
-def iter_rows(result: SpeedResult) -> Iterator[tuple[int, float | None]]:
-    """``(batch_size, median units/s)`` pairs, the shape the probe's table and knee use."""
-    for row in result.rows:
-        yield row.batch_size, row.units_per_s

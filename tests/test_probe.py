@@ -26,7 +26,6 @@ from objectives.probe import (
     ProbeResult,
     batch_ladder,
     fit_memory,
-    knee_batch_size,
     parse_bytes,
     probe_batch_size,
 )
@@ -182,14 +181,20 @@ def test_the_search_runs_about_log2_cap_steps_and_every_table_row_ran(wide_resul
 
 
 def test_the_knee_is_the_smallest_batch_within_ten_percent_of_the_best(wide_result):
-    assert knee_batch_size([(1, 100.0), (2, 180.0), (4, 950.0), (8, 1000.0), (16, 990.0)]) == 4
-    assert knee_batch_size([(1, 100.0), (2, 899.0), (4, 1000.0)]) == 4
-    assert knee_batch_size([(1, 100.0), (2, 900.0), (4, 1000.0)]) == 2
-    assert knee_batch_size([(1, None), (2, 5.0), (4, 4.0)], tolerance=0.0) == 2
+    from objectives.speed import SpeedResult, SpeedRow, knee_from_timings
+
+    def knee(points: list[tuple[int, float | None]], **kwargs) -> int:
+        rows = [SpeedRow(b, rates=[] if s is None else [s]) for b, s in points]
+        return knee_from_timings(SpeedResult(rows, rounds=1, order=[]), **kwargs)
+
+    assert knee([(1, 100.0), (2, 180.0), (4, 950.0), (8, 1000.0), (16, 990.0)]) == 4
+    assert knee([(1, 100.0), (2, 899.0), (4, 1000.0)]) == 4
+    assert knee([(1, 100.0), (2, 900.0), (4, 1000.0)]) == 2
+    assert knee([(1, None), (2, 5.0), (4, 4.0)], tolerance=0.0) == 2
     with pytest.raises(ValueError, match="no batch size has a measured throughput"):
-        knee_batch_size([(1, None)])
+        knee([(1, None)])
     with pytest.raises(ValueError, match="tolerance"):
-        knee_batch_size([(1, 1.0)], tolerance=1.0)
+        knee([(1, 1.0)], tolerance=1.0)
     assert wide_result.knee_batch_size <= wide_result.max_batch_size
 
 
