@@ -32,8 +32,8 @@ from objectives.tasks import Task, TaskError, load_task
 from objectives.train import training_loss
 from study.config import PYTHON_TASK_PREFIX, ConfigError, StudyConfig, check_precision
 from study.record import MetricInfo
+from study.safety import JOURNAL_PREFIX
 from study.space import BatchSpace
-from study.storage import JOURNAL_PREFIX
 
 __all__ = ["TorchBackend", "build_task", "resolve_device", "training_loss"]
 

@@ -32,6 +32,8 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
+from study.safety import JOURNAL_PREFIX
+
 #: First half of the PostgreSQL advisory-lock key: marks locks taken by this tool.
 ADVISORY_NAMESPACE = 0x62_73_74  # "bst"
 #: Second half for creating schemas and studies (study ids start at 1).
@@ -120,8 +122,8 @@ def storage_lock(url: str) -> StorageLock:
     ``url`` must already be checked (see :func:`study.storage.open_storage`): this function
     does not report unreachable servers itself; the first :meth:`StorageLock.scope` would.
     """
-    if url.startswith("journal:///"):
-        return FileLock(lock_path(url[len("journal:///") :]))
+    if url.startswith(JOURNAL_PREFIX):
+        return FileLock(lock_path(url[len(JOURNAL_PREFIX) :]))
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite" and parsed.database and parsed.database != ":memory:":

@@ -38,9 +38,10 @@ from study.recommend import store_recommendation
 from study.record import MetricInfo, study_metric
 from study.report.summary import budget_text, summary, trial_line
 from study.runner import create_or_resume, finished_count, run_trials, trial_sampler
+from study.safety import JOURNAL_PREFIX
 from study.scaling import resolve_rule
 from study.space import BatchSpace, SpaceError, build_space
-from study.storage import JOURNAL_PREFIX, StorageError, open_storage, redact
+from study.storage import StorageError, open_storage, redact
 from study.workers import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,

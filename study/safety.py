@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote
 
+#: URL prefix of journal files: ``journal:///relative/path.log`` or ``journal:////abs/path``.
 JOURNAL_PREFIX = "journal:///"
 #: Query parameters whose values are shown (compared in lower case): connection settings that
 #: hold no secret. Every other parameter's value is a secret (``password``, ``auth_token``,

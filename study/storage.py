@@ -35,6 +35,7 @@ from study import safety
 from study.compat import BaseHeartbeat, trial_id_of
 from study.journal import WholeRecordBackend, mend_glued_records, set_aside_torn_tail
 from study.locks import SETUP_SCOPE, NoLock, storage_lock
+from study.safety import JOURNAL_PREFIX
 
 #: Seconds between a running trial's heartbeats, and after which a silent trial is failed.
 HEARTBEAT_INTERVAL_S = 10
@@ -43,8 +44,6 @@ GRACE_PERIOD_S = 30
 MAX_RETRY = 2
 #: Seconds to wait for another program's write lock on an SQLite file before giving up.
 SQLITE_LOCK_WAIT_S = 5
-#: URL prefix of journal files: ``journal:///relative/path.log`` or ``journal:////abs/path``.
-JOURNAL_PREFIX = "journal:///"
 
 #: Query parameters of an SQLite URL that its driver uses (others are refused: SQLAlchemy
 #: would ignore them with a warning).

@@ -51,6 +51,7 @@ from study.report.data import (
     study_shape_problem,
 )
 from study.report.figures import ReportFigure, build_figures
+from study.safety import JOURNAL_PREFIX
 from study.storage import StorageError, open_storage, redact, sqlite_path
 from study.units import format_bytes, format_percent
 
@@ -202,8 +203,8 @@ def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
         ReportError: malformed URL, missing SQLite or journal file, or a storage that cannot
             be opened (never created: a missing file stays missing).
     """
-    if url.startswith("journal:///"):
-        journal = Path(url[len("journal:///") :])
+    if url.startswith(JOURNAL_PREFIX):
+        journal = Path(url[len(JOURNAL_PREFIX) :])
         if not journal.is_file():
             raise ReportError(
                 f"no journal file at {journal}: run scripts/run_study.py first, or pass the "
