@@ -47,6 +47,7 @@ import torch
 
 from objectives.data import Tensors
 from objectives.train import Batch, Step, TrainSettings, make_step, torch_flags
+from study.stats import percentile
 
 #: Timed rounds by default (each batch size is timed once per round).
 DEFAULT_ROUNDS = 5
@@ -85,22 +86,6 @@ def interleaved_order(batch_sizes: Sequence[int], rounds: int, rotate: bool = Tr
         sizes[r % len(sizes) :] + sizes[: r % len(sizes)] if rotate else list(sizes)
         for r in range(rounds)
     ]
-
-
-def quantile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile of ``values`` by linear interpolation between order statistics.
-
-    Example:
-        >>> quantile([1.0, 2.0, 3.0, 4.0], 0.25)
-        1.75
-    """
-    if not values:
-        raise ValueError("the quantile of no values")
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 @dataclass
@@ -149,7 +134,7 @@ class SpeedRow:
             return
         self.units_per_s = statistics.median(rates)
         self.units_per_s_min, self.units_per_s_max = min(rates), max(rates)
-        self.units_per_s_q1, self.units_per_s_q3 = quantile(rates, 0.25), quantile(rates, 0.75)
+        self.units_per_s_q1, self.units_per_s_q3 = percentile(rates, 25), percentile(rates, 75)
         seconds = [s for s in self.seconds_per_update if s is not None]
         self.seconds_per_update_median = statistics.median(seconds) if seconds else None
         self.seconds_per_unit = statistics.median(1 / r for r in rates)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from study.record import ACCURACY, MetricInfo, TrialRecord, read_record, study_metric
-from study.stats import mean_interval
+from study.stats import mean_interval, median
 
 #: Buckets of the learning-rate multiplier per octave (2: half-octave buckets).
 LR_BUCKETS_PER_OCTAVE = 2
@@ -147,11 +147,6 @@ class CellStats:
         return self.key.label
 
 
-def _median(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
 def _mode(values: Sequence[int | None]) -> int | None:
     present = [v for v in values if v is not None]
     return Counter(present).most_common(1)[0][0] if present else None
@@ -184,13 +179,13 @@ def _stats(key: CellKey, records: Sequence[TrialRecord], metric: MetricInfo) -> 
         val_sd=sd,
         val_ci95=ci,
         test_mean=statistics.fmean(tests) if tests else None,
-        train_time_s_median=_median([r.train_time_s for r in complete]),
-        samples_per_s_median=_median([r.samples_per_s for r in complete]),
+        train_time_s_median=median([r.train_time_s for r in complete]),
+        samples_per_s_median=median([r.samples_per_s for r in complete]),
         samples_median=statistics.median(samples) if samples else None,
         peak_memory_bytes=max(memory) if memory else None,
         micro_batch_size=_mode([r.micro_batch_size for r in chosen]),
         accumulation_steps=_mode([r.accumulation_steps for r in chosen]),
-        lr=_median([r.lr for r in chosen]),
+        lr=median([r.lr for r in chosen]),
         pruned=sum(r.state == "PRUNED" for r in records),
         diverged=sum(bool(r.diverged) for r in records),
         confirm_runs=sum(r.phase == CONFIRM for r in complete),

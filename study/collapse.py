@@ -32,8 +32,9 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+
+from study.record import number_or_none
 
 #: A training loss at most this fraction of its value half the periods ago is still falling.
 STILL_FALLING = 0.98
@@ -88,16 +89,18 @@ def collapse_reason(
     if done < 1 or 4 * done < total:
         return None
     after = f"after {done} of {total} {unit}{'s' if total != 1 else ''}"
-    losses = [x for x in (_finite(v) for v in train_losses) if x is not None]
-    start = _finite(first_loss) if first_loss is not None else (losses[0] if losses else None)
-    values = [x for x in (_finite(v) for v in val_curve) if x is not None]
-    chance_value = _finite(chance) if chance is not None else None
+    losses = [x for x in (number_or_none(v) for v in train_losses) if x is not None]
+    start = (
+        number_or_none(first_loss) if first_loss is not None else (losses[0] if losses else None)
+    )
+    values = [x for x in (number_or_none(v) for v in val_curve) if x is not None]
+    chance_value = number_or_none(chance) if chance is not None else None
     # A batch too large to make MIN_UPDATES updates in its budget is judged at its end: the
     # rule is the same at every batch size, never waived.
     enough = updates is None or updates >= MIN_UPDATES or done >= total
     if chance_value is not None and enough and len(values) >= 2 and len(losses) >= 2:
         recent = values[-2:]
-        init = _finite(first_loss) if first_loss is not None else None  # not a period's mean
+        init = number_or_none(first_loss) if first_loss is not None else None  # not a period's mean
         fitting = init is not None and init > 0 and losses[-1] < 0.5 * init
         earlier = losses[(len(losses) - 1) // 2]  # half the periods so far ago
         learning = fitting or losses[-1] <= STILL_FALLING * earlier
@@ -134,12 +137,6 @@ def _at_chance(value: float, chance: float, direction: str, band: float | None) 
         return value <= chance + width
     width = band if band is not None else 0.02 * abs(chance)
     return value >= chance - width
-
-
-def _finite(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def _fmt(value: float) -> str:

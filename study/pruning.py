@@ -66,13 +66,15 @@ Example (a batch-1024 trial behind two batch-8 trials at epoch 2, level with bat
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import optuna
 from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from study.record import number_or_none
+from study.stats import percentile
 
 #: Who a trial is compared with (see the module docstring).
 REFERENCES = ("slower", "cell", "all")
@@ -150,7 +152,7 @@ class FairMedianPruner(BasePruner):
             value
             for other in completed
             if self.comparable(trial, other)
-            and (value := _finite(other.intermediate_values.get(step))) is not None
+            and (value := number_or_none(other.intermediate_values.get(step))) is not None
         ]
         if len(values) < self.n_startup_trials:
             return False
@@ -181,42 +183,10 @@ def best_so_far(values: Sequence[float] | object, maximize: bool) -> float | Non
         >>> best_so_far([0.2, 0.5, 0.4], maximize=True), best_so_far([3.0, 2.0], False)
         (0.5, 2.0)
     """
-    finite = [v for v in (_finite(x) for x in values) if v is not None]  # type: ignore[union-attr]
+    finite = [v for v in (number_or_none(x) for x in values) if v is not None]  # type: ignore[union-attr]
     if not finite:
         return None
     return max(finite) if maximize else min(finite)
-
-
-def median(values: Sequence[float]) -> float:
-    """The median (the mean of the two middle values for an even count).
-
-    Example:
-        >>> median([3.0, 1.0, 2.0]), median([1.0, 2.0, 3.0, 4.0])
-        (2.0, 2.5)
-    """
-    return percentile(values, 50.0)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile, interpolated linearly between ranks (as ``numpy.percentile``).
-
-    Example:
-        >>> percentile([1.0, 2.0, 3.0, 4.0, 5.0], 25), percentile([2.0, 1.0], 100)
-        (2.0, 2.0)
-    """
-    ordered = sorted(values)
-    if not ordered:
-        raise ValueError("no values")
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def _finite(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def _batch(trial: FrozenTrial) -> int | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,3 +133,30 @@ def pocock_level(alpha: float, looks: int) -> float:
         else:
             high = mid
     return float(1 - ndtr((low + high) / 2))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile, interpolated linearly between ranks (as ``numpy.percentile``).
+
+    Example:
+        >>> percentile([1.0, 2.0, 3.0, 4.0, 5.0], 25), percentile([2.0, 1.0], 100)
+        (2.0, 2.0)
+    """
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    """Median of the finite values, ``None`` when there are none.
+
+    Example:
+        >>> median([3.0, None, 1.0, float("nan"), 2.0, 4.0]), median([None])
+        (2.5, None)
+    """
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(finite) if finite else None

@@ -15,7 +15,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from study.collapse import chance_accuracy, collapse_reason
-from study.pruning import FairMedianPruner, median
+from study.pruning import FairMedianPruner
+from study.stats import median
 
 SPACE = {
     "batch_size": CategoricalDistribution([8, 64, 512]),

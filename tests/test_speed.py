@@ -20,11 +20,11 @@ from objectives.speed import (
     interleaved_order,
     knee_from_timings,
     measure_speed,
-    quantile,
     time_interleaved,
 )
 from objectives.tasks import load_task
 from objectives.train import TrainSettings
+from study.stats import percentile
 
 
 class FakeWorkload:
@@ -110,7 +110,7 @@ def test_median_and_spread_of_the_rounds():
     assert row.seconds_per_update_median == pytest.approx(1.25e-3)
     assert row.seconds_per_unit == pytest.approx(1.25e-4)
     assert row.relative_spread == pytest.approx(7_500 / 8_000)
-    assert quantile([4.0, 1.0, 3.0, 2.0], 0.5) == 2.5
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
 
 
 def test_a_difference_inside_the_spread_is_flagged_and_a_clear_one_is_not():

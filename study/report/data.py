@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,7 @@ from study.record import (
     study_metric,
 )
 from study.schedule import LRSchedule
+from study.stats import median
 from study.units import format_percent
 
 #: Order in which scaling rules are listed; other names follow alphabetically.
@@ -627,12 +627,6 @@ def rule_of_thumb(train_size: int) -> tuple[int, int]:
 def rule_sort_key(rule: str) -> tuple[int, str]:
     """Sort key that lists ``linear, sqrt, none`` first, other rules after by name."""
     return (RULE_ORDER.index(rule) if rule in RULE_ORDER else len(RULE_ORDER), rule)
-
-
-def median(values: Iterable[float | None]) -> float | None:
-    """Median of the finite values, ``None`` when there are none."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.median(finite) if finite else None
 
 
 def cell_rows(

@@ -26,7 +26,8 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from study.record import MetricInfo, TrialRecord, read_record
-from study.report.data import CellRow, ReportData, median
+from study.report.data import CellRow, ReportData
+from study.stats import median
 
 RULE_COLORS = {"linear": "#1f77b4", "sqrt": "#ff7f0e", "none": "#2ca02c"}
 OTHER_COLOR = "#7f7f7f"

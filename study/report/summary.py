@@ -17,7 +17,8 @@ from optuna.trial import FrozenTrial
 
 from study.record import MetricInfo, TrialRecord, read_record
 from study.report.answer import answer_lines
-from study.report.data import MetricText, ReportData, collect_report_data, median
+from study.report.data import MetricText, ReportData, collect_report_data
+from study.stats import median
 
 
 def trial_line(trial: FrozenTrial, metric: MetricInfo | None = None) -> str:
