@@ -50,10 +50,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from study.record import DIRECTIONS
+
 #: The target value that token losses and metrics leave out (padding), as in PyTorch.
 IGNORE_INDEX = -100
-#: The directions a metric may have.
-DIRECTIONS = ("maximize", "minimize")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
