@@ -62,7 +62,7 @@ from objectives.train import (
 from study.collapse import chance_accuracy, collapse_reason
 from study.config import StudyConfig
 from study.record import ACCURACY as ACCURACY_INFO
-from study.record import MetricInfo, OutOfMemory, TrialRecord, write_record
+from study.record import CONFIRM, SEARCH, MetricInfo, OutOfMemory, TrialRecord, write_record
 from study.scaling import scaled_lr
 from study.space import BatchSpace
 from study.workers import raise_if_interrupted
@@ -217,7 +217,7 @@ class BatchSizeObjective:
         key = first_attempt(trial)  # a retry continues its first attempt's run and seed
         run = run_id(trial, key) if self.checkpoints is not None else ""
         seed = trial_seed(config.seed, key)
-        phase = "confirm" if trial.user_attrs.get("phase") == "confirm" else "search"
+        phase = CONFIRM if trial.user_attrs.get("phase") == CONFIRM else SEARCH
         record = TrialRecord(
             phase=phase,
             batch_size=batch_size,
@@ -375,7 +375,7 @@ class BatchSizeObjective:
             )
 
         multi = self.config.multi_objective
-        prunable = not multi and trial.user_attrs.get("phase") != "confirm"  # confirm: never
+        prunable = not multi and trial.user_attrs.get("phase") != CONFIRM  # confirm: never
         progress = ProgressLog(self.log, self.log_interval_s) if self.log else None
         unit = "epoch" if self.config.budget == "epochs" else "evaluation"
 

@@ -46,10 +46,10 @@ from study.compat import (
     study_id_of,
     trial_id_of,
 )
-from study.confirm import SEARCH, Plan, enqueue_confirm
+from study.confirm import Plan, enqueue_confirm
 from study.locks import StorageLock
 from study.owners import fail_orphans, record_owner
-from study.record import TrialRecord
+from study.record import SEARCH, TrialRecord
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

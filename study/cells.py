@@ -38,13 +38,18 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from study.record import ACCURACY, MetricInfo, TrialRecord, read_record, study_metric
+from study.record import (
+    ACCURACY,
+    CONFIRM,
+    MetricInfo,
+    TrialRecord,
+    read_record,
+    study_metric,
+)
 from study.stats import mean_interval, median
 
 #: Buckets of the learning-rate multiplier per octave (2: half-octave buckets).
 LR_BUCKETS_PER_OCTAVE = 2
-#: The user attribute ``phase`` of the two kinds of trial.
-SEARCH, CONFIRM = "search", "confirm"
 
 
 def lr_bucket(multiplier: float | None) -> float | None:

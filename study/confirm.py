@@ -21,11 +21,10 @@ from collections.abc import Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from study.cells import CONFIRM, SEARCH
 from study.decision import Decision, Plan, decide
 from study.record import TrialRecord, read_record
 
-__all__ = ["CONFIRM", "SEARCH", "Plan", "enqueue_confirm", "plan_records", "study_decision"]
+__all__ = ["Plan", "enqueue_confirm", "plan_records", "study_decision"]
 
 
 def plan_records(study: optuna.Study, trials: Sequence[FrozenTrial], plan: Plan) -> list:

@@ -51,8 +51,8 @@ from typing import Any
 
 import optuna
 
-from study.cells import CONFIRM, CellKey, cell_key
-from study.record import ACCURACY, MetricInfo, TrialRecord, study_metric
+from study.cells import CellKey, cell_key
+from study.record import ACCURACY, CONFIRM, MetricInfo, TrialRecord, study_metric
 from study.stats import Welch, pocock_level, t_quantile, welch
 
 #: Looks a comparison gets: at ``confirm_runs`` runs and at ``LOOKS * confirm_runs``.

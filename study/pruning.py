@@ -73,13 +73,11 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from study.record import number_or_none
+from study.record import CONFIRM, number_or_none
 from study.stats import percentile
 
 #: Who a trial is compared with (see the module docstring).
 REFERENCES = ("slower", "cell", "all")
-#: Trial attribute value of the confirmation phase; those trials are never pruned.
-CONFIRM_PHASE = "confirm"
 
 
 class FairMedianPruner(BasePruner):
@@ -136,7 +134,7 @@ class FairMedianPruner(BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         """Whether ``trial`` (running, just reported) should stop now."""
-        if trial.user_attrs.get("phase") == CONFIRM_PHASE:
+        if trial.user_attrs.get("phase") == CONFIRM:
             return False
         step = trial.last_step
         if step is None or step < self.n_warmup_steps:

@@ -44,9 +44,9 @@ from typing import Any
 
 import optuna
 
-from study.cells import CONFIRM, CellKey, CellStats, cell_key, cell_stats, study_records
+from study.cells import CellKey, CellStats, cell_key, cell_stats, study_records
 from study.decision import Decision, Plan, Sample, decide, samples
-from study.record import MetricInfo, TrialRecord
+from study.record import CONFIRM, MetricInfo, TrialRecord
 from study.stats import mean_interval
 
 #: How many undecided faster cells the statement names.

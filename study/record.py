@@ -49,8 +49,11 @@ _FROM_TRIAL = {"stored": False}
 _METRIC = {"metric": True}
 #: Metric directions Optuna knows.
 DIRECTIONS = ("maximize", "minimize")
-#: The phases of a study: the search, then the confirmation runs of the best cells.
-PHASES = ("search", "confirm")
+#: The user attribute ``phase`` of the two kinds of trial: the search, then the confirmation
+#: runs of the best cells (never pruned).
+SEARCH, CONFIRM = "search", "confirm"
+#: The phases of a study, in order.
+PHASES = (SEARCH, CONFIRM)
 
 
 @dataclass(frozen=True)
@@ -362,7 +365,7 @@ def read_record(
         accumulation_steps=int_or_none(attrs.get("accumulation_steps")),
         lr=number_or_none(attrs.get("lr")),
         scaling_rule=str(rule) if rule is not None else None,
-        phase=phase if phase in PHASES else "search",
+        phase=phase if phase in PHASES else SEARCH,
         val_metric=val,
         test_metric=number_or_none(attrs.get(metric.test_name)),
         train_metric=number_or_none(attrs.get(metric.stored_name("train_metric"))),

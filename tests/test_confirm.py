@@ -13,11 +13,11 @@ import pytest
 from optuna.trial import TrialState
 
 from study.budget import claim_trial
-from study.cells import CONFIRM, CellKey
+from study.cells import CellKey
 from study.decision import LOOKS, Plan
 from study.locks import FileLock, NoLock, lock_path
 from study.recommend import recommend
-from study.record import read_record
+from study.record import CONFIRM, read_record
 from study.runner import run_trials
 from study.storage import open_storage
 

@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from study.record import (
+    CONFIRM,
     MetricInfo,
     TrialRecord,
     int_or_none,
@@ -466,7 +467,7 @@ class ReportData:
     @property
     def phases(self) -> bool:
         """Some trial belongs to the confirmation phase."""
-        return any(t.phase == "confirm" for t in self.trials)
+        return any(t.phase == CONFIRM for t in self.trials)
 
     @property
     def multi_objective(self) -> bool:

@@ -39,7 +39,7 @@ from sqlalchemy.exc import ArgumentError
 
 from study.disk import DiskFullError
 from study.outputs import GENERATOR_TAG, write_atomic
-from study.record import TrialRecord
+from study.record import CONFIRM, TrialRecord
 from study.report.answer import answer_note, answer_rows
 from study.report.data import (
     MIN_RUNS,
@@ -426,7 +426,7 @@ def _best_table(data: ReportData) -> Table:
         )
     m = data.metric
     rows = [
-        ["Trial", f"#{t.number}" + (" (confirm phase)" if t.phase == "confirm" else "")],
+        ["Trial", f"#{t.number}" + (" (confirm phase)" if t.phase == CONFIRM else "")],
         ["Batch size", _batch_text(t)],
         ["Scaling rule", t.scaling_rule or "-"],
         ["Learning rate", _lr(t.lr)],

@@ -15,7 +15,7 @@ import math
 import optuna
 from optuna.trial import FrozenTrial
 
-from study.record import MetricInfo, TrialRecord, read_record
+from study.record import CONFIRM, MetricInfo, TrialRecord, read_record
 from study.report.answer import answer_lines
 from study.report.data import MetricText, ReportData, collect_report_data
 from study.stats import median
@@ -35,7 +35,7 @@ def trial_line(trial: FrozenTrial, metric: MetricInfo | None = None) -> str:
     if r.accumulation_steps and r.accumulation_steps > 1:
         batch += f" ({r.micro_batch_size}x{r.accumulation_steps})"
     parts = [f"trial {r.number:>3} {r.state.lower():<8}"]
-    if r.phase == "confirm":
+    if r.phase == CONFIRM:
         parts.append("confirm")
     parts.append(batch)
     if r.scaling_rule is not None and r.lr is not None:
