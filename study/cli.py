@@ -26,15 +26,14 @@ from study.config import (
 from study.scaling import SCALING_CHOICES
 from study.schedule import SCHEDULES
 from study.units import parse_bytes
-
-USAGE_EXIT = 2
+from study.workers import EXIT_USAGE
 
 
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (no usage dump) and exit with code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(USAGE_EXIT, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -342,7 +341,7 @@ def parse_config(argv: list[str] | None = None, prog: str = "run_study.py") -> S
         parser.error(str(exc))
 
 
-def fail(message: str, code: int = USAGE_EXIT) -> NoReturn:
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print ``error: message`` as one line on stderr and exit with ``code``."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)

@@ -38,11 +38,18 @@ from study.cli import (
     port_number,
     seed_value,
 )
-from study.config import MAX_COUNT, OPTIMIZERS, PRECISIONS, ConfigError, StudyConfig
+from study.config import (
+    DEFAULT_STORAGE,
+    DEFAULT_STUDY_NAME,
+    MAX_COUNT,
+    OPTIMIZERS,
+    PRECISIONS,
+    ConfigError,
+    StudyConfig,
+)
 from study.disk import DiskFullError, disk_full, is_disk_full
+from study.workers import EXIT_USAGE
 
-#: Exit code of a user's mistake (a bad flag, storage, study or task).
-USER_ERROR_EXIT = 2
 #: Exit code of an unexpected internal error (a bug: the traceback goes to a log file).
 INTERNAL_ERROR_EXIT = 1
 #: Exit code after Ctrl-C (or SIGTERM during a run).
@@ -86,7 +93,7 @@ def guarded(command: Callable[..., int]) -> Callable[..., int]:
             return BROKEN_PIPE_EXIT
         except DiskFullError as exc:
             print(f"{prog}: error: {safety.scrub(str(exc), safety.urls_in(args))}", file=sys.stderr)
-            return USER_ERROR_EXIT
+            return EXIT_USAGE
         except OSError as exc:
             if exc.errno not in ENVIRONMENT_ERRNOS:
                 return safety.internal_error(prog, exc, args)
@@ -97,11 +104,11 @@ def guarded(command: Callable[..., int]) -> Callable[..., int]:
                 "same command again",
                 file=sys.stderr,
             )
-            return USER_ERROR_EXIT
+            return EXIT_USAGE
         except Exception as exc:
             if safety.is_out_of_memory(exc):
                 print(safety.out_of_memory_line(prog, exc, args), file=sys.stderr)
-                return USER_ERROR_EXIT
+                return EXIT_USAGE
             return safety.internal_error(prog, exc, args)
 
     return wrapper
@@ -126,7 +133,7 @@ def _flushed() -> bool:
 def _usage_error(prog: str, message: str) -> NoReturn:
     """One line ``prog: error: message`` on stderr, exit code 2."""
     print(f"{prog}: error: {message}", file=sys.stderr)
-    raise SystemExit(USER_ERROR_EXIT)
+    raise SystemExit(EXIT_USAGE)
 
 
 def _check_folder(flag: str, folder: str | Path | None, prog: str) -> None:
@@ -367,15 +374,13 @@ def probe(argv: list[str] | None = None, prog: str = "probe.py") -> int:
         )
     except TorchBackend.user_errors + (ValueError,) as exc:  # ProbeError, TaskError, ...
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return USER_ERROR_EXIT
+        return EXIT_USAGE
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format_table())
     return 0
 
 
 def report_parser(prog: str = "report.py") -> argparse.ArgumentParser:
     """The report's flags."""
-    from study.report.html import DEFAULT_STORAGE, DEFAULT_STUDY_NAME
-
     parser = OneLineParser(
         prog=prog,
         description="Write the report of a batch-size study (HTML, text tables, or the "
@@ -452,7 +457,7 @@ def report(argv: list[str] | None = None, prog: str = "report.py") -> int:
         path, built = write_report(study, out, storage_url=args.storage)
     except (ReportError, OutputError) as exc:
         print(f"{prog}: error: {safety.scrub(str(exc), [args.storage])}", file=sys.stderr)
-        return USER_ERROR_EXIT
+        return EXIT_USAGE
     size_mb = path.stat().st_size / 1e6
     print(
         f"wrote {path} ({len(built.drawn)} figures, {size_mb:.1f} MB, opens offline); "
@@ -466,8 +471,6 @@ def report(argv: list[str] | None = None, prog: str = "report.py") -> int:
 
 def dashboard_parser(prog: str = "dashboard.py") -> argparse.ArgumentParser:
     """The dashboard's flags."""
-    from study.report.html import DEFAULT_STORAGE
-
     parser = OneLineParser(
         prog=prog,
         description="Serve optuna-dashboard on a batch-size study, with its report artifacts.",
@@ -502,7 +505,7 @@ def dashboard(argv: list[str] | None = None, prog: str = "dashboard.py") -> int:
         storage = open_existing_storage(args.storage)
     except ReportError as exc:
         print(f"{prog}: error: {safety.scrub(str(exc), [args.storage])}", file=sys.stderr)
-        return USER_ERROR_EXIT
+        return EXIT_USAGE
     if artifact_dir is not None:
         try:
             Path(artifact_dir).mkdir(parents=True, exist_ok=True)
@@ -522,7 +525,7 @@ def dashboard(argv: list[str] | None = None, prog: str = "dashboard.py") -> int:
             "pass another --port, or --port 0 for a free one",
             file=sys.stderr,
         )
-        return USER_ERROR_EXIT
+        return EXIT_USAGE
     host, port = server.server_address[:2]
     print(
         f"optuna-dashboard on http://{host}:{port}/dashboard/ (storage {redact(args.storage)}, "
@@ -759,14 +762,14 @@ def _main(argv: list[str] | None) -> int:
                 f"{', '.join(COMMANDS)}",
                 file=sys.stderr,
             )
-            return USER_ERROR_EXIT
+            return EXIT_USAGE
         if not argv:
             print(
                 f"batchsize-study: error: give a command: {', '.join(COMMANDS)} "
                 "(batchsize-study COMMAND --help lists its flags)",
                 file=sys.stderr,
             )
-            return USER_ERROR_EXIT
+            return EXIT_USAGE
         return 0
     command, _ = COMMANDS[argv[0]]
     return command(argv[1:], prog=f"batchsize-study {argv[0]}")

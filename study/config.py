@@ -68,6 +68,22 @@ IDENTITY_FIELDS = (
 OBJECTIVES = (("metric",), ("metric", "time"))
 OBJECTIVE_ALIASES = {"accuracy": "metric"}
 BUDGETS = ("epochs", "steps")
+#: The study's name unless ``--study-name`` gives another.
+DEFAULT_STUDY_NAME = "batch-size"
+
+
+def default_storage(study_name: str = DEFAULT_STUDY_NAME) -> str:
+    """The storage of a study without ``--storage``: an SQLite file named after it in storage/.
+
+    Example:
+        >>> default_storage("lm")
+        'sqlite:///storage/lm.db'
+    """
+    return f"sqlite:///storage/{study_name}.db"
+
+
+#: The default study's storage: what ``report`` and ``dashboard`` open without ``--storage``.
+DEFAULT_STORAGE = default_storage()
 #: The largest count a flag may give (trials, epochs, steps, batch sizes, workers, ...): what a
 #: 32-bit signed integer holds, which every loop, tensor index and storage column can take.
 MAX_COUNT = 2**31 - 1
@@ -158,7 +174,7 @@ class StudyConfig:
     sampler: str = "tpe"
     seed: int = 0
     storage: str | None = None
-    study_name: str = "batch-size"
+    study_name: str = DEFAULT_STUDY_NAME
     device: str = "auto"
     memory_budget: int | None = None
     memory_margin: float = 0.1
@@ -320,7 +336,7 @@ class StudyConfig:
             hidden=tuple(self.hidden),
             gpus=tuple(self.gpus) if self.gpus is not None else None,
             workers=len(self.gpus) * self.workers_per_gpu if self.gpus else self.workers,
-            storage=self.storage or f"sqlite:///storage/{self.study_name}.db",
+            storage=self.storage or default_storage(self.study_name),
         )
 
     def _validate_lr_range(self) -> None:

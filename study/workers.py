@@ -30,7 +30,8 @@ from typing import TextIO
 
 #: Seconds the parent gives interrupted workers to mark their trials FAIL before killing them.
 STOP_GRACE_S = 30.0
-#: Exit codes of a worker (as of a whole run): done, bad input, interrupted.
+#: Exit codes of a worker and of every command: done, a user's mistake (a bad flag, storage,
+#: study or task; also argparse's code), interrupted.
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
 

@@ -72,8 +72,6 @@ __all__ = [
     "write_report",
 ]
 
-DEFAULT_STORAGE = "sqlite:///storage/batch-size.db"
-DEFAULT_STUDY_NAME = "batch-size"
 VERDICTS = {
     "inside": "inside the range: folklore held",
     "below": "below the range: folklore missed",
