@@ -8,7 +8,7 @@ process and one after the other:
 - ``probe (+ throughput)``: the same with its throughput table (what a study runs),
 - ``doubling x3``: PyTorch Lightning's ``mode="power"`` search (start at 2, double after each
   try of 3 training steps, stop at the first failure), see
-  :func:`objectives.probe.doubling_search`,
+  :func:`doubling_search` below,
 - ``doubling (+ throughput)``: the doubling search's steps plus the probe's throughput table
   over the same ladder (a study needs the table from either search; its steps are the same
   when the caps agree, its time is the probe's table time), so the two sides count the same
@@ -31,6 +31,13 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported in main(), so that --help answers at once
+    import torch
+
+    from objectives.tasks import Task
 
 #: Timed runs per method and scenario; the best is shown.
 REPEATS = 2
@@ -55,6 +62,97 @@ SCENARIOS = [
 ]
 
 
+@dataclass
+class DoublingResult:
+    """The Lightning-style doubling search's answer and its cost (for the benchmark)."""
+
+    max_batch_size: int
+    steps_run: int
+    seconds: float
+    tries: list[tuple[int, int | None]]
+
+
+def doubling_search(
+    task: Task,
+    *,
+    memory_budget: int,
+    optimizer: str = "adam",
+    device: str | torch.device = "cpu",
+    start: int = 2,
+    max_batch_size: int | None = None,
+    steps_per_trial: int = 3,
+    seed: int = 0,
+) -> DoublingResult:
+    """The baseline the probe is compared with: double from ``start`` until a step fails.
+
+    As PyTorch Lightning's batch-size finder (``mode="power"``, ``init_val=2``,
+    ``steps_per_trial=3``) does: each try runs ``steps_per_trial`` training steps; the search
+    stops at the first failure or at the largest power of two not above the training set.
+    "Failure" is a real out-of-memory error or, as on CPU where running out of RAM is not
+    safe to provoke, the try's first step measuring over ``memory_budget`` (measured exactly
+    as the probe measures, with one evaluation batch).
+
+    Example (from the repository's root)::
+
+        >>> from objectives.tasks import load_task
+        >>> doubling_search(load_task("digits"), memory_budget=2**28).max_batch_size
+        1024
+
+    Args:
+        task: The task; a fresh model is built with ``task.build_model()``.
+        memory_budget: Bytes a step may use.
+        optimizer: ``sgd``, ``adam`` or ``adamw``.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        start: The first batch size tried.
+        max_batch_size: Optional upper end of the search.
+        steps_per_trial: Training steps per try.
+        seed: Seeds the model and batches (the caller's generators are restored).
+    """
+    # The baseline measures a step exactly as the probe does: through the probe's own rig.
+    from objectives.probe import (
+        ProbeError,
+        _check_device,
+        _check_int,
+        _no_trace,
+        _settings,
+        _StepRig,
+    )
+    from study.units import format_bytes, parse_bytes
+
+    dev = _check_device(device)
+    memory_budget = parse_bytes(memory_budget)
+    _check_int("start", start, 1)
+    _check_int("steps_per_trial", steps_per_trial, 1)
+    upper = min(len(task.train), max_batch_size or len(task.train))
+    started = time.perf_counter()
+    tries: list[tuple[int, int | None]] = []
+    last_ok = 0
+    with _no_trace(dev, seed):
+        rig = _StepRig(task, _settings(optimizer, dev, "fp32", False, seed))
+        try:
+            size = start
+            while size <= upper:
+                peak, _ = rig.measure(size)
+                tries.append((size, peak))
+                if peak is None or peak > memory_budget:
+                    break
+                if steps_per_trial > 1 and rig.run_steps(size, steps_per_trial - 1) is None:
+                    tries[-1] = (size, None)  # ran out of memory in the try's later steps
+                    break
+                last_ok = size
+                size *= 2
+        finally:
+            rig.close()
+    if last_ok == 0:
+        raise ProbeError(
+            f"memory budget {format_bytes(memory_budget)} is too small for batch {start}",
+            budget_bytes=memory_budget,
+            batch_size=start,
+            needed_bytes=tries[0][1] if tries else None,
+        )
+    return DoublingResult(last_ok, rig.steps, time.perf_counter() - started, tries)
+
+
 def main(argv: list[str] | None = None) -> int:
     from study.config import OPTIMIZERS
 
@@ -66,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from objectives.memory import PeakMemory
-    from objectives.probe import available_memory, doubling_search, probe_batch_size
+    from objectives.probe import available_memory, probe_batch_size
     from objectives.tasks import load_task
     from study.units import format_bytes
 
