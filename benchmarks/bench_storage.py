@@ -11,7 +11,7 @@ Two tables, measured side by side in one run:
    writes (two parameters, one reported epoch, 16 user attributes), in milliseconds per trial,
    with 1 worker and with 4 racing worker processes.
 
-PostgreSQL runs on a throwaway local server (``study/pg_server.py``, fsync on) unless
+PostgreSQL runs on a throwaway local server (``tests/support/pg_server.py``, fsync on) unless
 ``--postgres-url`` names one (an empty database per cell is created in it: the user needs
 CREATEDB); without server binaries its rows are skipped.
 
@@ -82,6 +82,18 @@ NOOP_WORKER = RECORD_ONLY + textwrap.dedent(
 )
 
 
+def _pg_server():
+    """The tests' throwaway-server helper (tests/support/pg_server.py), loaded from its file:
+    tests/ is not an installed package, and this benchmark shares only that helper with it."""
+    import importlib.util
+
+    path = ROOT / "tests" / "support" / "pg_server.py"
+    spec = importlib.util.spec_from_file_location("pg_server", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class Storages:
     """Fresh storage URLs of each kind, in a temporary folder or on a PostgreSQL server."""
 
@@ -93,9 +105,7 @@ class Storages:
         self.postgres_note = ""
         if postgres_url is None:
             try:
-                from study.pg_server import PostgresServer
-
-                self.server = PostgresServer(durable=True).start()
+                self.server = _pg_server().PostgresServer(durable=True).start()
                 self.postgres_base = self.server.url("postgres")
                 self.postgres_note = "local throwaway server, fsync on"
             except Exception as exc:  # no binaries: skip the rows

@@ -2,7 +2,7 @@
 joined from several "machines" (parent processes), an exact budget, killed workers, and
 storage errors that never show the password.
 
-The server binaries are needed (see ``study/pg_server.py``); without them these tests are
+The server binaries are needed (see ``tests/support/pg_server.py``); without them these tests are
 skipped, unless ``BATCHSIZE_REQUIRE_POSTGRES=1`` (CI) makes that a failure.
 """
 
@@ -17,8 +17,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study.pg_server import PostgresServer, PostgresUnavailable
 from tests.conftest import run_script
+from tests.support.pg_server import PostgresServer, PostgresUnavailable
 from tests.test_attrs import check_one_transaction
 from tests.test_workers import BEAT, LONG, QUICK, _mid_trial, _pid, _start, counts, race
 
