@@ -112,7 +112,6 @@ def doubling_search(
     from objectives.probe import (
         ProbeError,
         _check_device,
-        _check_int,
         _no_trace,
         _settings,
         _StepRig,
@@ -121,8 +120,9 @@ def doubling_search(
 
     dev = _check_device(device)
     memory_budget = parse_bytes(memory_budget)
-    _check_int("start", start, 1)
-    _check_int("steps_per_trial", steps_per_trial, 1)
+    for name, value in (("start", start), ("steps_per_trial", steps_per_trial)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     upper = min(len(task.train), max_batch_size or len(task.train))
     started = time.perf_counter()
     tries: list[tuple[int, int | None]] = []

@@ -72,7 +72,7 @@ from objectives.oom import is_out_of_memory
 from objectives.speed import KNEE_TOLERANCE, SpeedResult, knee_from_timings, time_interleaved
 from objectives.tasks import Task
 from objectives.train import Step, TrainSettings, make_step, torch_flags
-from study.config import OPTIMIZERS
+from study.config import OPTIMIZERS, check_probe_settings
 from study.units import format_bytes, parse_bytes
 
 #: The search never runs a batch more than this many times the largest batch that has run.
@@ -565,12 +565,6 @@ def _no_trace(device: torch.device, seed: int) -> Iterator[None]:
         yield
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def probe_batch_size(
     task: Task,
     *,
@@ -636,16 +630,11 @@ def probe_batch_size(
     dev = _check_device(device)
     if memory_budget is not None:
         memory_budget = parse_bytes(memory_budget)
-    if not isinstance(memory_margin, (int, float)) or not 0 <= memory_margin < 1:
-        raise ValueError(f"memory margin {memory_margin!r} must be a fraction in [0, 1)")
-    _check_int("min_batch_size", min_batch_size, 1)
-    if max_batch_size is not None:
-        _check_int("max_batch_size", max_batch_size, min_batch_size)
-    _check_int("timed_steps", timed_steps, 1)
+    check_probe_settings(min_batch_size, max_batch_size, timed_steps, memory_margin)
     train_size = len(task.train)
     if min_batch_size > train_size:
         raise ValueError(
-            f"min_batch_size {min_batch_size} is larger than the training set "
+            f"--min-batch-size {min_batch_size} is larger than the training set "
             f"({train_size} samples): use a smaller --min-batch-size"
         )
     upper = min(train_size, max_batch_size or train_size)

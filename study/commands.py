@@ -46,6 +46,7 @@ from study.config import (
     PRECISIONS,
     ConfigError,
     StudyConfig,
+    check_probe_settings,
 )
 from study.disk import DiskFullError, disk_full, is_disk_full
 from study.workers import EXIT_USAGE
@@ -318,26 +319,19 @@ def _check_probe_flags(args: argparse.Namespace, prog: str) -> None:
             "--memory-margin applies to the detected free memory; with --memory-budget give "
             "the budget you want the step to fit",
         )
-    if args.min_batch_size < 1:
-        _usage_error(prog, f"--min-batch-size {args.min_batch_size} must be at least 1")
-    if args.max_batch_size is not None and args.max_batch_size < args.min_batch_size:
-        _usage_error(
-            prog,
-            f"--max-batch-size {args.max_batch_size} must be at least --min-batch-size "
-            f"{args.min_batch_size}",
-        )
-    if args.timed_steps < 1:
-        _usage_error(prog, f"--timed-steps {args.timed_steps} must be at least 1")
-    for flag, value in (
-        ("--min-batch-size", args.min_batch_size),
-        ("--max-batch-size", args.max_batch_size),
-        ("--timed-steps", args.timed_steps),
-    ):
-        _check_count(flag, value, prog)
     if args.memory_budget is not None and args.memory_budget <= 0:
         _usage_error(prog, f"--memory-budget {args.memory_budget} must be positive, e.g. 6GiB")
-    if args.memory_margin is not None and not 0 <= args.memory_margin < 1:
-        _usage_error(prog, f"--memory-margin {args.memory_margin}: use a fraction in [0, 1)")
+    try:  # before the task is built; the probe checks the same for its Python callers
+        check_probe_settings(
+            args.min_batch_size, args.max_batch_size, args.timed_steps, _probe_margin(args)
+        )
+    except ConfigError as exc:
+        _usage_error(prog, str(exc))
+
+
+def _probe_margin(args: argparse.Namespace) -> float:
+    """``--memory-margin``, or the default 0.1 when it is not given (it conflicts with a budget)."""
+    return 0.1 if args.memory_margin is None else args.memory_margin
 
 
 @guarded
@@ -352,18 +346,12 @@ def probe(argv: list[str] | None = None, prog: str = "probe.py") -> int:
 
     try:
         task = build_task(config)
-        if args.min_batch_size > len(task.train):
-            _usage_error(
-                prog,
-                f"--min-batch-size {args.min_batch_size} is larger than the training set "
-                f"({len(task.train)} samples): use a smaller --min-batch-size",
-            )
         result = probe_batch_size(
             task,
             optimizer=args.optimizer,
             device=device,
             memory_budget=args.memory_budget,
-            memory_margin=0.1 if args.memory_margin is None else args.memory_margin,
+            memory_margin=_probe_margin(args),
             min_batch_size=args.min_batch_size,
             max_batch_size=args.max_batch_size,
             precision=args.precision,

@@ -313,8 +313,7 @@ class StudyConfig:
         _choice("--model", self.model, MODELS)
         if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
             raise ConfigError(f"--device {self.device!r}: use cpu, cuda, cuda:N or auto")
-        if not 0 <= self.memory_margin < 1:
-            raise ConfigError(f"--memory-margin {self.memory_margin}: use a fraction in [0, 1)")
+        check_memory_margin(self.memory_margin)
         if self.memory_budget is not None and self.memory_budget <= 0:
             raise ConfigError(f"--memory-budget {self.memory_budget}: must be positive")
         if self.memory_budget is not None and self.memory_budget > MAX_BYTES:
@@ -451,6 +450,48 @@ def differences(stored: dict, requested: dict) -> list[str]:
             flag = "--" + name.replace("_", "-")
             out.append(f"{flag} {stored[name]!r} (stored) vs {requested.get(name)!r} (now)")
     return out
+
+
+def check_memory_margin(margin: object) -> None:
+    """``--memory-margin`` is a fraction in ``[0, 1)``; else a :class:`ConfigError`."""
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin < 1:
+        raise ConfigError(f"--memory-margin {margin}: use a fraction in [0, 1)")
+
+
+def check_probe_settings(
+    min_batch_size: object, max_batch_size: object, timed_steps: object, memory_margin: object
+) -> None:
+    """The probe's own settings, checked in one place for the probe command and its Python API.
+
+    Example:
+        >>> check_probe_settings(8, 4, 3, 0.1)
+        Traceback (most recent call last):
+        ...
+        study.config.ConfigError: --max-batch-size 4 must be at least --min-batch-size 8
+
+    Raises:
+        ConfigError: the flag, its value and the allowed range.
+    """
+    counts = (
+        ("--min-batch-size", min_batch_size),
+        ("--max-batch-size", max_batch_size),
+        ("--timed-steps", timed_steps),
+    )
+    for flag, value in counts:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{flag} {value!r} must be a whole number, e.g. 10")
+    if min_batch_size < 1:  # type: ignore[operator]
+        raise ConfigError(f"--min-batch-size {min_batch_size} must be at least 1")
+    if max_batch_size is not None and max_batch_size < min_batch_size:  # type: ignore[operator]
+        raise ConfigError(
+            f"--max-batch-size {max_batch_size} must be at least --min-batch-size {min_batch_size}"
+        )
+    if timed_steps < 1:  # type: ignore[operator]
+        raise ConfigError(f"--timed-steps {timed_steps} must be at least 1")
+    for flag, value in counts:
+        if value is not None:
+            _count(flag, value)
+    check_memory_margin(memory_margin)
 
 
 def _positive(flag: str, value: int) -> None:

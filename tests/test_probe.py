@@ -311,13 +311,13 @@ def test_parse_bytes_rejects_bad_sizes_with_the_accepted_forms(text):
 
 
 def test_bad_arguments_name_the_value_and_the_range(digits):
-    with pytest.raises(ValueError, match=r"memory margin 1.5 must be a fraction in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"--memory-margin 1.5: use a fraction in \[0, 1\)"):
         probe_batch_size(digits, memory_margin=1.5)
     with pytest.raises(ValueError, match="larger than the training set"):
         probe_batch_size(digits, min_batch_size=10**6)
     with pytest.raises(ValueError, match="unknown optimizer"):
         probe_batch_size(digits, optimizer="lion")
-    with pytest.raises(ValueError, match="max_batch_size must be an integer >= 8"):
+    with pytest.raises(ValueError, match="--max-batch-size 4 must be at least --min-batch-size 8"):
         probe_batch_size(digits, min_batch_size=8, max_batch_size=4)
 
 
