@@ -218,22 +218,13 @@ def _cheaper(
                 _estimate(fewer, space, rates, work),
             )
         )
-    if config.budget == "epochs" and config.epochs >= 4:
-        epochs = max(1, config.epochs // 4)
-        shorter = dataclasses.replace(work, epochs=epochs)
+    unit = "epochs" if config.budget == "epochs" else "steps"
+    length = getattr(config, unit) or 0
+    if length >= 4:
+        shorter = dataclasses.replace(work, **{unit: length // 4})
         options.append(
             Cheaper(
-                f"--epochs {epochs}",
-                "a quarter of the budget: its answer need not carry over to the full budget",
-                _estimate(config, space, rates, shorter),
-            )
-        )
-    elif config.budget == "steps" and config.steps and config.steps >= 4:
-        steps = config.steps // 4
-        shorter = dataclasses.replace(work, steps=steps)
-        options.append(
-            Cheaper(
-                f"--steps {steps}",
+                f"--{unit} {length // 4}",
                 "a quarter of the budget: its answer need not carry over to the full budget",
                 _estimate(config, space, rates, shorter),
             )
