@@ -131,6 +131,7 @@ def plan_space(
         len(task.train),
         resolve_rule(config.scaling, config.optimizer),
         source,
+        config.devices_per_trial,
     )
     return space, extra
 
@@ -377,7 +378,9 @@ WORKER_COMMAND = [sys.executable, "-m", "study.commands", "worker"]
 
 def _run_workers(config: StudyConfig, study: optuna.Study, lock, out: TextIO) -> None:
     """Run the study's trials in worker processes; return when they are all done."""
-    specs = plan_workers(config.workers, config.gpus, config.workers_per_gpu)
+    specs = plan_workers(
+        config.workers, config.gpus, config.workers_per_gpu, config.devices_per_trial
+    )
     if isinstance(lock, NoLock):
         print(
             "warning: this storage has no lock for claiming trials (the budget is exact on "
@@ -390,7 +393,13 @@ def _run_workers(config: StudyConfig, study: optuna.Study, lock, out: TextIO) ->
         file=out,
         flush=True,
     )
-    pool = WorkerPool(WORKER_COMMAND, specs, config_to_json(config), dict(os.environ))
+    pool = WorkerPool(
+        WORKER_COMMAND,
+        specs,
+        config_to_json(config),
+        dict(os.environ),
+        processes_per_worker=config.devices_per_trial,
+    )
     pool.start()
 
     def tick() -> None:  # fail the trials of dead workers so that the others retry them
