@@ -53,7 +53,7 @@ from torch.nn.parallel import DistributedDataParallel
 from objectives.oom import is_out_of_memory
 from objectives.ranks import Ranks, Stopped, collective_device
 from objectives.train import Diverged, Step, TrainResult, TrainSettings, make_step, train_model
-from study.config import StudyConfig
+from study.config import StudyConfig, config_from_json, config_to_json
 from study.runner import TrialRetry
 from study.workers import describe_exit, parent_death_signal
 
@@ -161,8 +161,6 @@ class TrialGroup:
         return self
 
     def _spawn(self, port: int) -> None:
-        from study.orchestrate import config_to_json
-
         preexec = parent_death_signal()
         for rank in range(1, self.devices):
             spec = {
@@ -264,7 +262,6 @@ def helper_main() -> int:
     """
     from objectives.backend import build_task
     from objectives.data import place
-    from study.orchestrate import config_from_json
 
     spec = json.loads(sys.stdin.read())
     rank, ranks, device = int(spec["rank"]), int(spec["ranks"]), str(spec["device"])

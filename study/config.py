@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
@@ -491,6 +492,21 @@ class StudyConfig:
         """The settings a resumed study must not change."""
         data = self.to_dict()
         return {name: data[name] for name in IDENTITY_FIELDS}
+
+
+def config_to_json(config: StudyConfig) -> str:
+    """The settings a worker process (or a helper rank) receives, on stdin: the storage URL
+    may hold a password."""
+    data = asdict(config)
+    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in data.items()})
+
+
+def config_from_json(text: str) -> StudyConfig:
+    """The inverse of :func:`config_to_json` (validated)."""
+    data = json.loads(text)
+    known = {f.name for f in fields(StudyConfig)}
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+    return StudyConfig(**data).validate()
 
 
 def differences(stored: dict, requested: dict) -> list[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -27,7 +26,7 @@ import optuna
 
 from study import safety
 from study.budget import FINISHED, Tally, reap
-from study.config import ConfigError, StudyConfig
+from study.config import ConfigError, StudyConfig, config_from_json, config_to_json
 from study.confirm import study_decision
 from study.datamatch import FINGERPRINT_ATTR, data_changed_message, data_changes
 from study.decision import Plan
@@ -422,20 +421,6 @@ def _run_workers(config: StudyConfig, study: optuna.Study, lock, out: TextIO) ->
         "command again to continue",
         code,
     )
-
-
-def config_to_json(config: StudyConfig) -> str:
-    """The settings a worker process receives (on stdin: the storage URL may hold a password)."""
-    data = dataclasses.asdict(config)
-    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in data.items()})
-
-
-def config_from_json(text: str) -> StudyConfig:
-    """The inverse of :func:`config_to_json` (validated)."""
-    data = json.loads(text)
-    known = {f.name for f in dataclasses.fields(StudyConfig)}
-    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-    return StudyConfig(**data).validate()
 
 
 def worker_main(backend: Backend, argv: list[str] | None = None) -> int:
