@@ -32,8 +32,8 @@ TABLE_FILES = ("docs/record.md", "README.md")
 
 FULL = TrialRecord(
     batch_size=128,
-    micro_batch_size=32,
-    devices=2,
+    micro_batch_size=64,
+    devices=1,
     accumulation_steps=2,
     lr=0.02,
     scaling_rule="linear",
@@ -218,7 +218,7 @@ def test_the_trial_line_says_why_a_trial_was_pruned_out_of_memory():
     attrs = dataclasses.replace(FULL, diverged=False).to_user_attrs()
     pruned = optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs=attrs)
     line = trial_line(pruned)
-    assert "pruned" in line and "batch   128 (32x2devx2)" in line
+    assert "pruned" in line and "batch   128 (64x2)" in line
     assert "after 1 out-of-memory attempt(s)" in line  # the first failed at 128, 64 x 2 ran
     attrs["oom"].append({"micro_batch_size": 64, "accumulation_steps": 2, "epoch": 1})
     gave_up = optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs=attrs)
