@@ -66,6 +66,10 @@ HELPER_COMMAND = [
 ]
 #: Seconds helpers get to exit by themselves once the attempt ended at an epoch boundary.
 EXIT_GRACE_S = 10.0
+#: Seconds a fault waits for a rank that died to be seen dead, before the rest are killed.
+FAULT_GRACE_S = 2.0
+#: What the backends' errors say when a peer is gone (DDP's hooks raise plain RuntimeError).
+COLLECTIVE_ERRORS = ("gloo", "nccl", "connection reset", "connection closed", "timed out")
 #: Where the rendezvous listens: this machine only.
 HOST = "127.0.0.1"
 
@@ -87,6 +91,14 @@ class Job:
     settings: TrainSettings
     start_epoch: int
     optimizer_state: dict | None
+
+
+def is_collective_error(error: BaseException) -> bool:
+    """Whether ``error`` came from the group's communication (a peer gone, a timeout)."""
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(word in text for word in COLLECTIVE_ERRORS)
 
 
 def rank_device(device: str, rank: int) -> str:
@@ -202,7 +214,7 @@ class LaunchedGroup:
         at_boundary = kind is None or self.ranks.stopped or isinstance(error, Diverged)
         if at_boundary or isinstance(error, KeyboardInterrupt):
             return
-        if isinstance(error, dist.DistError) or is_out_of_memory(error):
+        if is_collective_error(error) or is_out_of_memory(error):
             raise GroupLost(f"a rank of the torchrun group failed: {error}") from error
 
 
@@ -311,8 +323,12 @@ class TrialGroup:
         _tb: TracebackType | None,
     ) -> None:
         at_boundary = kind is None or self.ranks.stopped or isinstance(error, Diverged)
-        deadline = time.monotonic() + (EXIT_GRACE_S if at_boundary else 0.0)
-        while at_boundary and time.monotonic() < deadline and self._alive():
+        # At an epoch boundary the helpers end by themselves; after a fault, a rank that
+        # died is given a moment to be seen dead (its sockets close before it is reaped).
+        deadline = time.monotonic() + (EXIT_GRACE_S if at_boundary else FAULT_GRACE_S)
+        while time.monotonic() < deadline and self._alive():
+            if not at_boundary and self._ended():
+                break
             time.sleep(0.02)
         ended = self._ended()  # before the kill: who died by itself
         self._kill()
@@ -320,7 +336,7 @@ class TrialGroup:
             dist.destroy_process_group()
         if error is None or at_boundary or isinstance(error, KeyboardInterrupt):
             return
-        if ended or isinstance(error, dist.DistError) or is_out_of_memory(error):
+        if ended or is_collective_error(error) or is_out_of_memory(error):
             what = ended or f"rank 0 failed ({type(error).__name__}: {error})"
             raise RankFailed(
                 f"{what}; the trial on {self.devices} devices is retried from its last checkpoint"

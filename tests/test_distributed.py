@@ -267,3 +267,31 @@ def test_two_concurrent_two_rank_trials_and_the_global_batch_in_record_and_answe
     cell = study.user_attrs["recommendation"]["most_accurate"]
     assert (cell["batch_size"], cell["micro_batch_size"], cell["devices"]) == (32, 16, 2)
     assert cell["accumulation_steps"] == 1
+
+
+def test_killing_rank_0_leaves_no_helper_behind(tmp_path):
+    """SIGKILL the process that holds the trial (rank 0): its helper rank ends within
+    seconds (the parent-death signal), none is left running."""
+    run = _run(tmp_path, "--trials", "1", "--epochs", "20", "--pruner", "none",
+               "--min-batch-size", "8", "--max-batch-size", "8", "--max-accumulation", "1",
+               "--devices-per-trial", "2")  # fmt: skip
+    deadline = time.monotonic() + 60
+    helpers: list[int] = []
+    while not helpers and time.monotonic() < deadline and run.poll() is None:
+        helpers = _children(run.pid)
+        time.sleep(0.05)
+    assert helpers, "no helper rank started"
+    run.kill()
+    run.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(map(_running, helpers)):
+        time.sleep(0.05)
+    assert not any(map(_running, helpers))
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
