@@ -212,7 +212,10 @@ class LaunchedGroup:
         _tb: TracebackType | None,
     ) -> None:
         at_boundary = kind is None or self.ranks.stopped or isinstance(error, Diverged)
-        if at_boundary or isinstance(error, KeyboardInterrupt):
+        if at_boundary:
+            return
+        dist.destroy_process_group()  # mid-update: unusable; the run ends, torchrun restarts
+        if isinstance(error, KeyboardInterrupt):
             return
         if is_collective_error(error) or is_out_of_memory(error):
             raise GroupLost(f"a rank of the torchrun group failed: {error}") from error
