@@ -430,7 +430,7 @@ class Stream(Dataset):  # read item by item in training (a collate): item BAD is
 
 def _unchecked(size):  # an item no check before the study reads
     from objectives.datacheck import sample_indices
-    from objectives.tasks import check_indices
+    from objectives.taskcheck import check_indices
     seen = set(sample_indices(size)) | set(check_indices(size))
     return next(i for i in range(size) if i not in seen)
 
