@@ -36,11 +36,24 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+_MODULES = (
+    "data",
+    "words",
+    "answer",
+    "table",
+    "tables",
+    "figures",
+    "figure_parts",
+    "html",
+    "summary",
+    "note",
+    "dashboard",
+)
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"study.report.{_EXPORTS[name]}"), name)
-    if name in ("data", "answer", "figures", "html", "summary", "note", "dashboard"):
+    if name in _MODULES:
         return importlib.import_module(f"study.report.{name}")
     raise AttributeError(f"module 'study.report' has no attribute {name!r}")

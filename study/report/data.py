@@ -34,6 +34,7 @@ from study.record import (
 )
 from study.schedule import LRSchedule
 from study.stats import median
+from study.storage import shape_words, study_shape_problem
 from study.units import format_percent
 
 #: Order in which scaling rules are listed; other names follow alphabetically.
@@ -43,9 +44,6 @@ RULE_ORDER = ("linear", "sqrt", "none")
 RULES_OF_THUMB = ((1_000, 16, 32), (100_001, 32, 256), (math.inf, 256, 2048))
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
-
-#: The ``config["objectives"]`` that ask for the two-objective shape (metric and time).
-TWO_OBJECTIVES_CONFIG = (("metric", "time"), ("accuracy", "time"))
 
 #: Confirmation runs a cell needs before the report draws a conclusion from it, for a study
 #: whose config stores no ``confirm_runs`` (the default of ``--confirm-runs``).
@@ -796,56 +794,6 @@ def compute_importances(
     return dict(importances), (
         f"Share of the variation in final {metric.full} explained by each parameter "
         "(Optuna's default importance evaluator, complete trials)."
-    )
-
-
-def _direction(name: str) -> optuna.study.StudyDirection:
-    return optuna.study.StudyDirection[name.upper()]
-
-
-def study_shape_problem(study: optuna.Study) -> str | None:
-    """Why ``study`` is not a batch-size study's shape (``it ...``), or ``None`` if it is.
-
-    A batch-size study optimises its metric (``val_<name>``) in the metric's direction
-    (the study attribute ``metric``; accuracy, maximised, when absent); with
-    ``--objectives metric,time`` it also minimises ``train_time_s``. Any other shape is
-    refused.
-    """
-    metric = study_metric(study)
-    first = _direction(metric.direction)
-    directions = tuple(study.directions)
-    if directions == (first,):
-        return None
-    if len(directions) == 1:
-        word = "minimises" if directions[0] == optuna.study.StudyDirection.MINIMIZE else "maximises"
-        return f"{word} its objective, but its metric {metric.name} is to be {metric.direction}d"
-    config = study.user_attrs.get("config")
-    asked = config.get("objectives") if isinstance(config, dict) else None
-    names = study.metric_names
-    expected = (f"val_{metric.name}", "train_time_s")
-    named = names is not None and tuple(names) == expected
-    asked_two = asked is not None and tuple(asked) in TWO_OBJECTIVES_CONFIG
-    two = (first, optuna.study.StudyDirection.MINIMIZE)
-    if directions == two and (named or (names is None and asked_two)):
-        return None
-    if len(directions) == 2:
-        shown = ", ".join(
-            f"{n} ({d.name.lower()})"
-            for n, d in zip(names or ["objective 0", "objective 1"], directions, strict=False)
-        )
-        return (
-            f"has the objectives {shown}, not {expected[0]} ({metric.direction}), "
-            "train_time_s (minimize)"
-        )
-    return f"has {len(directions)} objectives"
-
-
-def shape_words(study: optuna.Study) -> str:
-    """What a batch-size study of this metric optimises, for error messages."""
-    metric = study_metric(study)
-    return (
-        f"a batch-size study {metric.direction}s val_{metric.name} (and, with --objectives "
-        "metric,time, minimises train_time_s)"
     )
 
 

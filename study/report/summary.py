@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial
 from study.record import CONFIRM, MetricInfo, TrialRecord, read_record
 from study.report.answer import answer_lines
 from study.report.data import MetricText, ReportData, collect_report_data
+from study.report.table import Table
 from study.stats import median
 
 
@@ -58,13 +59,6 @@ def trial_line(trial: FrozenTrial, metric: MetricInfo | None = None) -> str:
         else:
             parts.append(f"after {len(r.oom)} out-of-memory attempt(s)")
     return "  ".join(parts)
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 def budget_text(config: dict) -> str:
@@ -111,7 +105,7 @@ def cell_table(data: ReportData) -> str:
             f"{c.median_samples_per_s:,.0f}" if c.median_samples_per_s is not None else "-",
         ]
         rows.append(row)
-    return _table(headers, rows)
+    return Table("cells", "", headers, rows).to_text(titled=False, first_left=False)
 
 
 def summary(study: optuna.Study) -> str:
