@@ -7,7 +7,7 @@ too small to confirm anything, the sentence that says so. This module only write
 it never chooses. Nothing here imports Plotly or torch.
 
 Example:
-    >>> from study.report.data import MetricText
+    >>> from study.report.words import MetricText
     >>> from study.record import MetricInfo
     >>> answer_lines(None, MetricText(MetricInfo()))[0]
     'Answer: none yet (the study stores no recommendation and none could be computed).'
@@ -19,7 +19,8 @@ import math
 from typing import Any
 
 from study.record import int_or_none, number_or_none
-from study.report.data import MIN_RUNS, MetricText
+from study.report.cellrows import MIN_RUNS
+from study.report.words import MetricText
 from study.units import format_bytes
 
 #: What the answer says when the study holds too few runs and gives no statement itself.

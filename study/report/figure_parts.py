@@ -23,7 +23,9 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
 from study.record import MetricInfo, read_record
-from study.report.data import CellRow, NoiseScale, ReportData
+from study.report.cellrows import CellRow
+from study.report.data import ReportData
+from study.report.narratives import NoiseScale
 
 RULE_COLORS = {"linear": "#1f77b4", "sqrt": "#ff7f0e", "none": "#2ca02c"}
 

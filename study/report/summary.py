@@ -17,8 +17,9 @@ from optuna.trial import FrozenTrial
 
 from study.record import CONFIRM, MetricInfo, TrialRecord, read_record
 from study.report.answer import answer_lines
-from study.report.data import MetricText, ReportData, collect_report_data
+from study.report.data import ReportData, collect_report_data
 from study.report.table import Table
+from study.report.words import MetricText
 from study.stats import median
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from study.record import CONFIRM, TrialRecord
 from study.report.answer import answer_note, answer_rows
-from study.report.data import MIN_RUNS, Folklore, ReportData
+from study.report.cellrows import MIN_RUNS
+from study.report.data import ReportData
+from study.report.narratives import Folklore
 from study.report.table import Table
 from study.units import format_bytes, format_percent
 
