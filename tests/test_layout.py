@@ -29,21 +29,9 @@ def _modules(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
 
-def _top_level_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-    return names
-
-
 def test_the_optuna_side_never_names_torch_or_objectives_except_the_command_line_edge():
     for path in _modules("study"):
-        # study/compat.py reaches torch's private internals inside its functions only
-        imported = _top_level_imports(path) if path.name == "compat.py" else _imports(path)
+        imported = _imports(path)
         assert not any(n == "torch" or n.startswith("torch.") for n in imported), path
         if path.name not in ("commands.py", "api.py"):  # the edges that hand the backend in
             assert not any(n.startswith("objectives") for n in imported), path
