@@ -71,12 +71,10 @@ def redact(url: str) -> str:
     return safety.redact(url)
 
 
-def _check_url(url: str) -> sqlalchemy.URL:
-    problem = safety.unencoded_userinfo_problem(url)
-    if problem:
-        raise StorageError(f"--storage {redact(url)}: {problem}")
+def _parse_url(url: str) -> sqlalchemy.URL:
+    """``url`` parsed by SQLAlchemy, or a :class:`StorageError` that says how to write one."""
     try:
-        parsed = make_url(url)
+        return make_url(url)
     except ArgumentError:
         raise StorageError(
             f"--storage {redact(url)} is not a database URL: use e.g. sqlite:///storage/x.db "
@@ -87,6 +85,13 @@ def _check_url(url: str) -> sqlalchemy.URL:
             f"--storage {redact(url)} is not a valid database URL (is the port a number?): "
             "use e.g. postgresql://user@host:5432/db"
         ) from None
+
+
+def _check_url(url: str) -> sqlalchemy.URL:
+    problem = safety.unencoded_userinfo_problem(url)
+    if problem:
+        raise StorageError(f"--storage {redact(url)}: {problem}")
+    parsed = _parse_url(url)
     try:
         dialect = parsed.get_dialect()
     except NoSuchModuleError:
@@ -448,18 +453,9 @@ def shape_words(study: optuna.Study) -> str:
 
 
 def _sqlite_file(url: str) -> Path | None:
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise StorageError(
-            f"--storage {redact(url)} is not a database URL: use e.g. "
-            "sqlite:///storage/batch-size.db or postgresql://user@host/db"
-        ) from None
-    except ValueError:  # e.g. a port that is not a number
-        raise StorageError(
-            f"--storage {redact(url)} is not a valid database URL (is the port a number?): "
-            "use e.g. postgresql://user@host:5432/db"
-        ) from None
+    """The file of an SQLite URL, ``None`` for other databases; a URL that cannot hold a
+    stored study (malformed, in-memory) is a :class:`StorageError`."""
+    parsed = _parse_url(url)
     if parsed.get_backend_name() != "sqlite":
         return None
     database = parsed.database
