@@ -10,8 +10,8 @@ Nothing here imports torch or writes trials. The modules, each with one job:
 * :mod:`study.report.answer` -- the study's answer (its recommendation) in words and rows;
 * :mod:`study.report.table` -- the table model and its two renderers, text and HTML;
 * :mod:`study.report.tables` -- the report's tables, built from the rows;
-* :mod:`study.report.figure_parts` -- what the figures share: the log2 axis, colours, marks;
-* :mod:`study.report.figures` -- the Plotly figures, one builder each;
+* :mod:`study.report.figures` -- the Plotly figures, one builder each, in groups (the metric,
+  the hardware, the learning rate, Optuna's history), and the parts they share;
 * :mod:`study.report.html` -- the self-contained HTML page and the plain-text report;
 * :mod:`study.report.summary` -- the lines a run prints (per trial and at the end);
 * :mod:`study.report.note` -- the dashboard note;
@@ -52,7 +52,6 @@ _MODULES = (
     "table",
     "tables",
     "figures",
-    "figure_parts",
     "html",
     "summary",
     "note",

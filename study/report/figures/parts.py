@@ -5,7 +5,7 @@ What every figure of the report draws the same way: a scaling rule's colour
 (:func:`batch_ticks`), rules drawn slightly apart (:func:`rule_offset`), the gradient noise
 scale and the answer's cells marked (:func:`mark_noise_scale`, :func:`mark_answer`), the
 probe's cap and knee (:func:`cap_and_knee`), and one layout (:func:`finish`). The figures
-themselves are in :mod:`study.report.figures`.
+themselves are in the other modules of :mod:`study.report.figures`.
 
 Example:
     >>> batch_ticks([8, 64])["ticktext"]
