@@ -133,6 +133,19 @@ def test_the_task_contract_is_a_leaf_that_imports_nothing_of_the_project():
         assert getattr(tasks, name) is getattr(leaf, name)
 
 
+def test_every_module_opens_with_a_docstring_that_says_its_idea():
+    for path in _project_modules().values():
+        assert ast.get_docstring(ast.parse(path.read_text())), path
+
+
+def test_the_report_figures_read_in_steps_of_one_screen():
+    for path in _modules("study/report/figures"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 60, f"{path}:{node.lineno} {node.name} is {length} lines"
+
+
 def test_nothing_outside_tests_imports_from_tests():
     for package in ("study", "objectives", "scripts", "benchmarks"):
         for path in _modules(package):
