@@ -229,7 +229,9 @@ class TorchBackend:
         from objectives.speed import dataset_batches, measure_speed
         from objectives.train import TrainSettings
 
-        if not batch_sizes:
+        if not batch_sizes or config.devices_per_trial > 1:
+            # Several devices per trial: a timing in this one process would leave out the
+            # group's communication; the trials' own group throughput stands in.
             return {}
         data = as_tensors(task.train, split="train")
         micro = {b: space.split(b)[0] for b in batch_sizes}

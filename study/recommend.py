@@ -165,6 +165,7 @@ def _pick(
     return {
         "batch_size": key.batch_size,
         "micro_batch_size": cell.micro_batch_size if cell else None,
+        "devices": cell.devices if cell else None,
         "accumulation_steps": cell.accumulation_steps if cell else None,
         "scaling_rule": key.scaling_rule,
         "lr": cell.lr if cell else None,

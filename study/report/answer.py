@@ -34,6 +34,7 @@ NONE_YET = "none yet (the study stores no recommendation and none could be compu
 CELL_KEYS = (
     "batch_size",
     "micro_batch_size",
+    "devices",
     "accumulation_steps",
     "scaling_rule",
     "lr",
@@ -88,7 +89,10 @@ def cell_words(cell: dict[str, Any], metric: MetricText, *, bold: str = "") -> s
     batch = f"{bold}batch {cell.get('batch_size')}{bold}"
     micro, steps = int_or_none(cell.get("micro_batch_size")), cell.get("accumulation_steps")
     how = [f"rule {cell.get('scaling_rule')}"]
-    if micro and int_or_none(steps) and int(steps) > 1:
+    devices = int_or_none(cell.get("devices")) or 1
+    if micro and devices > 1:
+        how.insert(0, f"{micro} x {devices} devices x {int_or_none(steps) or 1} accumulated")
+    elif micro and int_or_none(steps) and int(steps) > 1:
         how.insert(0, f"{micro} x {int(steps)} accumulated")
     lr = number_or_none(cell.get("lr"))
     if lr is not None:
