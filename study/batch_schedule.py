@@ -4,8 +4,8 @@ A schedule is a list of phases, each a batch size and the fraction of the budget
 starts: ``32@0,128@0.2,512@0.5`` trains at 32 for the first fifth of the budget, at 128 up to
 half of it and at 512 after that (a batch-size warm-up, Merrill et al. 2025). The learning
 rate of each phase is the scaling rule's at that phase's batch. With an epoch budget a phase
-starts at the first epoch at or after its fraction (``round(fraction * epochs)``), so every
-update of an epoch has the same, exact batch size.
+starts at the first epoch that starts at or after its fraction (``ceil(fraction * epochs)``),
+so every update of an epoch has the same, exact batch size.
 
 In a study a schedule is one more cell beside the constant batch sizes: its label (the text
 above, :attr:`BatchSchedule.label`) is a choice of the ``batch_size`` parameter of a study
@@ -115,14 +115,35 @@ class BatchSchedule:
 
     def epoch_batches(self, epochs: int) -> tuple[int, ...]:
         """The batch size of each of ``epochs`` epochs: a phase starts at epoch
-        ``round(start_fraction * epochs)`` (counted from 0); a later phase rounded onto the
+        ``ceil(start_fraction * epochs)`` (counted from 0); a later phase rounded onto the
         same epoch replaces an earlier one."""
         sizes = [self.phases[0].batch_size] * epochs
         for phase in self.phases:
-            first = min(epochs, round(phase.start_fraction * epochs))
+            first = min(epochs, math.ceil(phase.start_fraction * epochs - 1e-9))
             for epoch in range(first, epochs):
                 sizes[epoch] = phase.batch_size
         return tuple(sizes)
+
+    def shares(self, epochs: int) -> dict[int, float]:
+        """The share of the budget's samples each batch size trains (epoch budget)."""
+        sizes = self.epoch_batches(epochs)
+        return {b: sizes.count(b) / len(sizes) for b in dict.fromkeys(sizes)}
+
+    def rate(self, epochs: int, rates: dict[int, float | None]) -> float | None:
+        """The schedule's throughput from each batch's (``None`` when one is missing): its
+        time per sample is the shares' weighted sum of the phases' times per sample.
+
+        Example:
+            >>> parse_schedule("8@0,64@0.5").rate(10, {8: 100.0, 64: 300.0})
+            150.0
+        """
+        seconds = 0.0
+        for size, share in self.shares(epochs).items():
+            rate = rates.get(size)
+            if not rate:
+                return None
+            seconds += share / rate
+        return 1.0 / seconds if seconds else None
 
     def to_list(self) -> list[dict]:
         """JSON-ready: ``[{"batch_size": 32, "start_fraction": 0.0}, ...]``."""
@@ -170,6 +191,31 @@ def parse_schedule(text: str) -> BatchSchedule:
         return BatchSchedule(tuple(phases))
     except ScheduleError as exc:
         raise ScheduleError(f"--batch-schedule {text.strip()}: {exc}") from None
+
+
+def schedule_speeds(
+    speeds: dict[int, dict], labels: list[str], epochs: int
+) -> dict[str | int, dict]:
+    """``speeds`` (the answer's timing by batch size: ``samples_per_s``, ``rates`` per round)
+    with an entry for each schedule of ``labels`` whose phases were all timed: its rate in
+    each round from its phases' rates of that round (:meth:`BatchSchedule.rate`)."""
+    out: dict[str | int, dict] = dict(speeds)
+    for label in labels:
+        schedule = parse_schedule(label)
+        if any(b not in speeds for b in schedule.batch_sizes):
+            continue
+        rounds = max(len(speeds[b].get("rates") or []) for b in schedule.batch_sizes)
+        per_round = []
+        for i in range(rounds):
+            at = {b: _at(speeds[b].get("rates") or [], i) for b in schedule.batch_sizes}
+            per_round.append(schedule.rate(epochs, at))
+        middle = schedule.rate(epochs, {b: speeds[b].get("samples_per_s") for b in speeds})
+        out[label] = {"samples_per_s": middle, "rates": per_round}
+    return out
+
+
+def _at(values: list, i: int) -> float | None:
+    return values[i] if i < len(values) else None
 
 
 def is_schedule_label(value: object) -> bool:

@@ -772,7 +772,7 @@ def _check_branch_flags(own: dict, prog: str) -> None:
         _check_count(f"--{flag.replace('_', '-')}", value, prog)
     window = own["branch_window"]
     if not (math.isfinite(window) and 0 < window <= 0.5):
-        _usage_error(prog, f"--branch-window {window}: use a fraction of the budget in (0, 0.5]")
+        _usage_error(prog, f"--branch-window {window:g}: use a fraction of the budget in (0, 0.5]")
     tol = own["loss_tolerance"]
     if not (math.isfinite(tol) and tol >= 0):
         _usage_error(prog, f"--loss-tolerance {tol}: use a fraction of at least 0, e.g. 0.05")

@@ -267,3 +267,87 @@ def test_bad_branch_flags_are_one_line_and_exit_2(flags: list[str], words: str):
     done = run_script("branch.py", "--task", "digits", *flags)
     assert done.returncode == 2
     assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- batch-size schedules
+
+
+def test_a_schedules_updates_are_exactly_the_scheduled_sizes():
+    from objectives.train import StepHook, TrainSettings, train_model
+
+    micro_sizes: list[int] = []
+    updates: list[tuple[int, int, float]] = []  # (samples, micro-batches, lr)
+
+    def record_loss(losses, outputs, targets, model):
+        micro_sizes.append(len(losses))
+        return losses
+
+    def record_update(model, optimizer, update):
+        updates.append((sum(micro_sizes), len(micro_sizes), update.lr))
+        micro_sizes.clear()
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(100, 6, generator=g), torch.randint(0, 3, (100,), generator=g)
+    data = TensorDataset(x, y)
+    hook = StepHook(loss=record_loss, before_update=record_update)
+    task = Task("t", lambda: torch.nn.Linear(6, 3), data, data, data, step=hook)
+    phases = ((8, 8, 1e-3), (8, 8, 1e-3), (32, 16, 2e-3), (32, 16, 2e-3))
+    settings = TrainSettings(
+        epochs=4, batch_size=32, micro_batch_size=16, lr=2e-3, batch_phases=phases
+    )
+    train = place(data, "cpu")
+    result = train_model(task.build_model(), train, train, settings, task=task)
+    expected = [(8, 1, 1e-3)] * (100 // 8) * 2 + [(32, 2, 2e-3)] * (100 // 32) * 2
+    assert updates == expected
+    assert result.optimizer_steps == len(expected)
+    assert result.samples_seen == sum(u[0] for u in updates)
+
+
+def test_a_schedule_is_parsed_placed_on_epochs_and_timed_from_its_phases():
+    from study.batch_schedule import parse_schedule, schedule_speeds
+
+    schedule = parse_schedule(" 32@0, 128@0.2,512@0.5 ")
+    assert schedule.label == "32@0,128@0.2,512@0.5"
+    assert schedule.epoch_batches(5) == (32, 128, 128, 512, 512)
+    assert schedule.shares(5) == {32: 0.2, 128: 0.4, 512: 0.4}
+    speeds = {b: {"samples_per_s": r, "rates": [r, r / 2]} for b, r in ((32, 100.0), (512, 400.0))}
+    timed = schedule_speeds(speeds, ["32@0,512@0.5"], epochs=4)
+    assert timed["32@0,512@0.5"]["samples_per_s"] == pytest.approx(160.0)
+    assert timed["32@0,512@0.5"]["rates"] == pytest.approx([160.0, 80.0])
+    assert "32@0,128@0.2,512@0.5" not in schedule_speeds(speeds, [schedule.label], 5)
+
+
+def test_a_space_without_a_schedule_is_stored_and_read_as_before():
+    from study.space import BatchSpace, build_space, with_schedule
+
+    space = build_space(8, 64, 1, 1000, "search", "--max-batch-size")
+    stored = space.to_dict()
+    assert "schedules" not in stored  # older studies' attributes, unchanged
+    assert BatchSpace.from_dict(stored) == space and space.choices == [8, 16, 32, 64]
+    scheduled = with_schedule(space, "8@0,64@0.5")
+    assert BatchSpace.from_dict(scheduled.to_dict()).choices == [8, 16, 32, 64, "8@0,64@0.5"]
+
+
+def test_a_schedule_cell_goes_through_a_study_with_workers_and_resume(tmp_path: Path):
+    from study.cells import study_records
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    flags = [
+        "--task", "digits", "--model", "mlp", "--hidden", "16", "--epochs", "4",
+        "--max-batch-size", "64", "--device", "cpu", "--batch-schedule", "8@0,64@0.5",
+        "--storage", url, "--artifact-dir", "none", "--confirm-runs", "2",
+        "--scaling", "sqrt", "--pruner", "none", "--sampler", "grid",
+    ]  # fmt: skip
+    first = run_script("run_study.py", *flags, "--trials", "6", "--workers", "2")
+    assert first.returncode == 0, first.stderr
+    assert "schedules ['8@0,64@0.5']" in first.stdout
+    second = run_script("run_study.py", *flags, "--trials", "8")
+    assert second.returncode == 0, second.stderr
+    assert "resumed" in second.stdout
+    study = optuna.load_study(study_name="batch-size", storage=url)
+    records = study_records(study)
+    scheduled = [r for r in records if r.batch_schedule == "8@0,64@0.5"]
+    assert scheduled and all(r.batch_size == 64 for r in scheduled)
+    assert any(r.state == "COMPLETE" for r in scheduled)
+    assert "schedule 8@0,64@0.5" in first.stdout + second.stdout  # its trial line
+    assert study.user_attrs["space"]["schedules"] == ["8@0,64@0.5"]

@@ -32,7 +32,9 @@ def trial_line(trial: FrozenTrial, metric: MetricInfo | None = None) -> str:
     info = metric or MetricInfo()
     r = read_record(trial, metric=info)
     batch = f"batch {r.batch_size if r.batch_size is not None else '?':>5}"
-    if r.accumulation_steps and r.accumulation_steps > 1:
+    if r.batch_schedule is not None:
+        batch = f"schedule {r.batch_schedule}"
+    elif r.accumulation_steps and r.accumulation_steps > 1:
         batch += f" ({r.micro_batch_size}x{r.accumulation_steps})"
     parts = [f"trial {r.number:>3} {r.state.lower():<8}"]
     if r.phase == CONFIRM:
@@ -100,7 +102,7 @@ def cell_table(data: ReportData) -> str:
     headers += [f"median {m.rate}"]
     rows = []
     for c in data.cells:
-        row = [str(c.batch_size), c.scaling_rule]
+        row = [c.batch_schedule or str(c.batch_size), c.scaling_rule]
         row += [f"x{c.lr_bucket:.3g}" if c.lr_bucket is not None else "-"] if buckets else []
         row += [
             str(c.runs) + ("" if c.confirmed or not c.runs else "*"),
