@@ -5,9 +5,10 @@ throughput, timed side by side) and the settings of the run:
 
 * **Trainings.** The decision (``study.decision``) explores one search run per cell of the
   space (batch sizes x rules, at most ``--trials``), then confirms: ``--confirm-runs`` fresh
-  runs of the leader and of each faster candidate it tests, twice that when a look is
-  undecided. The expected count is the exploration plus the leader's and one candidate's
-  runs; ``--trials`` is the cap.
+  runs of the references (the leader and the next cells by the search runs, as many as the
+  budget pays: ``Plan.reference_count``) and of each faster candidate it tests, twice that
+  when a look is undecided. The expected count is the exploration plus the references' and
+  one candidate's runs; ``--trials`` is the cap.
 * **Seconds per trial** at batch ``B``: the samples it trains over its throughput, its
   evaluations (the validation split each epoch or period, then the training and test splits;
   a forward pass costed at :data:`FORWARD_SHARE` of a training step, at the largest batch),
@@ -25,7 +26,7 @@ Example:
     >>> round(trial_seconds(32, rates, work), 3)
     0.831
     >>> expected_trainings(trials=50, cells=6, confirm_runs=3)
-    12
+    18
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from study.config import EVALUATION_PERIODS
+from study.decision import Plan
 
 #: A forward pass (evaluation) per sample, as a share of a training step's time per sample.
 FORWARD_SHARE = 1 / 3
@@ -98,10 +100,17 @@ def trial_seconds(batch_size: int, rates: Mapping[int, float], work: Workload) -
     return train + evaluation + TRIAL_OVERHEAD_S + work.evaluations * EVALUATION_OVERHEAD_S
 
 
+def references(trials: int, cells: int, confirm_runs: int) -> int:
+    """The cells confirmed as references (the leader and its contenders) in such a study."""
+    return Plan(
+        total=trials, confirm_runs=confirm_runs, exploration=min(trials, cells)
+    ).reference_count
+
+
 def expected_trainings(trials: int, cells: int, confirm_runs: int) -> int:
-    """Trainings a study is expected to run: one search run per cell, then the leader's and
-    one candidate's confirmation runs; never more than ``trials``."""
-    return min(trials, cells + 2 * confirm_runs)
+    """Trainings a study is expected to run: one search run per cell, then the references'
+    and one candidate's confirmation runs; never more than ``trials``."""
+    return min(trials, cells + (references(trials, cells, confirm_runs) + 1) * confirm_runs)
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,7 @@ class Estimate:
         cells: Batch sizes x rules of the space.
         trainings: Expected trainings (:func:`expected_trainings`).
         cap: The most trainings the study may run (``--trials``).
+        references: Cells confirmed as references (the leader and its contenders).
         seconds: Expected seconds of the trials and the fixed part.
         cap_seconds: Seconds if all ``cap`` trainings run (the study did not stop early),
             those after the exploration at the median batch size's time.
@@ -120,6 +130,7 @@ class Estimate:
     cells: int
     trainings: int
     cap: int
+    references: int
     seconds: float
     cap_seconds: float
 
@@ -146,7 +157,8 @@ def estimate(
     once = FIXED_S + FIRST_TRIAL_S
     seconds = once + explore_s + (trainings - explore) * typical
     cap_seconds = once + explore_s + (trials - explore) * typical
-    return Estimate(cells, trainings, trials, seconds, cap_seconds)
+    refs = references(trials, cells, confirm_runs)
+    return Estimate(cells, trainings, trials, refs, seconds, cap_seconds)
 
 
 def duration(seconds: float) -> str:

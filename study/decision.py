@@ -133,6 +133,8 @@ class Decision:
         next_cell: The cell whose confirmation run should be enqueued next, if any.
         decided: Whether the answer is decided at the plan's confidence.
         reason: Why the study stops (``done``), in words.
+        references: The leader and its contenders (:func:`references`), once the
+            confirmation has begun.
     """
 
     stage: str
@@ -141,6 +143,7 @@ class Decision:
     next_cell: CellKey | None = None
     decided: bool = False
     reason: str = ""
+    references: tuple[CellKey, ...] = ()
 
     @property
     def passed(self) -> list[CellKey]:
@@ -169,6 +172,8 @@ class Plan:
             most ``total``).
         scaling_rules: The space's rules (a ``scaling_rule`` parameter only with several).
         lr_search_width: ``--lr-search-width`` (above 1, cells split by LR bucket).
+        contenders: Cells after the leader (by the search runs) that a candidate must also be
+            shown within the tolerance of (:func:`references`).
     """
 
     total: int
@@ -179,6 +184,15 @@ class Plan:
     exploration: int = 1
     scaling_rules: tuple[str, ...] = ("linear",)
     lr_search_width: float = 1.0
+    contenders: int = 2
+
+    @property
+    def reference_count(self) -> int:
+        """The leader and the contenders a candidate is held against: as many contenders as
+        the budget after the exploration can give a first look beside the leader and one
+        candidate."""
+        room = (self.total - self.exploration) // max(2, self.confirm_runs) - 2
+        return 1 + max(0, min(self.contenders, room))
 
     @property
     def look_level(self) -> float:
@@ -297,15 +311,45 @@ def _pooled(search: dict[CellKey, Sample]) -> tuple[float | None, int]:
     return math.sqrt(ss / dof), dof
 
 
-def leader_of(search: dict[CellKey, Sample], metric: MetricInfo) -> CellKey | None:
-    """The cell with the best search mean (more runs, then the smaller batch, on a tie)."""
+def ranked(search: dict[CellKey, Sample], metric: MetricInfo) -> list[CellKey]:
+    """The cells with a search value, best first by their shrunken search means (more runs,
+    then the smaller batch, on a tie).
+
+    Each cell's mean is pulled towards the mean of all cells by the share of its variance that
+    is signal, ``tau² / (tau² + sigma² / n)`` (empirical Bayes, normal-normal: ``sigma`` the
+    pooled single-run SD of the search runs, ``tau²`` the spread of the cells' true means by
+    the method of moments), so that one lucky run does not outrank a cell that was good
+    several times.
+    """
     scored = [(k, s) for k, s in search.items() if s.values]
-    if not scored:
-        return None
-    return max(
+    means = {k: s.mean or 0.0 for k, s in scored}
+    shrunk = dict(means)
+    sigma, _ = _pooled(search)
+    if sigma is not None and len(scored) >= 3:
+        grand = sum(means.values()) / len(means)
+        spread = sum((m - grand) ** 2 for m in means.values()) / (len(means) - 1)
+        noise = sum(sigma**2 / len(s.values) for _, s in scored) / len(scored)
+        tau2 = max(spread - noise, 1e-12)
+        for k, s in scored:
+            shrunk[k] = grand + tau2 / (tau2 + sigma**2 / len(s.values)) * (means[k] - grand)
+    order = sorted(
         scored,
-        key=lambda ks: (metric.sign * (ks[1].mean or 0.0), len(ks[1].values), -ks[0].batch_size),
-    )[0]
+        key=lambda ks: (metric.sign * shrunk[ks[0]], len(ks[1].values), -ks[0].batch_size),
+        reverse=True,
+    )
+    return [k for k, _ in order]
+
+
+def leader_of(search: dict[CellKey, Sample], metric: MetricInfo) -> CellKey | None:
+    """The most accurate cell by the search runs: the first of :func:`ranked`."""
+    order = ranked(search, metric)
+    return order[0] if order else None
+
+
+def references(search: dict[CellKey, Sample], plan: Plan) -> list[CellKey]:
+    """The cells a candidate must be within the tolerance of: the leader, then the next cells
+    of :func:`ranked`, :attr:`Plan.reference_count` in all."""
+    return ranked(search, plan.metric)[: plan.reference_count]
 
 
 def candidates(
@@ -385,15 +429,18 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
     def need(key: CellKey, n: int) -> int:
         return max(0, n - got(key).runs - pending[key])
 
-    def state(stage: str, comparisons: list[Comparison], **kw) -> Decision:
-        return Decision(stage, leader, tuple(comparisons), **kw)
+    refs = references(search, plan)
 
-    if need(leader, r):
-        if need(leader, r) > left:
-            why = f"the budget has no room for the leader's {r} confirmation runs"
-            return state("done", [], reason=why)
-        return state("confirm", [], next_cell=leader)
-    if got(leader).runs < r:
+    def state(stage: str, comparisons: list[Comparison], **kw) -> Decision:
+        return Decision(stage, leader, tuple(comparisons), references=tuple(refs), **kw)
+
+    for ref in refs:
+        if need(ref, r):
+            if need(ref, r) > left:
+                why = f"the budget has no room for the {r} confirmation runs of the references"
+                return state("done", [], reason=why)
+            return state("confirm", [], next_cell=ref)
+    if any(got(ref).runs < r for ref in refs):
         return state("confirm", [])  # its runs are in flight elsewhere
     done: list[Comparison] = []
     level = plan.look_level
@@ -401,7 +448,8 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
         last: Welch | None = None
         for look in range(1, LOOKS + 1):
             n = look * r
-            missing = need(key, n) + need(leader, n)
+            others = [ref for ref in refs if ref != key]
+            missing = need(key, n) + sum(need(ref, n) for ref in others)
             if missing:
                 if missing > left:
                     needed = None
@@ -414,11 +462,11 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
                     )
                     why = "the budget has no room for the runs the open comparison needs"
                     return state("done", done, reason=why)
-                target = key if need(key, n) >= need(leader, n) else leader
+                target = max([key, *others], key=lambda k: need(k, n))
                 done.append(Comparison(key, search_d, "open", look - 1, last, got(key).runs))
                 return state("confirm", done, next_cell=target)
             lead, cell = got(leader).first(n), got(key).first(n)
-            if cell.runs < n or lead.runs < n:  # the look's runs are in flight elsewhere
+            if cell.runs < n or any(got(ref).runs < n for ref in others):  # in flight elsewhere
                 done.append(Comparison(key, search_d, "open", look - 1, last, cell.runs))
                 return state("confirm", done)
             if cell.diverged:
@@ -428,15 +476,24 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
                 done.append(Comparison(key, search_d, "undecided", look, None, cell.runs))
                 return state("done", done, reason="too few runs with a value to compare")
             last = welch([sign * v for v in lead.values], [sign * v for v in cell.values])
-            if last.upper(level) <= plan.tolerance:
+            tests = [
+                welch([sign * v for v in got(ref).first(n).values], [sign * v for v in cell.values])
+                for ref in others
+                if len(got(ref).first(n).values) >= 2
+            ]
+            if all(w.upper(level) <= plan.tolerance for w in tests):
                 done.append(Comparison(key, search_d, "pass", look, last, cell.runs))
                 break
             if last.lower(level) >= plan.tolerance:
                 done.append(Comparison(key, search_d, "out", look, last, cell.runs))
                 return state("done", done, decided=True, reason="a candidate is ruled out")
-            if look == LOOKS:
-                needed = runs_to_decide(lead, cell, last.d, plan)
+            needed = runs_to_decide(lead, cell, last.d, plan)
+            if look == LOOKS or (needed is not None and needed > LOOKS * r):
                 done.append(Comparison(key, search_d, "undecided", look, last, cell.runs, needed))
-                why = "a candidate is still undecided after its second look"
+                why = (
+                    "a candidate is still undecided after its last look"
+                    if look == LOOKS
+                    else "a candidate would need more runs than its last look to be decided"
+                )
                 return state("done", done, reason=why)
     return state("done", done, decided=True, reason="every candidate was decided")

@@ -104,8 +104,8 @@ class Plan:
             f"Space: {len(s.batch_sizes)} batch sizes x {len(s.scaling_rules)} rule(s) "
             f"({', '.join(s.scaling_rules)}) = {cost.cells} cells.",
             f"Expected: {cost.trainings} trainings ({min(cost.cap, cost.cells)} search runs, one "
-            f"per cell, then {c.confirm_runs} confirmation runs of the leader and of one "
-            f"candidate), about {duration(cost.seconds)}; at most {cost.cap} trainings "
+            f"per cell, then {c.confirm_runs} confirmation runs of each of {_refs(cost)} and "
+            f"of one candidate), about {duration(cost.seconds)}; at most {cost.cap} trainings "
             f"(--trials), about {duration(cost.cap_seconds)}. Pruned trials end early, so the "
             "search usually costs less.",
         ]
@@ -230,6 +230,13 @@ def _cheaper(
             )
         )
     return [o for o in options if o.cost.seconds < now.seconds]
+
+
+def _refs(cost: Estimate) -> str:
+    """The references in words: the leader, and the contenders the budget pays."""
+    if cost.references == 1:
+        return "the leader"
+    return f"the leader and the next {cost.references - 1} cells by the search"
 
 
 def _probe_table(probe: Any) -> str | None:

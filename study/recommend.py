@@ -9,7 +9,9 @@ It reads the decision (:mod:`study.decision`) and writes it down with its figure
   mean with its own interval come from its **confirmation runs only**, made after it was
   chosen, so the runs that picked it do not flatter it.
 * ``fastest_within``: the largest batch size that passed the fixed sequence of one-sided
-  non-inferiority tests at ``--confidence`` and whose speed-up over the most accurate cell is
+  non-inferiority tests at ``--confidence`` (against the leader and against the next cells
+  by the search runs, so that a leader picked by a lucky run does not carry a candidate
+  along) and whose speed-up over the most accurate cell is
   measured (the interleaved timing's per-round ratios all above 1); the most accurate cell
   itself when none did. "Within" is "at most ``--tolerance`` behind, at that confidence".
 * ``confidence``, ``decided`` (the decision was reached, not stopped by the budget or an
@@ -246,7 +248,8 @@ def build_answer(
         "budget": budget,
         "rule": (
             f"fixed-sequence one-sided Welch t-tests at {plan.confidence:.0%} on confirmation "
-            f"runs (two looks, each at {plan.look_level:.2%}), up the batch sizes"
+            f"runs (two looks, each at {plan.look_level:.2%}), up the batch sizes, each "
+            "candidate against the leader and the next cells by the search"
         ),
     }
     confirm = samples(records, plan, CONFIRM)
@@ -358,10 +361,16 @@ def _statement(
         speed = f"{ratio:.3g}x the throughput" if ratio else "faster"
         if rng:
             speed += f" (range {rng[0]:.3g}-{rng[1]:.3g} over {fast['speedup_rounds']} rounds)"
+        others = [
+            f"batch {k.batch_size} {k.scaling_rule}"
+            for k in decision.references[1:]
+            if k.batch_size != fast["batch_size"] or k.scaling_rule != fast["scaling_rule"]
+        ]
+        also = f" (and of {' and '.join(others)}, the next by the search)" if others else ""
         words = (
             f"With {conf} confidence, {_describe(fast, plan, interval=False)} is within "
             f"{plan.tolerance:g} {plan.metric.name} of the most accurate, "
-            f"{_describe(best, plan)}; {when}, it trains with {speed}."
+            f"{_describe(best, plan)}{also}; {when}, it trains with {speed}."
         )
     if undecided:
         shown = "; ".join(_undecided_text(e) for e in undecided[:UNDECIDED_SHOWN])

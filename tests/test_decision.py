@@ -9,8 +9,8 @@ from itertools import count
 import pytest
 
 from study.cells import CellKey
-from study.decision import Plan, candidates, decide, samples
-from study.record import MetricInfo, TrialRecord
+from study.decision import Plan, candidates, decide, leader_of, references, samples
+from study.record import ACCURACY, MetricInfo, TrialRecord
 from study.stats import Welch, mean_interval, pocock_level, t_quantile, welch
 
 _numbers = count()
@@ -34,7 +34,7 @@ def confirm(batch, values, rule="linear"):
 
 
 def plan(**kw) -> Plan:
-    base = dict(total=50, confirm_runs=3, tolerance=0.01, exploration=4)
+    base = dict(total=50, confirm_runs=3, tolerance=0.01, exploration=4, contenders=0)
     base.update(kw)
     return Plan(**base)
 
@@ -120,13 +120,63 @@ def test_a_ruled_out_cell_ends_the_sequence_decided():
 def test_an_undecided_cell_gets_a_second_look_then_stops_the_study_undecided():
     p = plan(exploration=2)
     records = [rec(8, 0.96), rec(32, 0.955)]
-    records += confirm(8, [0.960, 0.950, 0.970]) + confirm(32, [0.955, 0.945, 0.965])
+    records += confirm(8, [0.960, 0.952, 0.968]) + confirm(32, [0.960, 0.952, 0.968])
     d = decide(p, records)
     assert d.stage == "confirm" and d.comparisons[0].looks == 1  # second look: 6 runs each
     records += confirm(8, [0.960, 0.950, 0.970]) + confirm(32, [0.945, 0.955, 0.950])
     d = decide(p, records)
     assert d.stage == "done" and not d.decided and d.open[0].key == CellKey(32, "linear")
     assert d.open[0].runs_to_decide is not None and d.open[0].runs_to_decide > 6
+
+
+def test_a_comparison_its_last_look_cannot_decide_stops_after_its_first():
+    # 0.005 behind with a single-run SD of 0.01: about 28 runs each would decide it, far more
+    # than the second look's 6, so the study stops undecided now instead of paying 6 more runs
+    p = plan(exploration=2)
+    records = [rec(8, 0.96), rec(32, 0.955)]
+    records += confirm(8, [0.960, 0.950, 0.970]) + confirm(32, [0.955, 0.945, 0.965])
+    d = decide(p, records)
+    assert d.stage == "done" and not d.decided and d.open[0].looks == 1
+    assert d.open[0].runs_to_decide > 2 * p.confirm_runs
+    assert "more runs than its last look" in d.reason
+
+
+def test_a_candidate_must_be_within_the_tolerance_of_each_reference():
+    # the leader (8) by one lucky search run; the contender (16) is truly the best. 64 is
+    # within 0.01 of the leader's confirmation runs but 0.02 behind the contender's: not named
+    p = plan(exploration=3, contenders=1)
+    records = [rec(8, 0.97), rec(16, 0.965), rec(64, 0.96)]
+    assert references(samples(records, p, "search"), p) == [
+        CellKey(8, "linear"),
+        CellKey(16, "linear"),
+    ]
+    records += confirm(8, [0.951, 0.950, 0.952]) + confirm(16, [0.965, 0.966, 0.964])
+    records += confirm(64, [0.946, 0.945, 0.947])
+    d = decide(p, records)
+    assert CellKey(64, "linear") not in d.passed and d.comparisons[-1].status != "pass"
+    # the same runs with a contender as good as the leader: 64 passes
+    records = [rec(8, 0.97), rec(16, 0.965), rec(64, 0.96)]
+    records += confirm(8, [0.951, 0.950, 0.952]) + confirm(16, [0.951, 0.952, 0.950])
+    records += confirm(64, [0.946, 0.945, 0.947])
+    assert CellKey(64, "linear") in decide(p, records).passed
+
+
+def test_the_references_shrink_to_what_the_budget_can_pay():
+    records = [rec(8, 0.97), rec(16, 0.965), rec(32, 0.96), rec(64, 0.955)]
+    search = samples(records, plan(), "search")
+    assert len(references(search, plan(total=50, exploration=4, contenders=2))) == 3
+    # 10 trials after the exploration pay a first look of 3 cells at 3 runs: one contender
+    assert len(references(search, plan(total=14, exploration=4, contenders=2))) == 2
+    assert len(references(search, plan(total=8, exploration=4, contenders=2))) == 1
+
+
+def test_one_lucky_search_run_does_not_outrank_a_cell_good_several_times():
+    # 16 was 0.962 three times; 8 once 0.965. With the cells' spread no larger than the
+    # noise, 8's single run is pulled to the mean of all cells and 16 leads
+    records = [rec(8, 0.965), rec(16, 0.962), rec(16, 0.963), rec(16, 0.961)]
+    records += [rec(32, 0.965), rec(32, 0.935), rec(64, 0.960), rec(64, 0.930)]
+    search = samples(records, plan(), "search")
+    assert leader_of(search, ACCURACY) == CellKey(16, "linear")
 
 
 def test_a_look_the_budget_cannot_pay_stops_the_study_undecided_at_once():
