@@ -358,7 +358,7 @@ def branch_run(
     task: Task,
     settings: BranchSettings,
     tolerance: float = 0.01,
-    loss_tolerance: float = 0.05,
+    loss_tolerance: float = 0.2,
     confidence: float = 0.95,
     log: Callable[[str], None] | None = None,
 ) -> BranchResult:

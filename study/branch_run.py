@@ -59,7 +59,7 @@ def run_branch(
     points: int = 5,
     window: float = 0.02,
     repeats: int = 3,
-    loss_tolerance: float = 0.05,
+    loss_tolerance: float = 0.2,
     log: Callable[[str], None] | None = None,
 ) -> tuple[dict, str]:
     """Branch as ``config`` says; return the answer's JSON and its printed text.

@@ -743,7 +743,7 @@ def branch_parser(prog: str = "branch.py") -> argparse.ArgumentParser:
     g.add_argument(
         "--loss-tolerance",
         type=float,
-        default=0.05,
+        default=0.2,
         help="how far above the reference's held-out loss (a fraction of it) a branch may be "
         "and keep up",
     )
@@ -775,7 +775,7 @@ def _check_branch_flags(own: dict, prog: str) -> None:
         _usage_error(prog, f"--branch-window {window:g}: use a fraction of the budget in (0, 0.5]")
     tol = own["loss_tolerance"]
     if not (math.isfinite(tol) and tol >= 0):
-        _usage_error(prog, f"--loss-tolerance {tol}: use a fraction of at least 0, e.g. 0.05")
+        _usage_error(prog, f"--loss-tolerance {tol}: use a fraction of at least 0, e.g. 0.2")
     ref = own["reference_batch_size"]
     if ref is not None and (ref < 1 or ref & (ref - 1)):
         _usage_error(prog, f"--reference-batch-size {ref} is not a power of two: use 8, 16, ...")
