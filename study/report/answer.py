@@ -64,7 +64,7 @@ def too_small(rec: dict[str, Any] | None) -> bool:
 
 def same_cell(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """``a`` and ``b`` are the same cell (batch size, rule and learning rate)."""
-    keys = ("batch_size", "scaling_rule", "lr")
+    keys = ("batch_size", "scaling_rule", "lr", "batch_schedule")
     return all(a.get(k) == b.get(k) for k in keys)
 
 
@@ -87,6 +87,8 @@ def cell_words(cell: dict[str, Any], metric: MetricText, *, bold: str = "") -> s
     """``batch 64 (rule linear, lr 0.05): mean 89.8% (95% interval 88.1%-91.5%, 3 runs),
     median 12.1 s training``; ``bold`` wraps the batch size and the mean (Markdown ``**``)."""
     batch = f"{bold}batch {cell.get('batch_size')}{bold}"
+    if cell.get("batch_schedule"):
+        batch = f"{bold}schedule {cell['batch_schedule']}{bold}"
     micro, steps = int_or_none(cell.get("micro_batch_size")), cell.get("accumulation_steps")
     how = [f"rule {cell.get('scaling_rule')}"]
     devices = int_or_none(cell.get("devices")) or 1
@@ -231,7 +233,7 @@ def answer_rows(
             int_or_none(c.get("micro_batch_size")),
             int_or_none(c.get("accumulation_steps")),
         )
-        text = str(c.get("batch_size"))
+        text = str(c.get("batch_schedule") or c.get("batch_size"))
         return text + (f" ({micro} x {steps} accumulated)" if micro and steps and steps > 1 else "")
 
     def num(value: Any, spec: str, suffix: str = "") -> str:

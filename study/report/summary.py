@@ -34,6 +34,8 @@ def trial_line(trial: FrozenTrial, metric: MetricInfo | None = None) -> str:
     info = metric or MetricInfo()
     r = read_record(trial, metric=info)
     batch = f"batch {r.batch_size if r.batch_size is not None else '?':>5}" + _split(r)
+    if r.batch_schedule is not None:
+        batch = f"schedule {r.batch_schedule}"
     parts = [f"trial {r.number:>3} {r.state.lower():<8}"]
     if r.phase == CONFIRM:
         parts.append("confirm")
@@ -99,7 +101,7 @@ def cell_table(data: ReportData) -> str:
     headers += [f"median {m.rate}"]
     rows = []
     for c in data.cells:
-        row = [str(c.batch_size), c.scaling_rule]
+        row = [c.batch_schedule or str(c.batch_size), c.scaling_rule]
         row += [f"x{c.lr_bucket:.3g}" if c.lr_bucket is not None else "-"] if buckets else []
         row += [
             str(c.runs) + ("" if c.confirmed or not c.runs else "*"),
