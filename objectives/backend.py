@@ -284,6 +284,23 @@ class TorchBackend:
             "units_per_sample": units if data is not None else _streamed_units(task),
         }
 
+    def branch(
+        self,
+        task: Task,
+        settings: dict,
+        tolerance: float,
+        loss_tolerance: float,
+        confidence: float,
+        log: Callable[[str], None] | None = None,
+    ) -> Any:
+        """The branch command's training (:func:`objectives.branch.branch_run`): a
+        :class:`~study.branch_report.BranchResult`."""
+        from objectives.branch import BranchSettings, branch_run
+
+        return branch_run(
+            task, BranchSettings(**settings), tolerance, loss_tolerance, confidence, log
+        )
+
     def tidy(self, config: StudyConfig, study: optuna.Study) -> None:
         """Keep only the checkpoints that a RUNNING or WAITING retry may resume."""
         checkpoints = checkpoint_store(config)

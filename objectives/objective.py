@@ -60,6 +60,7 @@ from objectives.train import (
     train_model,
     training_loss,
 )
+from study.batch_schedule import is_schedule_label, parse_schedule
 from study.collapse import chance_accuracy, collapse_reason
 from study.config import StudyConfig
 from study.record import ACCURACY as ACCURACY_INFO
@@ -204,7 +205,9 @@ class BatchSizeObjective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         space, config = self.space, self.config
-        batch_size = trial.suggest_categorical("batch_size", space.batch_sizes)
+        choice = trial.suggest_categorical("batch_size", space.choices)
+        schedule = parse_schedule(choice) if is_schedule_label(choice) else None
+        batch_size = schedule.largest if schedule is not None else int(choice)
         if len(space.scaling_rules) > 1:
             rule = trial.suggest_categorical("scaling_rule", space.scaling_rules)
         else:
@@ -216,6 +219,13 @@ class BatchSizeObjective:
             width = config.lr_search_width
             multiplier = trial.suggest_float("lr_multiplier", 1 / width, width, log=True)
             lr *= multiplier
+        epoch_plan = None  # a schedule: each epoch's batch and its rule's learning rate
+        if schedule is not None:
+            factor = multiplier or 1.0
+            epoch_plan = tuple(
+                (b, scaled_lr(rule, config.base_lr, config.base_batch_size, b) * factor)
+                for b in schedule.epoch_batches(config.epochs)
+            )
         key = first_attempt(trial)  # a retry continues its first attempt's run and seed
         run = run_id(trial, key) if self.checkpoints is not None else ""
         seed = trial_seed(config.seed, key)
@@ -231,6 +241,7 @@ class BatchSizeObjective:
             seed=seed,
             lr_multiplier=multiplier,
             samples_left_out=samples_left_out(len(self.train), batch_size),
+            batch_schedule=schedule.label if schedule is not None else None,
             **self._device_record(),
         )
         ooms: list[OutOfMemory] = []
@@ -240,7 +251,7 @@ class BatchSizeObjective:
             retries = 0
         try:
             while True:
-                self._attempt(trial, attempt, batch_size, lr, seed, key, run)
+                self._attempt(trial, attempt, batch_size, lr, seed, key, run, epoch_plan)
                 # The attempt's frames are gone by now; after an OOM, free everything.
                 release_memory(self.device, full=attempt.outcome == "oom")
                 if attempt.outcome != "oom":
@@ -337,21 +348,35 @@ class BatchSizeObjective:
         seed: int,
         key: int,
         run: str,
+        epoch_plan: tuple[tuple[int, float], ...] | None = None,
     ) -> None:
         """Train (or continue) one attempt and set ``attempt.outcome``.
+
+        ``epoch_plan``: a batch-size schedule's batch and peak learning rate of each epoch.
 
         Pruning, divergence and out-of-memory end here, not as exceptions: their tracebacks
         (and the tensors those hold) are gone when this returns, so the memory can be freed.
         """
         start = attempt.start_epoch
         plan = self._plan(batch_size)
-        per_epoch = steps_per_epoch(len(self.train), batch_size)
+        n = len(self.train)
+        per_epoch = [
+            steps_per_epoch(n, b) for b, _ in epoch_plan or ((batch_size, lr),) * len(plan)
+        ]
+        phases = None
+        if epoch_plan is not None:  # a schedule: the attempt's micro-batch caps every phase
+            phases = tuple(
+                (b, min(b, attempt.micro_batch_size), peak) for b, peak in epoch_plan[start:]
+            )
         settings = TrainSettings(
             epochs=len(plan) - start,
             period_steps=plan[start:] if self.config.budget == "steps" else None,
-            first_step=sum(plan[:start]) if self.config.budget == "steps" else start * per_epoch,
-            total_steps=sum(plan) if self.config.budget == "steps" else len(plan) * per_epoch,
-            warmup_steps=self.config.warmup_steps or self.config.warmup_epochs * per_epoch,
+            first_step=sum(plan[:start])
+            if self.config.budget == "steps"
+            else sum(per_epoch[:start]),
+            total_steps=sum(plan) if self.config.budget == "steps" else sum(per_epoch),
+            warmup_steps=self.config.warmup_steps or sum(per_epoch[: self.config.warmup_epochs]),
+            batch_phases=phases,
             warmup_start_lr=min(self.config.base_lr, lr),
             weight_decay=self.config.weight_decay,
             lr_schedule=self.config.lr_schedule,

@@ -98,6 +98,9 @@ class TrainSettings:
         final_lr_fraction: Where ``cosine`` and ``linear`` end, a fraction of ``lr``.
         total_steps: The trial's updates, over which the schedule runs (``None``: the
             updates of this call plus ``first_step``).
+        batch_phases: A batch-size schedule (:mod:`study.batch_schedule`): for each epoch of
+            this call, ``(batch_size, micro_batch_size, peak lr)``; ``None``: ``batch_size``,
+            ``micro_batch_size`` and ``lr`` for every epoch. Epoch budgets only.
 
     Raises:
         ConfigError: an unknown precision, ``fp16`` off CUDA, or ``bf16`` on a GPU without
@@ -123,6 +126,7 @@ class TrainSettings:
     lr_schedule: str = "constant"
     final_lr_fraction: float = 0.0
     total_steps: int | None = None
+    batch_phases: tuple[tuple[int, int, float], ...] | None = None
 
     @property
     def schedule(self) -> LRSchedule:
@@ -666,7 +670,9 @@ def train_model(
             exactly ``batch_size`` samples, so no update could be made).
     """
     device = torch.device(settings.device)
-    check_batch_fits(len(train), settings.batch_size)
+    phases = settings.batch_phases  # a batch-size schedule: each epoch's batch, micro, peak
+    for size in [settings.batch_size] + [b for b, _, _ in phases or ()]:
+        check_batch_fits(len(train), size)
     if step is None:
         step = make_step(model, settings, task)
     elif not _optimizes(step.optimizer, model):
@@ -674,17 +680,23 @@ def train_model(
     generator = torch.Generator().manual_seed(settings.seed)
     collate = task.collate if task is not None else None
     count = task.count if task is not None else None
-    loader = None
-    if not isinstance(train, Tensors):  # streamed through workers and pinned memory
-        loader = make_loader(
-            train,
-            settings.batch_size,
-            device,
-            generator,
-            workers=settings.loader_workers,
-            drop_last=True,
-            collate=collate,
-        )
+    loaders: dict[int, DataLoader] = {}
+
+    def loader_of(batch_size: int) -> DataLoader | None:
+        if isinstance(train, Tensors):
+            return None
+        if batch_size not in loaders:  # streamed through workers and pinned memory
+            loaders[batch_size] = make_loader(
+                train,
+                batch_size,
+                device,
+                generator,
+                workers=settings.loader_workers,
+                drop_last=True,
+                collate=collate,
+            )
+        return loaders[batch_size]
+
     result = result if result is not None else TrainResult()
     result.unit = task.unit if task is not None else "samples"
     on_cuda = device.type == "cuda"
@@ -693,10 +705,11 @@ def train_model(
     cpu_peak_bytes = 0  # on CPU, measured over the first update as the probe measures a step
     model.train()
 
-    def groups() -> Iterator[tuple[Iterator[Batch], int]]:
+    def groups(batch: int | None = None, micro_batch: int | None = None):
+        batch, micro_batch = batch or settings.batch_size, micro_batch or micro
         share = (parallel.rank, parallel.ranks) if parallel is not None else (0, 1)
         return update_groups(
-            train, settings.batch_size, micro, generator, device, loader, share=share
+            train, batch, micro_batch, generator, device, loader_of(batch), share=share
         )
 
     units: Any = 0  # what ``count`` returns, summed (an int, or a tensor on the device)
@@ -718,15 +731,18 @@ def train_model(
     total_steps = settings.total_steps or global_step + (
         sum(settings.period_steps)
         if settings.period_steps
+        else sum(steps_per_epoch(len(train), b) for b, _, _ in phases)
+        if phases
         else settings.epochs * steps_per_epoch(len(train), settings.batch_size)
     )
     own_schedule = getattr(task, "lr_schedule", None) if task is not None else None
-    scheduled = own_schedule is not None or settings.schedule.varies
+    scheduled = own_schedule is not None or settings.schedule.varies or phases is not None
+    peak_lr = settings.lr  # a batch-size schedule's phase changes it
 
     def lr_of(index: int) -> float:
         if own_schedule is not None:  # the task's: a factor of the peak per update
-            return settings.lr * float(own_schedule(index, total_steps))
-        return settings.lr_at(index, total_steps)
+            return peak_lr * float(own_schedule(index, total_steps))
+        return settings.schedule.lr(index, total_steps, peak_lr, settings.warmup_start_lr)
 
     with torch_flags(device):
         for epoch, period_steps in enumerate(plan, start_epoch + 1):
@@ -734,7 +750,10 @@ def train_model(
             loss_sum = torch.zeros((), device=device)
             seen = 0
             units = 0
-            if period_steps is None:  # an epoch: one pass over the data
+            if phases is not None:  # this epoch's phase of a batch-size schedule
+                batch_size, micro_batch, peak_lr = phases[epoch - start_epoch - 1]
+                updates = groups(batch_size, micro_batch)
+            elif period_steps is None:  # an epoch: one pass over the data
                 updates = groups()
             else:  # a share of a step budget, walking on across epochs
                 updates = itertools.islice(stream, period_steps)

@@ -71,11 +71,15 @@ class CellKey:
     batch_size: int
     scaling_rule: str
     lr_bucket: float | None = None
+    schedule: str | None = None  # a batch-size schedule's label; batch_size is its largest
 
     @property
     def label(self) -> str:
-        """``batch 64 linear`` (with ``lr x1.41`` for a bucket)."""
+        """``batch 64 linear`` (with ``lr x1.41`` for a bucket), or ``schedule 32@0,128@0.5
+        linear`` for a batch-size schedule."""
         text = f"batch {self.batch_size} {self.scaling_rule}"
+        if self.schedule is not None:
+            text = f"schedule {self.schedule} {self.scaling_rule}"
         if self.lr_bucket is not None:
             text += f" lr x{2**self.lr_bucket:.3g}"
         return text
@@ -90,7 +94,7 @@ def cell_key(record: TrialRecord, lr_search_width: float = 1.0) -> CellKey | Non
         bucket = lr_bucket(record.lr_multiplier)
         if bucket is None:
             bucket = 0.0
-    return CellKey(record.batch_size, record.scaling_rule or "none", bucket)
+    return CellKey(record.batch_size, record.scaling_rule or "none", bucket, record.batch_schedule)
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ class CellStats:
         diverged: Trials stopped as diverged (NaN/inf or collapse).
         confirm_runs: Complete runs of the confirmation phase.
         trials: Numbers of the cell's complete and pruned trials.
+        batch_schedule: The cell's batch-size schedule (``None``: a constant batch).
     """
 
     batch_size: int
@@ -144,10 +149,11 @@ class CellStats:
     confirm_runs: int = 0
     trials: tuple[int, ...] = field(default=())
     devices: int = 1
+    batch_schedule: str | None = None
 
     @property
     def key(self) -> CellKey:
-        return CellKey(self.batch_size, self.scaling_rule, self.lr_bucket)
+        return CellKey(self.batch_size, self.scaling_rule, self.lr_bucket, self.batch_schedule)
 
     @property
     def label(self) -> str:
@@ -198,6 +204,7 @@ def _stats(key: CellKey, records: Sequence[TrialRecord], metric: MetricInfo) -> 
         confirm_runs=sum(r.phase == CONFIRM for r in complete),
         trials=tuple(r.number for r in records),
         devices=_mode([r.devices for r in chosen]) or 1,
+        batch_schedule=key.schedule,
     )
 
 
@@ -225,7 +232,12 @@ def cell_stats(
             groups.setdefault(key, []).append(record)
     ordered = sorted(
         groups,
-        key=lambda k: (k.batch_size, k.scaling_rule, k.lr_bucket if k.lr_bucket else 0.0),
+        key=lambda k: (
+            k.batch_size,
+            k.schedule or "",
+            k.scaling_rule,
+            k.lr_bucket if k.lr_bucket else 0.0,
+        ),
     )
     return [_stats(key, groups[key], metric) for key in ordered]
 

@@ -327,6 +327,12 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
         help="F > 1 samples an LR multiplier in [1/F, F] around the rule's value",
     )
     g.add_argument(
+        "--batch-schedule",
+        default=None,
+        help="a batch-size schedule studied as one more cell, BATCH@START_FRACTION phases, e.g. "
+        "32@0,128@0.2,512@0.5 (the branch command recommends one)",
+    )
+    g.add_argument(
         "--noise-scale",
         action="store_true",
         help="measure the gradient noise scale B_simple on each trial's final model",

@@ -13,6 +13,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
 
+from study.batch_schedule import ScheduleError, parse_schedule
 from study.scaling import RULES, SCALING_CHOICES, resolve_rule, scaled_lr
 from study.schedule import SCHEDULES
 from study.space import is_power_of_two, largest_power_of_two
@@ -64,6 +65,7 @@ IDENTITY_FIELDS = (
     "seed",  # chooses the built-in tasks' train/validation/test split
     "devices_per_trial",  # the batch sizes are global, the throughput the group's
     "data_dir",  # the image datasets' files
+    "batch_schedule",  # a schedule cell is a choice of the space (absent in older studies)
 )
 #: ``--objectives`` values: the task's metric alone, or with training time (a Pareto front).
 #: ``accuracy`` is the older spelling of ``metric`` (the default task's metric is accuracy).
@@ -159,6 +161,8 @@ class StudyConfig:
             the most accurate one.
         confidence: The confidence of the answer's "within tolerance" claim (one minus the
             chance of naming a cell truly outside) and of its intervals.
+        batch_schedule: A batch-size schedule (``32@0,128@0.2,512@0.5``, see
+            :mod:`study.batch_schedule`) studied as one more cell beside the constant batches.
     """
 
     trials: int = 50
@@ -210,6 +214,7 @@ class StudyConfig:
     tolerance: float = 0.01
     confidence: float = 0.95
     artifact_dir: str = "storage/artifacts"
+    batch_schedule: str | None = None
 
     @property
     def multi_objective(self) -> bool:
@@ -281,6 +286,7 @@ class StudyConfig:
                 f"--warmup-epochs {self.warmup_epochs}: use 0 (off) up to fewer than --epochs"
             )
         self._validate_schedule()
+        self._validate_batch_schedule()
         if not 1 <= self.lr_search_width <= LR_RANGE[1]:
             raise ConfigError(
                 f"--lr-search-width {self.lr_search_width}: use 1 (off) or more, up to "
@@ -443,6 +449,24 @@ class StudyConfig:
             raise ConfigError(
                 f"--devices-per-trial {k} does not divide the {len(self.gpus)} GPUs of --gpus "
                 f"{gpus}: list a multiple of {k} GPUs (each trial takes {k})"
+            )
+
+    def _validate_batch_schedule(self) -> None:
+        if self.batch_schedule is None:
+            return
+        try:
+            schedule = parse_schedule(self.batch_schedule)
+        except ScheduleError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.budget == "steps":
+            raise ConfigError(
+                f"--batch-schedule {schedule.label} needs an epoch budget (its phases start at "
+                "epochs): drop --budget steps, or drop --batch-schedule"
+            )
+        if self.multi_objective:
+            raise ConfigError(
+                f"--batch-schedule {schedule.label} with --objectives metric,time: a schedule "
+                "is compared in the answer's table, use --objectives metric"
             )
 
     def _validate_workers(self) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Protocol, TextIO
 import optuna
 
 from study import safety
+from study.batch_schedule import parse_schedule, schedule_speeds
 from study.budget import FINISHED, Tally, reap
 from study.config import ConfigError, StudyConfig, config_from_json, config_to_json
 from study.confirm import study_decision
@@ -39,7 +40,7 @@ from study.report.summary import budget_text, summary, trial_line
 from study.runner import create_or_resume, finished_count, run_trials, trial_sampler
 from study.safety import JOURNAL_PREFIX
 from study.scaling import resolve_rule
-from study.space import BatchSpace, SpaceError, build_space
+from study.space import BatchSpace, SpaceError, build_space, with_schedule
 from study.storage import StorageError, open_storage, redact
 from study.workers import (
     EXIT_INTERRUPTED,
@@ -132,6 +133,8 @@ def plan_space(
         source,
         config.devices_per_trial,
     )
+    if config.batch_schedule is not None:
+        space = with_schedule(space, config.batch_schedule)
     return space, extra
 
 
@@ -182,7 +185,9 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
     print(
         f"study {config.study_name!r} {verb} in {where}: batch sizes {space.batch_sizes} "
         f"(memory cap {space.memory_cap} from {space.cap_source}), "
-        f"rules {space.scaling_rules}, {budget_text(config.to_dict())} per trial",
+        f"rules {space.scaling_rules}"
+        + (f", schedules {space.schedules}" if space.schedules else "")
+        + f", {budget_text(config.to_dict())} per trial",
         file=out,
         flush=True,
     )
@@ -320,9 +325,13 @@ def _answer(
     speeds: dict[int, dict] = {}
     plan = Plan.of_study(study, config.trials)
     decision = study_decision(study, plan) if plan is not None else None
+    keys = ([decision.leader] if decision and decision.leader else []) + list(
+        decision.passed if decision else []
+    )
+    schedules = sorted({k.schedule for k in keys if k.schedule is not None})
     candidates = sorted(
-        {k.batch_size for k in ([decision.leader] if decision and decision.leader else [])}
-        | {k.batch_size for k in (decision.passed if decision else [])}
+        {k.batch_size for k in keys}
+        | {b for label in schedules for b in parse_schedule(label).batch_sizes}
     )
     if len(candidates) > 1:
         try:
@@ -333,6 +342,8 @@ def _answer(
             if measured:
                 study.set_user_attr("speed", measured["timings"])
                 speeds = {int(b): row for b, row in measured["per_batch"].items()}
+                if schedules:  # a schedule's rate per round, from its phases' rates
+                    speeds = schedule_speeds(speeds, schedules, config.epochs)
         except Exception as exc:  # the trials' own timings stand; say so
             print(f"warning: timing the answer's batch sizes failed ({exc})", file=sys.stderr)
     store_recommendation(study, speeds or None)

@@ -229,6 +229,8 @@ class TrialRecord:
         oom: Its out-of-memory failures, first first.
         resumed_from_epoch: The epoch a retried trial resumed after.
         dropped: ``budget spent``: a queued retry closed as FAIL with no budget left.
+        batch_schedule: The batch-size schedule the trial trained (its label, e.g.
+            ``32@0,128@0.5``); ``batch_size`` is then its largest batch.
 
     Read from the trial, not stored:
 
@@ -271,6 +273,7 @@ class TrialRecord:
     oom: tuple[OutOfMemory, ...] = ()
     resumed_from_epoch: int | None = None
     dropped: str | None = None
+    batch_schedule: str | None = None
     number: int = field(default=-1, metadata=_FROM_TRIAL)
     state: str = field(default="RUNNING", metadata=_FROM_TRIAL)
     curve: tuple[tuple[int, float], ...] = field(default=(), metadata=_FROM_TRIAL)
@@ -396,6 +399,7 @@ def read_record(
         oom=_ooms(attrs.get("oom")),
         resumed_from_epoch=int_or_none(attrs.get("resumed_from_epoch")),
         dropped=_text(attrs.get("dropped")),
+        batch_schedule=_text(attrs.get("batch_schedule")),
     )
 
 

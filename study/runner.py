@@ -65,7 +65,7 @@ def make_sampler(
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "grid":
-        grid: dict[str, list] = {"batch_size": list(space.batch_sizes)}
+        grid: dict[str, list] = {"batch_size": list(space.choices)}
         if len(space.scaling_rules) > 1:
             grid["scaling_rule"] = list(space.scaling_rules)
         return optuna.samplers.GridSampler(grid, seed=seed)

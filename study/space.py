@@ -53,6 +53,8 @@ class BatchSpace:
         cap_source: Where the memory cap came from (``--max-batch-size``, ``probe``, ...).
         scaling_rules: Rules the study samples from (one entry when the rule is fixed).
         devices: Devices (processes) each trial trains on; batch sizes are global.
+        schedules: Batch-size schedules studied as cells beside the constant batches, by
+            their labels (``32@0,128@0.5``; :mod:`study.batch_schedule`); none in most studies.
     """
 
     batch_sizes: list[int]
@@ -61,6 +63,12 @@ class BatchSpace:
     cap_source: str
     scaling_rules: list[str] = field(default_factory=lambda: list(RULES))
     devices: int = 1
+    schedules: list[str] = field(default_factory=list)
+
+    @property
+    def choices(self) -> list[int | str]:
+        """The ``batch_size`` parameter's choices: the batch sizes, then the schedules."""
+        return [*self.batch_sizes, *self.schedules]
 
     def split(self, batch_size: int) -> tuple[int, int]:
         """``(micro_batch_size, accumulation_steps)`` that train effective ``batch_size``
@@ -73,7 +81,10 @@ class BatchSpace:
         return batch_size // (micro_batch_size * self.devices)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if not self.schedules:  # stored as before when there is none
+            data.pop("schedules")
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> BatchSpace:
@@ -84,6 +95,7 @@ class BatchSpace:
             cap_source=str(data["cap_source"]),
             scaling_rules=list(data["scaling_rules"]),
             devices=int(data.get("devices", 1)),
+            schedules=[str(s) for s in data.get("schedules") or ()],
         )
 
 
@@ -124,3 +136,26 @@ def build_space(
     rules = list(RULES) if scaling == "search" else [scaling]
     sizes = [size * devices for size in sizes]
     return BatchSpace(sizes, memory_cap, max_accumulation, cap_source, rules, devices)
+
+
+def with_schedule(space: BatchSpace, schedule: str) -> BatchSpace:
+    """``space`` with the batch-size schedule ``schedule`` as one more cell.
+
+    Raises:
+        SpaceError: a phase's batch above the space's largest batch (the cap times the
+            accumulation, within the training set).
+    """
+    from dataclasses import replace
+
+    from study.batch_schedule import parse_schedule
+
+    parsed = parse_schedule(schedule)
+    top = max(space.batch_sizes)
+    if parsed.largest > top:
+        raise SpaceError(
+            f"--batch-schedule {parsed.label}: batch {parsed.largest} is above the space's "
+            f"largest batch {top} (memory cap {space.memory_cap} from {space.cap_source} x "
+            f"--max-accumulation {space.max_accumulation}): lower it or raise "
+            "--max-accumulation"
+        )
+    return replace(space, schedules=[*space.schedules, parsed.label])

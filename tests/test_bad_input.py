@@ -437,7 +437,7 @@ class Stream(Dataset):  # read item by item in training (a collate): item BAD is
 
 def _unchecked(size):  # an item no check before the study reads
     from objectives.datacheck import sample_indices
-    from objectives.tasks import check_indices
+    from objectives.taskcheck import check_indices
     seen = set(sample_indices(size)) | set(check_indices(size))
     return next(i for i in range(size) if i not in seen)
 
@@ -555,6 +555,25 @@ CASES += [
     case("run", [*FAST, "--storage", "journal:////"], "give a file"),
     case("run", [*FAST, "--storage", "sqlite:///a%00b.db"], "holds a NUL character"),
     case("run", [*FAST, "--storage", "sqlite:///d/"], "names a folder, not a file"),
+    # ---- batch-size schedules (--batch-schedule) and the branch command
+    case("run", [*FAST, "--batch-schedule", "32@0.5"], "the first must start at 0", proc=True),
+    case("run", [*FAST, "--batch-schedule", "8@0,16@0.5,32@0.5"], "do not increase"),
+    case("run", [*FAST, "--batch-schedule", "24@0"], "batch size 24 of the schedule is not a power of two"),  # noqa: E501
+    case("run", [*FAST, "--batch-schedule", "8@0,16"], "has no '@'"),
+    case("run", [*FAST, "--batch-schedule", "8@zero"], "is not BATCH@START_FRACTION"),
+    case("run", [*FAST, "--batch-schedule", "8@0,16@1.5"], "is not in [0, 1)"),
+    case("run", [*FAST, "--batch-schedule", "8@0,16@nan"], "must be a number in [0, 1)"),
+    case("run", [*FAST, "--batch-schedule", ""], "--batch-schedule is empty"),
+    case("run", [*FAST, "--batch-schedule", "8@0,16@0.5", "--budget", "steps", "--steps", "9"], "needs an epoch budget"),  # noqa: E501
+    case("run", [*STUDY, "--batch-schedule", "8@0,1024@0.5"], "above the space's largest batch 64", proc=True),  # noqa: E501
+    case("branch", [*FAST, "--branch-repeats", "1"], "--branch-repeats 1 must be at least 2", proc=True),  # noqa: E501
+    case("branch", [*FAST, "--branch-window", "0"], "--branch-window 0: use a fraction"),
+    case("branch", [*FAST, "--branch-points", "0"], "--branch-points 0 must be at least 1"),
+    case("branch", [*FAST, "--reference-batch-size", "12"], "is not a power of two"),
+    case("branch", [*FAST, "--loss-tolerance", "nan"], "--loss-tolerance nan"),
+    case("branch", [*FAST, "--reference-batch-size", "128"], "above the space's largest batch 64"),  # noqa: E501
+    case("branch", [*FAST, "--batch-schedule", "8@1"], "is not in [0, 1)"),
+    case("branch", [*FAST, "--output", "afile"], "was not written by this tool", setup="afile"),
 ]
 # fmt: on
 
@@ -564,6 +583,7 @@ IN_PROCESS = {
     "report": commands.report,
     "dashboard": commands.dashboard,
     "noise": commands.noise_scale,
+    "branch": commands.branch,
     "cli": commands.main,
 }
 SCRIPTS = {
@@ -572,6 +592,7 @@ SCRIPTS = {
     "report": "report.py",
     "dashboard": "dashboard.py",
     "noise": "noise_scale.py",
+    "branch": "branch.py",
 }
 
 

@@ -7,7 +7,7 @@ too small to confirm anything, the sentence that says so. This module only write
 it never chooses. Nothing here imports Plotly or torch.
 
 Example:
-    >>> from study.report.data import MetricText
+    >>> from study.report.words import MetricText
     >>> from study.record import MetricInfo
     >>> answer_lines(None, MetricText(MetricInfo()))[0]
     'Answer: none yet (the study stores no recommendation and none could be computed).'
@@ -19,7 +19,8 @@ import math
 from typing import Any
 
 from study.record import int_or_none, number_or_none
-from study.report.data import MIN_RUNS, MetricText
+from study.report.cellrows import MIN_RUNS
+from study.report.words import MetricText
 from study.units import format_bytes
 
 #: What the answer says when the study holds too few runs and gives no statement itself.
@@ -63,7 +64,7 @@ def too_small(rec: dict[str, Any] | None) -> bool:
 
 def same_cell(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """``a`` and ``b`` are the same cell (batch size, rule and learning rate)."""
-    keys = ("batch_size", "scaling_rule", "lr")
+    keys = ("batch_size", "scaling_rule", "lr", "batch_schedule")
     return all(a.get(k) == b.get(k) for k in keys)
 
 
@@ -86,6 +87,8 @@ def cell_words(cell: dict[str, Any], metric: MetricText, *, bold: str = "") -> s
     """``batch 64 (rule linear, lr 0.05): mean 89.8% (95% interval 88.1%-91.5%, 3 runs),
     median 12.1 s training``; ``bold`` wraps the batch size and the mean (Markdown ``**``)."""
     batch = f"{bold}batch {cell.get('batch_size')}{bold}"
+    if cell.get("batch_schedule"):
+        batch = f"{bold}schedule {cell['batch_schedule']}{bold}"
     micro, steps = int_or_none(cell.get("micro_batch_size")), cell.get("accumulation_steps")
     how = [f"rule {cell.get('scaling_rule')}"]
     devices = int_or_none(cell.get("devices")) or 1
@@ -230,7 +233,7 @@ def answer_rows(
             int_or_none(c.get("micro_batch_size")),
             int_or_none(c.get("accumulation_steps")),
         )
-        text = str(c.get("batch_size"))
+        text = str(c.get("batch_schedule") or c.get("batch_size"))
         return text + (f" ({micro} x {steps} accumulated)" if micro and steps and steps > 1 else "")
 
     def num(value: Any, spec: str, suffix: str = "") -> str:

@@ -17,7 +17,9 @@ from optuna.trial import FrozenTrial
 
 from study.record import CONFIRM, MetricInfo, TrialRecord, read_record
 from study.report.answer import answer_lines
-from study.report.data import MetricText, ReportData, collect_report_data
+from study.report.data import ReportData, collect_report_data
+from study.report.table import Table
+from study.report.words import MetricText
 from study.stats import median
 
 
@@ -32,6 +34,8 @@ def trial_line(trial: FrozenTrial, metric: MetricInfo | None = None) -> str:
     info = metric or MetricInfo()
     r = read_record(trial, metric=info)
     batch = f"batch {r.batch_size if r.batch_size is not None else '?':>5}" + _split(r)
+    if r.batch_schedule is not None:
+        batch = f"schedule {r.batch_schedule}"
     parts = [f"trial {r.number:>3} {r.state.lower():<8}"]
     if r.phase == CONFIRM:
         parts.append("confirm")
@@ -56,13 +60,6 @@ def trial_line(trial: FrozenTrial, metric: MetricInfo | None = None) -> str:
         else:
             parts.append(f"after {len(r.oom)} out-of-memory attempt(s)")
     return "  ".join(parts)
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 def budget_text(config: dict) -> str:
@@ -104,7 +101,7 @@ def cell_table(data: ReportData) -> str:
     headers += [f"median {m.rate}"]
     rows = []
     for c in data.cells:
-        row = [str(c.batch_size), c.scaling_rule]
+        row = [c.batch_schedule or str(c.batch_size), c.scaling_rule]
         row += [f"x{c.lr_bucket:.3g}" if c.lr_bucket is not None else "-"] if buckets else []
         row += [
             str(c.runs) + ("" if c.confirmed or not c.runs else "*"),
@@ -115,7 +112,7 @@ def cell_table(data: ReportData) -> str:
             f"{c.median_samples_per_s:,.0f}" if c.median_samples_per_s is not None else "-",
         ]
         rows.append(row)
-    return _table(headers, rows)
+    return Table("cells", "", headers, rows).to_text(titled=False, first_left=False)
 
 
 def summary(study: optuna.Study) -> str:
