@@ -280,7 +280,7 @@ class TrialGroup:
             proc.wait()
 
 
-def train_job(job: Job, task: Any, train: Any, parallel: Ranks) -> None:
+def train_job(job: Job, task: Any, train: Any, val: Any, parallel: Ranks) -> None:
     """Train one attempt as a rank other than 0, until it ends or rank 0 stops it."""
     job.settings.device = parallel.device
     model = task.build_model().to(parallel.device)
@@ -289,11 +289,10 @@ def train_job(job: Job, task: Any, train: Any, parallel: Ranks) -> None:
         step.optimizer.load_state_dict(job.optimizer_state)
     wrap(model, step, parallel.device)
     try:
-        # ``val`` is never evaluated here (rank 0 evaluates); the training split stands in.
         train_model(
             model,
             train,
-            train,
+            val,
             job.settings,
             parallel.follow,
             TrainResult(),
@@ -320,7 +319,7 @@ def helper_main() -> int:
     store = dist.TCPStore(spec["host"], int(spec["port"]), ranks, False, timeout)
     config = config_from_json(spec["config"])
     task = build_task(config)
-    train = place(task.train, device, task.collate, "train")
+    train, val = (place(getattr(task, s), device, task.collate, s) for s in ("train", "val"))
     store.set(f"ready/{rank}", "1")
     dist.init_process_group(
         backend_of(device),
@@ -331,6 +330,6 @@ def helper_main() -> int:
     )
     box: list[Any] = [None]
     dist.broadcast_object_list(box, src=0, device=collective_device(device))
-    train_job(box[0], task, train, Ranks(rank, ranks, device))
+    train_job(box[0], task, train, val, Ranks(rank, ranks, device))
     dist.destroy_process_group()
     return 0

@@ -134,12 +134,12 @@ def serve_launched(config: StudyConfig) -> int:
     rank, world, local = launched() or (0, 1, 0)
     device = f"cuda:{local}" if dist.get_backend() == "nccl" else "cpu"
     task = build_task(config)
-    train = place(task.train, device, task.collate, "train")
+    train, val = (place(getattr(task, s), device, task.collate, s) for s in ("train", "val"))
     while True:
         box: list[Any] = [None]
         dist.broadcast_object_list(box, src=0, device=collective_device(device))
         if box[0] is None:
             break
-        train_job(box[0], task, train, Ranks(rank, world, device))
+        train_job(box[0], task, train, val, Ranks(rank, world, device))
     dist.destroy_process_group()
     return 0
