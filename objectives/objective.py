@@ -366,7 +366,8 @@ class BatchSizeObjective:
         phases = None
         if epoch_plan is not None:  # a schedule: the attempt's micro-batch caps every phase
             phases = tuple(
-                (b, min(b, attempt.micro_batch_size), peak) for b, peak in epoch_plan[start:]
+                (b, min(b // self.space.devices, attempt.micro_batch_size), peak)
+                for b, peak in epoch_plan[start:]
             )
         settings = TrainSettings(
             epochs=len(plan) - start,
