@@ -40,6 +40,7 @@ from objectives.checkpoint import (
     run_id,
 )
 from objectives.data import Tensors, as_tensors
+from objectives.distributed import Job, trial_group
 from objectives.noise import estimate_noise_scale
 from objectives.oom import is_out_of_memory, release_memory
 from objectives.oom import summary as oom_summary
@@ -59,10 +60,12 @@ from objectives.train import (
     train_model,
     training_loss,
 )
+from study.batch_schedule import is_schedule_label, parse_schedule
 from study.collapse import chance_accuracy, collapse_reason
 from study.config import StudyConfig
 from study.record import ACCURACY as ACCURACY_INFO
 from study.record import CONFIRM, SEARCH, MetricInfo, OutOfMemory, TrialRecord, write_record
+from study.runner import TrialRetry
 from study.scaling import scaled_lr
 from study.space import BatchSpace
 from study.workers import raise_if_interrupted
@@ -202,7 +205,9 @@ class BatchSizeObjective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         space, config = self.space, self.config
-        batch_size = trial.suggest_categorical("batch_size", space.batch_sizes)
+        choice = trial.suggest_categorical("batch_size", space.choices)
+        schedule = parse_schedule(choice) if is_schedule_label(choice) else None
+        batch_size = schedule.largest if schedule is not None else int(choice)
         if len(space.scaling_rules) > 1:
             rule = trial.suggest_categorical("scaling_rule", space.scaling_rules)
         else:
@@ -214,6 +219,13 @@ class BatchSizeObjective:
             width = config.lr_search_width
             multiplier = trial.suggest_float("lr_multiplier", 1 / width, width, log=True)
             lr *= multiplier
+        epoch_plan = None  # a schedule: each epoch's batch and its rule's learning rate
+        if schedule is not None:
+            factor = multiplier or 1.0
+            epoch_plan = tuple(
+                (b, scaled_lr(rule, config.base_lr, config.base_batch_size, b) * factor)
+                for b in schedule.epoch_batches(config.epochs)
+            )
         key = first_attempt(trial)  # a retry continues its first attempt's run and seed
         run = run_id(trial, key) if self.checkpoints is not None else ""
         seed = trial_seed(config.seed, key)
@@ -222,12 +234,14 @@ class BatchSizeObjective:
             phase=phase,
             batch_size=batch_size,
             micro_batch_size=micro,
+            devices=space.devices,
             accumulation_steps=accumulation,
             lr=lr,
             scaling_rule=rule,
             seed=seed,
             lr_multiplier=multiplier,
             samples_left_out=samples_left_out(len(self.train), batch_size),
+            batch_schedule=schedule.label if schedule is not None else None,
             **self._device_record(),
         )
         ooms: list[OutOfMemory] = []
@@ -237,7 +251,7 @@ class BatchSizeObjective:
             retries = 0
         try:
             while True:
-                self._attempt(trial, attempt, batch_size, lr, seed, key, run)
+                self._attempt(trial, attempt, batch_size, lr, seed, key, run, epoch_plan)
                 # The attempt's frames are gone by now; after an OOM, free everything.
                 release_memory(self.device, full=attempt.outcome == "oom")
                 if attempt.outcome != "oom":
@@ -245,7 +259,7 @@ class BatchSizeObjective:
                 ooms.append(
                     OutOfMemory(
                         micro_batch_size=attempt.micro_batch_size,
-                        accumulation_steps=batch_size // attempt.micro_batch_size,
+                        accumulation_steps=space.accumulation(batch_size, attempt.micro_batch_size),
                         epoch=len(attempt.result.epochs) + 1,
                         error=attempt.detail,
                     )
@@ -254,14 +268,14 @@ class BatchSizeObjective:
                     break
                 retries -= 1
                 attempt = self._resume(key, run, attempt.micro_batch_size // 2, record)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: queued again, resumes from here
-            raise
+        except (KeyboardInterrupt, TrialRetry):  # Ctrl-C, SIGTERM, a rank's fault: queued
+            raise  # again, resumes from here
         except BaseException:  # broken: FAIL, not resumable
             self._forget(key)
             raise
         self._forget(key)
         record.micro_batch_size = attempt.micro_batch_size
-        record.accumulation_steps = batch_size // attempt.micro_batch_size
+        record.accumulation_steps = space.accumulation(batch_size, attempt.micro_batch_size)
         record.oom = tuple(ooms)
         record.diverged = attempt.outcome == "diverged"
         if attempt.outcome in ("diverged", "pruned", "oom"):
@@ -334,21 +348,35 @@ class BatchSizeObjective:
         seed: int,
         key: int,
         run: str,
+        epoch_plan: tuple[tuple[int, float], ...] | None = None,
     ) -> None:
         """Train (or continue) one attempt and set ``attempt.outcome``.
+
+        ``epoch_plan``: a batch-size schedule's batch and peak learning rate of each epoch.
 
         Pruning, divergence and out-of-memory end here, not as exceptions: their tracebacks
         (and the tensors those hold) are gone when this returns, so the memory can be freed.
         """
         start = attempt.start_epoch
         plan = self._plan(batch_size)
-        per_epoch = steps_per_epoch(len(self.train), batch_size)
+        n = len(self.train)
+        per_epoch = [
+            steps_per_epoch(n, b) for b, _ in epoch_plan or ((batch_size, lr),) * len(plan)
+        ]
+        phases = None
+        if epoch_plan is not None:  # a schedule: the attempt's micro-batch caps every phase
+            phases = tuple(
+                (b, min(b, attempt.micro_batch_size), peak) for b, peak in epoch_plan[start:]
+            )
         settings = TrainSettings(
             epochs=len(plan) - start,
             period_steps=plan[start:] if self.config.budget == "steps" else None,
-            first_step=sum(plan[:start]) if self.config.budget == "steps" else start * per_epoch,
-            total_steps=sum(plan) if self.config.budget == "steps" else len(plan) * per_epoch,
-            warmup_steps=self.config.warmup_steps or self.config.warmup_epochs * per_epoch,
+            first_step=sum(plan[:start])
+            if self.config.budget == "steps"
+            else sum(per_epoch[:start]),
+            total_steps=sum(plan) if self.config.budget == "steps" else sum(per_epoch),
+            warmup_steps=self.config.warmup_steps or sum(per_epoch[: self.config.warmup_epochs]),
+            batch_phases=phases,
             warmup_start_lr=min(self.config.base_lr, lr),
             weight_decay=self.config.weight_decay,
             lr_schedule=self.config.lr_schedule,
@@ -413,10 +441,13 @@ class BatchSizeObjective:
                 raise optuna.TrialPruned(f"pruned after evaluation {epoch.epoch}")
 
         try:
-            with torch_flags(self.device):
+            with torch_flags(self.device), trial_group(self.config, str(self.device)) as group:
                 step = make_step(model, settings, self.task)
                 if saved is not None and saved.optimizer_state is not None:
                     step.optimizer.load_state_dict(saved.optimizer_state)
+                if group is not None:  # several devices: every rank restores, trains a share
+                    resumed = saved.optimizer_state if saved is not None else None
+                    on_epoch = group.start(model, step, Job(settings, start, resumed), on_epoch)
                 train_model(
                     model,
                     self.train,
@@ -427,6 +458,7 @@ class BatchSizeObjective:
                     step=step,
                     start_epoch=start,
                     task=self.task,
+                    parallel=group.ranks if group is not None else None,
                 )
                 finish(
                     attempt.result,

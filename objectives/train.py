@@ -52,6 +52,7 @@ from study.config import EVALUATION_PERIODS, OPTIMIZERS, ConfigError, check_prec
 from study.schedule import LRSchedule
 
 if TYPE_CHECKING:
+    from objectives.ranks import Ranks
     from objectives.tasks import Task
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -97,6 +98,9 @@ class TrainSettings:
         final_lr_fraction: Where ``cosine`` and ``linear`` end, a fraction of ``lr``.
         total_steps: The trial's updates, over which the schedule runs (``None``: the
             updates of this call plus ``first_step``).
+        batch_phases: A batch-size schedule (:mod:`study.batch_schedule`): for each epoch of
+            this call, ``(batch_size, micro_batch_size, peak lr)``; ``None``: ``batch_size``,
+            ``micro_batch_size`` and ``lr`` for every epoch. Epoch budgets only.
 
     Raises:
         ConfigError: an unknown precision, ``fp16`` off CUDA, or ``bf16`` on a GPU without
@@ -122,6 +126,7 @@ class TrainSettings:
     lr_schedule: str = "constant"
     final_lr_fraction: float = 0.0
     total_steps: int | None = None
+    batch_phases: tuple[tuple[int, int, float], ...] | None = None
 
     @property
     def schedule(self) -> LRSchedule:
@@ -380,7 +385,8 @@ class Step:
         hook_loss = self.hook.loss if self.hook is not None else None
         fast = self.loss is cross_entropy and hook_loss is None
         total: torch.Tensor | None = None
-        for x, y in micro_batches:
+        for last, (x, y) in _marked_last(micro_batches):
+            sync = _gradient_sync(self.model, last)  # several devices: all-reduce at the last
             with self.autocast():
                 outputs = call_model(self.model, x)
                 if (  # the default loss on a tensor of class scores
@@ -396,6 +402,7 @@ class Step:
                         losses = hook_loss(losses, outputs, y, self.model)
                     loss = losses.sum()
             self.scaler.scale(loss / samples).backward()
+            sync.close()
             loss = loss.detach()
             total = loss if total is None else total + loss
         if total is None:
@@ -414,6 +421,27 @@ class Step:
 
     def __call__(self, x: Any, y: Any) -> torch.Tensor:
         return self.update(((x, y),), batch_len(y))
+
+
+def _marked_last(items: Iterable[Batch]) -> Iterator[tuple[bool, Batch]]:
+    """``(is_last, item)`` for each item, looking one ahead."""
+    iterator = iter(items)
+    item = next(iterator, None)
+    while item is not None:
+        following = next(iterator, None)
+        yield following is None, item
+        item = following
+
+
+def _gradient_sync(model: torch.nn.Module, last: bool) -> contextlib.ExitStack:
+    """Inside DistributedDataParallel, every micro-batch but an update's last runs under
+    ``no_sync`` (its gradients accumulate locally); the last one's backward all-reduces the
+    sum. Close the returned stack after the backward pass. A plain module: nothing."""
+    stack = contextlib.ExitStack()
+    no_sync = getattr(model, "no_sync", None)
+    if not last and no_sync is not None:
+        stack.enter_context(no_sync())
+    return stack
 
 
 def _grad_scaler(device_type: str, enabled: bool) -> torch.amp.GradScaler:
@@ -529,8 +557,13 @@ def update_groups(
     device: torch.device,
     loader: DataLoader | None = None,
     collate: Callable[[list], Batch] | None = None,
+    share: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[Iterator[Batch], int]]:
     """Yield one epoch of ``(micro_batches, samples_in_group)``, one item per update.
+
+    ``share`` ``(rank, ranks)``: a trial on several devices trains each group's contiguous
+    ``rank``-th of ``ranks`` equal parts here (every rank draws the same shuffled order), and
+    ``samples_in_group`` is that part's size.
 
     Every group has exactly ``batch_size`` samples: the last ``len(data) % batch_size`` of
     the epoch's shuffled order are left out of this epoch (the next shuffle covers them).
@@ -544,7 +577,8 @@ def update_groups(
         usable = len(data) - len(data) % batch_size
         order = torch.randperm(len(data), generator=generator)[:usable].to(device)
         for group in order.split(batch_size):
-            yield ((data.x[i], data.y[i]) for i in group.split(micro_batch_size)), batch_size
+            group = group.tensor_split(share[1])[share[0]]
+            yield ((data.x[i], data.y[i]) for i in group.split(micro_batch_size)), len(group)
         return
     if loader is None:
         loader = make_loader(data, batch_size, device, generator, drop_last=True, collate=collate)
@@ -552,6 +586,9 @@ def update_groups(
     for x, y in loader:
         x = to_device(x, device, non_blocking)
         y = to_device(y, device, non_blocking)
+        if share[1] > 1:  # this rank's contiguous part of the group
+            parts = micro_batches((x, y), batch_len(y) // share[1])
+            x, y = next(itertools.islice(parts, share[0], None))
         yield micro_batches((x, y), micro_batch_size), batch_len(y)
 
 
@@ -600,6 +637,7 @@ def train_model(
     step: Step | None = None,
     start_epoch: int = 0,
     task: Task | None = None,
+    parallel: Ranks | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train`` as ``settings`` say, evaluating on ``val`` each epoch.
 
@@ -622,13 +660,19 @@ def train_model(
         task: The task's contract: loss and step hook (when ``step`` is built here),
             ``collate`` for streamed data, ``count`` and ``unit`` for throughput, and the
             metric evaluated. ``None``: cross-entropy, accuracy, samples.
+        parallel: This process's place in a trial on several devices
+            (:mod:`objectives.ranks`): it trains its share of each update (``step.model``
+            is then the DistributedDataParallel wrapper), the epoch's loss and samples are
+            summed over the ranks, and only rank 0 evaluates (the unwrapped ``model``).
 
     Raises:
         ValueError: ``settings.batch_size`` is above the training set (every update uses
             exactly ``batch_size`` samples, so no update could be made).
     """
     device = torch.device(settings.device)
-    check_batch_fits(len(train), settings.batch_size)
+    phases = settings.batch_phases  # a batch-size schedule: each epoch's batch, micro, peak
+    for size in [settings.batch_size] + [b for b, _, _ in phases or ()]:
+        check_batch_fits(len(train), size)
     if step is None:
         step = make_step(model, settings, task)
     elif not _optimizes(step.optimizer, model):
@@ -636,17 +680,23 @@ def train_model(
     generator = torch.Generator().manual_seed(settings.seed)
     collate = task.collate if task is not None else None
     count = task.count if task is not None else None
-    loader = None
-    if not isinstance(train, Tensors):  # streamed through workers and pinned memory
-        loader = make_loader(
-            train,
-            settings.batch_size,
-            device,
-            generator,
-            workers=settings.loader_workers,
-            drop_last=True,
-            collate=collate,
-        )
+    loaders: dict[int, DataLoader] = {}
+
+    def loader_of(batch_size: int) -> DataLoader | None:
+        if isinstance(train, Tensors):
+            return None
+        if batch_size not in loaders:  # streamed through workers and pinned memory
+            loaders[batch_size] = make_loader(
+                train,
+                batch_size,
+                device,
+                generator,
+                workers=settings.loader_workers,
+                drop_last=True,
+                collate=collate,
+            )
+        return loaders[batch_size]
+
     result = result if result is not None else TrainResult()
     result.unit = task.unit if task is not None else "samples"
     on_cuda = device.type == "cuda"
@@ -655,8 +705,12 @@ def train_model(
     cpu_peak_bytes = 0  # on CPU, measured over the first update as the probe measures a step
     model.train()
 
-    def groups() -> Iterator[tuple[Iterator[Batch], int]]:
-        return update_groups(train, settings.batch_size, micro, generator, device, loader)
+    def groups(batch: int | None = None, micro_batch: int | None = None):
+        batch, micro_batch = batch or settings.batch_size, micro_batch or micro
+        share = (parallel.rank, parallel.ranks) if parallel is not None else (0, 1)
+        return update_groups(
+            train, batch, micro_batch, generator, device, loader_of(batch), share=share
+        )
 
     units: Any = 0  # what ``count`` returns, summed (an int, or a tensor on the device)
 
@@ -677,15 +731,18 @@ def train_model(
     total_steps = settings.total_steps or global_step + (
         sum(settings.period_steps)
         if settings.period_steps
+        else sum(steps_per_epoch(len(train), b) for b, _, _ in phases)
+        if phases
         else settings.epochs * steps_per_epoch(len(train), settings.batch_size)
     )
     own_schedule = getattr(task, "lr_schedule", None) if task is not None else None
-    scheduled = own_schedule is not None or settings.schedule.varies
+    scheduled = own_schedule is not None or settings.schedule.varies or phases is not None
+    peak_lr = settings.lr  # a batch-size schedule's phase changes it
 
     def lr_of(index: int) -> float:
         if own_schedule is not None:  # the task's: a factor of the peak per update
-            return settings.lr * float(own_schedule(index, total_steps))
-        return settings.lr_at(index, total_steps)
+            return peak_lr * float(own_schedule(index, total_steps))
+        return settings.schedule.lr(index, total_steps, peak_lr, settings.warmup_start_lr)
 
     with torch_flags(device):
         for epoch, period_steps in enumerate(plan, start_epoch + 1):
@@ -693,7 +750,10 @@ def train_model(
             loss_sum = torch.zeros((), device=device)
             seen = 0
             units = 0
-            if period_steps is None:  # an epoch: one pass over the data
+            if phases is not None:  # this epoch's phase of a batch-size schedule
+                batch_size, micro_batch, peak_lr = phases[epoch - start_epoch - 1]
+                updates = groups(batch_size, micro_batch)
+            elif period_steps is None:  # an epoch: one pass over the data
                 updates = groups()
             else:  # a share of a step budget, walking on across epochs
                 updates = itertools.islice(stream, period_steps)
@@ -716,6 +776,8 @@ def train_model(
                     loss_sum += step.update(batches, group_size, where)
                 seen += group_size
                 global_step += 1
+            if parallel is not None:  # the whole group's loss, samples and units
+                loss_sum, seen, units = parallel.all_sum(loss_sum, seen, units)
             if on_cuda:
                 torch.cuda.synchronize(device)
             epoch_time = time.perf_counter() - started
@@ -732,9 +794,12 @@ def train_model(
             train_loss = loss_sum.item() / seen
             if not math.isfinite(train_loss):
                 raise Diverged(epoch)
-            val_metric = evaluate(
-                step.model, val, settings.eval_batch, device, settings.precision, task
-            )
+            evaluated = step.model if parallel is None else parallel.evaluated(model)
+            val_metric = math.nan  # a rank other than 0 evaluates nothing
+            if evaluated is not None:
+                val_metric = evaluate(
+                    evaluated, val, settings.eval_batch, device, settings.precision, task
+                )
             epoch_result = EpochResult(epoch, train_loss, val_metric, epoch_time)
             result.epochs.append(epoch_result)
             if on_epoch is not None:

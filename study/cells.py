@@ -71,11 +71,15 @@ class CellKey:
     batch_size: int
     scaling_rule: str
     lr_bucket: float | None = None
+    schedule: str | None = None  # a batch-size schedule's label; batch_size is its largest
 
     @property
     def label(self) -> str:
-        """``batch 64 linear`` (with ``lr x1.41`` for a bucket)."""
+        """``batch 64 linear`` (with ``lr x1.41`` for a bucket), or ``schedule 32@0,128@0.5
+        linear`` for a batch-size schedule."""
         text = f"batch {self.batch_size} {self.scaling_rule}"
+        if self.schedule is not None:
+            text = f"schedule {self.schedule} {self.scaling_rule}"
         if self.lr_bucket is not None:
             text += f" lr x{2**self.lr_bucket:.3g}"
         return text
@@ -90,7 +94,7 @@ def cell_key(record: TrialRecord, lr_search_width: float = 1.0) -> CellKey | Non
         bucket = lr_bucket(record.lr_multiplier)
         if bucket is None:
             bucket = 0.0
-    return CellKey(record.batch_size, record.scaling_rule or "none", bucket)
+    return CellKey(record.batch_size, record.scaling_rule or "none", bucket, record.batch_schedule)
 
 
 @dataclass(frozen=True)
@@ -112,13 +116,15 @@ class CellStats:
         samples_per_s_median: Median training throughput of the complete runs.
         samples_median: Median units trained per complete run (time x throughput).
         peak_memory_bytes: Largest peak memory over the cell's trials.
-        micro_batch_size: Micro-batch most complete runs trained with.
+        micro_batch_size: Micro-batch (per device) most complete runs trained with.
         accumulation_steps: Its accumulation steps.
+        devices: Devices per trial (``batch_size = micro x devices x accumulation``).
         lr: Median learning rate of the complete runs (of all trials if none completed).
         pruned: Pruned trials (diverged ones included).
         diverged: Trials stopped as diverged (NaN/inf or collapse).
         confirm_runs: Complete runs of the confirmation phase.
         trials: Numbers of the cell's complete and pruned trials.
+        batch_schedule: The cell's batch-size schedule (``None``: a constant batch).
     """
 
     batch_size: int
@@ -142,10 +148,12 @@ class CellStats:
     diverged: int
     confirm_runs: int = 0
     trials: tuple[int, ...] = field(default=())
+    devices: int = 1
+    batch_schedule: str | None = None
 
     @property
     def key(self) -> CellKey:
-        return CellKey(self.batch_size, self.scaling_rule, self.lr_bucket)
+        return CellKey(self.batch_size, self.scaling_rule, self.lr_bucket, self.batch_schedule)
 
     @property
     def label(self) -> str:
@@ -195,6 +203,8 @@ def _stats(key: CellKey, records: Sequence[TrialRecord], metric: MetricInfo) -> 
         diverged=sum(bool(r.diverged) for r in records),
         confirm_runs=sum(r.phase == CONFIRM for r in complete),
         trials=tuple(r.number for r in records),
+        devices=_mode([r.devices for r in chosen]) or 1,
+        batch_schedule=key.schedule,
     )
 
 
@@ -222,7 +232,12 @@ def cell_stats(
             groups.setdefault(key, []).append(record)
     ordered = sorted(
         groups,
-        key=lambda k: (k.batch_size, k.scaling_rule, k.lr_bucket if k.lr_bucket else 0.0),
+        key=lambda k: (
+            k.batch_size,
+            k.schedule or "",
+            k.scaling_rule,
+            k.lr_bucket if k.lr_bucket else 0.0,
+        ),
     )
     return [_stats(key, groups[key], metric) for key in ordered]
 

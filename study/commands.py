@@ -1,4 +1,4 @@
-"""The command line: ``batchsize-study run|probe|report|dashboard|noise-scale``.
+"""The command line: ``batchsize-study run|probe|plan|report|dashboard|noise-scale|branch``.
 
 Each command is also a script in ``scripts/`` (``python scripts/run_study.py`` is ``batchsize-study
 run``) with the same flags. This module is the edge where the two sides meet: it parses flags,
@@ -191,10 +191,17 @@ def run(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
         _check_folder("--artifact-dir", config.artifact_dir, prog)
     _check_folder("--data-dir", config.data_dir, prog)
     _quiet_optuna()
+    from objectives.distributed import join_launched, launched, release_launched, serve_launched
     from study.orchestrate import STUDY_ERRORS, WorkersError, run_study
 
     backend = TorchBackend()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # e.g. Kubernetes: stop cleanly
+    try:
+        join_launched(config)  # under torchrun: one trial on all its processes
+    except ConfigError as exc:
+        fail(str(exc))
+    if (launched() or (0,))[0] > 0:  # torchrun's other ranks train what rank 0 sends
+        return serve_launched(config)
     leftovers = safety.Leftovers.before(config.storage)
     try:
         run_study(config, backend)
@@ -218,6 +225,8 @@ def run(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
     except BaseException:
         leftovers.remove()
         raise
+    finally:
+        release_launched()  # under torchrun: the other ranks exit
     return 0
 
 
@@ -710,6 +719,128 @@ def noise_scale(argv: list[str] | None = None, prog: str = "noise_scale.py") -> 
     return 0
 
 
+def branch_parser(prog: str = "branch.py") -> argparse.ArgumentParser:
+    """The flags of ``run`` (task, model, recipe, budget, --scaling, --tolerance, storage)
+    and the branch command's own."""
+    parser = build_parser(prog)
+    parser.description = (
+        "The critical batch by branching (Merrill et al. 2025): one reference run at a small "
+        "batch, short branches into every larger power of two at several points of it; prints "
+        "the critical batch at each point, a recommended constant batch and rule, and a "
+        "batch-size schedule. With --storage the answer is stored with the study."
+    )
+    g = parser.add_argument_group("branching")
+    g.add_argument(
+        "--reference-batch-size",
+        type=int,
+        default=None,
+        help="the reference run's batch, a power of two (default: the smallest of the space)",
+    )
+    g.add_argument("--branch-points", type=int, default=5, help="branch points along the run")
+    g.add_argument(
+        "--branch-window",
+        type=float,
+        default=0.02,
+        help="samples each branch trains, a fraction of the budget (at least 2 updates)",
+    )
+    g.add_argument(
+        "--branch-repeats",
+        type=int,
+        default=3,
+        help="data orders each comparison is repeated with (its standard error; at least 2)",
+    )
+    g.add_argument(
+        "--loss-tolerance",
+        type=float,
+        default=0.2,
+        help="how far above the reference's held-out loss (a fraction of it) a branch may be "
+        "and keep up",
+    )
+    g.add_argument("--output", default=None, help="write the answer to this JSON file")
+    g.add_argument("--force", action="store_true", help="replace --output if it is not ours")
+    return parser
+
+
+#: The branch command's own flags (the rest are a study's).
+_BRANCH_FLAGS = (
+    "reference_batch_size",
+    "branch_points",
+    "branch_window",
+    "branch_repeats",
+    "loss_tolerance",
+    "output",
+    "force",
+)
+
+
+def _check_branch_flags(own: dict, prog: str) -> None:
+    for flag, least in (("branch_points", 1), ("branch_repeats", 2)):
+        value = own[flag]
+        if value < least:
+            _usage_error(prog, f"--{flag.replace('_', '-')} {value} must be at least {least}")
+        _check_count(f"--{flag.replace('_', '-')}", value, prog)
+    window = own["branch_window"]
+    if not (math.isfinite(window) and 0 < window <= 0.5):
+        _usage_error(prog, f"--branch-window {window:g}: use a fraction of the budget in (0, 0.5]")
+    tol = own["loss_tolerance"]
+    if not (math.isfinite(tol) and tol >= 0):
+        _usage_error(prog, f"--loss-tolerance {tol}: use a fraction of at least 0, e.g. 0.2")
+    ref = own["reference_batch_size"]
+    if ref is not None and (ref < 1 or ref & (ref - 1)):
+        _usage_error(prog, f"--reference-batch-size {ref} is not a power of two: use 8, 16, ...")
+
+
+@guarded
+def branch(argv: list[str] | None = None, prog: str = "branch.py") -> int:
+    """Measure the critical batch by branching; print (and store) the answer."""
+    parser = branch_parser(prog)
+    args = vars(parser.parse_args(argv))
+    own = {name: args.pop(name) for name in _BRANCH_FLAGS}
+    _check_branch_flags(own, prog)
+    stored = args["storage"] is not None
+    try:
+        config = StudyConfig(**args).validate()
+    except ConfigError as exc:
+        parser.error(str(exc))
+    from study.outputs import OutputError, check_output, write_atomic
+
+    if own["output"] is not None:
+        try:
+            check_output(
+                "--output",
+                own["output"],
+                storage_url=config.storage if stored else None,
+                force=own["force"],
+            )
+        except OutputError as exc:
+            _usage_error(prog, str(exc))
+    _check_folder("--data-dir", config.data_dir, prog)
+    _quiet_optuna()
+    from objectives.backend import TorchBackend
+    from study.branch_run import BranchError, run_branch
+
+    backend = TorchBackend()
+    try:
+        answer, text = run_branch(
+            config,
+            backend,
+            store=stored,
+            reference_batch_size=own["reference_batch_size"],
+            points=own["branch_points"],
+            window=own["branch_window"],
+            repeats=own["branch_repeats"],
+            loss_tolerance=own["loss_tolerance"],
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    except (BranchError, *backend.user_errors) as exc:
+        fail(safety.scrub(str(exc), [config.storage]))
+    print(text)
+    if own["output"] is not None:
+        write_atomic(own["output"], json.dumps(answer, indent=2) + "\n", "the branch answer")
+        print(f"wrote {own['output']}")
+    return 0
+
+
 def _noise_stop_words(stop: str) -> str:
     """How an estimate's repeats ended, in the table's words."""
     return {"precise": "precision", "time limit": "time limit"}.get(stop, stop)
@@ -723,6 +854,7 @@ COMMANDS: dict[str, tuple[Callable[..., int], str]] = {
     "report": (report, "write a study's HTML or text report (scripts/report.py)"),
     "dashboard": (dashboard, "serve optuna-dashboard on a study (scripts/dashboard.py)"),
     "noise-scale": (noise_scale, "estimate the gradient noise scale (scripts/noise_scale.py)"),
+    "branch": (branch, "the critical batch by branching, and a schedule (scripts/branch.py)"),
 }
 
 

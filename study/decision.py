@@ -209,7 +209,8 @@ class Plan:
         if not isinstance(runs, int) or runs < 2 or not space:
             return None
         rules = tuple(space.get("scaling_rules") or ("linear",))
-        cells = len(space.get("batch_sizes") or ()) * len(rules)
+        choices = len(space.get("batch_sizes") or ()) + len(space.get("schedules") or ())
+        cells = choices * len(rules)
         return cls(
             total=int(total),
             confirm_runs=runs,
@@ -246,7 +247,7 @@ class Plan:
 
     def params(self, key: CellKey) -> dict[str, Any]:
         """The fixed parameters of a confirmation run of ``key`` (those the objective asks)."""
-        params: dict[str, Any] = {"batch_size": key.batch_size}
+        params: dict[str, Any] = {"batch_size": key.schedule or key.batch_size}
         if len(self.scaling_rules) > 1:
             params["scaling_rule"] = key.scaling_rule
         if self.lr_search_width > 1:
@@ -262,6 +263,8 @@ class Plan:
             "batch_size": key.batch_size,
             "scaling_rule": key.scaling_rule,
         }
+        if key.schedule is not None:
+            attrs["batch_schedule"] = key.schedule
         if self.lr_search_width > 1:
             attrs["lr_multiplier"] = self.params(key)["lr_multiplier"]
         return attrs

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -26,8 +25,9 @@ from typing import Any, Protocol, TextIO
 import optuna
 
 from study import safety
+from study.batch_schedule import parse_schedule, schedule_speeds, with_schedule
 from study.budget import FINISHED, Tally, reap
-from study.config import ConfigError, StudyConfig
+from study.config import ConfigError, StudyConfig, config_from_json, config_to_json
 from study.confirm import study_decision
 from study.datamatch import FINGERPRINT_ATTR, data_changed_message, data_changes
 from study.decision import Plan
@@ -131,7 +131,10 @@ def plan_space(
         len(task.train),
         resolve_rule(config.scaling, config.optimizer),
         source,
+        config.devices_per_trial,
     )
+    if config.batch_schedule is not None:
+        space = with_schedule(space, config.batch_schedule)
     return space, extra
 
 
@@ -182,7 +185,9 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
     print(
         f"study {config.study_name!r} {verb} in {where}: batch sizes {space.batch_sizes} "
         f"(memory cap {space.memory_cap} from {space.cap_source}), "
-        f"rules {space.scaling_rules}, {budget_text(config.to_dict())} per trial",
+        f"rules {space.scaling_rules}"
+        + (f", schedules {space.schedules}" if space.schedules else "")
+        + f", {budget_text(config.to_dict())} per trial",
         file=out,
         flush=True,
     )
@@ -320,9 +325,13 @@ def _answer(
     speeds: dict[int, dict] = {}
     plan = Plan.of_study(study, config.trials)
     decision = study_decision(study, plan) if plan is not None else None
+    keys = ([decision.leader] if decision and decision.leader else []) + list(
+        decision.passed if decision else []
+    )
+    schedules = sorted({k.schedule for k in keys if k.schedule is not None})
     candidates = sorted(
-        {k.batch_size for k in ([decision.leader] if decision and decision.leader else [])}
-        | {k.batch_size for k in (decision.passed if decision else [])}
+        {k.batch_size for k in keys}
+        | {b for label in schedules for b in parse_schedule(label).batch_sizes}
     )
     if len(candidates) > 1:
         try:
@@ -333,6 +342,8 @@ def _answer(
             if measured:
                 study.set_user_attr("speed", measured["timings"])
                 speeds = {int(b): row for b, row in measured["per_batch"].items()}
+                if schedules:  # a schedule's rate per round, from its phases' rates
+                    speeds = schedule_speeds(speeds, schedules, config.epochs)
         except Exception as exc:  # the trials' own timings stand; say so
             print(f"warning: timing the answer's batch sizes failed ({exc})", file=sys.stderr)
     store_recommendation(study, speeds or None)
@@ -377,7 +388,9 @@ WORKER_COMMAND = [sys.executable, "-m", "study.commands", "worker"]
 
 def _run_workers(config: StudyConfig, study: optuna.Study, lock, out: TextIO) -> None:
     """Run the study's trials in worker processes; return when they are all done."""
-    specs = plan_workers(config.workers, config.gpus, config.workers_per_gpu)
+    specs = plan_workers(
+        config.workers, config.gpus, config.workers_per_gpu, config.devices_per_trial
+    )
     if isinstance(lock, NoLock):
         print(
             "warning: this storage has no lock for claiming trials (the budget is exact on "
@@ -390,7 +403,13 @@ def _run_workers(config: StudyConfig, study: optuna.Study, lock, out: TextIO) ->
         file=out,
         flush=True,
     )
-    pool = WorkerPool(WORKER_COMMAND, specs, config_to_json(config), dict(os.environ))
+    pool = WorkerPool(
+        WORKER_COMMAND,
+        specs,
+        config_to_json(config),
+        dict(os.environ),
+        processes_per_worker=config.devices_per_trial,
+    )
     pool.start()
 
     def tick() -> None:  # fail the trials of dead workers so that the others retry them
@@ -413,20 +432,6 @@ def _run_workers(config: StudyConfig, study: optuna.Study, lock, out: TextIO) ->
         "command again to continue",
         code,
     )
-
-
-def config_to_json(config: StudyConfig) -> str:
-    """The settings a worker process receives (on stdin: the storage URL may hold a password)."""
-    data = dataclasses.asdict(config)
-    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in data.items()})
-
-
-def config_from_json(text: str) -> StudyConfig:
-    """The inverse of :func:`config_to_json` (validated)."""
-    data = json.loads(text)
-    known = {f.name for f in dataclasses.fields(StudyConfig)}
-    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-    return StudyConfig(**data).validate()
 
 
 def worker_main(backend: Backend, argv: list[str] | None = None) -> int:

@@ -43,6 +43,8 @@ GENERATOR_TAG = '<meta name="generator" content="batchsize-study report">'
 TEXT_REPORT_START = "Batch-size study "
 #: Keys every stored answer (``report --format json``) has.
 ANSWER_KEYS = frozenset({"most_accurate", "statement", "decided"})
+#: Keys every answer of the branch command (``branch --output``) has.
+BRANCH_ANSWER_KEYS = frozenset({"recommended", "schedule", "points", "trainings"})
 #: Side files of a storage file (SQLite's journals, the locks).
 SIDE_SUFFIXES = ("-journal", "-wal", "-shm", ".claim-lock", ".lock")
 #: Bytes read to recognise a file.
@@ -74,7 +76,8 @@ def storage_kind(path: Path) -> str | None:
 
 def made_here(path: Path) -> bool:
     """Whether the file at ``path`` is one this tool writes (a report, a text report, an
-    answer as JSON), so that writing it again loses nothing of the user's."""
+    answer as JSON, the branch command's answer), so that writing it again loses nothing of
+    the user's."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(HEAD_BYTES)
@@ -87,7 +90,9 @@ def made_here(path: Path) -> bool:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, OSError):
         return False
-    return isinstance(data, dict) and ANSWER_KEYS <= data.keys()
+    return isinstance(data, dict) and (
+        ANSWER_KEYS <= data.keys() or BRANCH_ANSWER_KEYS <= data.keys()
+    )
 
 
 def _same_file(a: Path, b: Path) -> bool:

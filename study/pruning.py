@@ -73,6 +73,7 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from study.batch_schedule import is_schedule_label, parse_schedule
 from study.record import CONFIRM, number_or_none
 from study.stats import percentile
 
@@ -188,7 +189,11 @@ def best_so_far(values: Sequence[float] | object, maximize: bool) -> float | Non
 
 
 def _batch(trial: FrozenTrial) -> int | None:
+    """The trial's batch size; for a batch-size schedule its smallest (it made the most
+    updates of its phases early on, so it is compared as that batch would be)."""
     value = trial.params.get("batch_size", trial.user_attrs.get("batch_size"))
+    if is_schedule_label(value):
+        return parse_schedule(value).smallest
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 

@@ -72,6 +72,12 @@ class Speedup:
         return self.source == "timing" and self.rounds >= 2 and (self.low or 0.0) > 1.0
 
 
+def speed_key(key: CellKey) -> int | str:
+    """Where a cell's timing is found in the answer's speeds: its batch size, or a
+    batch-size schedule's label (:func:`study.batch_schedule.schedule_speeds`)."""
+    return key.schedule if key.schedule is not None else key.batch_size
+
+
 def paired_speedup(
     speeds: Mapping[int, Mapping[str, Any]] | None, fast: int, slow: int
 ) -> Speedup | None:
@@ -161,10 +167,13 @@ def _pick(
         if test_ci is not None:
             test_ci = plan.metric.clip(*test_ci)
     times = [r.train_time_s for r in runs if r.train_time_s is not None]
-    timed = (speeds or {}).get(key.batch_size) or {}
+    timed = (speeds or {}).get(speed_key(key)) or {}
+    schedule = {"batch_schedule": key.schedule} if key.schedule is not None else {}
     return {
         "batch_size": key.batch_size,
+        **schedule,
         "micro_batch_size": cell.micro_batch_size if cell else None,
+        "devices": cell.devices if cell else None,
         "accumulation_steps": cell.accumulation_steps if cell else None,
         "scaling_rule": key.scaling_rule,
         "lr": cell.lr if cell else None,
@@ -197,6 +206,8 @@ def _pick(
 
 def _describe(pick: Mapping[str, Any], plan: Plan, interval: bool = True) -> str:
     text = f"batch {pick['batch_size']} {pick['scaling_rule']}"
+    if pick.get("batch_schedule"):
+        text = f"schedule {pick['batch_schedule']} {pick['scaling_rule']}"
     if pick.get("lr_multiplier") is not None:
         text += f" lr x{pick['lr_multiplier']:.3g}"
     figures = f"{plan.metric.name} {_fmt(pick['val_mean'])}"
@@ -261,7 +272,7 @@ def build_answer(
     best = _pick(leader, stats.get(leader), lead, records, plan, speeds)
     fast_key, uncertain = leader, []
     for key in reversed(decision.passed):  # largest batch first
-        speedup = paired_speedup(speeds, key.batch_size, leader.batch_size)
+        speedup = paired_speedup(speeds, speed_key(key), speed_key(leader))
         if speedup is None and not speeds:
             fast_key = key  # no timing at all: the trials' times stand, flagged below
             break
@@ -274,7 +285,7 @@ def build_answer(
         if fast_key == leader
         else _pick(fast_key, stats.get(fast_key), confirm[fast_key], records, plan, speeds)
     )
-    speedup = paired_speedup(speeds, fast_key.batch_size, leader.batch_size)
+    speedup = paired_speedup(speeds, speed_key(fast_key), speed_key(leader))
     if fast is not best:
         if speedup is not None:
             fast["speedup"] = round(speedup.ratio or 0.0, 3)
@@ -292,7 +303,7 @@ def build_answer(
         decided=decision.decided,
         statement=statement + (f" {diverged}" if diverged else ""),
         undecided_faster=undecided,
-        speed_uncertain_cells=[f"batch {k.batch_size} {k.scaling_rule}" for k in uncertain],
+        speed_uncertain_cells=[k.label for k in uncertain],
         diverged_warning=diverged,
         **base,
     )

@@ -180,9 +180,12 @@ class TrialRecord:
     Stored fields (user attributes of the same name):
 
     Args:
-        batch_size: Effective batch size (samples per update).
-        micro_batch_size: Samples per forward/backward pass (what finally trained).
-        accumulation_steps: Micro-batches per update (``batch_size = micro x steps``).
+        batch_size: Effective (global) batch size: samples per update, over all devices.
+        micro_batch_size: Samples per forward/backward pass on one device (what finally
+            trained).
+        devices: Devices (processes) the trial trained on; absent: 1.
+        accumulation_steps: Micro-batches per update on each device
+            (``batch_size = micro x devices x steps``).
         lr: Learning rate the trial used (the searched multiplier included).
         scaling_rule: Learning-rate scaling rule that gave ``lr``.
         phase: ``search`` or ``confirm`` (a confirmation run of a promising cell, never
@@ -226,6 +229,8 @@ class TrialRecord:
         oom: Its out-of-memory failures, first first.
         resumed_from_epoch: The epoch a retried trial resumed after.
         dropped: ``budget spent``: a queued retry closed as FAIL with no budget left.
+        batch_schedule: The batch-size schedule the trial trained (its label, e.g.
+            ``32@0,128@0.5``); ``batch_size`` is then its largest batch.
 
     Read from the trial, not stored:
 
@@ -238,6 +243,7 @@ class TrialRecord:
 
     batch_size: int | None = None
     micro_batch_size: int | None = None
+    devices: int | None = None
     accumulation_steps: int | None = None
     lr: float | None = None
     scaling_rule: str | None = None
@@ -267,6 +273,7 @@ class TrialRecord:
     oom: tuple[OutOfMemory, ...] = ()
     resumed_from_epoch: int | None = None
     dropped: str | None = None
+    batch_schedule: str | None = None
     number: int = field(default=-1, metadata=_FROM_TRIAL)
     state: str = field(default="RUNNING", metadata=_FROM_TRIAL)
     curve: tuple[tuple[int, float], ...] = field(default=(), metadata=_FROM_TRIAL)
@@ -362,6 +369,7 @@ def read_record(
         curve=curve,
         batch_size=int_or_none(attrs.get("batch_size", params.get("batch_size"))),
         micro_batch_size=int_or_none(attrs.get("micro_batch_size")),
+        devices=int_or_none(attrs.get("devices")),
         accumulation_steps=int_or_none(attrs.get("accumulation_steps")),
         lr=number_or_none(attrs.get("lr")),
         scaling_rule=str(rule) if rule is not None else None,
@@ -391,6 +399,7 @@ def read_record(
         oom=_ooms(attrs.get("oom")),
         resumed_from_epoch=int_or_none(attrs.get("resumed_from_epoch")),
         dropped=_text(attrs.get("dropped")),
+        batch_schedule=_text(attrs.get("batch_schedule")),
     )
 
 

@@ -230,6 +230,13 @@ CASES = [
     case("run", [*FAST, "--gpus", ","], "list GPU ids"),
     case("run", [*FAST, "--workers-per-gpu", "2"], "needs --gpus"),
     case("run", [*FAST, "--workers", "0"], "--workers 0 must be at least 1"),
+    case("run", [*FAST, "--devices-per-trial", "0"], "--devices-per-trial 0: use a whole number of at least 1"),  # noqa: E501
+    case("run", [*FAST, "--devices-per-trial", "x"], "invalid int value"),
+    case("run", [*FAST, "--gpus", "0", "--devices-per-trial", "2"], "more than the 1 GPU(s) of --gpus 0"),  # noqa: E501
+    case("run", [*FAST, "--gpus", "0,1,2", "--devices-per-trial", "2"], "does not divide the 3 GPUs"),  # noqa: E501
+    case("run", [*FAST, "--device", "cuda", "--devices-per-trial", "2"], "list the GPUs, 2 per trial, with --gpus"),  # noqa: E501
+    case("run", [*FAST, "--devices-per-trial", "2", "--collective-timeout", "0"], "--collective-timeout 0.0: use a positive number"),  # noqa: E501
+    case("run", [*STUDY, "--devices-per-trial", "2", "--collective-timeout", "-1"], "--collective-timeout -1.0", proc=True),  # noqa: E501
     case("run", [*FAST, "--heartbeat-interval", "0"], "must be positive and below"),
     case("run", [*FAST, "--heartbeat-interval", "40"], "must be positive and below"),
     case("run", [*FAST, "--precision", "fp16", "--device", "cpu"], "needs a CUDA GPU"),
@@ -548,6 +555,25 @@ CASES += [
     case("run", [*FAST, "--storage", "journal:////"], "give a file"),
     case("run", [*FAST, "--storage", "sqlite:///a%00b.db"], "holds a NUL character"),
     case("run", [*FAST, "--storage", "sqlite:///d/"], "names a folder, not a file"),
+    # ---- batch-size schedules (--batch-schedule) and the branch command
+    case("run", [*FAST, "--batch-schedule", "32@0.5"], "the first must start at 0", proc=True),
+    case("run", [*FAST, "--batch-schedule", "8@0,16@0.5,32@0.5"], "do not increase"),
+    case("run", [*FAST, "--batch-schedule", "24@0"], "batch size 24 of the schedule is not a power of two"),  # noqa: E501
+    case("run", [*FAST, "--batch-schedule", "8@0,16"], "has no '@'"),
+    case("run", [*FAST, "--batch-schedule", "8@zero"], "is not BATCH@START_FRACTION"),
+    case("run", [*FAST, "--batch-schedule", "8@0,16@1.5"], "is not in [0, 1)"),
+    case("run", [*FAST, "--batch-schedule", "8@0,16@nan"], "must be a number in [0, 1)"),
+    case("run", [*FAST, "--batch-schedule", ""], "--batch-schedule is empty"),
+    case("run", [*FAST, "--batch-schedule", "8@0,16@0.5", "--budget", "steps", "--steps", "9"], "needs an epoch budget"),  # noqa: E501
+    case("run", [*STUDY, "--batch-schedule", "8@0,1024@0.5"], "above the space's largest batch 64", proc=True),  # noqa: E501
+    case("branch", [*FAST, "--branch-repeats", "1"], "--branch-repeats 1 must be at least 2", proc=True),  # noqa: E501
+    case("branch", [*FAST, "--branch-window", "0"], "--branch-window 0: use a fraction"),
+    case("branch", [*FAST, "--branch-points", "0"], "--branch-points 0 must be at least 1"),
+    case("branch", [*FAST, "--reference-batch-size", "12"], "is not a power of two"),
+    case("branch", [*FAST, "--loss-tolerance", "nan"], "--loss-tolerance nan"),
+    case("branch", [*FAST, "--reference-batch-size", "128"], "above the space's largest batch 64"),  # noqa: E501
+    case("branch", [*FAST, "--batch-schedule", "8@1"], "is not in [0, 1)"),
+    case("branch", [*FAST, "--output", "afile"], "was not written by this tool", setup="afile"),
 ]
 # fmt: on
 
@@ -557,6 +583,7 @@ IN_PROCESS = {
     "report": commands.report,
     "dashboard": commands.dashboard,
     "noise": commands.noise_scale,
+    "branch": commands.branch,
     "cli": commands.main,
 }
 SCRIPTS = {
@@ -565,6 +592,7 @@ SCRIPTS = {
     "report": "report.py",
     "dashboard": "dashboard.py",
     "noise": "noise_scale.py",
+    "branch": "branch.py",
 }
 
 

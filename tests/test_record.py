@@ -33,6 +33,7 @@ TABLE_FILES = ("docs/record.md", "README.md")
 FULL = TrialRecord(
     batch_size=128,
     micro_batch_size=64,
+    devices=1,
     accumulation_steps=2,
     lr=0.02,
     scaling_rule="linear",
@@ -62,6 +63,7 @@ FULL = TrialRecord(
     oom=(OutOfMemory(128, 1, 1, "CUDA out of memory"),),
     resumed_from_epoch=2,
     dropped="budget spent",
+    batch_schedule="8@0,64@0.5",
 )
 
 
@@ -214,7 +216,7 @@ def test_a_complete_trial_s_value_wins_over_its_attribute():
 
 
 def test_the_trial_line_says_why_a_trial_was_pruned_out_of_memory():
-    attrs = dataclasses.replace(FULL, diverged=False).to_user_attrs()
+    attrs = dataclasses.replace(FULL, diverged=False, batch_schedule=None).to_user_attrs()
     pruned = optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs=attrs)
     line = trial_line(pruned)
     assert "pruned" in line and "batch   128 (64x2)" in line

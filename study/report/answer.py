@@ -34,6 +34,7 @@ NONE_YET = "none yet (the study stores no recommendation and none could be compu
 CELL_KEYS = (
     "batch_size",
     "micro_batch_size",
+    "devices",
     "accumulation_steps",
     "scaling_rule",
     "lr",
@@ -63,7 +64,7 @@ def too_small(rec: dict[str, Any] | None) -> bool:
 
 def same_cell(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """``a`` and ``b`` are the same cell (batch size, rule and learning rate)."""
-    keys = ("batch_size", "scaling_rule", "lr")
+    keys = ("batch_size", "scaling_rule", "lr", "batch_schedule")
     return all(a.get(k) == b.get(k) for k in keys)
 
 
@@ -86,9 +87,14 @@ def cell_words(cell: dict[str, Any], metric: MetricText, *, bold: str = "") -> s
     """``batch 64 (rule linear, lr 0.05): mean 89.8% (95% interval 88.1%-91.5%, 3 runs),
     median 12.1 s training``; ``bold`` wraps the batch size and the mean (Markdown ``**``)."""
     batch = f"{bold}batch {cell.get('batch_size')}{bold}"
+    if cell.get("batch_schedule"):
+        batch = f"{bold}schedule {cell['batch_schedule']}{bold}"
     micro, steps = int_or_none(cell.get("micro_batch_size")), cell.get("accumulation_steps")
     how = [f"rule {cell.get('scaling_rule')}"]
-    if micro and int_or_none(steps) and int(steps) > 1:
+    devices = int_or_none(cell.get("devices")) or 1
+    if micro and devices > 1:
+        how.insert(0, f"{micro} x {devices} devices x {int_or_none(steps) or 1} accumulated")
+    elif micro and int_or_none(steps) and int(steps) > 1:
         how.insert(0, f"{micro} x {int(steps)} accumulated")
     lr = number_or_none(cell.get("lr"))
     if lr is not None:
@@ -227,7 +233,7 @@ def answer_rows(
             int_or_none(c.get("micro_batch_size")),
             int_or_none(c.get("accumulation_steps")),
         )
-        text = str(c.get("batch_size"))
+        text = str(c.get("batch_schedule") or c.get("batch_size"))
         return text + (f" ({micro} x {steps} accumulated)" if micro and steps and steps > 1 else "")
 
     def num(value: Any, spec: str, suffix: str = "") -> str:

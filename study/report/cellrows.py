@@ -65,6 +65,7 @@ class CellRow:
     diverged: int = 0
     confirm: int = 0
     needed: int = MIN_RUNS
+    batch_schedule: str | None = None  # a batch-size schedule's cell (batch_size: its largest)
 
     @property
     def runs(self) -> int:
@@ -86,6 +87,8 @@ class CellRow:
     def label(self) -> str:
         """``64 linear`` or, with a searched multiplier, ``64 linear x1.41``."""
         text = f"{self.batch_size} {self.scaling_rule}"
+        if self.batch_schedule is not None:
+            text = f"schedule {self.batch_schedule} {self.scaling_rule}"
         return text + (f" x{self.lr_bucket:.3g}" if self.lr_bucket is not None else "")
 
 
@@ -124,7 +127,13 @@ def cell_rows(
             members_of.setdefault(key, []).append(t)
     stats = {s.key: s for s in cell_stats(trials, metric.info, lr_search_width=lr_search_width)}
     order = sorted(
-        members_of, key=lambda k: (k.batch_size, rule_sort_key(k.scaling_rule), k.lr_bucket or 0)
+        members_of,
+        key=lambda k: (
+            k.batch_size,
+            k.schedule or "",
+            rule_sort_key(k.scaling_rule),
+            k.lr_bucket or 0,
+        ),
     )
     rows = []
     for cell in order:
@@ -137,6 +146,7 @@ def cell_rows(
         rows.append(
             CellRow(
                 batch_size=cell.batch_size,
+                batch_schedule=cell.schedule,
                 scaling_rule=cell.scaling_rule,
                 lr_bucket=2**cell.lr_bucket if cell.lr_bucket is not None else None,
                 lr=s.lr if s and s.lr is not None else (median(lrs) if lrs else None),

@@ -33,9 +33,9 @@ def trial_line(trial: FrozenTrial, metric: MetricInfo | None = None) -> str:
     """
     info = metric or MetricInfo()
     r = read_record(trial, metric=info)
-    batch = f"batch {r.batch_size if r.batch_size is not None else '?':>5}"
-    if r.accumulation_steps and r.accumulation_steps > 1:
-        batch += f" ({r.micro_batch_size}x{r.accumulation_steps})"
+    batch = f"batch {r.batch_size if r.batch_size is not None else '?':>5}" + _split(r)
+    if r.batch_schedule is not None:
+        batch = f"schedule {r.batch_schedule}"
     parts = [f"trial {r.number:>3} {r.state.lower():<8}"]
     if r.phase == CONFIRM:
         parts.append("confirm")
@@ -69,10 +69,16 @@ def budget_text(config: dict) -> str:
     return f"{config.get('epochs', '?')} epochs"
 
 
+def _split(r: TrialRecord) -> str:
+    """`` (16x2)``: micro-batch x accumulation; `` (16x2devx2)`` on several devices."""
+    steps = r.accumulation_steps or 1
+    if r.devices and r.devices > 1:
+        return f" ({r.micro_batch_size}x{r.devices}dev" + (f"x{steps})" if steps > 1 else ")")
+    return f" ({r.micro_batch_size}x{steps})" if steps > 1 else ""
+
+
 def _best_line(label: str, r: TrialRecord, metric: MetricText) -> str:
-    micro = ""
-    if r.accumulation_steps and r.accumulation_steps > 1:
-        micro = f" ({r.micro_batch_size}x{r.accumulation_steps})"
+    micro = _split(r)
     multiplier = f" (x{r.lr_multiplier:.2f})" if r.lr_multiplier is not None else ""
     return (
         f"{label}trial {r.number}, batch size {r.batch_size}{micro}, rule "

@@ -54,6 +54,8 @@ def _secs(value: float | None) -> str:
 
 def _batch_text(t: TrialRecord) -> str:
     text = str(t.batch_size) if t.batch_size is not None else "-"
+    if t.batch_schedule is not None:
+        return f"schedule {t.batch_schedule}"
     if t.accumulation_steps and t.accumulation_steps > 1 and t.micro_batch_size:
         text += f" ({t.micro_batch_size} x {t.accumulation_steps} accumulated)"
     return text
@@ -250,7 +252,7 @@ def _cells_table(data: ReportData) -> Table:
     headers += [f"Mean test {m.name}", "Median time", m.rate.capitalize(), "Peak memory"]
     rows = []
     for c in data.cells:
-        row = [str(c.batch_size), c.scaling_rule]
+        row = [c.batch_schedule or str(c.batch_size), c.scaling_rule]
         row += [f"x{c.lr_bucket:.3g}"] if buckets else []
         few = c.runs and not c.confirmed
         row += [_lr(c.lr), f"{c.runs}{'*' if few else ''}"]
@@ -287,7 +289,7 @@ def run_cells_table(data: ReportData) -> Table:
     headers += [f"median {m.rate}"]
     rows = []
     for c in data.cells:
-        row = [str(c.batch_size), c.scaling_rule]
+        row = [c.batch_schedule or str(c.batch_size), c.scaling_rule]
         row += [f"x{c.lr_bucket:.3g}" if c.lr_bucket is not None else "-"] if buckets else []
         row += [
             str(c.runs) + ("" if c.confirmed or not c.runs else "*"),
