@@ -1,5 +1,6 @@
 """Loading a task by name: a built-in task, or a user's ``module:factory`` or
-``path/to/file.py:factory``, checked against the contract and described in ``task.info``.
+``path/to/file.py:factory``, checked against the contract and described in ``task.info``
+(:func:`load_task`; :func:`build_task` loads the one a study's settings name).
 
 Example:
     >>> task = load_task("digits", model="mlp")
