@@ -192,7 +192,7 @@ def test_each_comparison_carries_a_standard_error_and_the_metric():
     branches = [b for p in answer["points"] for b in p["branches"]]
     assert branches and answer["unit"] == "tokens"
     for b in branches:
-        assert b["repeats"] == 3 and b["loss_excess_se"] is not None
+        assert 2 <= b["repeats"] <= 3 and b["loss_excess_se"] is not None
         assert 0.0 <= b["metric"] <= 1.0 and 0.0 <= b["reference_metric"] <= 1.0
     assert answer["trainings"] > 1.0  # the reference plus the branches
 
