@@ -250,6 +250,11 @@ def test_the_command_prints_writes_and_stores_its_answer(tmp_path: Path):
     assert len(answer["points"]) == 2 and isinstance(answer["trainings"], float)
     study = optuna.load_study(study_name="b", storage=url)
     assert study.user_attrs["branch"]["recommended"] == answer["recommended"]
+    from study.report.summary import branch_lines
+
+    shown = branch_lines(study)  # the run's summary shows it beside the study's answer
+    assert len(shown) == 1 and "by branching first" in shown[0]
+    assert f"batch {answer['recommended']['batch_size']} " in shown[0]
     again = run_script("branch.py", *args)  # its own file is replaced; a study resumed
     assert again.returncode == 0, again.stderr
 
