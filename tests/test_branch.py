@@ -14,6 +14,7 @@ from objectives.branch import BranchSettings, Run, branch_run
 from objectives.data import place
 from objectives.metrics import MSE, mse
 from objectives.tasks import Task
+from objectives.train import StepHook
 from study.branch_report import BranchPoint, BranchResult, Comparison, Tolerances
 from tests.conftest import run_script
 
@@ -177,6 +178,11 @@ def test_a_task_with_a_small_critical_batch_has_it_found_near_the_reference():
 
 
 def test_each_comparison_carries_a_standard_error_and_the_metric():
+    clipped: list[float] = []
+
+    def clip(model, optimizer):  # the task's step hook runs inside every branch's update
+        clipped.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)))
+
     task = Task(
         "seq",
         Pooled,
@@ -186,6 +192,7 @@ def test_each_comparison_carries_a_standard_error_and_the_metric():
         collate=pad,
         unit="tokens",
         count=lambda x, y: x["mask"].sum(),
+        step=StepHook(before_update=clip),
     )
     s = settings(task, batch_sizes=(16, 32), points=2, repeats=3)
     answer = branch_run(task, s, tolerance=1.0, loss_tolerance=1.0).answer()
@@ -195,6 +202,7 @@ def test_each_comparison_carries_a_standard_error_and_the_metric():
         assert 2 <= b["repeats"] <= 3 and b["loss_excess_se"] is not None
         assert 0.0 <= b["metric"] <= 1.0 and 0.0 <= b["reference_metric"] <= 1.0
     assert answer["trainings"] > 1.0  # the reference plus the branches
+    assert len(clipped) > answer["samples_trained"] // 32  # every update, every run
 
 
 def test_the_critical_batch_stops_at_the_first_batch_that_falls_behind():
