@@ -8,15 +8,15 @@ training loop (:func:`train_model`, :class:`TrainSettings`) and the Optuna objec
 (:class:`BatchSizeObjective`).
 """
 
-from objectives.metrics import ACCURACY, BITS_PER_CHAR, MSE, Metric, f1
+from objectives.contract import ACCURACY, Metric, StepHook, Task, TaskError, Update
+from objectives.loading import load_task
+from objectives.metrics import BITS_PER_CHAR, MSE, f1
 from objectives.objective import BatchSizeObjective, trial_seed
-from objectives.tasks import Task, TaskError, load_task, validate_task
+from objectives.taskcheck import validate_task
 from objectives.train import (
     Diverged,
-    StepHook,
     TrainResult,
     TrainSettings,
-    Update,
     samples_left_out,
     train_model,
     train_task,

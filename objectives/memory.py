@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from objectives.compat import allocation_events
+
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int]:
     storage = t.untyped_storage()
@@ -50,9 +52,7 @@ def _cpu_allocation_peak(prof: torch.profiler.profile) -> int:
     the profiler, so the caller should free them first (the peak would otherwise be too high,
     never too low).
     """
-    from study.compat import allocation_events  # (optuna's internals load only here)
-
-    events = allocation_events(prof)  # torch's private event tree: study.compat
+    events = allocation_events(prof)  # torch's private event tree: objectives.compat
     # At equal timestamps count allocations before frees: a tie can only raise the peak.
     events.sort(key=lambda e: (e[0], -e[1]))
     level = peak = 0

@@ -13,7 +13,7 @@
   built-in ``charlm`` task); it normalises with LayerNorm, per token.
 
 None uses batch normalisation, so gradient accumulation over micro-batches gives exactly the
-update of one large batch (batch norm would see the micro-batches; see the README).
+update of one large batch (batch norm would see the micro-batches; see docs/training.md).
 
 Example:
     >>> factory = build_model_factory("resnet", input_shape=(3, 32, 32), num_classes=10)

@@ -40,6 +40,7 @@ from objectives.checkpoint import (
     run_id,
 )
 from objectives.data import Tensors, as_tensors
+from objectives.distributed import Job, trial_group
 from objectives.noise import estimate_noise_scale
 from objectives.oom import is_out_of_memory, release_memory
 from objectives.oom import summary as oom_summary
@@ -64,6 +65,7 @@ from study.collapse import chance_accuracy, collapse_reason
 from study.config import StudyConfig
 from study.record import ACCURACY as ACCURACY_INFO
 from study.record import CONFIRM, SEARCH, MetricInfo, OutOfMemory, TrialRecord, write_record
+from study.runner import TrialRetry
 from study.scaling import scaled_lr
 from study.space import BatchSpace
 from study.workers import raise_if_interrupted
@@ -232,6 +234,7 @@ class BatchSizeObjective:
             phase=phase,
             batch_size=batch_size,
             micro_batch_size=micro,
+            devices=space.devices,
             accumulation_steps=accumulation,
             lr=lr,
             scaling_rule=rule,
@@ -256,7 +259,7 @@ class BatchSizeObjective:
                 ooms.append(
                     OutOfMemory(
                         micro_batch_size=attempt.micro_batch_size,
-                        accumulation_steps=batch_size // attempt.micro_batch_size,
+                        accumulation_steps=space.accumulation(batch_size, attempt.micro_batch_size),
                         epoch=len(attempt.result.epochs) + 1,
                         error=attempt.detail,
                     )
@@ -265,14 +268,14 @@ class BatchSizeObjective:
                     break
                 retries -= 1
                 attempt = self._resume(key, run, attempt.micro_batch_size // 2, record)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: queued again, resumes from here
-            raise
+        except (KeyboardInterrupt, TrialRetry):  # Ctrl-C, SIGTERM, a rank's fault: queued
+            raise  # again, resumes from here
         except BaseException:  # broken: FAIL, not resumable
             self._forget(key)
             raise
         self._forget(key)
         record.micro_batch_size = attempt.micro_batch_size
-        record.accumulation_steps = batch_size // attempt.micro_batch_size
+        record.accumulation_steps = space.accumulation(batch_size, attempt.micro_batch_size)
         record.oom = tuple(ooms)
         record.diverged = attempt.outcome == "diverged"
         if attempt.outcome in ("diverged", "pruned", "oom"):
@@ -438,10 +441,13 @@ class BatchSizeObjective:
                 raise optuna.TrialPruned(f"pruned after evaluation {epoch.epoch}")
 
         try:
-            with torch_flags(self.device):
+            with torch_flags(self.device), trial_group(self.config, str(self.device)) as group:
                 step = make_step(model, settings, self.task)
                 if saved is not None and saved.optimizer_state is not None:
                     step.optimizer.load_state_dict(saved.optimizer_state)
+                if group is not None:  # several devices: every rank restores, trains a share
+                    resumed = saved.optimizer_state if saved is not None else None
+                    on_epoch = group.start(model, step, Job(settings, start, resumed), on_epoch)
                 train_model(
                     model,
                     self.train,
@@ -452,6 +458,7 @@ class BatchSizeObjective:
                     step=step,
                     start_epoch=start,
                     task=self.task,
+                    parallel=group.ranks if group is not None else None,
                 )
                 finish(
                     attempt.result,

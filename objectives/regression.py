@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from objectives.builtin import sklearn_data_files
+from objectives.contract import Task, TaskError
 from objectives.metrics import MSE, mse
 from objectives.models import build_model_factory
-from objectives.tasks import Task, TaskError, sklearn_data_files
 
 #: The two files of the diabetes data in scikit-learn's ``datasets/data`` folder.
 DIABETES_FILES = ("diabetes_data_raw.csv.gz", "diabetes_target.csv.gz")

@@ -38,9 +38,9 @@ from importlib import resources
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from objectives.contract import Task, TaskError
 from objectives.metrics import BITS_PER_CHAR, IGNORE_INDEX, token_cross_entropy
 from objectives.models import char_transformer_factory
-from objectives.tasks import Task, TaskError
 
 #: Characters with their own id (id 0 is the unknown-char bucket).
 ALPHABET = "\n" + "".join(chr(c) for c in range(32, 127))

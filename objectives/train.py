@@ -52,6 +52,7 @@ from study.config import EVALUATION_PERIODS, OPTIMIZERS, ConfigError, check_prec
 from study.schedule import LRSchedule
 
 if TYPE_CHECKING:
+    from objectives.ranks import Ranks
     from objectives.tasks import Task
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -384,7 +385,8 @@ class Step:
         hook_loss = self.hook.loss if self.hook is not None else None
         fast = self.loss is cross_entropy and hook_loss is None
         total: torch.Tensor | None = None
-        for x, y in micro_batches:
+        for last, (x, y) in _marked_last(micro_batches):
+            sync = _gradient_sync(self.model, last)  # several devices: all-reduce at the last
             with self.autocast():
                 outputs = call_model(self.model, x)
                 if (  # the default loss on a tensor of class scores
@@ -400,6 +402,7 @@ class Step:
                         losses = hook_loss(losses, outputs, y, self.model)
                     loss = losses.sum()
             self.scaler.scale(loss / samples).backward()
+            sync.close()
             loss = loss.detach()
             total = loss if total is None else total + loss
         if total is None:
@@ -418,6 +421,27 @@ class Step:
 
     def __call__(self, x: Any, y: Any) -> torch.Tensor:
         return self.update(((x, y),), batch_len(y))
+
+
+def _marked_last(items: Iterable[Batch]) -> Iterator[tuple[bool, Batch]]:
+    """``(is_last, item)`` for each item, looking one ahead."""
+    iterator = iter(items)
+    item = next(iterator, None)
+    while item is not None:
+        following = next(iterator, None)
+        yield following is None, item
+        item = following
+
+
+def _gradient_sync(model: torch.nn.Module, last: bool) -> contextlib.ExitStack:
+    """Inside DistributedDataParallel, every micro-batch but an update's last runs under
+    ``no_sync`` (its gradients accumulate locally); the last one's backward all-reduces the
+    sum. Close the returned stack after the backward pass. A plain module: nothing."""
+    stack = contextlib.ExitStack()
+    no_sync = getattr(model, "no_sync", None)
+    if not last and no_sync is not None:
+        stack.enter_context(no_sync())
+    return stack
 
 
 def _grad_scaler(device_type: str, enabled: bool) -> torch.amp.GradScaler:
@@ -533,8 +557,13 @@ def update_groups(
     device: torch.device,
     loader: DataLoader | None = None,
     collate: Callable[[list], Batch] | None = None,
+    share: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[Iterator[Batch], int]]:
     """Yield one epoch of ``(micro_batches, samples_in_group)``, one item per update.
+
+    ``share`` ``(rank, ranks)``: a trial on several devices trains each group's contiguous
+    ``rank``-th of ``ranks`` equal parts here (every rank draws the same shuffled order), and
+    ``samples_in_group`` is that part's size.
 
     Every group has exactly ``batch_size`` samples: the last ``len(data) % batch_size`` of
     the epoch's shuffled order are left out of this epoch (the next shuffle covers them).
@@ -548,7 +577,8 @@ def update_groups(
         usable = len(data) - len(data) % batch_size
         order = torch.randperm(len(data), generator=generator)[:usable].to(device)
         for group in order.split(batch_size):
-            yield ((data.x[i], data.y[i]) for i in group.split(micro_batch_size)), batch_size
+            group = group.tensor_split(share[1])[share[0]]
+            yield ((data.x[i], data.y[i]) for i in group.split(micro_batch_size)), len(group)
         return
     if loader is None:
         loader = make_loader(data, batch_size, device, generator, drop_last=True, collate=collate)
@@ -556,6 +586,9 @@ def update_groups(
     for x, y in loader:
         x = to_device(x, device, non_blocking)
         y = to_device(y, device, non_blocking)
+        if share[1] > 1:  # this rank's contiguous part of the group
+            parts = micro_batches((x, y), batch_len(y) // share[1])
+            x, y = next(itertools.islice(parts, share[0], None))
         yield micro_batches((x, y), micro_batch_size), batch_len(y)
 
 
@@ -604,6 +637,7 @@ def train_model(
     step: Step | None = None,
     start_epoch: int = 0,
     task: Task | None = None,
+    parallel: Ranks | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train`` as ``settings`` say, evaluating on ``val`` each epoch.
 
@@ -626,6 +660,10 @@ def train_model(
         task: The task's contract: loss and step hook (when ``step`` is built here),
             ``collate`` for streamed data, ``count`` and ``unit`` for throughput, and the
             metric evaluated. ``None``: cross-entropy, accuracy, samples.
+        parallel: This process's place in a trial on several devices
+            (:mod:`objectives.ranks`): it trains its share of each update (``step.model``
+            is then the DistributedDataParallel wrapper), the epoch's loss and samples are
+            summed over the ranks, and only rank 0 evaluates (the unwrapped ``model``).
 
     Raises:
         ValueError: ``settings.batch_size`` is above the training set (every update uses
@@ -669,7 +707,10 @@ def train_model(
 
     def groups(batch: int | None = None, micro_batch: int | None = None):
         batch, micro_batch = batch or settings.batch_size, micro_batch or micro
-        return update_groups(train, batch, micro_batch, generator, device, loader_of(batch))
+        share = (parallel.rank, parallel.ranks) if parallel is not None else (0, 1)
+        return update_groups(
+            train, batch, micro_batch, generator, device, loader_of(batch), share=share
+        )
 
     units: Any = 0  # what ``count`` returns, summed (an int, or a tensor on the device)
 
@@ -735,6 +776,8 @@ def train_model(
                     loss_sum += step.update(batches, group_size, where)
                 seen += group_size
                 global_step += 1
+            if parallel is not None:  # the whole group's loss, samples and units
+                loss_sum, seen, units = parallel.all_sum(loss_sum, seen, units)
             if on_cuda:
                 torch.cuda.synchronize(device)
             epoch_time = time.perf_counter() - started
@@ -751,9 +794,12 @@ def train_model(
             train_loss = loss_sum.item() / seen
             if not math.isfinite(train_loss):
                 raise Diverged(epoch)
-            val_metric = evaluate(
-                step.model, val, settings.eval_batch, device, settings.precision, task
-            )
+            evaluated = step.model if parallel is None else parallel.evaluated(model)
+            val_metric = math.nan  # a rank other than 0 evaluates nothing
+            if evaluated is not None:
+                val_metric = evaluate(
+                    evaluated, val, settings.eval_batch, device, settings.precision, task
+                )
             epoch_result = EpochResult(epoch, train_loss, val_metric, epoch_time)
             result.epochs.append(epoch_result)
             if on_epoch is not None:

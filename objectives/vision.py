@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
+from objectives.contract import Task, TaskError
 from objectives.models import build_model_factory
-from objectives.tasks import Task, TaskError
 
 #: Fraction of the official training set held out, stratified, as the validation split.
 VAL_FRACTION = 0.1
@@ -338,7 +338,7 @@ def vision_task(
     hidden: tuple[int, ...] = (128, 64),
     seed: int = 0,
 ) -> Task:
-    """The :class:`~objectives.tasks.Task` of image dataset ``name`` (10 classes).
+    """The :class:`~objectives.contract.Task` of image dataset ``name`` (10 classes).
 
     Args:
         name: ``mnist``, ``fashion-mnist`` or ``cifar10``.

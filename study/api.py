@@ -41,7 +41,7 @@ class StudyResult:
     Attributes:
         study: The Optuna study (trials, user attributes, the stored ``recommendation``).
         recommendation: The answer: ``most_accurate``, ``fastest_within``, ``tolerance``,
-            ``budget`` and ``statement`` (see the README); ``{}`` if none was stored.
+            ``budget`` and ``statement`` (see docs/answer.md); ``{}`` if none was stored.
         log: What the run printed (when ``out`` was not given).
     """
 

@@ -116,8 +116,9 @@ class CellStats:
         samples_per_s_median: Median training throughput of the complete runs.
         samples_median: Median units trained per complete run (time x throughput).
         peak_memory_bytes: Largest peak memory over the cell's trials.
-        micro_batch_size: Micro-batch most complete runs trained with.
+        micro_batch_size: Micro-batch (per device) most complete runs trained with.
         accumulation_steps: Its accumulation steps.
+        devices: Devices per trial (``batch_size = micro x devices x accumulation``).
         lr: Median learning rate of the complete runs (of all trials if none completed).
         pruned: Pruned trials (diverged ones included).
         diverged: Trials stopped as diverged (NaN/inf or collapse).
@@ -147,6 +148,7 @@ class CellStats:
     diverged: int
     confirm_runs: int = 0
     trials: tuple[int, ...] = field(default=())
+    devices: int = 1
     batch_schedule: str | None = None
 
     @property
@@ -201,6 +203,7 @@ def _stats(key: CellKey, records: Sequence[TrialRecord], metric: MetricInfo) -> 
         diverged=sum(bool(r.diverged) for r in records),
         confirm_runs=sum(r.phase == CONFIRM for r in complete),
         trials=tuple(r.number for r in records),
+        devices=_mode([r.devices for r in chosen]) or 1,
         batch_schedule=key.schedule,
     )
 

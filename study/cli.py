@@ -257,6 +257,20 @@ def build_parser(prog: str = "run_study.py") -> OneLineParser:
         help="workers sharing each GPU of --gpus (small models)",
     )
     g.add_argument(
+        "--devices-per-trial",
+        type=int,
+        default=d.devices_per_trial,
+        help="devices one trial trains on, data-parallel (CPU: K processes; with --gpus: K "
+        "GPUs per trial); batch sizes are then global (micro-batch x devices x accumulation)",
+    )
+    g.add_argument(
+        "--collective-timeout",
+        type=float,
+        default=d.collective_timeout,
+        help="seconds a rank of a trial on several devices waits for the others before the "
+        "trial fails and is retried from its checkpoint",
+    )
+    g.add_argument(
         "--checkpoint-dir",
         default=None,
         help="per-epoch trial checkpoints, so a retried trial resumes (default: next to the "

@@ -191,10 +191,17 @@ def run(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
         _check_folder("--artifact-dir", config.artifact_dir, prog)
     _check_folder("--data-dir", config.data_dir, prog)
     _quiet_optuna()
+    from objectives.distributed import join_launched, launched, release_launched, serve_launched
     from study.orchestrate import STUDY_ERRORS, WorkersError, run_study
 
     backend = TorchBackend()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # e.g. Kubernetes: stop cleanly
+    try:
+        join_launched(config)  # under torchrun: one trial on all its processes
+    except ConfigError as exc:
+        fail(str(exc))
+    if (launched() or (0,))[0] > 0:  # torchrun's other ranks train what rank 0 sends
+        return serve_launched(config)
     leftovers = safety.Leftovers.before(config.storage)
     try:
         run_study(config, backend)
@@ -218,6 +225,8 @@ def run(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
     except BaseException:
         leftovers.remove()
         raise
+    finally:
+        release_launched()  # under torchrun: the other ranks exit
     return 0
 
 

@@ -1,12 +1,11 @@
-"""Every use of Optuna's and torch's private internals, each behind one small named function.
+"""Every use of Optuna's private internals, each behind one small named function.
 
 Optuna's public API has no way to run trials outside ``Study.optimize`` with heartbeats, to
-write a trial's attributes in one transaction, or to reach a study's storage; torch's has no
-list of the CPU allocator's events. The project needs all of these, so they live here and
-nowhere else: a new Optuna or torch that changes one breaks this module only, and
-``tests/test_compat.py`` says which function, on a real SQLite storage and a real profile.
-
-torch is imported inside the functions that need it, so ``import study`` never imports it.
+write a trial's attributes in one transaction, or to reach a study's storage. The project
+needs all of these, so they live here and nowhere else: a new Optuna that changes one breaks
+this module only, and ``tests/test_compat.py`` says which function, on a real SQLite
+storage. torch's private internals have their own module on the PyTorch side,
+:mod:`objectives.compat`.
 
 Example:
     >>> import optuna
@@ -20,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
@@ -29,9 +28,6 @@ from optuna.storages._heartbeat import fail_stale_trials as _fail_stale_trials
 from optuna.storages._heartbeat import get_heartbeat_thread as _get_heartbeat_thread
 from optuna.storages._heartbeat import is_heartbeat_enabled as _is_heartbeat_enabled
 from optuna.trial import FrozenTrial
-
-if TYPE_CHECKING:
-    import torch
 
 try:  # the internals of Optuna's RDB storage that one transaction needs
     from optuna.storages._rdb import models as _rdb_models
@@ -42,7 +38,6 @@ except ImportError:  # pragma: no cover - an Optuna that moved them: the plain l
 
 __all__ = [
     "BaseHeartbeat",
-    "allocation_events",
     "cache_user_attrs",
     "fail_stale_trials",
     "heartbeat_enabled",
@@ -207,37 +202,3 @@ def put_study_artifact(study: optuna.Study, store: Any, path: str, artifact_id: 
         study_id_of(study), ARTIFACT_ATTR_PREFIX + artifact_id, json.dumps(meta)
     )
     return artifact_id
-
-
-# --------------------------------------------------------------------------- torch: profiler
-
-
-def allocation_events(profile: torch.profiler.profile) -> list[tuple[int, int]]:
-    """The CPU allocator's allocation and free events of a finished ``profile``
-    (``profile_memory=True``): ``(time in ns, bytes)``, positive for an allocation and
-    negative for a free, in no particular order.
-
-    Reads torch's private Kineto event tree (``experimental_event_tree`` and the
-    ``_ExtraFields_Allocation`` nodes).
-
-    Raises:
-        RuntimeError: this torch's profiler does not expose the event tree.
-    """
-    import torch
-
-    try:
-        roots = profile.profiler.kineto_results.experimental_event_tree()
-    except AttributeError as exc:  # a torch whose profiler lacks the event tree
-        raise RuntimeError(
-            f"torch {torch.__version__}: the profiler does not expose allocation events, so CPU "
-            "step memory cannot be measured; use a torch between 2.1 and 2.x"
-        ) from exc
-    events: list[tuple[int, int]] = []
-    stack = list(roots)
-    while stack:
-        node = stack.pop()
-        fields = node.extra_fields
-        if type(fields).__name__ == "_ExtraFields_Allocation" and fields.device.type == "cpu":
-            events.append((node.start_time_ns, int(fields.alloc_size)))
-        stack.extend(node.children)
-    return events

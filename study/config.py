@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
@@ -62,6 +63,7 @@ IDENTITY_FIELDS = (
     "final_lr_fraction",
     "lr_search_width",
     "seed",  # chooses the built-in tasks' train/validation/test split
+    "devices_per_trial",  # the batch sizes are global, the throughput the group's
     "data_dir",  # the image datasets' files
     "batch_schedule",  # a schedule cell is a choice of the space (absent in older studies)
 )
@@ -138,6 +140,10 @@ class StudyConfig:
         gpus: GPU ids; one worker per id (times ``workers_per_gpu``), each seeing only its
             GPU through ``CUDA_VISIBLE_DEVICES``.
         workers_per_gpu: Workers sharing each GPU of ``gpus``.
+        devices_per_trial: Devices one trial trains on (data-parallel, one process each):
+            K processes on the CPU, or K GPUs of ``gpus`` per trial. Batch sizes are global.
+        collective_timeout: Seconds a rank of such a trial waits in a collective (and its
+            helpers may take to start) before the trial fails and is retried.
         checkpoint_dir: Folder of per-epoch trial checkpoints (default: ``checkpoints``
             next to an SQLite or journal file, else ``storage/checkpoints``; ``none`` turns
             them off). Workers on several machines need a folder they all see.
@@ -187,6 +193,8 @@ class StudyConfig:
     workers: int = 1
     gpus: tuple[str, ...] | None = None
     workers_per_gpu: int = 1
+    devices_per_trial: int = 1
+    collective_timeout: float = 300.0
     checkpoint_dir: str | None = None
     data_dir: str = "storage/data"
     download: bool = False
@@ -340,7 +348,7 @@ class StudyConfig:
             objectives=objectives,
             hidden=tuple(self.hidden),
             gpus=tuple(self.gpus) if self.gpus is not None else None,
-            workers=len(self.gpus) * self.workers_per_gpu if self.gpus else self.workers,
+            workers=self._gpu_workers() if self.gpus else self.workers,
             storage=self.storage or default_storage(self.study_name),
         )
 
@@ -399,6 +407,50 @@ class StudyConfig:
                 f"--warmup-steps {self.warmup_steps}: use fewer than --steps {self.steps}"
             )
 
+    def _gpu_workers(self) -> int:
+        """Workers of ``--gpus``: one per group of ``devices_per_trial`` GPUs, times the
+        workers sharing each group."""
+        return len(self.gpus or ()) // self.devices_per_trial * self.workers_per_gpu
+
+    def _validate_devices(self) -> None:
+        k = self.devices_per_trial
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(
+                f"--devices-per-trial {k}: use a whole number of at least 1 (1: one device "
+                "per trial; 2: each trial trains on two processes or GPUs)"
+            )
+        _count("--devices-per-trial", k)
+        timeout = self.collective_timeout
+        if not (isinstance(timeout, int | float) and 0 < timeout < math.inf):
+            raise ConfigError(
+                f"--collective-timeout {timeout}: use a positive number of seconds, e.g. 300"
+            )
+        if k == 1:
+            return
+        if self.task.startswith(PYTHON_TASK_PREFIX):
+            raise ConfigError(
+                f"--devices-per-trial {k} needs a task the helper processes can build by name: "
+                "give --task package.module:factory (or path/to/file.py:factory)"
+            )
+        if self.gpus is None and self.device.startswith("cuda"):
+            raise ConfigError(
+                f"--devices-per-trial {k} with --device {self.device}: list the GPUs, "
+                f"{k} per trial, with --gpus (e.g. --gpus {','.join(map(str, range(k)))})"
+            )
+        if self.gpus is None:
+            return
+        gpus = ",".join(self.gpus)
+        if k > len(self.gpus):
+            raise ConfigError(
+                f"--devices-per-trial {k} is more than the {len(self.gpus)} GPU(s) of --gpus "
+                f"{gpus}: list at least {k} GPUs or lower --devices-per-trial"
+            )
+        if len(self.gpus) % k:
+            raise ConfigError(
+                f"--devices-per-trial {k} does not divide the {len(self.gpus)} GPUs of --gpus "
+                f"{gpus}: list a multiple of {k} GPUs (each trial takes {k})"
+            )
+
     def _validate_batch_schedule(self) -> None:
         if self.batch_schedule is None:
             return
@@ -420,17 +472,20 @@ class StudyConfig:
     def _validate_workers(self) -> None:
         _positive("--workers", self.workers)
         _positive("--workers-per-gpu", self.workers_per_gpu)
+        self._validate_devices()
         if self.gpus is None:
             if self.workers_per_gpu > 1:
                 raise ConfigError("--workers-per-gpu needs --gpus, e.g. --gpus 0,1")
             return
         if not self.gpus or len(set(self.gpus)) != len(self.gpus):
             raise ConfigError(f"--gpus {','.join(self.gpus)}: list distinct GPU ids, e.g. 0,1")
-        per_gpu = len(self.gpus) * self.workers_per_gpu
+        per_gpu = self._gpu_workers()
         if self.workers not in (1, per_gpu):
+            across = f" / --devices-per-trial {self.devices_per_trial}"
             raise ConfigError(
-                f"--workers {self.workers} contradicts --gpus {','.join(self.gpus)} x "
-                f"--workers-per-gpu {self.workers_per_gpu} = {per_gpu} workers: drop --workers"
+                f"--workers {self.workers} contradicts --gpus {','.join(self.gpus)}"
+                f"{across if self.devices_per_trial > 1 else ''} x --workers-per-gpu "
+                f"{self.workers_per_gpu} = {per_gpu} workers: drop --workers"
             )
         if self.device not in ("auto", "cuda"):
             raise ConfigError(
@@ -461,6 +516,21 @@ class StudyConfig:
         """The settings a resumed study must not change."""
         data = self.to_dict()
         return {name: data[name] for name in IDENTITY_FIELDS}
+
+
+def config_to_json(config: StudyConfig) -> str:
+    """The settings a worker process (or a helper rank) receives, on stdin: the storage URL
+    may hold a password."""
+    data = asdict(config)
+    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in data.items()})
+
+
+def config_from_json(text: str) -> StudyConfig:
+    """The inverse of :func:`config_to_json` (validated)."""
+    data = json.loads(text)
+    known = {f.name for f in fields(StudyConfig)}
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+    return StudyConfig(**data).validate()
 
 
 def differences(stored: dict, requested: dict) -> list[str]:

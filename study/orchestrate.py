@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -26,9 +25,9 @@ from typing import Any, Protocol, TextIO
 import optuna
 
 from study import safety
-from study.batch_schedule import parse_schedule, schedule_speeds
+from study.batch_schedule import parse_schedule, schedule_speeds, with_schedule
 from study.budget import FINISHED, Tally, reap
-from study.config import ConfigError, StudyConfig
+from study.config import ConfigError, StudyConfig, config_from_json, config_to_json
 from study.confirm import study_decision
 from study.datamatch import FINGERPRINT_ATTR, data_changed_message, data_changes
 from study.decision import Plan
@@ -41,7 +40,7 @@ from study.report.summary import budget_text, summary, trial_line
 from study.runner import create_or_resume, finished_count, run_trials, trial_sampler
 from study.safety import JOURNAL_PREFIX
 from study.scaling import resolve_rule
-from study.space import BatchSpace, SpaceError, build_space, with_schedule
+from study.space import BatchSpace, SpaceError, build_space
 from study.storage import StorageError, open_storage, redact
 from study.workers import (
     EXIT_INTERRUPTED,
@@ -132,6 +131,7 @@ def plan_space(
         len(task.train),
         resolve_rule(config.scaling, config.optimizer),
         source,
+        config.devices_per_trial,
     )
     if config.batch_schedule is not None:
         space = with_schedule(space, config.batch_schedule)
@@ -388,7 +388,9 @@ WORKER_COMMAND = [sys.executable, "-m", "study.commands", "worker"]
 
 def _run_workers(config: StudyConfig, study: optuna.Study, lock, out: TextIO) -> None:
     """Run the study's trials in worker processes; return when they are all done."""
-    specs = plan_workers(config.workers, config.gpus, config.workers_per_gpu)
+    specs = plan_workers(
+        config.workers, config.gpus, config.workers_per_gpu, config.devices_per_trial
+    )
     if isinstance(lock, NoLock):
         print(
             "warning: this storage has no lock for claiming trials (the budget is exact on "
@@ -401,7 +403,13 @@ def _run_workers(config: StudyConfig, study: optuna.Study, lock, out: TextIO) ->
         file=out,
         flush=True,
     )
-    pool = WorkerPool(WORKER_COMMAND, specs, config_to_json(config), dict(os.environ))
+    pool = WorkerPool(
+        WORKER_COMMAND,
+        specs,
+        config_to_json(config),
+        dict(os.environ),
+        processes_per_worker=config.devices_per_trial,
+    )
     pool.start()
 
     def tick() -> None:  # fail the trials of dead workers so that the others retry them
@@ -424,20 +432,6 @@ def _run_workers(config: StudyConfig, study: optuna.Study, lock, out: TextIO) ->
         "command again to continue",
         code,
     )
-
-
-def config_to_json(config: StudyConfig) -> str:
-    """The settings a worker process receives (on stdin: the storage URL may hold a password)."""
-    data = dataclasses.asdict(config)
-    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in data.items()})
-
-
-def config_from_json(text: str) -> StudyConfig:
-    """The inverse of :func:`config_to_json` (validated)."""
-    data = json.loads(text)
-    known = {f.name for f in dataclasses.fields(StudyConfig)}
-    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-    return StudyConfig(**data).validate()
 
 
 def worker_main(backend: Backend, argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ Optuna's :class:`~optuna.pruners.MedianPruner` compares a trial's validation met
 ``e`` with the median of every completed trial at epoch ``e``. Across batch sizes that is not
 a fair race: at epoch 3 on 1,078 samples, batch 8 has made ~400 updates and batch 1024 six,
 so large batches sit below the median early and are stopped, although trained out they end
-level with the small ones (issue 10, point 4).
+level with the small ones.
 
 :class:`FairMedianPruner` keeps the percentile rule but changes who a trial is compared with.
 By default (``reference="slower"``) a trial of batch size ``B`` is compared at step ``e`` only

@@ -173,6 +173,7 @@ def _pick(
         "batch_size": key.batch_size,
         **schedule,
         "micro_batch_size": cell.micro_batch_size if cell else None,
+        "devices": cell.devices if cell else None,
         "accumulation_steps": cell.accumulation_steps if cell else None,
         "scaling_rule": key.scaling_rule,
         "lr": cell.lr if cell else None,

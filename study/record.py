@@ -180,9 +180,12 @@ class TrialRecord:
     Stored fields (user attributes of the same name):
 
     Args:
-        batch_size: Effective batch size (samples per update).
-        micro_batch_size: Samples per forward/backward pass (what finally trained).
-        accumulation_steps: Micro-batches per update (``batch_size = micro x steps``).
+        batch_size: Effective (global) batch size: samples per update, over all devices.
+        micro_batch_size: Samples per forward/backward pass on one device (what finally
+            trained).
+        devices: Devices (processes) the trial trained on; absent: 1.
+        accumulation_steps: Micro-batches per update on each device
+            (``batch_size = micro x devices x steps``).
         lr: Learning rate the trial used (the searched multiplier included).
         scaling_rule: Learning-rate scaling rule that gave ``lr``.
         phase: ``search`` or ``confirm`` (a confirmation run of a promising cell, never
@@ -240,6 +243,7 @@ class TrialRecord:
 
     batch_size: int | None = None
     micro_batch_size: int | None = None
+    devices: int | None = None
     accumulation_steps: int | None = None
     lr: float | None = None
     scaling_rule: str | None = None
@@ -365,6 +369,7 @@ def read_record(
         curve=curve,
         batch_size=int_or_none(attrs.get("batch_size", params.get("batch_size"))),
         micro_batch_size=int_or_none(attrs.get("micro_batch_size")),
+        devices=int_or_none(attrs.get("devices")),
         accumulation_steps=int_or_none(attrs.get("accumulation_steps")),
         lr=number_or_none(attrs.get("lr")),
         scaling_rule=str(rule) if rule is not None else None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -43,6 +44,15 @@ from study.space import BatchSpace
 from study.workers import raise_if_interrupted
 
 MAX_CONSECUTIVE_FAILURES = 3
+
+
+class TrialRetry(Exception):
+    """A trial failed for a cause outside its settings (a rank of a trial on several devices
+    died, timed out or ran out of memory): it is marked FAIL and queued again to resume from
+    its checkpoint, and the worker goes on claiming trials. After
+    :data:`MAX_CONSECUTIVE_FAILURES` of them in a row the worker stops with the last one."""
+
+
 #: Seconds between claims while the rest of the budget is running in other workers.
 POLL_S = 1.0
 
@@ -265,7 +275,15 @@ def run_trials(
             if claim.trial is None:
                 time.sleep(poll_s)
                 continue
-            frozen = _run_claimed(study, claim.trial, objective, worker)
+            try:
+                frozen = _run_claimed(study, claim.trial, objective, worker)
+            except TrialRetry as fault:  # FAIL and queued again; the next claim resumes it
+                print(f"trial {claim.trial.number} failed: {fault}", file=sys.stderr, flush=True)
+                states.append(TrialState.FAIL)
+                last = states[-MAX_CONSECUTIVE_FAILURES:]
+                if last == [TrialState.FAIL] * MAX_CONSECUTIVE_FAILURES:
+                    raise
+                continue
             states.append(frozen.state)
             if on_trial is not None:
                 on_trial(study, frozen)
@@ -323,7 +341,7 @@ def _run_claimed(
     if error is not None:
         with contextlib.suppress(Exception):
             failed = study.tell(trial, state=TrialState.FAIL)
-            if isinstance(error, KeyboardInterrupt) or is_disk_full(error):
+            if isinstance(error, KeyboardInterrupt | TrialRetry) or is_disk_full(error):
                 _queue_retry(study, failed)
         raise error
     if state == TrialState.PRUNED:

@@ -12,6 +12,14 @@ Example:
     [8, 16, 32, 64, 128, 256]
     >>> space.split(256)
     (64, 4)
+
+On several devices per trial the batch sizes are global: ``devices`` times each per-device
+batch, a device's share trained as micro-batches of at most the memory cap (the probe's cap
+is per device):
+
+    >>> space = build_space(8, 64, 4, 1078, "linear", "--max-batch-size", devices=2)
+    >>> space.batch_sizes, space.split(256), space.accumulation(256, 64)
+    ([16, 32, 64, 128, 256, 512], (64, 2), 2)
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ class BatchSpace:
         max_accumulation: Most micro-batches accumulated into one update.
         cap_source: Where the memory cap came from (``--max-batch-size``, ``probe``, ...).
         scaling_rules: Rules the study samples from (one entry when the rule is fixed).
+        devices: Devices (processes) each trial trains on; batch sizes are global.
         schedules: Batch-size schedules studied as cells beside the constant batches, by
             their labels (``32@0,128@0.5``; :mod:`study.batch_schedule`); none in most studies.
     """
@@ -53,6 +62,7 @@ class BatchSpace:
     max_accumulation: int
     cap_source: str
     scaling_rules: list[str] = field(default_factory=lambda: list(RULES))
+    devices: int = 1
     schedules: list[str] = field(default_factory=list)
 
     @property
@@ -61,9 +71,14 @@ class BatchSpace:
         return [*self.batch_sizes, *self.schedules]
 
     def split(self, batch_size: int) -> tuple[int, int]:
-        """``(micro_batch_size, accumulation_steps)`` that train effective ``batch_size``."""
-        micro = min(batch_size, self.memory_cap)
-        return micro, batch_size // micro
+        """``(micro_batch_size, accumulation_steps)`` that train effective ``batch_size``
+        (per device: ``batch_size = micro x devices x accumulation``)."""
+        micro = min(batch_size // self.devices, self.memory_cap)
+        return micro, self.accumulation(batch_size, micro)
+
+    def accumulation(self, batch_size: int, micro_batch_size: int) -> int:
+        """Micro-batches per update on each device at ``micro_batch_size``."""
+        return batch_size // (micro_batch_size * self.devices)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -79,6 +94,7 @@ class BatchSpace:
             max_accumulation=int(data["max_accumulation"]),
             cap_source=str(data["cap_source"]),
             scaling_rules=list(data["scaling_rules"]),
+            devices=int(data.get("devices", 1)),
             schedules=[str(s) for s in data.get("schedules") or ()],
         )
 
@@ -90,6 +106,7 @@ def build_space(
     train_size: int,
     scaling: str,
     cap_source: str,
+    devices: int = 1,
 ) -> BatchSpace:
     """Build the space, or raise :class:`SpaceError` when it would be empty.
 
@@ -100,8 +117,10 @@ def build_space(
         train_size: Training-set size; no batch exceeds the largest power of two below it.
         scaling: A concrete rule, or ``search`` to sample among all rules.
         cap_source: Where ``memory_cap`` came from, kept for the record.
+        devices: Devices per trial: the batch sizes are ``devices`` times the per-device
+            ones (each no larger than the training set allows).
     """
-    data_cap = largest_power_of_two(train_size)
+    data_cap = largest_power_of_two(max(1, train_size // devices))
     memory_cap = min(largest_power_of_two(memory_cap), data_cap)
     top = min(memory_cap * max_accumulation, data_cap)
     if min_batch_size > memory_cap:
@@ -115,27 +134,5 @@ def build_space(
         sizes.append(size)
         size *= 2
     rules = list(RULES) if scaling == "search" else [scaling]
-    return BatchSpace(sizes, memory_cap, max_accumulation, cap_source, rules)
-
-
-def with_schedule(space: BatchSpace, schedule: str) -> BatchSpace:
-    """``space`` with the batch-size schedule ``schedule`` as one more cell.
-
-    Raises:
-        SpaceError: a phase's batch above the space's largest batch (the cap times the
-            accumulation, within the training set).
-    """
-    from dataclasses import replace
-
-    from study.batch_schedule import parse_schedule
-
-    parsed = parse_schedule(schedule)
-    top = max(space.batch_sizes)
-    if parsed.largest > top:
-        raise SpaceError(
-            f"--batch-schedule {parsed.label}: batch {parsed.largest} is above the space's "
-            f"largest batch {top} (memory cap {space.memory_cap} from {space.cap_source} x "
-            f"--max-accumulation {space.max_accumulation}): lower it or raise "
-            "--max-accumulation"
-        )
-    return replace(space, schedules=[*space.schedules, parsed.label])
+    sizes = [size * devices for size in sizes]
+    return BatchSpace(sizes, memory_cap, max_accumulation, cap_source, rules, devices)

@@ -5,7 +5,10 @@ several machines share a study. ``journal:///path/to/study.log`` opens Optuna's 
 storage (one append-only file; ``optuna-dashboard path/to/study.log`` reads it). Heartbeats
 are on, so a trial whose process was killed is marked FAIL after the grace period instead of
 staying RUNNING forever (journal files get heartbeats from :class:`HeartbeatJournalStorage`).
-Passwords in URLs are never printed: every message uses :func:`redact`.
+Passwords in URLs are never printed: every message uses :func:`redact`. A study is read
+back (the report, the dashboard) with :func:`open_existing_storage` and
+:func:`load_existing_study`: read-only, never created, refused in one line when it is missing
+or not the shape of a batch-size study (:func:`study_shape_problem`).
 
 Example (not run as a doctest: it needs a study, files or a server)::
 
@@ -35,6 +38,7 @@ from study import safety
 from study.compat import BaseHeartbeat, trial_id_of
 from study.journal import WholeRecordBackend, mend_glued_records, set_aside_torn_tail
 from study.locks import SETUP_SCOPE, NoLock, storage_lock
+from study.record import study_metric
 from study.safety import JOURNAL_PREFIX
 
 #: Seconds between a running trial's heartbeats, and after which a silent trial is failed.
@@ -67,12 +71,10 @@ def redact(url: str) -> str:
     return safety.redact(url)
 
 
-def _check_url(url: str) -> sqlalchemy.URL:
-    problem = safety.unencoded_userinfo_problem(url)
-    if problem:
-        raise StorageError(f"--storage {redact(url)}: {problem}")
+def _parse_url(url: str) -> sqlalchemy.URL:
+    """``url`` parsed by SQLAlchemy, or a :class:`StorageError` that says how to write one."""
     try:
-        parsed = make_url(url)
+        return make_url(url)
     except ArgumentError:
         raise StorageError(
             f"--storage {redact(url)} is not a database URL: use e.g. sqlite:///storage/x.db "
@@ -83,6 +85,13 @@ def _check_url(url: str) -> sqlalchemy.URL:
             f"--storage {redact(url)} is not a valid database URL (is the port a number?): "
             "use e.g. postgresql://user@host:5432/db"
         ) from None
+
+
+def _check_url(url: str) -> sqlalchemy.URL:
+    problem = safety.unencoded_userinfo_problem(url)
+    if problem:
+        raise StorageError(f"--storage {redact(url)}: {problem}")
+    parsed = _parse_url(url)
     try:
         dialect = parsed.get_dialect()
     except NoSuchModuleError:
@@ -383,3 +392,138 @@ def _reason(exc: BaseException, password: str | None) -> str:
     if "connection" in lowered or "could not" in lowered or "refused" in lowered:
         return f"cannot connect ({text}); check the host, port and that the server runs"
     return f"cannot open the database ({type(exc).__name__}: {text})"
+
+
+# --------------------------------------------------------------------------- reading back
+# A study this tool made, opened to be read (the report, the dashboard): never created,
+# never changed, and refused in one line when it is missing or not a batch-size study.
+
+#: The ``config["objectives"]`` that ask for the two-objective shape (metric and time).
+TWO_OBJECTIVES_CONFIG = (("metric", "time"), ("accuracy", "time"))
+
+
+def _direction(name: str) -> optuna.study.StudyDirection:
+    return optuna.study.StudyDirection[name.upper()]
+
+
+def study_shape_problem(study: optuna.Study) -> str | None:
+    """Why ``study`` is not a batch-size study's shape (``it ...``), or ``None`` if it is.
+
+    A batch-size study optimises its metric (``val_<name>``) in the metric's direction
+    (the study attribute ``metric``; accuracy, maximised, when absent); with
+    ``--objectives metric,time`` it also minimises ``train_time_s``. Any other shape is
+    refused.
+    """
+    metric = study_metric(study)
+    first = _direction(metric.direction)
+    directions = tuple(study.directions)
+    if directions == (first,):
+        return None
+    if len(directions) == 1:
+        word = "minimises" if directions[0] == optuna.study.StudyDirection.MINIMIZE else "maximises"
+        return f"{word} its objective, but its metric {metric.name} is to be {metric.direction}d"
+    config = study.user_attrs.get("config")
+    asked = config.get("objectives") if isinstance(config, dict) else None
+    names = study.metric_names
+    expected = (f"val_{metric.name}", "train_time_s")
+    named = names is not None and tuple(names) == expected
+    asked_two = asked is not None and tuple(asked) in TWO_OBJECTIVES_CONFIG
+    two = (first, optuna.study.StudyDirection.MINIMIZE)
+    if directions == two and (named or (names is None and asked_two)):
+        return None
+    if len(directions) == 2:
+        shown = ", ".join(
+            f"{n} ({d.name.lower()})"
+            for n, d in zip(names or ["objective 0", "objective 1"], directions, strict=False)
+        )
+        return (
+            f"has the objectives {shown}, not {expected[0]} ({metric.direction}), "
+            "train_time_s (minimize)"
+        )
+    return f"has {len(directions)} objectives"
+
+
+def shape_words(study: optuna.Study) -> str:
+    """What a batch-size study of this metric optimises, for error messages."""
+    metric = study_metric(study)
+    return (
+        f"a batch-size study {metric.direction}s val_{metric.name} (and, with --objectives "
+        "metric,time, minimises train_time_s)"
+    )
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL, ``None`` for other databases; a URL that cannot hold a
+    stored study (malformed, in-memory) is a :class:`StorageError`."""
+    parsed = _parse_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:":
+        raise StorageError(
+            f"--storage {redact(url)}: an in-memory SQLite database holds no stored study; "
+            "give the study's file, e.g. sqlite:///storage/batch-size.db"
+        )
+    return sqlite_path(database)
+
+
+def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
+    """Open the storage at ``url`` for reading; an SQLite file that does not exist is an error.
+
+    Raises:
+        StorageError: malformed URL, missing SQLite or journal file, or a storage that cannot
+            be opened (never created: a missing file stays missing).
+    """
+    if url.startswith(JOURNAL_PREFIX):
+        journal = Path(url[len(JOURNAL_PREFIX) :])
+        if not journal.is_file():
+            raise StorageError(
+                f"no journal file at {journal}: run scripts/run_study.py first, or pass the "
+                "study's --storage (journal:///relative/path.log or journal:////abs/path.log)"
+            )
+    path = _sqlite_file(url)
+    if path is not None and not path.is_file():
+        where = "" if path.parent.is_dir() else f" (folder {path.parent} does not exist)"
+        raise StorageError(
+            f"no study database at {path}{where}: run scripts/run_study.py first, or pass "
+            "--storage sqlite:///PATH/TO/FILE.db"
+        )
+    return open_storage(url, heartbeat_interval=None, read_only=True)
+
+
+def load_existing_study(url: str, study_name: str) -> optuna.Study:
+    """Open an existing study for reading; never creates a database or a study.
+
+    Args:
+        url: SQLAlchemy storage URL of the study database.
+        study_name: Name of the study in it.
+
+    Raises:
+        StorageError: the SQLite file does not exist, the storage cannot be opened, or it holds
+            no study of that name (the message lists the names it holds).
+    """
+    storage = open_existing_storage(url)
+    names = sorted(s.study_name for s in storage.get_all_studies())
+    if study_name not in names:
+        held = ", ".join(names) if names else "none"
+        raise StorageError(
+            f"no study named {study_name!r} in {redact(url)}; studies there: {held} "
+            "(pass --study-name NAME)"
+        )
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    problem = study_shape_problem(study)
+    if problem is not None:
+        raise StorageError(
+            f"study {study_name!r} in {redact(url)} was not made by run_study.py (it "
+            f"{problem}; {shape_words(study)}); pass the --study-name of a batch-size study"
+        )
+    attrs = study.user_attrs
+    if "config" not in attrs and "space" not in attrs:
+        count = len(study.get_trials(deepcopy=False))
+        raise StorageError(
+            f"study {study_name!r} in {redact(url)} was not made by run_study.py (a plain "
+            f"Optuna study of {count} trials, without the settings and batch-size space this "
+            "tool stores); pass the --study-name of a batch-size study, or browse it with "
+            "optuna-dashboard"
+        )
+    return study

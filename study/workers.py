@@ -13,6 +13,8 @@ Nothing here imports torch: what a worker runs is the ``command`` it is given.
 Example:
     >>> [w.name for w in plan_workers(workers=1, gpus=("0", "1"), workers_per_gpu=2)]
     ['w0-gpu0', 'w1-gpu0', 'w2-gpu1', 'w3-gpu1']
+    >>> [w.name for w in plan_workers(1, ("0", "1", "2", "3"), devices_per_trial=2)]
+    ['w0-gpu0,1', 'w1-gpu2,3']
 """
 
 from __future__ import annotations
@@ -74,20 +76,27 @@ class WorkerSpec:
 
 
 def plan_workers(
-    workers: int, gpus: Sequence[str] | None = None, workers_per_gpu: int = 1
+    workers: int,
+    gpus: Sequence[str] | None = None,
+    workers_per_gpu: int = 1,
+    devices_per_trial: int = 1,
 ) -> list[WorkerSpec]:
-    """``workers`` CPU/any-device workers, or ``workers_per_gpu`` per GPU of ``gpus``."""
+    """``workers`` CPU/any-device workers, or ``workers_per_gpu`` per GPU of ``gpus``; with
+    ``devices_per_trial`` K, per group of K GPUs (the worker sees all K, ``gpu`` ``"0,1"``)."""
     if gpus:
+        k = devices_per_trial
+        groups = [",".join(gpus[i : i + k]) for i in range(0, len(gpus) - k + 1, k)]
         return [
-            WorkerSpec(i * workers_per_gpu + k, gpu)
-            for i, gpu in enumerate(gpus)
-            for k in range(workers_per_gpu)
+            WorkerSpec(i * workers_per_gpu + w, group)
+            for i, group in enumerate(groups)
+            for w in range(workers_per_gpu)
         ]
     return [WorkerSpec(i) for i in range(workers)]
 
 
 def worker_env(spec: WorkerSpec, n_workers: int, base: dict[str, str]) -> dict[str, str]:
-    """The environment of one worker: its GPU, unbuffered output, a share of the CPU threads."""
+    """The environment of one worker: its GPU, unbuffered output, a share of the CPU threads
+    (``n_workers``: the processes that train at once, helper ranks included)."""
     env = dict(base)
     env["PYTHONUNBUFFERED"] = "1"
     env["BATCHSIZE_WORKER"] = spec.name
@@ -98,7 +107,7 @@ def worker_env(spec: WorkerSpec, n_workers: int, base: dict[str, str]) -> dict[s
     return env
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
+def parent_death_signal() -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux)."""
     if not sys.platform.startswith("linux"):
         return None
@@ -136,6 +145,8 @@ class WorkerPool:
             storage URL out of the process list).
         env: The base environment (default: this process's).
         log: Where the parent reports workers that end early.
+        processes_per_worker: Processes each worker trains with (its trial's devices), for
+            the share of CPU threads.
     """
 
     def __init__(
@@ -145,7 +156,9 @@ class WorkerPool:
         payload: str,
         env: dict[str, str] | None = None,
         log: TextIO | None = None,
+        processes_per_worker: int = 1,
     ) -> None:
+        self.processes_per_worker = processes_per_worker
         self.command = list(command)
         self.specs = list(specs)
         self.payload = payload
@@ -155,12 +168,12 @@ class WorkerPool:
         self.codes: dict[int, int] = {}
 
     def start(self) -> None:
-        preexec = _parent_death_signal()
+        preexec = parent_death_signal()
         for spec in self.specs:
             proc = subprocess.Popen(
                 [*self.command, "--worker-index", str(spec.index)],
                 stdin=subprocess.PIPE,
-                env=worker_env(spec, len(self.specs), self.env),
+                env=worker_env(spec, len(self.specs) * self.processes_per_worker, self.env),
                 text=True,
                 start_new_session=True,  # a terminal's Ctrl-C reaches the parent, which relays
                 preexec_fn=preexec,

@@ -268,7 +268,7 @@ CELL_METRICS = {
 
 
 def _write_cells_study(path: Path, *, study_name: str, kind: str) -> None:
-    """A study with confirmed cells (:data:`CELLS`), in the record format of issue 10/11."""
+    """A study with confirmed cells (:data:`CELLS`), in the trial record's format."""
     name, direction, unit = CELL_METRICS[kind]
     study = optuna.create_study(
         storage=f"sqlite:///{path}", study_name=study_name, direction=direction

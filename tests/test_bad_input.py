@@ -230,6 +230,13 @@ CASES = [
     case("run", [*FAST, "--gpus", ","], "list GPU ids"),
     case("run", [*FAST, "--workers-per-gpu", "2"], "needs --gpus"),
     case("run", [*FAST, "--workers", "0"], "--workers 0 must be at least 1"),
+    case("run", [*FAST, "--devices-per-trial", "0"], "--devices-per-trial 0: use a whole number of at least 1"),  # noqa: E501
+    case("run", [*FAST, "--devices-per-trial", "x"], "invalid int value"),
+    case("run", [*FAST, "--gpus", "0", "--devices-per-trial", "2"], "more than the 1 GPU(s) of --gpus 0"),  # noqa: E501
+    case("run", [*FAST, "--gpus", "0,1,2", "--devices-per-trial", "2"], "does not divide the 3 GPUs"),  # noqa: E501
+    case("run", [*FAST, "--device", "cuda", "--devices-per-trial", "2"], "list the GPUs, 2 per trial, with --gpus"),  # noqa: E501
+    case("run", [*FAST, "--devices-per-trial", "2", "--collective-timeout", "0"], "--collective-timeout 0.0: use a positive number"),  # noqa: E501
+    case("run", [*STUDY, "--devices-per-trial", "2", "--collective-timeout", "-1"], "--collective-timeout -1.0", proc=True),  # noqa: E501
     case("run", [*FAST, "--heartbeat-interval", "0"], "must be positive and below"),
     case("run", [*FAST, "--heartbeat-interval", "40"], "must be positive and below"),
     case("run", [*FAST, "--precision", "fp16", "--device", "cpu"], "needs a CUDA GPU"),
@@ -430,7 +437,7 @@ class Stream(Dataset):  # read item by item in training (a collate): item BAD is
 
 def _unchecked(size):  # an item no check before the study reads
     from objectives.datacheck import sample_indices
-    from objectives.tasks import check_indices
+    from objectives.taskcheck import check_indices
     seen = set(sample_indices(size)) | set(check_indices(size))
     return next(i for i in range(size) if i not in seen)
 

@@ -331,7 +331,8 @@ def test_a_schedule_is_parsed_placed_on_epochs_and_timed_from_its_phases():
 
 
 def test_a_space_without_a_schedule_is_stored_and_read_as_before():
-    from study.space import BatchSpace, build_space, with_schedule
+    from study.batch_schedule import with_schedule
+    from study.space import BatchSpace, build_space
 
     space = build_space(8, 64, 1, 1000, "search", "--max-batch-size")
     stored = space.to_dict()

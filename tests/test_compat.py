@@ -1,7 +1,8 @@
 """Each private Optuna or torch internal the project uses, checked on the installed versions.
 
-A failure here names the :mod:`study.compat` function whose internal the new Optuna or torch
-changed: mend that function, and the rest of the project follows.
+A failure here names the :mod:`study.compat` (Optuna) or :mod:`objectives.compat` (torch)
+function whose internal the new version changed: mend that function, and the rest of the
+project follows.
 """
 
 from __future__ import annotations
@@ -114,13 +115,15 @@ def test_user_attrs_in_one_commit_and_the_trial_s_cached_view(study):
 def test_allocation_events_list_the_cpu_allocator_s_allocations_and_frees():
     import torch
 
+    from objectives import compat as torch_compat
+
     profile = torch.profiler.profile(
         activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
     )
     with profile:
         block = torch.ones(1024, 256)  # 1 MiB
         del block
-    events = compat.allocation_events(profile)
+    events = torch_compat.allocation_events(profile)
     sizes = [size for _, size in events]
     assert 1024 * 256 * 4 in sizes and -1024 * 256 * 4 in sizes
     assert all(isinstance(ns, int) and ns > 0 for ns, _ in events)

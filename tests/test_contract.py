@@ -1,4 +1,4 @@
-"""The task contract (issue 11): any model, any loss, dict and variable-length batches, a
+"""The task contract: any model, any loss, dict and variable-length batches, a
 step hook, tokens as the unit, all through the public names and a real study on SQLite."""
 
 from __future__ import annotations

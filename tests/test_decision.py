@@ -235,7 +235,7 @@ def simulate(true_d: float, sd: float, boundary_cells: int, seed: int, conf: flo
 @pytest.mark.parametrize("cells", [1, 3])
 def test_a_cell_truly_at_the_tolerance_is_named_at_most_at_the_stated_rate(cells):
     # 400 seeded studies: the rate's binomial SE is ~0.011 at 0.05, so 0.08 fails a
-    # miscalibrated rule (the earlier d + 1 se rule names such cells in 16-19% of studies)
+    # miscalibrated rule (a d + 1 se rule names such cells in 16-19% of studies)
     named = sum(simulate(0.01, 0.006, cells, seed, 0.95) for seed in range(400))
     assert named / 400 <= 0.08
 

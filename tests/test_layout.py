@@ -29,21 +29,9 @@ def _modules(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
 
-def _top_level_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-    return names
-
-
 def test_the_optuna_side_never_names_torch_or_objectives_except_the_command_line_edge():
     for path in _modules("study"):
-        # study/compat.py reaches torch's private internals inside its functions only
-        imported = _top_level_imports(path) if path.name == "compat.py" else _imports(path)
+        imported = _imports(path)
         assert not any(n == "torch" or n.startswith("torch.") for n in imported), path
         if path.name not in ("commands.py", "api.py"):  # the edges that hand the backend in
             assert not any(n.startswith("objectives") for n in imported), path
@@ -58,6 +46,104 @@ def test_the_pytorch_side_never_climbs_back_to_orchestration_or_reports():
             if n.startswith(("study.orchestrate", "study.commands", "study.report"))
         ]
         assert not upward, f"{path} imports {upward}"
+
+
+PACKAGES = ("study", "objectives")
+
+
+def _project_modules() -> dict[str, Path]:
+    """Every module of the project's packages by its dotted name (a package by its own)."""
+    modules = {}
+    for package in PACKAGES:
+        for path in _modules(package):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _project_imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules a file imports, at any depth (inside functions and
+    ``TYPE_CHECKING`` blocks too): ``from a import b`` is ``a.b`` where that is a module."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                for a in node.names
+            ]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            owner = next(
+                (
+                    ".".join(parts[:k])
+                    for k in range(len(parts), 0, -1)
+                    if ".".join(parts[:k]) in modules
+                ),
+                None,
+            )
+            if owner is not None:
+                found.add(owner)
+    return found
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle of ``graph`` as its modules in order, or ``[]`` when there is none."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> list[str]:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (found := visit(target)):
+                return found
+        state[module] = 2
+        path.pop()
+        return []
+
+    for module in sorted(graph):
+        if module not in state and (found := visit(module)):
+            return found
+    return []
+
+
+def test_no_import_cycles_among_the_project_modules():
+    modules = _project_modules()
+    graph = {name: _project_imports(path, modules) - {name} for name, path in modules.items()}
+    assert _cycle(graph) == [], " -> ".join(_cycle(graph))
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check bites
+
+
+def test_the_task_contract_is_a_leaf_that_imports_nothing_of_the_project():
+    modules = _project_modules()
+    contract = ROOT / "objectives" / "contract.py"
+    assert _project_imports(contract, modules) == set()
+    from objectives import contract as leaf
+    from objectives import tasks
+    from study.record import DIRECTIONS
+
+    assert leaf.DIRECTIONS == DIRECTIONS  # the same words on both sides of the boundary
+    for name in ("Task", "Metric", "StepHook", "TaskError"):  # the public paths still work
+        assert getattr(tasks, name) is getattr(leaf, name)
+
+
+def test_every_module_opens_with_a_docstring_that_says_its_idea():
+    for path in _project_modules().values():
+        assert ast.get_docstring(ast.parse(path.read_text())), path
+
+
+def test_the_report_figures_read_in_steps_of_one_screen():
+    for path in _modules("study/report/figures"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 60, f"{path}:{node.lineno} {node.name} is {length} lines"
 
 
 def test_nothing_outside_tests_imports_from_tests():

@@ -1,4 +1,4 @@
-"""Fair pruning (issue 10, point 4) and collapse detection (point 6).
+"""Fair pruning and collapse detection.
 
 The pruner must not stop a trial because its batch size makes fewer updates per epoch: a large
 batch that is behind the small ones at epoch 3, but level with the other large batches, runs

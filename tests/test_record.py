@@ -33,6 +33,7 @@ TABLE_FILES = ("docs/record.md", "README.md")
 FULL = TrialRecord(
     batch_size=128,
     micro_batch_size=64,
+    devices=1,
     accumulation_steps=2,
     lr=0.02,
     scaling_rule="linear",

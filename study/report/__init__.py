@@ -2,10 +2,16 @@
 
 Nothing here imports torch or writes trials. The modules, each with one job:
 
-* :mod:`study.report.data` -- a study's trials, cells and attributes as typed rows, and how
-  its metric is written (no plotting);
+* :mod:`study.report.data` -- a study's trials and attributes read once into typed rows;
+* :mod:`study.report.words` -- how the metric, sample counts and states are written;
+* :mod:`study.report.cellrows` -- one row per cell (batch size x rule) with its statistics;
+* :mod:`study.report.narratives` -- the rule of thumb and the noise scale beside the cells;
+* :mod:`study.report.importances` -- Optuna's parameter importances, or why there are none;
 * :mod:`study.report.answer` -- the study's answer (its recommendation) in words and rows;
-* :mod:`study.report.figures` -- Plotly figures from those rows;
+* :mod:`study.report.table` -- the table model and its two renderers, text and HTML;
+* :mod:`study.report.tables` -- the report's tables, built from the rows;
+* :mod:`study.report.figures` -- the Plotly figures, one builder each, in groups (the metric,
+  the hardware, the learning rate, Optuna's history), and the parts they share;
 * :mod:`study.report.html` -- the self-contained HTML page and the plain-text report;
 * :mod:`study.report.summary` -- the lines a run prints (per trial and at the end);
 * :mod:`study.report.note` -- the dashboard note;
@@ -36,11 +42,26 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+_MODULES = (
+    "data",
+    "words",
+    "cellrows",
+    "narratives",
+    "importances",
+    "answer",
+    "table",
+    "tables",
+    "figures",
+    "html",
+    "summary",
+    "note",
+    "dashboard",
+)
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"study.report.{_EXPORTS[name]}"), name)
-    if name in ("data", "answer", "figures", "html", "summary", "note", "dashboard"):
+    if name in _MODULES:
         return importlib.import_module(f"study.report.{name}")
     raise AttributeError(f"module 'study.report' has no attribute {name!r}")

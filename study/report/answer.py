@@ -7,7 +7,7 @@ too small to confirm anything, the sentence that says so. This module only write
 it never chooses. Nothing here imports Plotly or torch.
 
 Example:
-    >>> from study.report.data import MetricText
+    >>> from study.report.words import MetricText
     >>> from study.record import MetricInfo
     >>> answer_lines(None, MetricText(MetricInfo()))[0]
     'Answer: none yet (the study stores no recommendation and none could be computed).'
@@ -19,7 +19,8 @@ import math
 from typing import Any
 
 from study.record import int_or_none, number_or_none
-from study.report.data import MIN_RUNS, MetricText
+from study.report.cellrows import MIN_RUNS
+from study.report.words import MetricText
 from study.units import format_bytes
 
 #: What the answer says when the study holds too few runs and gives no statement itself.
@@ -33,6 +34,7 @@ NONE_YET = "none yet (the study stores no recommendation and none could be compu
 CELL_KEYS = (
     "batch_size",
     "micro_batch_size",
+    "devices",
     "accumulation_steps",
     "scaling_rule",
     "lr",
@@ -89,7 +91,10 @@ def cell_words(cell: dict[str, Any], metric: MetricText, *, bold: str = "") -> s
         batch = f"{bold}schedule {cell['batch_schedule']}{bold}"
     micro, steps = int_or_none(cell.get("micro_batch_size")), cell.get("accumulation_steps")
     how = [f"rule {cell.get('scaling_rule')}"]
-    if micro and int_or_none(steps) and int(steps) > 1:
+    devices = int_or_none(cell.get("devices")) or 1
+    if micro and devices > 1:
+        how.insert(0, f"{micro} x {devices} devices x {int_or_none(steps) or 1} accumulated")
+    elif micro and int_or_none(steps) and int(steps) > 1:
         how.insert(0, f"{micro} x {int(steps)} accumulated")
     lr = number_or_none(cell.get("lr"))
     if lr is not None:

@@ -29,7 +29,8 @@ from study.compat import save_study_note
 from study.record import TrialRecord
 from study.report.answer import answer_markdown
 from study.report.data import ReportData, collect_report_data
-from study.report.html import advice, epochs_text, report_tables
+from study.report.html import advice
+from study.report.tables import epochs_text, report_tables
 from study.units import format_bytes
 
 #: A missing percentage in the note's sentences and table ("-" would read as a dash).

@@ -17,7 +17,9 @@ from optuna.trial import FrozenTrial
 
 from study.record import CONFIRM, MetricInfo, TrialRecord, read_record
 from study.report.answer import answer_lines
-from study.report.data import MetricText, ReportData, collect_report_data
+from study.report.data import collect_report_data
+from study.report.tables import run_cells_table
+from study.report.words import MetricText
 from study.stats import median
 
 
@@ -31,11 +33,9 @@ def trial_line(trial: FrozenTrial, metric: MetricInfo | None = None) -> str:
     """
     info = metric or MetricInfo()
     r = read_record(trial, metric=info)
-    batch = f"batch {r.batch_size if r.batch_size is not None else '?':>5}"
+    batch = f"batch {r.batch_size if r.batch_size is not None else '?':>5}" + _split(r)
     if r.batch_schedule is not None:
         batch = f"schedule {r.batch_schedule}"
-    elif r.accumulation_steps and r.accumulation_steps > 1:
-        batch += f" ({r.micro_batch_size}x{r.accumulation_steps})"
     parts = [f"trial {r.number:>3} {r.state.lower():<8}"]
     if r.phase == CONFIRM:
         parts.append("confirm")
@@ -62,13 +62,6 @@ def trial_line(trial: FrozenTrial, metric: MetricInfo | None = None) -> str:
     return "  ".join(parts)
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
-
-
 def budget_text(config: dict) -> str:
     """How much training each trial got: ``20 epochs`` or ``500 optimizer steps``."""
     if config.get("budget") == "steps":
@@ -76,10 +69,16 @@ def budget_text(config: dict) -> str:
     return f"{config.get('epochs', '?')} epochs"
 
 
+def _split(r: TrialRecord) -> str:
+    """`` (16x2)``: micro-batch x accumulation; `` (16x2devx2)`` on several devices."""
+    steps = r.accumulation_steps or 1
+    if r.devices and r.devices > 1:
+        return f" ({r.micro_batch_size}x{r.devices}dev" + (f"x{steps})" if steps > 1 else ")")
+    return f" ({r.micro_batch_size}x{steps})" if steps > 1 else ""
+
+
 def _best_line(label: str, r: TrialRecord, metric: MetricText) -> str:
-    micro = ""
-    if r.accumulation_steps and r.accumulation_steps > 1:
-        micro = f" ({r.micro_batch_size}x{r.accumulation_steps})"
+    micro = _split(r)
     multiplier = f" (x{r.lr_multiplier:.2f})" if r.lr_multiplier is not None else ""
     return (
         f"{label}trial {r.number}, batch size {r.batch_size}{micro}, rule "
@@ -91,29 +90,6 @@ def _best_line(label: str, r: TrialRecord, metric: MetricText) -> str:
 
 def _num(value: float | None, spec: str = ".4f") -> str:
     return format(math.nan if value is None else value, spec)
-
-
-def cell_table(data: ReportData) -> str:
-    """The per-cell table: runs, mean and 95% interval of the metric, median time, speed."""
-    m = data.metric
-    buckets = any(c.lr_bucket is not None for c in data.cells)
-    headers = ["batch", "rule"] + (["lr mult."] if buckets else [])
-    headers += ["runs", "pruned", f"mean val {m.name}", "95% interval", "median time s"]
-    headers += [f"median {m.rate}"]
-    rows = []
-    for c in data.cells:
-        row = [c.batch_schedule or str(c.batch_size), c.scaling_rule]
-        row += [f"x{c.lr_bucket:.3g}" if c.lr_bucket is not None else "-"] if buckets else []
-        row += [
-            str(c.runs) + ("" if c.confirmed or not c.runs else "*"),
-            str(c.pruned),
-            m.value(c.mean_val),
-            m.interval(c.ci95),
-            f"{c.median_time_s:.2f}" if c.median_time_s is not None else "-",
-            f"{c.median_samples_per_s:,.0f}" if c.median_samples_per_s is not None else "-",
-        ]
-        rows.append(row)
-    return _table(headers, rows)
 
 
 def branch_lines(study: optuna.Study) -> list[str]:
@@ -174,6 +150,6 @@ def summary(study: optuna.Study) -> str:
         "",
         f"per cell (batch size x rule; complete runs, {budget} each; {m.full}; "
         f"* fewer than {data.confirm_runs} confirmation runs: no conclusion):",
-        cell_table(data),
+        run_cells_table(data).to_text(titled=False, first_left=False),
     ]
     return "\n".join(lines)
