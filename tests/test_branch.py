@@ -365,3 +365,13 @@ def test_a_schedule_cell_goes_through_a_study_with_workers_and_resume(tmp_path: 
     assert any(r.state == "COMPLETE" for r in scheduled)
     assert "schedule 8@0,64@0.5" in first.stdout + second.stdout  # its trial line
     assert study.user_attrs["space"]["schedules"] == ["8@0,64@0.5"]
+
+
+def test_a_study_made_before_schedules_resumes_and_refuses_one_added_later():
+    from study.config import StudyConfig, differences
+
+    old = StudyConfig().identity()
+    del old["batch_schedule"]  # what a study created before schedules stored
+    assert differences(old, StudyConfig().identity()) == []
+    added = differences(old, StudyConfig(batch_schedule="8@0,64@0.5").identity())
+    assert added == ["--batch-schedule None (stored) vs '8@0,64@0.5' (now)"]
