@@ -92,6 +92,29 @@ def _num(value: float | None, spec: str = ".4f") -> str:
     return format(math.nan if value is None else value, spec)
 
 
+def branch_lines(study: optuna.Study) -> list[str]:
+    """The branch command's answer when it ran on this study first (``branch --storage``):
+    its cheap reading beside the study's confirmed one."""
+    answer = study.user_attrs.get("branch")
+    if not isinstance(answer, dict) or not isinstance(answer.get("recommended"), dict):
+        return []
+    rec = answer["recommended"]
+    points = answer.get("points") or []
+    criticals = ", ".join(
+        f"{p.get('critical_batch_size')} at {float(p.get('fraction', 0)):.2f}" for p in points
+    )
+    schedule = ",".join(
+        f"{p.get('batch_size')}@{float(p.get('start_fraction', 0)):g}"
+        for p in answer.get("schedule") or []
+    )
+    return [
+        f"  by branching first (one reference run and short branches, "
+        f"{float(answer.get('trainings') or 0):.2f} trainings, no confirmation runs): batch "
+        f"{rec.get('batch_size')} {rec.get('scaling_rule')}; critical batch {criticals}; "
+        f"schedule {schedule}"
+    ]
+
+
 def summary(study: optuna.Study) -> str:
     """The answer first (the study's recommendation), then the counts, the best single trial
     (or, for metric-vs-time studies, the Pareto front) and one row per cell."""
@@ -107,7 +130,7 @@ def summary(study: optuna.Study) -> str:
     complete = [t for t in data.trials if t.state == "COMPLETE"]
     if not complete:
         return head + "\nno complete trial yet: nothing to compare."
-    lines = [*answer_lines(data.recommendation, m), "", head]
+    lines = [*answer_lines(data.recommendation, m), *branch_lines(study), "", head]
     if data.multi_objective:
         lines.append(
             f"Pareto front of {m.val} against training time ({len(data.front)} trials, "
