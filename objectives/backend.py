@@ -25,12 +25,13 @@ from sqlalchemy.engine import make_url
 from objectives.checkpoint import CheckpointStore, first_attempt
 from objectives.datacheck import DataItemError
 from objectives.fingerprint import data_fingerprint
+from objectives.loading import build_task
 from objectives.models import ModelError
 from objectives.objective import BatchSizeObjective, task_metric
 from objectives.probe import ProbeError
-from objectives.tasks import Task, TaskError, load_task
+from objectives.tasks import Task, TaskError
 from objectives.train import training_loss
-from study.config import PYTHON_TASK_PREFIX, ConfigError, StudyConfig, check_precision
+from study.config import ConfigError, StudyConfig, check_precision
 from study.record import MetricInfo
 from study.safety import JOURNAL_PREFIX
 from study.space import BatchSpace
@@ -45,31 +46,6 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
     return device
-
-
-def build_task(config: Any) -> Task:
-    """The task the config names, built with its model settings.
-
-    Any object with the same field names works, such as the namespace of a script that
-    declared its flags with :func:`study.cli.add_task_arguments`.
-    """
-    if config.task.startswith(PYTHON_TASK_PREFIX):
-        raise TaskError(
-            f"--task {config.task!r}: this study's task was a Task object given from Python "
-            "(objectives.run_study(task=...)); resume it the same way, or use "
-            "--task package.module:factory"
-        )
-    return load_task(
-        config.task,
-        model=config.model,
-        hidden=tuple(config.hidden),
-        seed=config.seed,
-        synthetic_samples=config.synthetic_samples,
-        synthetic_features=config.synthetic_features,
-        synthetic_classes=config.synthetic_classes,
-        data_dir=config.data_dir,
-        download=getattr(config, "download", False),
-    )
 
 
 def checkpoint_folder(config: StudyConfig) -> Path | None:

@@ -10,8 +10,9 @@ held-out batches (the validation split, the task's own loss; the task's metric b
 compared with the reference's after the same samples. Each comparison is repeated with
 ``repeats`` data orders: repeat 0 continues the reference's own order, repeat ``k`` a fresh
 one, the same for the branch and the reference's continuation (paired), so that each carries
-a standard error. :mod:`study.branch_report` decides from them (the stated test, the critical
-batch at each point, the recommendation and the schedule).
+a standard error; a third (up to ``repeats``) only where two leave the test undecided.
+:mod:`study.branch_report` decides from them (the stated test, the critical batch at each
+point, the recommendation and the schedule).
 
 What keeps the cost down: the batches at a point are tested in increasing order and stop at
 the first where no rule keeps up; a rule that fell behind at one batch is not tried at the
@@ -66,7 +67,9 @@ class BranchSettings:
         points: Branch points, at fractions ``i / points`` of the budget.
         window: The branch window, a fraction of the budget (at least ``min_updates`` updates
             of the branch's batch).
-        repeats: Data orders per comparison (at least 2: a standard error needs two).
+        repeats: Most data orders per comparison (at least 2: a standard error needs two);
+            a comparison that two repeats decide (it keeps up, or is clearly behind) stops
+            there.
         min_updates: Fewest updates a branch makes in its window.
         eval_items: Held-out items the losses and metrics are measured on.
         optimizer, weight_decay, lr_schedule, final_lr_fraction: The study's recipe.
@@ -84,7 +87,7 @@ class BranchSettings:
     points: int = 5
     window: float = 0.02
     repeats: int = 3
-    min_updates: int = 2
+    min_updates: int = 1
     eval_items: int = 2048
     optimizer: str = "adam"
     weight_decay: float | None = None
@@ -429,6 +432,10 @@ def branch_run(
                         comparison.reference_loss.append(ref_loss)
                         comparison.branch_metric.append(metric)
                         comparison.reference_metric.append(ref_metric)
+                        if repeat >= 1 and (  # two repeats decided it: no third
+                            tol.keeps_up(comparison) or tol.clearly_behind(comparison)
+                        ):
+                            break
                     point.comparisons.append(comparison)
                     here.append(comparison)
                 alive = [c.scaling_rule for c in here if tol.keeps_up(c)]

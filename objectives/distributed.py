@@ -310,8 +310,8 @@ def helper_main() -> int:
 
     Reads ``{"host", "port", "rank", "ranks", "device", "timeout_s", "config"}`` on stdin.
     """
-    from objectives.backend import build_task
     from objectives.data import place
+    from objectives.loading import build_task
 
     spec = json.loads(sys.stdin.read())
     rank, ranks, device = int(spec["rank"]), int(spec["ranks"]), str(spec["device"])

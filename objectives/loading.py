@@ -1,5 +1,6 @@
 """Loading a task by name: a built-in task, or a user's ``module:factory`` or
-``path/to/file.py:factory``, checked against the contract and described in ``task.info``.
+``path/to/file.py:factory``, checked against the contract and described in ``task.info``
+(:func:`load_task`; :func:`build_task` loads the one a study's settings name).
 
 Example:
     >>> task = load_task("digits", model="mlp")
@@ -15,6 +16,7 @@ import importlib.util
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,7 +24,7 @@ from objectives.batch import describe
 from objectives.builtin import digits_task, synthetic_task
 from objectives.contract import Task, TaskError
 from objectives.taskcheck import validate_task
-from study.config import BUILTIN_TASKS
+from study.config import BUILTIN_TASKS, PYTHON_TASK_PREFIX
 
 
 @contextlib.contextmanager
@@ -154,3 +156,28 @@ def load_task(
 def _input_shape(inputs: object) -> list[int] | str:
     """An item's input shape (a tensor's), or its description (other structures)."""
     return list(inputs.shape) if isinstance(inputs, torch.Tensor) else describe(inputs)
+
+
+def build_task(config: Any) -> Task:
+    """The task the config names, built with its model settings.
+
+    Any object with the same field names works, such as the namespace of a script that
+    declared its flags with :func:`study.cli.add_task_arguments`.
+    """
+    if config.task.startswith(PYTHON_TASK_PREFIX):
+        raise TaskError(
+            f"--task {config.task!r}: this study's task was a Task object given from Python "
+            "(objectives.run_study(task=...)); resume it the same way, or use "
+            "--task package.module:factory"
+        )
+    return load_task(
+        config.task,
+        model=config.model,
+        hidden=tuple(config.hidden),
+        seed=config.seed,
+        synthetic_samples=config.synthetic_samples,
+        synthetic_features=config.synthetic_features,
+        synthetic_classes=config.synthetic_classes,
+        data_dir=config.data_dir,
+        download=getattr(config, "download", False),
+    )

@@ -128,8 +128,8 @@ class LaunchedGroup:
 def serve_launched(config: StudyConfig) -> int:
     """A rank other than 0 under ``torchrun``: train each attempt rank 0 sends, until it
     sends ``None`` (its run is over)."""
-    from objectives.backend import build_task
     from objectives.data import place
+    from objectives.loading import build_task
 
     rank, world, local = launched() or (0, 1, 0)
     device = f"cuda:{local}" if dist.get_backend() == "nccl" else "cpu"

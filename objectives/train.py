@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import itertools
 import math
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from objectives.batch import batch_len, call_model, micro_batches, to_device
+from objectives.contract import StepHook, Update, takes_update
 from objectives.data import Tensors, make_loader, place
 from objectives.memory import PeakMemory, state_bytes
 from objectives.metrics import ACCURACY, SplitMetric, cross_entropy
@@ -242,89 +242,6 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
 Batch = tuple[Any, Any]
 #: ``loss(outputs, targets)`` -> one loss per sample, shape ``[n]``.
 LossFn = Callable[[Any, Any], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class StepHook:
-    """A task's changes to the training step; the tool keeps the rest of the step.
-
-    Inside every update (:meth:`Step.update`) the tool runs the forward pass and the task's
-    per-sample loss under the trial's precision (autocast), sums the losses and divides by
-    the update group's size (exact accumulation), backpropagates through the gradient
-    scaler, and steps the optimizer at the learning rate the trial derived; memory and time
-    are measured around it. A hook changes two things inside:
-
-    * ``loss(losses, outputs, targets, model) -> [n]``: the per-sample losses the update
-      backpropagates, given the task's ``losses`` (shape ``[n]``) for this micro-batch. Return
-      per-sample values: a label-smoothed loss, or ``losses + penalty`` for an extra term
-      (a batch-level term added to every sample's loss adds exactly ``penalty`` to the
-      group's mean, however the group is split). Runs under autocast.
-    * ``before_update(model, optimizer)``: after the last micro-batch's backward pass and
-      before the optimizer step, with the gradients already unscaled (``fp16``), e.g.
-      ``torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)``. Its changes to the
-      gradients are what the optimizer applies. A hook that takes a third argument,
-      ``before_update(model, optimizer, update)``, also gets the :class:`Update`: the
-      update's index over the trial, the trial's total and the learning rate it runs at
-      (to build a schedule of its own, or log).
-
-    Example:
-        >>> import torch.nn.functional as F
-        >>> hook = StepHook(
-        ...     loss=lambda losses, out, y, model: F.cross_entropy(
-        ...         out, y, label_smoothing=0.1, reduction="none"),
-        ...     before_update=lambda model, opt: torch.nn.utils.clip_grad_norm_(
-        ...         model.parameters(), 1.0),
-        ... )
-
-    Args:
-        loss: Replaces or adds to the per-sample losses (``None``: the task's loss as it is).
-        before_update: Runs on the unscaled gradients before each optimizer step.
-    """
-
-    loss: Callable[[torch.Tensor, Any, Any, torch.nn.Module], torch.Tensor] | None = None
-    before_update: Callable[..., object] | None = None
-
-
-@dataclass(frozen=True)
-class Update:
-    """Where an update sits in its trial: what a three-argument ``before_update`` receives.
-
-    Attributes:
-        index: The update's number over the whole trial, from 0 (a resumed trial counts on).
-        total: The trial's updates (its epochs' updates, or its step budget); 0 outside a
-            trial (the hardware probe's steps).
-        lr: The learning rate of this update (the schedule's, set before the hook runs).
-    """
-
-    index: int
-    total: int
-    lr: float
-
-
-def takes_update(before_update: Callable[..., object]) -> bool:
-    """Whether a hook's ``before_update`` accepts a third argument, the :class:`Update`.
-
-    Asked before every update, so the answer is cached per hook (when it is hashable).
-
-    Example:
-        >>> takes_update(lambda model, opt: None), takes_update(lambda model, opt, u: None)
-        (False, True)
-    """
-    try:
-        return _takes_update_cached(before_update)
-    except TypeError:  # an unhashable callable object: asked each time
-        return _takes_update(before_update)
-
-
-def _takes_update(before_update: Callable[..., object]) -> bool:
-    try:
-        inspect.signature(before_update).bind(None, None, None)
-    except (TypeError, ValueError):  # ValueError: no signature (a builtin), the plain call
-        return False
-    return True
-
-
-_takes_update_cached = functools.lru_cache(maxsize=256)(_takes_update)
 
 
 @dataclass

@@ -27,9 +27,9 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from study.space import is_power_of_two
+from study.space import BatchSpace, SpaceError, is_power_of_two
 
 
 class ScheduleError(ValueError):
@@ -221,3 +221,22 @@ def _at(values: list, i: int) -> float | None:
 def is_schedule_label(value: object) -> bool:
     """Whether a sampled ``batch_size`` is a schedule's label rather than a batch size."""
     return isinstance(value, str) and "@" in value
+
+
+def with_schedule(space: BatchSpace, schedule: str) -> BatchSpace:
+    """``space`` with the batch-size schedule ``schedule`` as one more cell.
+
+    Raises:
+        SpaceError: a phase's batch above the space's largest batch (the cap times the
+            accumulation, within the training set).
+    """
+    parsed = parse_schedule(schedule)
+    top = max(space.batch_sizes)
+    if parsed.largest > top:
+        raise SpaceError(
+            f"--batch-schedule {parsed.label}: batch {parsed.largest} is above the space's "
+            f"largest batch {top} (memory cap {space.memory_cap} from {space.cap_source} x "
+            f"--max-accumulation {space.max_accumulation}): lower it or raise "
+            "--max-accumulation"
+        )
+    return replace(space, schedules=[*space.schedules, parsed.label])

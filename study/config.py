@@ -547,6 +547,8 @@ def differences(stored: dict, requested: dict) -> list[str]:
     stored = dict(stored)
     if isinstance(stored.get("objectives"), list):  # studies stored "accuracy" for "metric"
         stored["objectives"] = [OBJECTIVE_ALIASES.get(o, o) for o in stored["objectives"]]
+    if stored and "batch_schedule" not in stored:  # made before schedules: made without one
+        stored["batch_schedule"] = None
     for name in IDENTITY_FIELDS:
         if name in stored and stored[name] != requested.get(name):
             flag = "--" + name.replace("_", "-")

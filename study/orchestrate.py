@@ -25,7 +25,7 @@ from typing import Any, Protocol, TextIO
 import optuna
 
 from study import safety
-from study.batch_schedule import parse_schedule, schedule_speeds
+from study.batch_schedule import parse_schedule, schedule_speeds, with_schedule
 from study.budget import FINISHED, Tally, reap
 from study.config import ConfigError, StudyConfig, config_from_json, config_to_json
 from study.confirm import study_decision
@@ -40,7 +40,7 @@ from study.report.summary import budget_text, summary, trial_line
 from study.runner import create_or_resume, finished_count, run_trials, trial_sampler
 from study.safety import JOURNAL_PREFIX
 from study.scaling import resolve_rule
-from study.space import BatchSpace, SpaceError, build_space, with_schedule
+from study.space import BatchSpace, SpaceError, build_space
 from study.storage import StorageError, open_storage, redact
 from study.workers import (
     EXIT_INTERRUPTED,

@@ -136,26 +136,3 @@ def build_space(
     rules = list(RULES) if scaling == "search" else [scaling]
     sizes = [size * devices for size in sizes]
     return BatchSpace(sizes, memory_cap, max_accumulation, cap_source, rules, devices)
-
-
-def with_schedule(space: BatchSpace, schedule: str) -> BatchSpace:
-    """``space`` with the batch-size schedule ``schedule`` as one more cell.
-
-    Raises:
-        SpaceError: a phase's batch above the space's largest batch (the cap times the
-            accumulation, within the training set).
-    """
-    from dataclasses import replace
-
-    from study.batch_schedule import parse_schedule
-
-    parsed = parse_schedule(schedule)
-    top = max(space.batch_sizes)
-    if parsed.largest > top:
-        raise SpaceError(
-            f"--batch-schedule {parsed.label}: batch {parsed.largest} is above the space's "
-            f"largest batch {top} (memory cap {space.memory_cap} from {space.cap_source} x "
-            f"--max-accumulation {space.max_accumulation}): lower it or raise "
-            "--max-accumulation"
-        )
-    return replace(space, schedules=[*space.schedules, parsed.label])

@@ -14,6 +14,7 @@ from objectives.branch import BranchSettings, Run, branch_run
 from objectives.data import place
 from objectives.metrics import MSE, mse
 from objectives.tasks import Task
+from objectives.train import StepHook
 from study.branch_report import BranchPoint, BranchResult, Comparison, Tolerances
 from tests.conftest import run_script
 
@@ -177,6 +178,11 @@ def test_a_task_with_a_small_critical_batch_has_it_found_near_the_reference():
 
 
 def test_each_comparison_carries_a_standard_error_and_the_metric():
+    clipped: list[float] = []
+
+    def clip(model, optimizer):  # the task's step hook runs inside every branch's update
+        clipped.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)))
+
     task = Task(
         "seq",
         Pooled,
@@ -186,15 +192,17 @@ def test_each_comparison_carries_a_standard_error_and_the_metric():
         collate=pad,
         unit="tokens",
         count=lambda x, y: x["mask"].sum(),
+        step=StepHook(before_update=clip),
     )
     s = settings(task, batch_sizes=(16, 32), points=2, repeats=3)
     answer = branch_run(task, s, tolerance=1.0, loss_tolerance=1.0).answer()
     branches = [b for p in answer["points"] for b in p["branches"]]
     assert branches and answer["unit"] == "tokens"
     for b in branches:
-        assert b["repeats"] == 3 and b["loss_excess_se"] is not None
+        assert 2 <= b["repeats"] <= 3 and b["loss_excess_se"] is not None
         assert 0.0 <= b["metric"] <= 1.0 and 0.0 <= b["reference_metric"] <= 1.0
     assert answer["trainings"] > 1.0  # the reference plus the branches
+    assert len(clipped) > answer["samples_trained"] // 32  # every update, every run
 
 
 def test_the_critical_batch_stops_at_the_first_batch_that_falls_behind():
@@ -250,6 +258,11 @@ def test_the_command_prints_writes_and_stores_its_answer(tmp_path: Path):
     assert len(answer["points"]) == 2 and isinstance(answer["trainings"], float)
     study = optuna.load_study(study_name="b", storage=url)
     assert study.user_attrs["branch"]["recommended"] == answer["recommended"]
+    from study.report.summary import branch_lines
+
+    shown = branch_lines(study)  # the run's summary shows it beside the study's answer
+    assert len(shown) == 1 and "by branching first" in shown[0]
+    assert f"batch {answer['recommended']['batch_size']} " in shown[0]
     again = run_script("branch.py", *args)  # its own file is replaced; a study resumed
     assert again.returncode == 0, again.stderr
 
@@ -318,7 +331,8 @@ def test_a_schedule_is_parsed_placed_on_epochs_and_timed_from_its_phases():
 
 
 def test_a_space_without_a_schedule_is_stored_and_read_as_before():
-    from study.space import BatchSpace, build_space, with_schedule
+    from study.batch_schedule import with_schedule
+    from study.space import BatchSpace, build_space
 
     space = build_space(8, 64, 1, 1000, "search", "--max-batch-size")
     stored = space.to_dict()
@@ -351,3 +365,13 @@ def test_a_schedule_cell_goes_through_a_study_with_workers_and_resume(tmp_path: 
     assert any(r.state == "COMPLETE" for r in scheduled)
     assert "schedule 8@0,64@0.5" in first.stdout + second.stdout  # its trial line
     assert study.user_attrs["space"]["schedules"] == ["8@0,64@0.5"]
+
+
+def test_a_study_made_before_schedules_resumes_and_refuses_one_added_later():
+    from study.config import StudyConfig, differences
+
+    old = StudyConfig().identity()
+    del old["batch_schedule"]  # what a study created before schedules stored
+    assert differences(old, StudyConfig().identity()) == []
+    added = differences(old, StudyConfig(batch_schedule="8@0,64@0.5").identity())
+    assert added == ["--batch-schedule None (stored) vs '8@0,64@0.5' (now)"]

@@ -17,8 +17,8 @@ from optuna.trial import FrozenTrial
 
 from study.record import CONFIRM, MetricInfo, TrialRecord, read_record
 from study.report.answer import answer_lines
-from study.report.data import ReportData, collect_report_data
-from study.report.table import Table
+from study.report.data import collect_report_data
+from study.report.tables import run_cells_table
 from study.report.words import MetricText
 from study.stats import median
 
@@ -92,27 +92,27 @@ def _num(value: float | None, spec: str = ".4f") -> str:
     return format(math.nan if value is None else value, spec)
 
 
-def cell_table(data: ReportData) -> str:
-    """The per-cell table: runs, mean and 95% interval of the metric, median time, speed."""
-    m = data.metric
-    buckets = any(c.lr_bucket is not None for c in data.cells)
-    headers = ["batch", "rule"] + (["lr mult."] if buckets else [])
-    headers += ["runs", "pruned", f"mean val {m.name}", "95% interval", "median time s"]
-    headers += [f"median {m.rate}"]
-    rows = []
-    for c in data.cells:
-        row = [c.batch_schedule or str(c.batch_size), c.scaling_rule]
-        row += [f"x{c.lr_bucket:.3g}" if c.lr_bucket is not None else "-"] if buckets else []
-        row += [
-            str(c.runs) + ("" if c.confirmed or not c.runs else "*"),
-            str(c.pruned),
-            m.value(c.mean_val),
-            m.interval(c.ci95),
-            f"{c.median_time_s:.2f}" if c.median_time_s is not None else "-",
-            f"{c.median_samples_per_s:,.0f}" if c.median_samples_per_s is not None else "-",
-        ]
-        rows.append(row)
-    return Table("cells", "", headers, rows).to_text(titled=False, first_left=False)
+def branch_lines(study: optuna.Study) -> list[str]:
+    """The branch command's answer when it ran on this study first (``branch --storage``):
+    its cheap reading beside the study's confirmed one."""
+    answer = study.user_attrs.get("branch")
+    if not isinstance(answer, dict) or not isinstance(answer.get("recommended"), dict):
+        return []
+    rec = answer["recommended"]
+    points = answer.get("points") or []
+    criticals = ", ".join(
+        f"{p.get('critical_batch_size')} at {float(p.get('fraction', 0)):.2f}" for p in points
+    )
+    schedule = ",".join(
+        f"{p.get('batch_size')}@{float(p.get('start_fraction', 0)):g}"
+        for p in answer.get("schedule") or []
+    )
+    return [
+        f"  by branching first (one reference run and short branches, "
+        f"{float(answer.get('trainings') or 0):.2f} trainings, no confirmation runs): batch "
+        f"{rec.get('batch_size')} {rec.get('scaling_rule')}; critical batch {criticals}; "
+        f"schedule {schedule}"
+    ]
 
 
 def summary(study: optuna.Study) -> str:
@@ -130,7 +130,7 @@ def summary(study: optuna.Study) -> str:
     complete = [t for t in data.trials if t.state == "COMPLETE"]
     if not complete:
         return head + "\nno complete trial yet: nothing to compare."
-    lines = [*answer_lines(data.recommendation, m), "", head]
+    lines = [*answer_lines(data.recommendation, m), *branch_lines(study), "", head]
     if data.multi_objective:
         lines.append(
             f"Pareto front of {m.val} against training time ({len(data.front)} trials, "
@@ -150,6 +150,6 @@ def summary(study: optuna.Study) -> str:
         "",
         f"per cell (batch size x rule; complete runs, {budget} each; {m.full}; "
         f"* fewer than {data.confirm_runs} confirmation runs: no conclusion):",
-        cell_table(data),
+        run_cells_table(data).to_text(titled=False, first_left=False),
     ]
     return "\n".join(lines)

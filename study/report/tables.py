@@ -277,6 +277,30 @@ def _cells_table(data: ReportData) -> Table:
     return Table("cells", "Results per cell (batch size x rule)", headers, rows, note)
 
 
+def run_cells_table(data: ReportData) -> Table:
+    """The compact per-cell table a run prints at its end: runs, mean and 95% interval of the
+    metric, median time and speed (the report's own cells table has every column)."""
+    m = data.metric
+    buckets = any(c.lr_bucket is not None for c in data.cells)
+    headers = ["batch", "rule"] + (["lr mult."] if buckets else [])
+    headers += ["runs", "pruned", f"mean val {m.name}", "95% interval", "median time s"]
+    headers += [f"median {m.rate}"]
+    rows = []
+    for c in data.cells:
+        row = [c.batch_schedule or str(c.batch_size), c.scaling_rule]
+        row += [f"x{c.lr_bucket:.3g}" if c.lr_bucket is not None else "-"] if buckets else []
+        row += [
+            str(c.runs) + ("" if c.confirmed or not c.runs else "*"),
+            str(c.pruned),
+            m.value(c.mean_val),
+            m.interval(c.ci95),
+            f"{c.median_time_s:.2f}" if c.median_time_s is not None else "-",
+            f"{c.median_samples_per_s:,.0f}" if c.median_samples_per_s is not None else "-",
+        ]
+        rows.append(row)
+    return Table("run-cells", "Per cell", headers, rows)
+
+
 def _folklore_table(folklore: Folklore | None) -> Table:
     if folklore is None:
         return Table(
