@@ -115,7 +115,7 @@ def _evaluation_rank(rank: int, port: int, rounds: int, out: Any) -> None:
         alone.append(time.perf_counter() - started)
         dist.barrier()
         started = time.perf_counter()
-        ranks.evaluate(model, val, 512, task=task)
+        ranks.evaluate(evaluate, model, val, 512, task=task)
         sharded.append(time.perf_counter() - started)
     if rank == 0:
         out.put((len(val), statistics.median(alone), statistics.median(sharded)))

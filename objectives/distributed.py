@@ -35,7 +35,6 @@ Example (not run as a doctest: it starts processes)::
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -118,22 +117,6 @@ def wrap(model: torch.nn.Module, step: Step, device: str) -> None:
     ids = [where.index or 0] if where.type == "cuda" else None
     ddp = DistributedDataParallel(model, device_ids=ids)
     step.model = torch.compile(ddp) if step.settings.compile else ddp
-
-
-def trial_group(
-    config: StudyConfig, device: str
-) -> TrialGroup | contextlib.AbstractContextManager[Any]:
-    """The attempt's group on ``config.devices_per_trial`` devices; one device: nothing.
-
-    Under ``torchrun`` (:func:`objectives.torchrun.launched`) the group torchrun formed
-    serves every trial."""
-    from objectives.torchrun import LaunchedGroup, launched  # it builds on this module
-
-    if config.devices_per_trial == 1:
-        return contextlib.nullcontext()
-    if launched() is not None:
-        return LaunchedGroup(device)
-    return TrialGroup(config, device, config.devices_per_trial, config.collective_timeout)
 
 
 class TrialGroup:

@@ -40,7 +40,8 @@ from objectives.checkpoint import (
     run_id,
 )
 from objectives.data import Tensors, as_tensors
-from objectives.distributed import Job, trial_group
+from objectives.distributed import Job
+from objectives.groups import trial_group
 from objectives.noise import estimate_noise_scale
 from objectives.oom import is_out_of_memory, release_memory
 from objectives.oom import summary as oom_summary

@@ -15,7 +15,7 @@ for a per-sample metric, on rank 0 alone for a metric of the whole split.
 
 Example (one process is a group of one)::
 
-    Ranks(rank=0, ranks=1, device="cpu").evaluate(model, val, 256)
+    Ranks(rank=0, ranks=1, device="cpu").evaluate(evaluate, model, val, 256)
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class Ranks:
 
     def evaluate(
         self,
+        evaluate: Callable[..., float],
         model: torch.nn.Module,
         data: Any,
         batch_size: int,
@@ -69,10 +70,10 @@ class Ranks:
         part of the split and the sums are added over the ranks (float64). A metric of the
         whole split (an F1 score, a ``torchmetrics`` object) needs every output in one place:
         rank 0 evaluates it alone and the others get NaN (they only follow its decision).
-        The unwrapped ``model`` is evaluated (the wrapper's forward pass is collective).
+        The unwrapped ``model`` is evaluated (the wrapper's forward pass is collective),
+        by ``evaluate`` (:func:`objectives.train.evaluate`, handed in by the loop).
         """
         from objectives.metrics import ACCURACY
-        from objectives.train import evaluate
 
         metric = task.metric if task is not None and task.metric is not None else ACCURACY
         if self.ranks == 1 or metric.per_split:

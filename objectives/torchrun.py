@@ -4,7 +4,7 @@ Under ``torchrun`` (its ``TORCHELASTIC_RUN_ID``, ``RANK``, ``WORLD_SIZE`` and ``
 every process runs the same command. :func:`join_launched` checks the settings against the
 launch and forms the group from torchrun's rendezvous; rank 0 then runs the study as usual,
 each attempt on the whole group (:class:`LaunchedGroup`, chosen by
-:func:`objectives.distributed.trial_group`), and the other ranks train what it sends
+:func:`objectives.groups.trial_group`), and the other ranks train what it sends
 (:func:`serve_launched`) until :func:`release_launched` tells them the run is over.
 
 A rank that fails breaks the group: rank 0 marks its trial FAIL and queues it, and the run

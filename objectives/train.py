@@ -722,7 +722,7 @@ def train_model(
                 )
             else:  # over the ranks' shards of the split, on the unwrapped model
                 val_metric = parallel.evaluate(
-                    model, val, settings.eval_batch, settings.precision, task
+                    evaluate, model, val, settings.eval_batch, settings.precision, task
                 )
             epoch_result = EpochResult(epoch, train_loss, val_metric, epoch_time)
             result.epochs.append(epoch_result)
