@@ -2,16 +2,15 @@
 
 A trial on K devices runs K processes in one ``torch.distributed`` group (see
 :mod:`objectives.distributed`, which starts them). Rank 0 holds the Optuna trial; the others
-only train. Each epoch (or evaluation period) they meet twice:
+only train. After each epoch (or evaluation period) they meet three times:
 
 * :meth:`Ranks.all_sum`: the epoch's summed loss, samples and units, added over the ranks,
   so every rank sees the same training loss and stops at the same epoch when it diverges;
+* :meth:`Ranks.evaluate`: the validation metric, sharded over the ranks for a per-sample
+  metric, on rank 0 alone for a metric of the whole split;
 * :meth:`Ranks.lead` / :meth:`Ranks.follow`: rank 0 reports and decides
   (continue, pruned, diverged or collapsed, stopped) and broadcasts the decision; the other
   ranks raise :class:`Stopped` when told to stop, so every rank ends at the same epoch.
-
-Validation is evaluated collectively too (:meth:`Ranks.evaluate`): sharded over the ranks
-for a per-sample metric, on rank 0 alone for a metric of the whole split.
 
 Example (one process is a group of one)::
 
