@@ -380,12 +380,13 @@ def _statement(
         speed = f"{ratio:.3g}x the throughput" if ratio else "faster"
         if rng:
             speed += f" (range {rng[0]:.3g}-{rng[1]:.3g} over {fast['speedup_rounds']} rounds)"
+        named = {(p["batch_size"], p["scaling_rule"]) for p in (best, fast)}
         others = [
             f"batch {k.batch_size} {k.scaling_rule}"
-            for k in decision.references[1:]
-            if k.batch_size != fast["batch_size"] or k.scaling_rule != fast["scaling_rule"]
+            for k in decision.references
+            if (k.batch_size, k.scaling_rule) not in named
         ]
-        also = f" (and of {' and '.join(others)}, the next by the search)" if others else ""
+        also = f" (and of {' and '.join(others)}, also confirmed)" if others else ""
         words = (
             f"With {conf} confidence, {_describe(fast, plan, interval=False)} is within "
             f"{plan.tolerance:g} {plan.metric.name} of the most accurate, "
