@@ -7,8 +7,9 @@ throughput, timed side by side) and the settings of the run:
   space (batch sizes x rules, at most ``--trials``), then confirms: ``--confirm-runs`` fresh
   runs of the references (the leader and the next cells by the search runs, as many as the
   budget pays: ``Plan.reference_count``) and of each faster candidate it tests, twice that
-  when a look is undecided. The expected count is the exploration plus the references' and
-  one candidate's runs; ``--trials`` is the cap.
+  when a look is undecided, and ``--confirm-runs`` more of the most accurate reference (its
+  estimate comes from runs after those that chose it). The expected count is the exploration
+  plus the references', one candidate's and those runs; ``--trials`` is the cap.
 * **Seconds per trial** at batch ``B``: the samples it trains over its throughput, its
   evaluations (the validation split each epoch or period, then the training and test splits;
   a forward pass costed at :data:`FORWARD_SHARE` of a training step, at the largest batch),
@@ -109,8 +110,11 @@ def references(trials: int, cells: int, confirm_runs: int) -> int:
 
 def expected_trainings(trials: int, cells: int, confirm_runs: int) -> int:
     """Trainings a study is expected to run: one search run per cell, then the references'
-    and one candidate's confirmation runs; never more than ``trials``."""
-    return min(trials, cells + (references(trials, cells, confirm_runs) + 1) * confirm_runs)
+    and one candidate's confirmation runs, and the most accurate reference's runs after those
+    that chose it; never more than ``trials``."""
+    refs = references(trials, cells, confirm_runs)
+    estimate = 1 if refs > 1 else 0  # the most accurate's runs after those that chose it
+    return min(trials, cells + (refs + 1 + estimate) * confirm_runs)
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,11 @@ class Decision:
         reason: Why the study stops (``done``), in words.
         references: The leader and its contenders (:func:`references`), once the
             confirmation has begun.
+        most_accurate: The reference with the best mean over its first ``confirm_runs``
+            confirmation runs (the leader while only one reference is confirmed).
+        selection_runs: How many of ``most_accurate``'s first confirmation runs chose it
+            (``confirm_runs`` among several references, 0 for the leader alone): its reported
+            mean and interval come from its runs after them.
     """
 
     stage: str
@@ -144,6 +149,8 @@ class Decision:
     decided: bool = False
     reason: str = ""
     references: tuple[CellKey, ...] = ()
+    most_accurate: CellKey | None = None
+    selection_runs: int = 0
 
     @property
     def passed(self) -> list[CellKey]:
@@ -184,7 +191,7 @@ class Plan:
     exploration: int = 1
     scaling_rules: tuple[str, ...] = ("linear",)
     lr_search_width: float = 1.0
-    contenders: int = 2
+    contenders: int = 1
 
     @property
     def reference_count(self) -> int:
@@ -401,6 +408,25 @@ def _var(values: Sequence[float]) -> float:
     return sum((v - m) ** 2 for v in values) / (len(values) - 1)
 
 
+def most_accurate(
+    confirm: dict[CellKey, Sample], refs: Sequence[CellKey], plan: Plan
+) -> tuple[CellKey, int]:
+    """The most accurate reference and the runs that chose it: with several references, the
+    one with the best mean over its first ``confirm_runs`` confirmation runs (the leader on a
+    tie or when none has a value), chosen on those runs, so its estimate comes from its later
+    runs; with one reference, the leader, chosen on the search runs."""
+    if len(refs) == 1:
+        return refs[0], 0
+    r = max(2, plan.confirm_runs)
+    valued = [k for k in refs if k in confirm and confirm[k].first(r).values]
+    if not valued:
+        return refs[0], r
+    best = max(
+        valued, key=lambda k: (plan.metric.sign * (confirm[k].first(r).mean or 0.0), -refs.index(k))
+    )
+    return best, r
+
+
 def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
     """The study's state under ``plan`` (see the module docstring)."""
     finished = sum(r.state in ("COMPLETE", "PRUNED") for r in records)
@@ -430,9 +456,31 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
         return max(0, n - got(key).runs - pending[key])
 
     refs = references(search, plan)
+    chosen: tuple[CellKey | None, int] = (None, 0)
 
     def state(stage: str, comparisons: list[Comparison], **kw) -> Decision:
-        return Decision(stage, leader, tuple(comparisons), references=tuple(refs), **kw)
+        best, selection = chosen
+        return Decision(
+            stage,
+            leader,
+            tuple(comparisons),
+            references=tuple(refs),
+            most_accurate=best,
+            selection_runs=selection,
+            **kw,
+        )
+
+    def finish(comparisons: list[Comparison], **kw) -> Decision:
+        """Done, once the most accurate cell has ``r`` runs after those that chose it (when
+        the budget pays them; else its estimate rests on the runs that chose it)."""
+        best, selection = chosen
+        if best is not None and selection:
+            if need(best, selection + r):
+                if need(best, selection + r) <= left:
+                    return state("confirm", comparisons, next_cell=best)
+            elif got(best).runs < selection + r:
+                return state("confirm", comparisons)  # its runs are in flight elsewhere
+        return state("done", comparisons, **kw)
 
     for ref in refs:
         if need(ref, r):
@@ -442,6 +490,7 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
             return state("confirm", [], next_cell=ref)
     if any(got(ref).runs < r for ref in refs):
         return state("confirm", [])  # its runs are in flight elsewhere
+    chosen = most_accurate(confirm, refs, plan)
     done: list[Comparison] = []
     level = plan.look_level
     for key, search_d in candidates(search, leader, plan):
@@ -461,7 +510,7 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
                         )
                     )
                     why = "the budget has no room for the runs the open comparison needs"
-                    return state("done", done, reason=why)
+                    return finish(done, reason=why)
                 target = max([key, *others], key=lambda k: need(k, n))
                 done.append(Comparison(key, search_d, "open", look - 1, last, got(key).runs))
                 return state("confirm", done, next_cell=target)
@@ -471,10 +520,10 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
                 return state("confirm", done)
             if cell.diverged:
                 done.append(Comparison(key, search_d, "diverged", look, None, cell.runs))
-                return state("done", done, decided=True, reason="a candidate's run diverged")
+                return finish(done, decided=True, reason="a candidate's run diverged")
             if len(lead.values) < 2 or len(cell.values) < 2:
                 done.append(Comparison(key, search_d, "undecided", look, None, cell.runs))
-                return state("done", done, reason="too few runs with a value to compare")
+                return finish(done, reason="too few runs with a value to compare")
             last = welch([sign * v for v in lead.values], [sign * v for v in cell.values])
             tests = [
                 welch([sign * v for v in got(ref).first(n).values], [sign * v for v in cell.values])
@@ -486,7 +535,7 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
                 break
             if last.lower(level) >= plan.tolerance:
                 done.append(Comparison(key, search_d, "out", look, last, cell.runs))
-                return state("done", done, decided=True, reason="a candidate is ruled out")
+                return finish(done, decided=True, reason="a candidate is ruled out")
             needed = runs_to_decide(lead, cell, last.d, plan)
             if look == LOOKS or (needed is not None and needed > LOOKS * r):
                 done.append(Comparison(key, search_d, "undecided", look, last, cell.runs, needed))
@@ -495,5 +544,5 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
                     if look == LOOKS
                     else "a candidate would need more runs than its last look to be decided"
                 )
-                return state("done", done, reason=why)
-    return state("done", done, decided=True, reason="every candidate was decided")
+                return finish(done, reason=why)
+    return finish(done, decided=True, reason="every candidate was decided")

@@ -325,9 +325,8 @@ def _answer(
     speeds: dict[int, dict] = {}
     plan = Plan.of_study(study, config.trials)
     decision = study_decision(study, plan) if plan is not None else None
-    keys = ([decision.leader] if decision and decision.leader else []) + list(
-        decision.passed if decision else []
-    )
+    named = decision.most_accurate or decision.leader if decision else None
+    keys = ([named] if named else []) + list(decision.passed if decision else [])
     schedules = sorted({k.schedule for k in keys if k.schedule is not None})
     candidates = sorted(
         {k.batch_size for k in keys}

@@ -104,8 +104,8 @@ class Plan:
             f"Space: {len(s.batch_sizes)} batch sizes x {len(s.scaling_rules)} rule(s) "
             f"({', '.join(s.scaling_rules)}) = {cost.cells} cells.",
             f"Expected: {cost.trainings} trainings ({min(cost.cap, cost.cells)} search runs, one "
-            f"per cell, then {c.confirm_runs} confirmation runs of each of {_refs(cost)} and "
-            f"of one candidate), about {duration(cost.seconds)}; at most {cost.cap} trainings "
+            f"per cell, then {c.confirm_runs} confirmation runs {_refs(cost)}), about "
+            f"{duration(cost.seconds)}; at most {cost.cap} trainings "
             f"(--trials), about {duration(cost.cap_seconds)}. Pruned trials end early, so the "
             "search usually costs less.",
         ]
@@ -233,10 +233,14 @@ def _cheaper(
 
 
 def _refs(cost: Estimate) -> str:
-    """The references in words: the leader, and the contenders the budget pays."""
+    """Whose confirmation runs the expected count holds, in words."""
     if cost.references == 1:
-        return "the leader"
-    return f"the leader and the next {cost.references - 1} cells by the search"
+        return "each of the leader and of one candidate"
+    contenders = "contender" if cost.references == 2 else f"{cost.references - 1} contenders"
+    return (
+        f"each of the leader, its {contenders} and one candidate, and as many again of the "
+        "most accurate of them"
+    )
 
 
 def _probe_table(probe: Any) -> str | None:

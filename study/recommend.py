@@ -145,19 +145,25 @@ def _pick(
     records: Sequence[TrialRecord],
     plan: Plan,
     speeds: Mapping[int, Mapping[str, Any]] | None,
+    skip: int = 0,
 ) -> dict[str, Any]:
-    """One named cell, its figures from its confirmation runs."""
-    runs = [
-        r
-        for r in records
-        if r.phase == CONFIRM
-        and r.state == "COMPLETE"
-        and cell_key(r, plan.lr_search_width) == key
-        and r.val_metric is not None
-    ]
+    """One named cell, its figures from its confirmation runs after the first ``skip`` (the
+    runs that chose it, when it was chosen on confirmation runs)."""
+    finished = sorted(
+        (
+            r
+            for r in records
+            if r.phase == CONFIRM
+            and r.state in ("COMPLETE", "PRUNED")
+            and cell_key(r, plan.lr_search_width) == key
+        ),
+        key=lambda r: r.number if r.number is not None else -1,
+    )[skip:]
+    runs = [r for r in finished if r.state == "COMPLETE" and r.val_metric is not None]
+    estimate = Sample(confirm.outcomes[skip:])
     mean = sd = ci = None
-    if confirm.values:
-        mean, sd, ci = mean_interval(confirm.values, plan.confidence)
+    if estimate.values:
+        mean, sd, ci = mean_interval(estimate.values, plan.confidence)
         if ci is not None:
             ci = plan.metric.clip(*ci)
     tests = [float(r.test_metric) for r in runs if r.test_metric is not None]
@@ -183,6 +189,7 @@ def _pick(
         "val_sd": sd,
         "val_ci95": list(ci) if ci is not None else None,
         "interval": f"{plan.confidence:.0%} t-interval across seeds on this validation set",
+        "estimate_runs": len(estimate.values),
         "test_mean": test_mean,
         "test_ci": list(test_ci) if test_ci is not None else None,
         "runs": cell.runs + cell.pruned if cell else confirm.runs,
@@ -215,8 +222,10 @@ def _describe(pick: Mapping[str, Any], plan: Plan, interval: bool = True) -> str
         lo, hi = pick["val_ci95"]
         figures += (
             f", {plan.confidence:.0%} interval {_fmt(lo)}-{_fmt(hi)} across "
-            f"{pick['confirm_runs']} seeds on this validation set"
+            f"{pick.get('estimate_runs', pick['confirm_runs'])} seeds on this validation set"
         )
+        if pick.get("estimate_runs", pick["confirm_runs"]) < pick["confirm_runs"]:
+            figures += ", run after it was chosen"
     else:
         figures += f", {pick['confirm_runs']} confirmation runs"
     return f"{text} ({figures})"
@@ -254,7 +263,7 @@ def build_answer(
         ),
     }
     confirm = samples(records, plan, CONFIRM)
-    leader = decision.leader
+    leader = decision.most_accurate or decision.leader
     lead = confirm.get(leader) if leader is not None else None
     if leader is None or lead is None or lead.runs < max(2, plan.confirm_runs):
         reason = "too few runs to confirm" if leader is not None else "no complete trials"
@@ -269,9 +278,18 @@ def build_answer(
     stats = {
         c.key: c for c in cell_stats(records, plan.metric, lr_search_width=plan.lr_search_width)
     }
-    best = _pick(leader, stats.get(leader), lead, records, plan, speeds)
+    # its estimate from the runs after those that chose it, if it has two with a value
+    skip = (
+        decision.selection_runs
+        if len(Sample(lead.outcomes[decision.selection_runs :]).values) >= 2
+        else 0
+    )
+    best = _pick(leader, stats.get(leader), lead, records, plan, speeds, skip)
+    if decision.selection_runs and not skip:
+        best["interval"] += " (including the runs that chose it: the budget paid no others)"
     fast_key, uncertain = leader, []
-    for key in reversed(decision.passed):  # largest batch first
+    faster = [k for k in decision.passed if k.batch_size > leader.batch_size]
+    for key in reversed(faster):  # largest batch first
         speedup = paired_speedup(speeds, speed_key(key), speed_key(leader))
         if speedup is None and not speeds:
             fast_key = key  # no timing at all: the trials' times stand, flagged below
@@ -362,12 +380,13 @@ def _statement(
         speed = f"{ratio:.3g}x the throughput" if ratio else "faster"
         if rng:
             speed += f" (range {rng[0]:.3g}-{rng[1]:.3g} over {fast['speedup_rounds']} rounds)"
+        named = {(p["batch_size"], p["scaling_rule"]) for p in (best, fast)}
         others = [
             f"batch {k.batch_size} {k.scaling_rule}"
-            for k in decision.references[1:]
-            if k.batch_size != fast["batch_size"] or k.scaling_rule != fast["scaling_rule"]
+            for k in decision.references
+            if (k.batch_size, k.scaling_rule) not in named
         ]
-        also = f" (and of {' and '.join(others)}, the next by the search)" if others else ""
+        also = f" (and of {' and '.join(others)}, also confirmed)" if others else ""
         words = (
             f"With {conf} confidence, {_describe(fast, plan, interval=False)} is within "
             f"{plan.tolerance:g} {plan.metric.name} of the most accurate, "

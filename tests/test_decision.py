@@ -243,3 +243,21 @@ def test_a_cell_truly_at_the_tolerance_is_named_at_most_at_the_stated_rate(cells
 def test_a_cell_clearly_within_is_usually_named():
     named = sum(simulate(0.0, 0.004, 1, seed, 0.95) for seed in range(100))
     assert named >= 80
+
+
+def test_the_most_accurate_reference_is_chosen_on_its_first_runs_and_estimated_on_later_ones():
+    # 8 leads by one lucky search run; its contender 16 is better on the first three
+    # confirmation runs each, so 16 is the most accurate, and gets three more runs, made after
+    # it was chosen, for its estimate before the study stops
+    p = plan(exploration=2, contenders=1)
+    records = [rec(8, 0.97), rec(16, 0.965)]
+    records += confirm(8, [0.950, 0.951, 0.949]) + confirm(16, [0.965, 0.966, 0.964])
+    d = decide(p, records)
+    assert d.most_accurate == CellKey(16, "linear") and d.selection_runs == 3
+    assert d.stage == "confirm" and d.next_cell == CellKey(16, "linear")
+    records += confirm(16, [0.963, 0.962, 0.964])
+    d = decide(p, records)
+    assert d.stage == "done" and d.most_accurate == CellKey(16, "linear")
+    # with one reference the leader is the most accurate, chosen on the search runs alone
+    d = decide(plan(exploration=2, contenders=0), records)
+    assert d.most_accurate == CellKey(8, "linear") and d.selection_runs == 0

@@ -185,6 +185,8 @@ def test_the_statement_names_confidence_tolerance_metric_and_budget():
         + runs(128, "linear", [0.958])
         + runs(32, "linear", [0.960, 0.961, 0.959], phase="confirm")
         + runs(128, "linear", [0.958, 0.9585, 0.9575], phase="confirm")
+        # chosen over the contender 128 on its first three, 32 is estimated on three more
+        + runs(32, "linear", [0.9605, 0.9595, 0.960], phase="confirm")
     )
     speeds = {
         32: {"samples_per_s": 100.0, "rates": [100.0, 90.0, 110.0, 100.0, 95.0]},
@@ -194,7 +196,10 @@ def test_the_statement_names_confidence_tolerance_metric_and_budget():
     words = answer.statement
     assert words.startswith("With 95% confidence, batch 128 linear")
     assert "is within 0.01 accuracy of the most accurate, batch 32 linear" in words
-    assert "at 20 epochs each" in words and "Decided after 8 of 30 trials" in words
+    assert "at 20 epochs each" in words and "Decided after 11 of 30 trials" in words
+    assert "across 3 seeds on this validation set, run after it was chosen" in words
+    assert answer.most_accurate["val_mean"] == pytest.approx(0.960)  # the last three runs
+    assert answer.most_accurate["confirm_runs"] == 6
     fast = answer.fastest_within
     assert fast["speedup"] == pytest.approx(3.053, abs=1e-3)  # the median per-round ratio
     assert fast["speedup_range"][0] > 1
