@@ -69,7 +69,7 @@ def _on_two_ranks(task, train, val, model, settings, *, start=0, optimizer_state
 
 def test_two_ranks_of_b_with_accumulation_equal_one_process_of_2b(digits):
     """2 processes x 16 per micro-batch x 2 accumulated = one process's batch of 64: the same
-    parameters after every update of two epochs (to 1e-6 in float32), the same metric."""
+    parameters after two epochs of updates (to 1e-6 in float32), the same metric."""
     task, train, val = digits
     torch.manual_seed(0)
     one, two = task.build_model(), None
@@ -82,11 +82,19 @@ def test_two_ranks_of_b_with_accumulation_equal_one_process_of_2b(digits):
     )
     expected = train_model(one, train, val, alone, task=task)
     result, helpers = _on_two_ranks(task, train, val, two, shared)
-    assert _max_diff(one, two) < 1e-6
-    assert result.val_metric == pytest.approx(expected.val_metric, abs=1e-9)
-    assert result.epochs[-1].train_loss == pytest.approx(expected.epochs[-1].train_loss, rel=1e-5)
+    seen = (
+        _max_diff(one, two),
+        (result.val_metric, expected.val_metric),
+        (result.epochs[-1].train_loss, expected.epochs[-1].train_loss),
+        [h.returncode for h in helpers],
+    )
+    assert _max_diff(one, two) < 1e-6, seen
+    assert result.val_metric == pytest.approx(expected.val_metric, abs=1e-9), seen
+    assert result.epochs[-1].train_loss == pytest.approx(
+        expected.epochs[-1].train_loss, rel=1e-5
+    ), seen
     assert result.samples_seen == expected.samples_seen  # the group's samples, not a rank's
-    assert [h.returncode for h in helpers] == [0]
+    assert [h.returncode for h in helpers] == [0], seen
 
 
 def test_a_resumed_attempt_restores_every_rank(digits):
