@@ -35,6 +35,7 @@ Example (not run as a doctest: it starts processes)::
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -224,6 +225,10 @@ class TrialGroup:
         _tb: TracebackType | None,
     ) -> None:
         at_boundary = kind is None or self.ranks.stopped or isinstance(error, Diverged)
+        if at_boundary and dist.is_initialized():  # every rank done: all close together
+            with contextlib.suppress(Exception):  # a helper gone meanwhile: reaped below
+                dist.barrier()
+            dist.destroy_process_group()
         # At an epoch boundary the helpers end by themselves; after a fault, a rank that
         # died is given a moment to be seen dead (its sockets close before it is reaped).
         deadline = time.monotonic() + (EXIT_GRACE_S if at_boundary else FAULT_GRACE_S)
@@ -314,5 +319,9 @@ def helper_main() -> int:
     box: list[Any] = [None]
     dist.broadcast_object_list(box, src=0, device=collective_device(device))
     train_job(box[0], task, train, val, Ranks(rank, ranks, device))
+    # Rank 0 meets this barrier when it leaves the attempt (after its final train and test
+    # evaluation), so every rank closes together; past the collective timeout, exit anyway.
+    with contextlib.suppress(Exception):
+        dist.barrier()
     dist.destroy_process_group()
     return 0
