@@ -360,9 +360,13 @@ def references(search: dict[CellKey, Sample], plan: Plan) -> list[CellKey]:
 
 
 def candidates(
-    search: dict[CellKey, Sample], leader: CellKey, plan: Plan
+    search: dict[CellKey, Sample], refs: Sequence[CellKey], plan: Plan
 ) -> list[tuple[CellKey, float]]:
-    """The sequence of faster candidates with their search shortfalls (module docstring)."""
+    """The sequence of faster candidates with their search shortfalls from the leader
+    (``refs[0]``): the cells of batch sizes above the smallest reference's (a reference of a
+    larger batch, the leader included, is a candidate too: see the module docstring)."""
+    leader = refs[0]
+    floor = min(ref.batch_size for ref in refs)
     sign = plan.metric.sign
     sigma, dof = _pooled(search)
     if sigma is None:
@@ -371,7 +375,7 @@ def candidates(
     lead = search[leader]
     by_batch: dict[int, tuple[CellKey, Sample]] = {}
     for key, s in search.items():
-        if key.batch_size <= leader.batch_size or not s.values:
+        if key.batch_size <= floor or not s.values:
             continue
         best = by_batch.get(key.batch_size)
         if best is None or (sign * (s.mean or 0.0), len(s.values)) > (
@@ -493,7 +497,8 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
     chosen = most_accurate(confirm, refs, plan)
     done: list[Comparison] = []
     level = plan.look_level
-    for key, search_d in candidates(search, leader, plan):
+    for key, search_d in candidates(search, refs, plan):
+        primary = leader if key != leader else next(ref for ref in refs if ref != key)
         last: Welch | None = None
         for look in range(1, LOOKS + 1):
             n = look * r
@@ -503,7 +508,7 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
                 if missing > left:
                     needed = None
                     if last is not None:
-                        needed = runs_to_decide(got(leader), got(key), last.d, plan)
+                        needed = runs_to_decide(got(primary), got(key), last.d, plan)
                     done.append(
                         Comparison(
                             key, search_d, "undecided", look - 1, last, got(key).runs, needed
@@ -514,7 +519,7 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
                 target = max([key, *others], key=lambda k: need(k, n))
                 done.append(Comparison(key, search_d, "open", look - 1, last, got(key).runs))
                 return state("confirm", done, next_cell=target)
-            lead, cell = got(leader).first(n), got(key).first(n)
+            lead, cell = got(primary).first(n), got(key).first(n)
             if cell.runs < n or any(got(ref).runs < n for ref in others):  # in flight elsewhere
                 done.append(Comparison(key, search_d, "open", look - 1, last, cell.runs))
                 return state("confirm", done)
