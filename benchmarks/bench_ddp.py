@@ -9,6 +9,10 @@ group formation, training, evaluation), the training time the loop measured and 
 per second over the group, and the validation accuracy (equal by construction: the updates
 are the same). The ratio row is the overhead of the group.
 
+Then it times the evaluation of a validation split (the synthetic task's) in a 2-process
+group both ways a trial could do it: rank 0 alone while the other waits, or sharded over both
+ranks with the sums added (:meth:`objectives.ranks.Ranks.evaluate`, what trials do).
+
     OMP_NUM_THREADS=1 python benchmarks/bench_ddp.py [--epochs 10] [--batch-size 64]
                                                      [--hidden 1024,1024] [--repeats 2]
 """
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,6 +83,75 @@ def measure(devices: int, args: argparse.Namespace) -> dict:
     return {**json.loads(out.stdout.strip().splitlines()[-1]), "wall_s": wall, "cpu_s": cpu}
 
 
+def _evaluation_rank(rank: int, port: int, rounds: int, out: Any) -> None:
+    """One rank of the evaluation timing: rank 0 alone against both ranks' shards."""
+    import torch
+    import torch.distributed as dist
+
+    from objectives.backend import build_task
+    from objectives.data import place
+    from objectives.ranks import Ranks
+    from objectives.train import evaluate
+    from study.config import StudyConfig
+
+    torch.set_num_threads(1)
+    store = dist.TCPStore("127.0.0.1", port, 2, rank == 0)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
+    config = StudyConfig(
+        task="synthetic", model="mlp", synthetic_samples=40_000, hidden=(1024, 1024)
+    )
+    task = build_task(config)
+    val = place(task.val, "cpu", task.collate, "val")
+    torch.manual_seed(0)
+    model = task.build_model()
+    ranks = Ranks(rank, 2, "cpu")
+    alone, sharded = [], []
+    for _ in range(rounds):
+        dist.barrier()
+        started = time.perf_counter()
+        if rank == 0:
+            evaluate(model, val, 512, "cpu", task=task)
+        dist.barrier()  # the others wait for rank 0's value (as for its decision)
+        alone.append(time.perf_counter() - started)
+        dist.barrier()
+        started = time.perf_counter()
+        ranks.evaluate(evaluate, model, val, 512, task=task)
+        sharded.append(time.perf_counter() - started)
+    if rank == 0:
+        out.put((len(val), statistics.median(alone), statistics.median(sharded)))
+    dist.destroy_process_group()
+
+
+def evaluation_timing(rounds: int) -> None:
+    """Print the validation split's evaluation in a 2-process group: rank 0 alone (the others
+    waiting) against sharded over both ranks and summed."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = mp.get_context("spawn")
+    out = context.SimpleQueue()
+    procs = [context.Process(target=_evaluation_rank, args=(r, port, rounds, out)) for r in (0, 1)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+        if proc.exitcode != 0:
+            for other in procs:
+                other.kill()
+            raise SystemExit(f"error: an evaluation rank ended with {proc.exitcode}")
+    size, alone, sharded = out.get()
+    print(
+        f"\nevaluation of the validation split ({size:,} samples, synthetic MLP 1024,1024, "
+        f"batch 512), 2 processes, median of {rounds} rounds:"
+    )
+    print(f"  rank 0 alone, the other waiting: {alone * 1000:8.1f} ms")
+    print(f"  sharded over both, summed:       {sharded * 1000:8.1f} ms  ({alone / sharded:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
@@ -117,6 +191,7 @@ def main() -> None:
         f"{'2 / 1':>9} {'':>5} {ratio['wall_s']:>7.2f} {ratio['cpu_s']:>16.2f} "
         f"{ratio['train_time_s']:>7.2f}"
     )
+    evaluation_timing(rounds=5)
 
 
 if __name__ == "__main__":

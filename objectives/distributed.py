@@ -23,6 +23,8 @@ the helpers train and hear one decision per epoch (:meth:`objectives.ranks.Ranks
 single ``broadcast_object_list``. That is less code than wrapping the trial, keeps the
 helpers free of storage and heartbeats, and needs no extra dependency.
 
+Across machines ``torchrun`` starts every rank instead (:mod:`objectives.torchrun`).
+
 Example (not run as a doctest: it starts processes)::
 
     with TrialGroup(config, "cpu", devices=2) as group:
@@ -33,7 +35,6 @@ Example (not run as a doctest: it starts processes)::
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -53,7 +54,7 @@ from torch.nn.parallel import DistributedDataParallel
 from objectives.oom import is_out_of_memory
 from objectives.ranks import Ranks, Stopped, collective_device
 from objectives.train import Diverged, Step, TrainResult, TrainSettings, make_step, train_model
-from study.config import ConfigError, StudyConfig, config_from_json, config_to_json
+from study.config import StudyConfig, config_from_json, config_to_json
 from study.runner import TrialRetry
 from study.workers import describe_exit, parent_death_signal
 
@@ -116,109 +117,6 @@ def wrap(model: torch.nn.Module, step: Step, device: str) -> None:
     ids = [where.index or 0] if where.type == "cuda" else None
     ddp = DistributedDataParallel(model, device_ids=ids)
     step.model = torch.compile(ddp) if step.settings.compile else ddp
-
-
-def trial_group(
-    config: StudyConfig, device: str
-) -> TrialGroup | LaunchedGroup | contextlib.AbstractContextManager[None]:
-    """The attempt's group on ``config.devices_per_trial`` devices; one device: nothing.
-
-    Under ``torchrun`` (:func:`launched`) the group torchrun formed serves every trial."""
-    if config.devices_per_trial == 1:
-        return contextlib.nullcontext()
-    if launched() is not None:
-        return LaunchedGroup(device)
-    return TrialGroup(config, device, config.devices_per_trial, config.collective_timeout)
-
-
-def launched() -> tuple[int, int, int] | None:
-    """``(rank, world size, local rank)`` when ``torchrun`` started this process as one of
-    two or more (its ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); else ``None``."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
-        return None
-    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-
-
-def join_launched(config: StudyConfig) -> None:
-    """Under ``torchrun``: check the settings against the launch and form the group (every
-    rank calls it first). Elsewhere: nothing."""
-    where = launched()
-    if where is None:
-        return
-    rank, world, local = where
-    if config.devices_per_trial != world:
-        raise ConfigError(
-            f"--devices-per-trial {config.devices_per_trial} under torchrun with {world} "
-            f"processes in all: give --devices-per-trial {world} (one trial on every process)"
-        )
-    if config.workers > 1 or config.gpus:
-        raise ConfigError(
-            "under torchrun each launch runs one trial at a time on all its processes: drop "
-            "--workers and --gpus (start more launches against the same study instead)"
-        )
-    device = "cpu"
-    if config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available()):
-        device = f"cuda:{local}"
-        torch.cuda.set_device(device)
-    dist.init_process_group(
-        backend_of(device), timeout=datetime.timedelta(seconds=config.collective_timeout)
-    )
-
-
-def release_launched() -> None:
-    """Rank 0 under ``torchrun``, its run over: tell the other ranks (they exit)."""
-    where = launched()
-    if where is None or where[0] != 0 or not dist.is_initialized():
-        return
-    with contextlib.suppress(Exception):  # a broken group: the others time out instead
-        device = f"cuda:{where[2]}" if dist.get_backend() == "nccl" else "cpu"
-        dist.broadcast_object_list([None], src=0, device=collective_device(device))
-    dist.destroy_process_group()
-
-
-class GroupLost(KeyboardInterrupt):
-    """Under ``torchrun``, a rank failed: this run stops as if interrupted (the trial is FAIL
-    and queued again); torchrun's restart (``--max-restarts``) resumes it on a new group."""
-
-
-class LaunchedGroup:
-    """Rank 0's side of an attempt when ``torchrun`` started every rank: the group lives for
-    the whole run (:func:`join_launched`); the other ranks wait in :func:`serve_launched`."""
-
-    def __init__(self, device: str) -> None:
-        rank, world, local = launched() or (0, 1, 0)
-        self.device = f"cuda:{local}" if torch.device(device).type == "cuda" else "cpu"
-        self.ranks = Ranks(0, world, self.device)
-
-    def __enter__(self) -> LaunchedGroup:
-        return self
-
-    def start(
-        self,
-        model: torch.nn.Module,
-        step: Step,
-        job: Job,
-        on_epoch: Callable[[Any], None] | None,
-    ) -> Callable[[Any], None]:
-        """Send the attempt to the other ranks, wrap the model; return the ``on_epoch``."""
-        dist.broadcast_object_list([job], src=0, device=collective_device(self.device))
-        wrap(model, step, self.device)
-        return self.ranks.lead(on_epoch)
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        at_boundary = kind is None or self.ranks.stopped or isinstance(error, Diverged)
-        if at_boundary:
-            return
-        dist.destroy_process_group()  # mid-update: unusable; the run ends, torchrun restarts
-        if isinstance(error, KeyboardInterrupt):
-            return
-        if is_collective_error(error) or is_out_of_memory(error):
-            raise GroupLost(f"a rank of the torchrun group failed: {error}") from error
 
 
 class TrialGroup:
@@ -365,27 +263,7 @@ class TrialGroup:
             proc.wait()
 
 
-def serve_launched(config: StudyConfig) -> int:
-    """A rank other than 0 under ``torchrun``: train each attempt rank 0 sends, until it
-    sends ``None`` (its run is over)."""
-    from objectives.data import place
-    from objectives.loading import build_task
-
-    rank, world, local = launched() or (0, 1, 0)
-    device = f"cuda:{local}" if dist.get_backend() == "nccl" else "cpu"
-    task = build_task(config)
-    train = place(task.train, device, task.collate, "train")
-    while True:
-        box: list[Any] = [None]
-        dist.broadcast_object_list(box, src=0, device=collective_device(device))
-        if box[0] is None:
-            break
-        _train_job(box[0], task, train, Ranks(rank, world, device))
-    dist.destroy_process_group()
-    return 0
-
-
-def _train_job(job: Job, task: Any, train: Any, parallel: Ranks) -> None:
+def train_job(job: Job, task: Any, train: Any, val: Any, parallel: Ranks) -> None:
     """Train one attempt as a rank other than 0, until it ends or rank 0 stops it."""
     job.settings.device = parallel.device
     model = task.build_model().to(parallel.device)
@@ -394,11 +272,10 @@ def _train_job(job: Job, task: Any, train: Any, parallel: Ranks) -> None:
         step.optimizer.load_state_dict(job.optimizer_state)
     wrap(model, step, parallel.device)
     try:
-        # ``val`` is never evaluated here (rank 0 evaluates); the training split stands in.
         train_model(
             model,
             train,
-            train,
+            val,
             job.settings,
             parallel.follow,
             TrainResult(),
@@ -425,7 +302,7 @@ def helper_main() -> int:
     store = dist.TCPStore(spec["host"], int(spec["port"]), ranks, False, timeout)
     config = config_from_json(spec["config"])
     task = build_task(config)
-    train = place(task.train, device, task.collate, "train")
+    train, val = (place(getattr(task, s), device, task.collate, s) for s in ("train", "val"))
     store.set(f"ready/{rank}", "1")
     dist.init_process_group(
         backend_of(device),
@@ -436,6 +313,6 @@ def helper_main() -> int:
     )
     box: list[Any] = [None]
     dist.broadcast_object_list(box, src=0, device=collective_device(device))
-    _train_job(box[0], task, train, Ranks(rank, ranks, device))
+    train_job(box[0], task, train, val, Ranks(rank, ranks, device))
     dist.destroy_process_group()
     return 0

@@ -40,7 +40,8 @@ from objectives.checkpoint import (
     run_id,
 )
 from objectives.data import Tensors, as_tensors
-from objectives.distributed import Job, trial_group
+from objectives.distributed import Job
+from objectives.groups import trial_group
 from objectives.noise import estimate_noise_scale
 from objectives.oom import is_out_of_memory, release_memory
 from objectives.oom import summary as oom_summary
@@ -366,7 +367,8 @@ class BatchSizeObjective:
         phases = None
         if epoch_plan is not None:  # a schedule: the attempt's micro-batch caps every phase
             phases = tuple(
-                (b, min(b, attempt.micro_batch_size), peak) for b, peak in epoch_plan[start:]
+                (b, min(b // self.space.devices, attempt.micro_batch_size), peak)
+                for b, peak in epoch_plan[start:]
             )
         settings = TrainSettings(
             epochs=len(plan) - start,

@@ -2,22 +2,24 @@
 
 A trial on K devices runs K processes in one ``torch.distributed`` group (see
 :mod:`objectives.distributed`, which starts them). Rank 0 holds the Optuna trial; the others
-only train. Each epoch (or evaluation period) they meet twice:
+only train. After each epoch (or evaluation period) they meet three times:
 
 * :meth:`Ranks.all_sum`: the epoch's summed loss, samples and units, added over the ranks,
   so every rank sees the same training loss and stops at the same epoch when it diverges;
-* :meth:`Ranks.lead` / :meth:`Ranks.follow`: rank 0 evaluates, reports and decides
+* :meth:`Ranks.evaluate`: the validation metric, sharded over the ranks for a per-sample
+  metric, on rank 0 alone for a metric of the whole split;
+* :meth:`Ranks.lead` / :meth:`Ranks.follow`: rank 0 reports and decides
   (continue, pruned, diverged or collapsed, stopped) and broadcasts the decision; the other
   ranks raise :class:`Stopped` when told to stop, so every rank ends at the same epoch.
 
 Example (one process is a group of one)::
 
-    ranks = Ranks(rank=0, ranks=1, device="cpu")
-    ranks.evaluated(model) is model
+    Ranks(rank=0, ranks=1, device="cpu").evaluate(evaluate, model, val, 256)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,13 +54,33 @@ class Ranks:
     def leader(self) -> bool:
         return self.rank == 0
 
-    def evaluated(self, model: torch.nn.Module) -> torch.nn.Module | None:
-        """The model to evaluate on this rank: the unwrapped model on rank 0, else ``None``.
+    def evaluate(
+        self,
+        evaluate: Callable[..., float],
+        model: torch.nn.Module,
+        data: Any,
+        batch_size: int,
+        precision: str = "fp32",
+        task: Any = None,
+    ) -> float:
+        """The task's metric over the whole split, the same on every rank.
 
-        Evaluation runs once, on rank 0, while the others wait for its decision: the
-        DistributedDataParallel wrapper is not used for it (its forward pass is collective).
+        A per-sample metric (accuracy, a loss) is sharded: each rank evaluates its contiguous
+        part of the split and the sums are added over the ranks (float64). A metric of the
+        whole split (an F1 score, a ``torchmetrics`` object) needs every output in one place:
+        rank 0 evaluates it alone and the others get NaN (they only follow its decision).
+        The unwrapped ``model`` is evaluated (the wrapper's forward pass is collective),
+        by ``evaluate`` (:func:`objectives.train.evaluate`, handed in by the loop).
         """
-        return model if self.leader else None
+        from objectives.metrics import ACCURACY
+
+        metric = task.metric if task is not None and task.metric is not None else ACCURACY
+        if self.ranks == 1 or metric.per_split:
+            if not self.leader:
+                return math.nan
+            return evaluate(model, data, batch_size, self.device, precision, task)
+        part = shard(data, self.rank, self.ranks)
+        return evaluate(model, part, batch_size, self.device, precision, task, _sum_over_ranks)
 
     def all_sum(
         self, loss: torch.Tensor, samples: int, units: Any
@@ -105,6 +127,29 @@ class Ranks:
         box = [decision]
         dist.broadcast_object_list(box, src=0, device=collective_device(self.device))
         return box[0]
+
+
+def _sum_over_ranks(total: Any) -> None:
+    """A per-sample metric's sum and count (a :class:`~objectives.metrics.SplitMetric`),
+    added over the ranks in place."""
+    sums = torch.stack(
+        [total.total.to(torch.float64), torch.tensor(float(total.samples), device=total.device)]
+    )
+    dist.all_reduce(sums)
+    total.total, total.samples = sums[0], int(sums[1].item())
+
+
+def shard(data: Any, rank: int, ranks: int) -> Any:
+    """Rank ``rank``'s contiguous part of a split (held tensors, or any dataset)."""
+    from torch.utils.data import Subset
+
+    from objectives.data import Tensors
+
+    n = len(data)
+    low, high = n * rank // ranks, n * (rank + 1) // ranks
+    if isinstance(data, Tensors):
+        return Tensors(data.x[low:high], data.y[low:high])
+    return Subset(data, range(low, high))
 
 
 def collective_device(device: str) -> torch.device | None:

@@ -517,10 +517,12 @@ def evaluate(
     device,
     precision: str = "fp32",
     task: Task | None = None,
+    combine: Callable[[SplitMetric], None] | None = None,
 ) -> float:
     """The task's metric (default: accuracy) of ``model`` on ``data``, in batches of
     ``batch_size``: the mean of its per-sample values, or its value over the whole split
-    (:class:`~objectives.metrics.SplitMetric`).
+    (:class:`~objectives.metrics.SplitMetric`). ``combine`` adds other processes' parts of
+    the split into the sums before the value is read (a trial on several devices).
 
     Runs under the autocast of ``precision``; a sum stays on the device until the end.
     """
@@ -540,6 +542,8 @@ def evaluate(
             y = to_device(y, device, non_blocking)
             total.add(call_model(model, x), y)
     model.train(was_training)
+    if combine is not None:
+        combine(total)
     return total.value()
 
 
@@ -580,7 +584,8 @@ def train_model(
         parallel: This process's place in a trial on several devices
             (:mod:`objectives.ranks`): it trains its share of each update (``step.model``
             is then the DistributedDataParallel wrapper), the epoch's loss and samples are
-            summed over the ranks, and only rank 0 evaluates (the unwrapped ``model``).
+            summed over the ranks, and the ranks evaluate ``val`` together
+            (:meth:`~objectives.ranks.Ranks.evaluate`, on the unwrapped ``model``).
 
     Raises:
         ValueError: ``settings.batch_size`` is above the training set (every update uses
@@ -711,11 +716,13 @@ def train_model(
             train_loss = loss_sum.item() / seen
             if not math.isfinite(train_loss):
                 raise Diverged(epoch)
-            evaluated = step.model if parallel is None else parallel.evaluated(model)
-            val_metric = math.nan  # a rank other than 0 evaluates nothing
-            if evaluated is not None:
+            if parallel is None:
                 val_metric = evaluate(
-                    evaluated, val, settings.eval_batch, device, settings.precision, task
+                    step.model, val, settings.eval_batch, device, settings.precision, task
+                )
+            else:  # over the ranks' shards of the split, on the unwrapped model
+                val_metric = parallel.evaluate(
+                    evaluate, model, val, settings.eval_batch, settings.precision, task
                 )
             epoch_result = EpochResult(epoch, train_loss, val_metric, epoch_time)
             result.epochs.append(epoch_result)

@@ -191,7 +191,7 @@ def run(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
         _check_folder("--artifact-dir", config.artifact_dir, prog)
     _check_folder("--data-dir", config.data_dir, prog)
     _quiet_optuna()
-    from objectives.distributed import join_launched, launched, release_launched, serve_launched
+    from objectives.torchrun import join_launched, launched, release_launched, serve_launched
     from study.orchestrate import STUDY_ERRORS, WorkersError, run_study
 
     backend = TorchBackend()

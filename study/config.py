@@ -468,6 +468,14 @@ class StudyConfig:
                 f"--batch-schedule {schedule.label} with --objectives metric,time: a schedule "
                 "is compared in the answer's table, use --objectives metric"
             )
+        k = self.devices_per_trial
+        uneven = [b for b in schedule.batch_sizes if isinstance(k, int) and k > 1 and b % k]
+        if uneven:
+            raise ConfigError(
+                f"--batch-schedule {schedule.label} with --devices-per-trial {k}: batch "
+                f"{uneven[0]} does not split evenly over {k} devices; give global batches that "
+                f"are multiples of {k}"
+            )
 
     def _validate_workers(self) -> None:
         _positive("--workers", self.workers)

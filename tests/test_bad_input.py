@@ -232,6 +232,7 @@ CASES = [
     case("run", [*FAST, "--workers", "0"], "--workers 0 must be at least 1"),
     case("run", [*FAST, "--devices-per-trial", "0"], "--devices-per-trial 0: use a whole number of at least 1"),  # noqa: E501
     case("run", [*FAST, "--devices-per-trial", "x"], "invalid int value"),
+    case("run", [*FAST, "--devices-per-trial", "4", "--batch-schedule", "2@0,64@0.5"], "batch 2 does not split evenly over 4 devices"),  # noqa: E501
     case("run", [*FAST, "--gpus", "0", "--devices-per-trial", "2"], "more than the 1 GPU(s) of --gpus 0"),  # noqa: E501
     case("run", [*FAST, "--gpus", "0,1,2", "--devices-per-trial", "2"], "does not divide the 3 GPUs"),  # noqa: E501
     case("run", [*FAST, "--device", "cuda", "--devices-per-trial", "2"], "list the GPUs, 2 per trial, with --gpus"),  # noqa: E501

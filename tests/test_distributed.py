@@ -165,6 +165,7 @@ def _run(tmp_path: Path, *flags: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_a_killed_rank_fails_the_trial_which_resumes_and_the_budget_stays_exact(tmp_path):
     """SIGKILL rank 1 mid-epoch: the trial is FAIL within seconds, queued again and resumed
     from its checkpoint on a fresh group; the study ends with exactly its 2 trials and no
@@ -221,6 +222,7 @@ def test_a_killed_rank_fails_the_trial_which_resumes_and_the_budget_stays_exact(
     assert _children(run.pid) == []
 
 
+@pytest.mark.slow
 def test_two_concurrent_two_rank_trials_and_the_global_batch_in_record_and_answer(tmp_path):
     """--workers 2 --devices-per-trial 2: two trials of two processes at once (ports picked
     by the OS, no clash); every record and the answer give the global batch = micro x
@@ -269,6 +271,7 @@ def test_two_concurrent_two_rank_trials_and_the_global_batch_in_record_and_answe
     assert cell["accumulation_steps"] == 1
 
 
+@pytest.mark.slow
 def test_killing_rank_0_leaves_no_helper_behind(tmp_path):
     """SIGKILL the process that holds the trial (rank 0): its helper rank ends within
     seconds (the parent-death signal), none is left running."""

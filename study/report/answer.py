@@ -83,6 +83,21 @@ def cost(rec: dict[str, Any] | None, metric: MetricText) -> float | None:
     return None if a is None or b is None else metric.sign * (a - b)
 
 
+def how_trained(micro: int | None, devices: int | None, steps: int | None) -> str:
+    """`` (16 x 2 accumulated)``, `` (16 x 2 devices x 2 accumulated)``, or nothing (one
+    device, no accumulation): how a global batch was trained.
+
+    Example:
+        >>> how_trained(16, 2, 1), how_trained(16, None, 4), how_trained(64, 1, 1)
+        (' (16 x 2 devices x 1 accumulated)', ' (16 x 4 accumulated)', '')
+    """
+    if not micro:
+        return ""
+    if devices and devices > 1:
+        return f" ({micro} x {devices} devices x {steps or 1} accumulated)"
+    return f" ({micro} x {steps} accumulated)" if steps and steps > 1 else ""
+
+
 def cell_words(cell: dict[str, Any], metric: MetricText, *, bold: str = "") -> str:
     """``batch 64 (rule linear, lr 0.05): mean 89.8% (95% interval 88.1%-91.5%, 3 runs),
     median 12.1 s training``; ``bold`` wraps the batch size and the mean (Markdown ``**``)."""
@@ -234,7 +249,7 @@ def answer_rows(
             int_or_none(c.get("accumulation_steps")),
         )
         text = str(c.get("batch_schedule") or c.get("batch_size"))
-        return text + (f" ({micro} x {steps} accumulated)" if micro and steps and steps > 1 else "")
+        return text + how_trained(micro, int_or_none(c.get("devices")), steps)
 
     def num(value: Any, spec: str, suffix: str = "") -> str:
         number = number_or_none(value)

@@ -27,7 +27,7 @@ import optuna
 
 from study.compat import save_study_note
 from study.record import TrialRecord
-from study.report.answer import answer_markdown
+from study.report.answer import answer_markdown, how_trained
 from study.report.data import ReportData, collect_report_data
 from study.report.html import advice
 from study.report.tables import epochs_text, report_tables
@@ -48,8 +48,7 @@ def _setup_rows(data: ReportData) -> list[list[str]]:
 
 def _best_sentence(data: ReportData, t: TrialRecord) -> str:
     batch = f"**{t.batch_size}**"
-    if t.accumulation_steps and t.accumulation_steps > 1:
-        batch += f" ({t.micro_batch_size} x {t.accumulation_steps} accumulated)"
+    batch += how_trained(t.micro_batch_size, t.devices, t.accumulation_steps)
     m = data.metric
     parts = [
         f"Trial {t.number}: **{data.metric_name} {m.value(t.val_metric, NA)}** "

@@ -9,7 +9,7 @@ same tables (:class:`~study.report.table.Table`).
 from __future__ import annotations
 
 from study.record import CONFIRM, TrialRecord
-from study.report.answer import answer_note, answer_rows
+from study.report.answer import answer_note, answer_rows, how_trained
 from study.report.cellrows import MIN_RUNS
 from study.report.data import ReportData
 from study.report.narratives import Folklore
@@ -56,9 +56,7 @@ def _batch_text(t: TrialRecord) -> str:
     text = str(t.batch_size) if t.batch_size is not None else "-"
     if t.batch_schedule is not None:
         return f"schedule {t.batch_schedule}"
-    if t.accumulation_steps and t.accumulation_steps > 1 and t.micro_batch_size:
-        text += f" ({t.micro_batch_size} x {t.accumulation_steps} accumulated)"
-    return text
+    return text + how_trained(t.micro_batch_size, t.devices, t.accumulation_steps)
 
 
 def _setup_table(data: ReportData) -> Table:
