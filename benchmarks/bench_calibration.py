@@ -11,9 +11,10 @@ production :class:`study.decision.Plan` with the default confidence, tolerance a
   the false-"within" rate is the share of studies whose ``fastest_within`` is truly the
   tolerance behind the cell they name ``most_accurate`` (the claim the statement makes;
   goal: at most ``1 - confidence + 0.02``). Beside it: the share naming a boundary cell at
-  all, which adds the studies whose search runs picked a boundary cell as the most accurate
-  (the leader is chosen on one search run a cell; that is the selection's error, its regret
-  here exactly the tolerance, not the test's);
+  all, which adds the studies that named a boundary cell most accurate (the references are
+  chosen on one search run a cell and the most accurate among them on their first
+  confirmation runs; that is the selection's error, its regret here exactly the tolerance,
+  not the test's);
 * **ties**: four cells with the same true mean; the most accurate cell's reported interval
   covers the true mean (goal: at least 0.93), and the winner's bias (reported mean minus
   true mean, in SDs) is printed beside the bias of the same cell's mean over all its runs

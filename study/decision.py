@@ -7,32 +7,39 @@ the same state), in three stages:
 1. **Explore.** The sampler runs the first :attr:`Plan.exploration` trials (one per
    cell of the space, at most the budget); the pruner may stop them. These *search* runs
    select; they are never used to estimate.
-2. **Select, then estimate.** The **leader** is the cell with the best mean over its search
-   runs. It gets ``confirm_runs`` fresh, unpruned confirmation runs (``phase = "confirm"``);
-   its reported mean, interval and every shortfall come from those runs only, so the runs
-   that picked it do not flatter it (sample splitting).
+2. **Select, then estimate.** The cells are ranked by their shrunken search means
+   (:func:`ranked`); the first is the **leader**, the next :attr:`Plan.contenders` its
+   contenders, together the **references** (:func:`references`). Each gets ``confirm_runs``
+   fresh, unpruned confirmation runs (``phase = "confirm"``). The **most accurate** cell is
+   the reference with the best mean over those first runs (:func:`most_accurate`); it gets
+   ``confirm_runs`` more before the study stops, and its reported mean and interval come from
+   those later runs only, so the runs that picked it do not flatter it (sample splitting).
+   With one reference the leader is the most accurate, chosen on the search runs.
 3. **A fixed sequence of non-inferiority tests.** The faster candidates are the cells of
-   larger batch sizes (speed enters through this fixed order, never through timings): at each
-   larger batch size the cell with the best search mean. A candidate is dropped when its
-   search runs already put it confidently more than the tolerance behind (its lower bound,
-   one-sided at the confidence, above the tolerance). The sequence starts at the largest
-   candidate whose search shortfall is within the tolerance (the smallest candidate when none
-   is) and goes up the batch sizes. Each candidate is tested on confirmation runs only:
-   shortfall ``d`` (Welch's ``se`` and degrees of freedom) against the leader's confirmation
-   runs; it **passes** when ``d + t * se <= tolerance``, is **ruled out** when ``d - t * se >=
-   tolerance``. Two looks: at ``confirm_runs`` runs of the candidate (and at least as many of
-   the leader), and, if undecided, at ``2 * confirm_runs``; each look tests at Pocock's
-   per-look level (:func:`study.stats.pocock_level`) so that passing at either look errs at
-   ``1 - confidence`` at most. The sequence stops at the first candidate that does not pass
-   (ruled out, undecided after both looks, or a confirmation run that diverged), so the
-   familywise chance of naming a cell truly outside the tolerance stays at ``1 - confidence``
-   (the order was fixed by the search runs before any confirmation run was looked at).
+   batch sizes above the smallest reference's (speed enters through this fixed order, never
+   through timings): at each batch size the cell with the best search mean. A candidate is
+   dropped when its search runs already put it confidently more than the tolerance behind the
+   leader (its lower bound, one-sided at the confidence, above the tolerance). The sequence
+   starts at the largest candidate whose search shortfall is within the tolerance (the
+   smallest candidate when none is) and goes up the batch sizes. Each candidate is tested on
+   confirmation runs only, against **every** reference but itself: shortfall ``d`` (Welch's
+   ``se`` and degrees of freedom); it **passes** when ``d + t * se <= tolerance`` against
+   each (an intersection-union test, so no level is split), is **ruled out** when ``d - t *
+   se >= tolerance`` against the leader. Two looks: at ``confirm_runs`` runs of each, and, if
+   undecided, at ``2 * confirm_runs``; each look tests at Pocock's per-look level
+   (:func:`study.stats.pocock_level`) so that passing at either look errs at ``1 -
+   confidence`` at most. The sequence stops at the first candidate that does not pass (ruled
+   out, undecided, or a confirmation run that diverged), so the familywise chance of naming
+   a cell truly outside the tolerance stays at ``1 - confidence`` (the order was fixed by the
+   search runs before any confirmation run was looked at).
 
 The study is **decided** when the sequence has ended on a pass of its last candidate or on a
 candidate ruled out, and stops there, whatever budget is left. It **stops undecided** when a
-look needs more runs than the budget has left, or a candidate is still undecided after its
-second look; the open comparison is named with the runs it would need. ``--trials`` stays the
-cap. Which trials run depends only on the seed and the metric values.
+look needs more runs than the budget has left, when a candidate is still undecided after its
+second look, or when its first look says that its second could not decide it (about
+:func:`runs_to_decide` runs each would, more than the second look's); the open comparison is
+named with the runs it would need. ``--trials`` stays the cap. Which trials run depends only
+on the seed and the metric values.
 
 Every run counts: a confirmation run that diverged (NaN loss or collapse) stays one of the
 cell's runs (it is never re-run away); a candidate with one fails its test, and the leader's
@@ -360,9 +367,13 @@ def references(search: dict[CellKey, Sample], plan: Plan) -> list[CellKey]:
 
 
 def candidates(
-    search: dict[CellKey, Sample], leader: CellKey, plan: Plan
+    search: dict[CellKey, Sample], refs: Sequence[CellKey], plan: Plan
 ) -> list[tuple[CellKey, float]]:
-    """The sequence of faster candidates with their search shortfalls (module docstring)."""
+    """The sequence of faster candidates with their search shortfalls from the leader
+    (``refs[0]``): the cells of batch sizes above the smallest reference's (a reference of a
+    larger batch, the leader included, is a candidate too: see the module docstring)."""
+    leader = refs[0]
+    floor = min(ref.batch_size for ref in refs)
     sign = plan.metric.sign
     sigma, dof = _pooled(search)
     if sigma is None:
@@ -371,7 +382,7 @@ def candidates(
     lead = search[leader]
     by_batch: dict[int, tuple[CellKey, Sample]] = {}
     for key, s in search.items():
-        if key.batch_size <= leader.batch_size or not s.values:
+        if key.batch_size <= floor or not s.values:
             continue
         best = by_batch.get(key.batch_size)
         if best is None or (sign * (s.mean or 0.0), len(s.values)) > (
@@ -493,7 +504,8 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
     chosen = most_accurate(confirm, refs, plan)
     done: list[Comparison] = []
     level = plan.look_level
-    for key, search_d in candidates(search, leader, plan):
+    for key, search_d in candidates(search, refs, plan):
+        primary = leader if key != leader else next(ref for ref in refs if ref != key)
         last: Welch | None = None
         for look in range(1, LOOKS + 1):
             n = look * r
@@ -503,7 +515,7 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
                 if missing > left:
                     needed = None
                     if last is not None:
-                        needed = runs_to_decide(got(leader), got(key), last.d, plan)
+                        needed = runs_to_decide(got(primary), got(key), last.d, plan)
                     done.append(
                         Comparison(
                             key, search_d, "undecided", look - 1, last, got(key).runs, needed
@@ -514,7 +526,7 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
                 target = max([key, *others], key=lambda k: need(k, n))
                 done.append(Comparison(key, search_d, "open", look - 1, last, got(key).runs))
                 return state("confirm", done, next_cell=target)
-            lead, cell = got(leader).first(n), got(key).first(n)
+            lead, cell = got(primary).first(n), got(key).first(n)
             if cell.runs < n or any(got(ref).runs < n for ref in others):  # in flight elsewhere
                 done.append(Comparison(key, search_d, "open", look - 1, last, cell.runs))
                 return state("confirm", done)

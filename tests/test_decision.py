@@ -88,7 +88,7 @@ def test_candidates_go_up_the_batch_sizes_from_the_search_s_pick():
         p,
         "search",
     )
-    listed = candidates(search, CellKey(8, "linear"), p)
+    listed = candidates(search, [CellKey(8, "linear")], p)
     # 32 is the largest within 0.01 on the search runs: the sequence starts there, goes up;
     # 128 is ruled out by the search runs already; 16's best rule is linear
     assert [k.batch_size for k, _ in listed] == [32, 64]
