@@ -39,6 +39,19 @@ def digits():
     return task, train, val
 
 
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One CPU thread in this process and in the helpers it starts: a kernel's summation
+    order then does not depend on how many threads the machine's load leaves it, so the
+    equality checks compare the two ways of batching and nothing else."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return max(
         (p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters(), strict=True)
@@ -67,7 +80,7 @@ def _on_two_ranks(task, train, val, model, settings, *, start=0, optimizer_state
     return result, group.helpers
 
 
-def test_two_ranks_of_b_with_accumulation_equal_one_process_of_2b(digits):
+def test_two_ranks_of_b_with_accumulation_equal_one_process_of_2b(digits, one_thread):
     """2 processes x 16 per micro-batch x 2 accumulated = one process's batch of 64: the same
     parameters after two epochs of updates (to 1e-6 in float32), the same metric."""
     task, train, val = digits
@@ -97,7 +110,7 @@ def test_two_ranks_of_b_with_accumulation_equal_one_process_of_2b(digits):
     assert [h.returncode for h in helpers] == [0], seen
 
 
-def test_a_resumed_attempt_restores_every_rank(digits):
+def test_a_resumed_attempt_restores_every_rank(digits, one_thread):
     """Adam's state saved after one epoch (one process) and resumed on two ranks: the second
     epoch equals one process resuming it, which holds only if the helper restored it too."""
     task, train, val = digits
