@@ -16,7 +16,7 @@ the same state), in three stages:
    those later runs only, so the runs that picked it do not flatter it (sample splitting).
    With one reference the leader is the most accurate, chosen on the search runs.
 3. **A fixed sequence of non-inferiority tests.** The faster candidates are the cells of
-   batch sizes above the smallest reference's (speed enters through this fixed order, never
+   batch sizes above the most accurate cell's (speed enters through this fixed order, never
    through timings): at each batch size the cell with the best search mean. A candidate is
    dropped when its search runs already put it confidently more than the tolerance behind the
    leader (its lower bound, one-sided at the confidence, above the tolerance). The sequence
@@ -367,13 +367,15 @@ def references(search: dict[CellKey, Sample], plan: Plan) -> list[CellKey]:
 
 
 def candidates(
-    search: dict[CellKey, Sample], refs: Sequence[CellKey], plan: Plan
+    search: dict[CellKey, Sample], refs: Sequence[CellKey], plan: Plan, floor: int | None = None
 ) -> list[tuple[CellKey, float]]:
     """The sequence of faster candidates with their search shortfalls from the leader
-    (``refs[0]``): the cells of batch sizes above the smallest reference's (a reference of a
-    larger batch, the leader included, is a candidate too: see the module docstring)."""
+    (``refs[0]``): the cells of batch sizes above ``floor``, the most accurate cell's (default:
+    the smallest reference's); a reference of a larger batch, the leader included, is a
+    candidate too (see the module docstring)."""
     leader = refs[0]
-    floor = min(ref.batch_size for ref in refs)
+    if floor is None:
+        floor = min(ref.batch_size for ref in refs)
     sign = plan.metric.sign
     sigma, dof = _pooled(search)
     if sigma is None:
@@ -504,7 +506,7 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
     chosen = most_accurate(confirm, refs, plan)
     done: list[Comparison] = []
     level = plan.look_level
-    for key, search_d in candidates(search, refs, plan):
+    for key, search_d in candidates(search, refs, plan, floor=chosen[0].batch_size):
         primary = leader if key != leader else next(ref for ref in refs if ref != key)
         last: Welch | None = None
         for look in range(1, LOOKS + 1):

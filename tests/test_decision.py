@@ -261,3 +261,21 @@ def test_the_most_accurate_reference_is_chosen_on_its_first_runs_and_estimated_o
     # with one reference the leader is the most accurate, chosen on the search runs alone
     d = decide(plan(exploration=2, contenders=0), records)
     assert d.most_accurate == CellKey(8, "linear") and d.selection_runs == 0
+
+
+def test_candidates_start_above_the_most_accurate_cell():
+    # the leader 64 beats its contender 16 on their first confirmation runs: the sequence
+    # starts above 64 (128), so neither reference is compared as a "faster" cell
+    p = plan(exploration=3, contenders=1)
+    records = [rec(64, 0.97), rec(16, 0.965), rec(128, 0.962)]
+    records += confirm(64, [0.966, 0.967, 0.965]) + confirm(16, [0.960, 0.961, 0.959])
+    d = decide(p, records)
+    assert d.most_accurate == CellKey(64, "linear")
+    assert [c.key for c in d.comparisons] == [CellKey(128, "linear")]
+    # the contender 16 more accurate instead: the leader 64 is a faster candidate of it (the
+    # sequence starts at 64, the largest batch one search run puts within the tolerance)
+    records = [rec(64, 0.97), rec(16, 0.965), rec(128, 0.955)]
+    records += confirm(64, [0.960, 0.961, 0.959]) + confirm(16, [0.966, 0.967, 0.965])
+    d = decide(p, records)
+    assert d.most_accurate == CellKey(16, "linear")
+    assert d.comparisons[0].key == CellKey(64, "linear")
