@@ -112,6 +112,13 @@ def main() -> None:
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--tolerance", type=float, default=0.01)
     p.add_argument("--confirm-runs", type=int, default=3)
+    p.add_argument(
+        "--contenders",
+        type=int,
+        default=Plan.contenders,
+        help="cells after the leader confirmed as references (the plan's field; default as a "
+        "study runs)",
+    )
     args = p.parse_args()
     grid = json.loads(Path(args.grid).read_text())
     metric = MetricInfo(**{k: v for k, v in grid["metric"].items() if k != "bounds"})
@@ -124,6 +131,7 @@ def main() -> None:
         metric=metric,
         exploration=min(args.trials, cells),
         scaling_rules=tuple(sorted({c["rule"] for c in grid["cells"]})),
+        contenders=args.contenders,
     )
     times = {(c["batch_size"], c["rule"]): statistics.median(c["seconds"]) for c in grid["cells"]}
     sign = metric.sign
@@ -151,7 +159,7 @@ def main() -> None:
     print(
         f"{Path(args.grid).name}: {n} replayed studies ({grid['seeds']} seeds split in halves), "
         f"{cells} cells, --trials {args.trials}, confidence {args.confidence}, tolerance "
-        f"{args.tolerance}"
+        f"{args.tolerance}, {args.contenders} contender(s)"
     )
     print(f"regret of most accurate: median {statistics.median(regrets):.4f}, 95th pct {q[-1]:.4f}")
     print(
