@@ -109,13 +109,9 @@ def doubling_search(
         seed: Seeds the model and batches (the caller's generators are restored).
     """
     # The baseline measures a step exactly as the probe does: through the probe's own rig.
-    from objectives.probe import (
-        ProbeError,
-        _check_device,
-        _no_trace,
-        _settings,
-        _StepRig,
-    )
+    from objectives.probe import _check_device, _no_trace, _settings
+    from objectives.probe_memory import ProbeError
+    from objectives.probe_rig import StepRig
     from study.units import format_bytes, parse_bytes
 
     dev = _check_device(device)
@@ -128,7 +124,7 @@ def doubling_search(
     tries: list[tuple[int, int | None]] = []
     last_ok = 0
     with _no_trace(dev, seed):
-        rig = _StepRig(task, _settings(optimizer, dev, "fp32", False, seed))
+        rig = StepRig(task, _settings(optimizer, dev, "fp32", False, seed))
         try:
             size = start
             while size <= upper:
@@ -164,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from objectives.memory import PeakMemory
-    from objectives.probe import available_memory, probe_batch_size
+    from objectives.probe import probe_batch_size
+    from objectives.probe_memory import available_memory
     from objectives.tasks import load_task
     from study.units import format_bytes
 

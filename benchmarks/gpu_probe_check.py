@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from objectives.data import place
-    from objectives.probe import ProbeError, probe_batch_size
+    from objectives.probe import probe_batch_size
+    from objectives.probe_memory import ProbeError
     from objectives.tasks import load_task
     from objectives.train import TrainSettings, make_step
     from study.units import format_bytes

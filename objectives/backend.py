@@ -28,7 +28,7 @@ from objectives.fingerprint import data_fingerprint
 from objectives.loading import build_task
 from objectives.models import ModelError
 from objectives.objective import BatchSizeObjective, task_metric
-from objectives.probe import ProbeError
+from objectives.probe_memory import ProbeError
 from objectives.tasks import Task, TaskError
 from objectives.train import training_loss
 from study.config import ConfigError, StudyConfig, check_precision

@@ -21,16 +21,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from objectives.probe import (
-    ProbeError,
-    ProbeResult,
-    batch_ladder,
-    fit_memory,
-    parse_bytes,
-    probe_batch_size,
-)
+from objectives.probe import probe_batch_size
+from objectives.probe_memory import ProbeError, batch_ladder, fit_memory
+from objectives.probe_table import ProbeResult
 from objectives.tasks import Task, load_task
 from study import commands
+from study.units import parse_bytes
 from tests.conftest import run_script, script_env
 
 MiB = 1024**2
@@ -201,7 +197,7 @@ def test_the_knee_is_the_smallest_batch_within_ten_percent_of_the_best(wide_resu
 def test_the_table_is_timed_in_interleaved_rounds_and_the_knee_uses_them(wide_result):
     """The probe's throughput comes from the answer's speed method: interleaved rounds, the
     median per batch with its range, the knee compared round by round."""
-    from objectives.probe import SPEED_ROUNDS
+    from objectives.probe_table import SPEED_ROUNDS
     from objectives.speed import SpeedResult, knee_from_timings
 
     speed = SpeedResult.from_dict(wide_result.speed)
