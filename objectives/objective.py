@@ -49,6 +49,7 @@ from objectives.tasks import Task, split_labels
 from objectives.train import (
     Diverged,
     EpochResult,
+    Step,
     TrainResult,
     TrainSettings,
     finish,
@@ -351,102 +352,25 @@ class BatchSizeObjective:
         run: str,
         epoch_plan: tuple[tuple[int, float], ...] | None = None,
     ) -> None:
-        """Train (or continue) one attempt and set ``attempt.outcome``.
+        """Train (or continue) one attempt and set ``attempt.outcome``: build the settings,
+        restore the model, train with the epoch's checks, measure the end.
 
         ``epoch_plan``: a batch-size schedule's batch and peak learning rate of each epoch.
 
         Pruning, divergence and out-of-memory end here, not as exceptions: their tracebacks
         (and the tensors those hold) are gone when this returns, so the memory can be freed.
         """
-        start = attempt.start_epoch
-        plan = self._plan(batch_size)
-        n = len(self.train)
-        per_epoch = [
-            steps_per_epoch(n, b) for b, _ in epoch_plan or ((batch_size, lr),) * len(plan)
-        ]
-        phases = None
-        if epoch_plan is not None:  # a schedule: the attempt's micro-batch caps every phase
-            phases = tuple(
-                (b, min(b // self.space.devices, attempt.micro_batch_size), peak)
-                for b, peak in epoch_plan[start:]
-            )
-        settings = TrainSettings(
-            epochs=len(plan) - start,
-            period_steps=plan[start:] if self.config.budget == "steps" else None,
-            first_step=sum(plan[:start])
-            if self.config.budget == "steps"
-            else sum(per_epoch[:start]),
-            total_steps=sum(plan) if self.config.budget == "steps" else sum(per_epoch),
-            warmup_steps=self.config.warmup_steps or sum(per_epoch[: self.config.warmup_epochs]),
-            batch_phases=phases,
-            warmup_start_lr=min(self.config.base_lr, lr),
-            weight_decay=self.config.weight_decay,
-            lr_schedule=self.config.lr_schedule,
-            final_lr_fraction=self.config.final_lr_fraction,
-            batch_size=batch_size,
-            micro_batch_size=attempt.micro_batch_size,
-            lr=lr,
-            optimizer=self.config.optimizer,
-            seed=seed if start == 0 else (seed + start) % 2**31,  # new shuffles after resuming
-            device=str(self.device),
-            eval_batch_size=self.space.memory_cap,
-            precision=self.config.precision,
-            compile=self.config.compile,
-        )
-        saved = attempt.saved
-        torch.manual_seed(seed)
-        model = self.task.build_model().to(self.device)
-        if saved is not None:
-            model.load_state_dict(saved.model_state)
-        first_loss = None  # the loss at initialisation, for the collapse check
-        if saved is None:
-            first_loss = training_loss(
-                model, self.task.train, COLLAPSE_LOSS_ITEMS, self.task.loss, self.task.collate
-            )
-
-        multi = self.config.multi_objective
-        prunable = not multi and trial.user_attrs.get("phase") != CONFIRM  # confirm: never
-        progress = ProgressLog(self.log, self.log_interval_s) if self.log else None
-        unit = "epoch" if self.config.budget == "epochs" else "evaluation"
-
-        def on_epoch(epoch: EpochResult) -> None:  # epochs are numbered from start + 1
-            raise_if_interrupted()  # a worker's interrupt that a finalizer swallowed
-            if not multi:  # Optuna reports and prunes single-objective trials only
-                with warnings.catch_warnings():  # a retry re-reporting keeps the first value
-                    warnings.filterwarnings("ignore", message="The reported value is ignored")
-                    trial.report(epoch.val_metric, epoch.epoch)
-            if self.checkpoints is not None and epoch.epoch < len(plan):
-                self.checkpoints.save(
-                    key, run, model, step.optimizer, attempt.result, attempt.micro_batch_size
-                )
-            if progress is not None:
-                progress(
-                    f"trial {trial.number}: {unit} {epoch.epoch}/{len(plan)}, batch "
-                    f"{batch_size}, train loss {epoch.train_loss:.4f}, val {self.metric.name} "
-                    f"{epoch.val_metric:.4f} ({epoch.train_time_s:.1f} s)"
-                )
-            reason = collapse_reason(
-                [e.val_metric for e in attempt.result.epochs],
-                [e.train_loss for e in attempt.result.epochs],
-                first_loss,
-                self.chance,
-                done=epoch.epoch,
-                total=len(plan),
-                direction=self.metric.direction,
-                metric=self.metric.name,
-                unit=unit,
-                updates=attempt.result.optimizer_steps,
-            )
-            if reason is not None:  # at the last period too: a flat run is diverged anywhere
-                raise Collapsed(reason)
-            if prunable and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after evaluation {epoch.epoch}")
-
+        start, saved = attempt.start_epoch, attempt.saved
+        settings = self._settings(attempt, batch_size, lr, seed, epoch_plan)
+        model, first_loss = self._restore(saved, seed)
         try:
             with torch_flags(self.device), trial_group(self.config, str(self.device)) as group:
                 step = make_step(model, settings, self.task)
                 if saved is not None and saved.optimizer_state is not None:
                     step.optimizer.load_state_dict(saved.optimizer_state)
+                on_epoch = EpochChecks(
+                    self, trial, attempt, batch_size, model, step, first_loss, key, run
+                )
                 if group is not None:  # several devices: every rank restores, trains a share
                     resumed = saved.optimizer_state if saved is not None else None
                     on_epoch = group.start(model, step, Job(settings, start, resumed), on_epoch)
@@ -483,6 +407,133 @@ class BatchSizeObjective:
             if not is_out_of_memory(error):
                 raise
             attempt.outcome, attempt.detail = "oom", oom_summary(error)
+
+    def _settings(
+        self,
+        attempt: _Attempt,
+        batch_size: int,
+        lr: float,
+        seed: int,
+        epoch_plan: tuple[tuple[int, float], ...] | None,
+    ) -> TrainSettings:
+        """How the attempt trains: its periods from where it resumes, the schedule over the
+        whole trial, the micro-batch, and fresh shuffles after a resume."""
+        start = attempt.start_epoch
+        plan = self._plan(batch_size)
+        n = len(self.train)
+        per_epoch = [
+            steps_per_epoch(n, b) for b, _ in epoch_plan or ((batch_size, lr),) * len(plan)
+        ]
+        phases = None
+        if epoch_plan is not None:  # a schedule: the attempt's micro-batch caps every phase
+            phases = tuple(
+                (b, min(b // self.space.devices, attempt.micro_batch_size), peak)
+                for b, peak in epoch_plan[start:]
+            )
+        steps = self.config.budget == "steps"
+        return TrainSettings(
+            epochs=len(plan) - start,
+            period_steps=plan[start:] if steps else None,
+            first_step=sum(plan[:start]) if steps else sum(per_epoch[:start]),
+            total_steps=sum(plan) if steps else sum(per_epoch),
+            warmup_steps=self.config.warmup_steps or sum(per_epoch[: self.config.warmup_epochs]),
+            batch_phases=phases,
+            warmup_start_lr=min(self.config.base_lr, lr),
+            weight_decay=self.config.weight_decay,
+            lr_schedule=self.config.lr_schedule,
+            final_lr_fraction=self.config.final_lr_fraction,
+            batch_size=batch_size,
+            micro_batch_size=attempt.micro_batch_size,
+            lr=lr,
+            optimizer=self.config.optimizer,
+            seed=seed if start == 0 else (seed + start) % 2**31,  # new shuffles after resuming
+            device=str(self.device),
+            eval_batch_size=self.space.memory_cap,
+            precision=self.config.precision,
+            compile=self.config.compile,
+        )
+
+    def _restore(self, saved: Checkpoint | None, seed: int) -> tuple[torch.nn.Module, float | None]:
+        """The attempt's model, fresh from ``seed`` or restored from ``saved``, and, when
+        fresh, its loss at initialisation (the collapse check's start)."""
+        torch.manual_seed(seed)
+        model = self.task.build_model().to(self.device)
+        if saved is not None:
+            model.load_state_dict(saved.model_state)
+            return model, None
+        task = self.task
+        return model, training_loss(model, task.train, COLLAPSE_LOSS_ITEMS, task.loss, task.collate)
+
+
+class EpochChecks:
+    """What an attempt does after each epoch (or evaluation period): report it to Optuna,
+    checkpoint it, print progress, stop a collapsed run as diverged, and prune.
+
+    Called by :func:`objectives.train.train_model` with each :class:`EpochResult`; it raises
+    :class:`Collapsed` or ``optuna.TrialPruned`` to stop the attempt.
+    """
+
+    def __init__(
+        self,
+        objective: BatchSizeObjective,
+        trial: optuna.Trial,
+        attempt: _Attempt,
+        batch_size: int,
+        model: torch.nn.Module,
+        step: Step,
+        first_loss: float | None,
+        key: int,
+        run: str,
+    ) -> None:
+        self.objective, self.trial, self.attempt = objective, trial, attempt
+        self.batch_size, self.model, self.step = batch_size, model, step
+        self.first_loss, self.key, self.run = first_loss, key, run
+        config = objective.config
+        self.periods = len(objective._plan(batch_size))
+        self.multi = config.multi_objective
+        self.prunable = not self.multi and trial.user_attrs.get("phase") != CONFIRM
+        self.unit = "epoch" if config.budget == "epochs" else "evaluation"
+        log = objective.log
+        self.progress = ProgressLog(log, objective.log_interval_s) if log else None
+
+    def __call__(self, epoch: EpochResult) -> None:  # epochs are numbered from start + 1
+        raise_if_interrupted()  # a worker's interrupt that a finalizer swallowed
+        objective, trial, result = self.objective, self.trial, self.attempt.result
+        if not self.multi:  # Optuna reports and prunes single-objective trials only
+            with warnings.catch_warnings():  # a retry re-reporting keeps the first value
+                warnings.filterwarnings("ignore", message="The reported value is ignored")
+                trial.report(epoch.val_metric, epoch.epoch)
+        if objective.checkpoints is not None and epoch.epoch < self.periods:
+            objective.checkpoints.save(
+                self.key,
+                self.run,
+                self.model,
+                self.step.optimizer,
+                result,
+                self.attempt.micro_batch_size,
+            )
+        if self.progress is not None:
+            self.progress(
+                f"trial {trial.number}: {self.unit} {epoch.epoch}/{self.periods}, batch "
+                f"{self.batch_size}, train loss {epoch.train_loss:.4f}, val "
+                f"{objective.metric.name} {epoch.val_metric:.4f} ({epoch.train_time_s:.1f} s)"
+            )
+        reason = collapse_reason(
+            [e.val_metric for e in result.epochs],
+            [e.train_loss for e in result.epochs],
+            self.first_loss,
+            objective.chance,
+            done=epoch.epoch,
+            total=self.periods,
+            direction=objective.metric.direction,
+            metric=objective.metric.name,
+            unit=self.unit,
+            updates=result.optimizer_steps,
+        )
+        if reason is not None:  # at the last period too: a flat run is diverged anywhere
+            raise Collapsed(reason)
+        if self.prunable and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after evaluation {epoch.epoch}")
 
 
 def _write(

@@ -10,6 +10,11 @@ to ``on_epoch`` (the objective reports and prunes there). Every optimizer update
 hardware probe and in the critical-batch measurement, is :meth:`Step.update`; a task's
 :class:`StepHook` changes the loss or the gradients inside it, never the accumulation.
 
+:func:`train_model` reads on one screen: the periods (epochs, a step budget's shares, a
+batch-size schedule's phases) are fixed before the loop (:func:`plan_periods`), the updates
+come from an :class:`UpdateSource`, the learning rate of each from :func:`learning_rate`, and
+one :class:`Meter` measures time, loss, samples, units and memory around the update.
+
 GPU efficiency: ``precision`` runs the forward pass and loss under ``torch.autocast``
 (``bf16``, or ``fp16`` with a gradient scaler), ``compile`` trains through ``torch.compile``,
 optimizers are fused on CUDA, copies to the device are non-blocking, and nothing in the step
@@ -547,6 +552,183 @@ def evaluate(
     return total.value()
 
 
+@dataclass(frozen=True)
+class Period:
+    """One evaluation period of a trial, fixed before its loop runs.
+
+    An epoch (``steps`` ``None``: one pass over the data in groups of ``batch_size``) or,
+    under a step budget, ``steps`` updates that walk on across epoch boundaries. A batch-size
+    schedule gives each epoch its own batch, micro-batch and peak learning rate.
+    """
+
+    epoch: int
+    batch_size: int
+    micro_batch_size: int
+    peak_lr: float
+    steps: int | None = None
+
+
+def plan_periods(
+    settings: TrainSettings, train_size: int, start_epoch: int = 0
+) -> tuple[list[Period], int]:
+    """The periods one call of :func:`train_model` trains, numbered from ``start_epoch + 1``,
+    and the trial's total updates (what the learning-rate schedule runs over).
+
+    Example:
+        >>> s = TrainSettings(epochs=2, batch_size=64, micro_batch_size=32, lr=0.1)
+        >>> periods, total = plan_periods(s, 1078)
+        >>> [(p.epoch, p.batch_size, p.steps) for p in periods], total
+        ([(1, 64, None), (2, 64, None)], 32)
+    """
+    b, m, lr = settings.batch_size, settings.micro_batch_size, settings.lr
+    if settings.batch_phases is not None:
+        shapes = [(pb, pm, plr, None) for pb, pm, plr in settings.batch_phases]
+    elif settings.period_steps:
+        shapes = [(b, m, lr, steps) for steps in settings.period_steps]
+    else:
+        shapes = [(b, m, lr, None)] * settings.epochs
+    periods = [Period(start_epoch + i, *shape) for i, shape in enumerate(shapes, 1)]
+    for size in {b} | {p.batch_size for p in periods}:
+        check_batch_fits(train_size, size)
+    updates = sum(
+        p.steps if p.steps is not None else steps_per_epoch(train_size, p.batch_size)
+        for p in periods
+    )
+    return periods, settings.total_steps or settings.first_step + updates
+
+
+class UpdateSource:
+    """Where a trial's updates come from: groups of exactly the period's batch (this rank's
+    share of each on several devices), split into micro-batches (:func:`update_groups`).
+
+    One generator shuffles every epoch of the trial; streamed data is read through one
+    loader per batch size; a step budget's periods walk on through one endless stream of
+    epochs at the trial's batch size.
+    """
+
+    def __init__(
+        self,
+        train: Tensors | Dataset,
+        settings: TrainSettings,
+        task: Task | None,
+        parallel: Ranks | None,
+    ) -> None:
+        self.train, self.settings = train, settings
+        self.device = torch.device(settings.device)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.collate = task.collate if task is not None else None
+        self.share = (parallel.rank, parallel.ranks) if parallel is not None else (0, 1)
+        self.loaders: dict[int, DataLoader] = {}
+        self.stream = self._forever()
+
+    def period(self, period: Period) -> Iterator[tuple[Iterator[Batch], int]]:
+        """The period's updates: ``(micro_batches, samples_in_group)`` each."""
+        if period.steps is None:
+            return self._epoch(period.batch_size, period.micro_batch_size)
+        return itertools.islice(self.stream, period.steps)
+
+    def _epoch(self, batch: int, micro: int) -> Iterator[tuple[Iterator[Batch], int]]:
+        loader = None if isinstance(self.train, Tensors) else self._loader(batch)
+        return update_groups(
+            self.train, batch, micro, self.generator, self.device, loader, share=self.share
+        )
+
+    def _forever(self) -> Iterator[tuple[Iterator[Batch], int]]:
+        while True:
+            yield from self._epoch(self.settings.batch_size, self.settings.micro_batch_size)
+
+    def _loader(self, batch: int) -> DataLoader:
+        if batch not in self.loaders:  # streamed through workers and pinned memory
+            self.loaders[batch] = make_loader(
+                self.train,
+                batch,
+                self.device,
+                self.generator,
+                workers=self.settings.loader_workers,
+                drop_last=True,
+                collate=self.collate,
+            )
+        return self.loaders[batch]
+
+
+class Meter:
+    """What a trial measures around its updates, a period at a time: the wall time, the
+    training loss (summed on the device, read once a period), samples, the task's units
+    (its ``count``, e.g. tokens) and the peak memory: the CUDA allocator's, or on CPU the
+    first update's, measured as the probe measures a step."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, task: Task | None):
+        self.model, self.device = model, device
+        self.count = task.count if task is not None else None
+        self.on_cuda = device.type == "cuda"
+        self.cpu_peak_bytes = 0
+        if self.on_cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        self.start()
+
+    def start(self) -> None:
+        """Open a period."""
+        self.started = time.perf_counter()
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.seen = 0
+        self.units: Any = 0  # what ``count`` returns, summed (an int, or a device tensor)
+
+    def update(self, step: Step, batches: Iterator[Batch], samples: int, where: Update) -> None:
+        """Run one update through ``step``, measuring it."""
+        if self.count is not None:  # units counted as the batches go by
+            batches = self._counted(batches)
+        if not self.on_cuda and self.cpu_peak_bytes == 0:
+            step.optimizer.zero_grad(set_to_none=True)  # freed before, not during
+            held = state_bytes(self.model, step.optimizer)
+            with PeakMemory(self.device) as peak:
+                self.loss_sum += step.update(batches, samples, where)
+            self.cpu_peak_bytes = held + peak.bytes
+        else:
+            self.loss_sum += step.update(batches, samples, where)
+        self.seen += samples
+
+    def finish(self, result: TrainResult, updates: int, parallel: Ranks | None) -> float:
+        """Close the period: the whole group's figures added to ``result``; its seconds in
+        :attr:`seconds`; returns its mean training loss."""
+        loss_sum, seen, units = self.loss_sum, self.seen, self.units
+        if parallel is not None:  # the whole group's loss, samples and units
+            loss_sum, seen, units = parallel.all_sum(loss_sum, seen, units)
+        if self.on_cuda:
+            torch.cuda.synchronize(self.device)
+        self.seconds = time.perf_counter() - self.started
+        result.train_time_s += self.seconds
+        result.samples_seen += seen
+        result.units_seen += seen if self.count is None else int(units)
+        result.optimizer_steps = updates
+        if self.on_cuda:
+            result.peak_memory_bytes = torch.cuda.max_memory_allocated(self.device)
+            result.memory_source = "cuda_max_memory_allocated"
+        else:
+            result.peak_memory_bytes = self.cpu_peak_bytes
+            result.memory_source = "cpu_allocator_profile"
+        return loss_sum.item() / seen
+
+    def _counted(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        for x, y in batches:
+            self.units = self.units + self.count(x, y)
+            yield x, y
+
+
+def learning_rate(
+    settings: TrainSettings, task: Task | None, total_steps: int
+) -> Callable[[int, float], float] | None:
+    """The learning rate of update ``index`` from a period's peak, or ``None`` when it never
+    changes (``settings.lr`` throughout): the task's own schedule (a factor of the peak per
+    update), else the settings' warm-up and decay."""
+    own = getattr(task, "lr_schedule", None) if task is not None else None
+    if own is not None:
+        return lambda index, peak: peak * float(own(index, total_steps))
+    schedule = settings.schedule
+    if not schedule.varies and settings.batch_phases is None:
+        return None
+    return lambda index, peak: schedule.lr(index, total_steps, peak, settings.warmup_start_lr)
+
+
 def train_model(
     model: torch.nn.Module,
     train: Tensors | Dataset,
@@ -592,130 +774,31 @@ def train_model(
             exactly ``batch_size`` samples, so no update could be made).
     """
     device = torch.device(settings.device)
-    phases = settings.batch_phases  # a batch-size schedule: each epoch's batch, micro, peak
-    for size in [settings.batch_size] + [b for b, _, _ in phases or ()]:
-        check_batch_fits(len(train), size)
+    periods, total_steps = plan_periods(settings, len(train), start_epoch)
     if step is None:
         step = make_step(model, settings, task)
     elif not _optimizes(step.optimizer, model):
         raise ValueError("train_model: the step's optimizer is not over this model's parameters")
-    generator = torch.Generator().manual_seed(settings.seed)
-    collate = task.collate if task is not None else None
-    count = task.count if task is not None else None
-    loaders: dict[int, DataLoader] = {}
-
-    def loader_of(batch_size: int) -> DataLoader | None:
-        if isinstance(train, Tensors):
-            return None
-        if batch_size not in loaders:  # streamed through workers and pinned memory
-            loaders[batch_size] = make_loader(
-                train,
-                batch_size,
-                device,
-                generator,
-                workers=settings.loader_workers,
-                drop_last=True,
-                collate=collate,
-            )
-        return loaders[batch_size]
-
     result = result if result is not None else TrainResult()
     result.unit = task.unit if task is not None else "samples"
-    on_cuda = device.type == "cuda"
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    cpu_peak_bytes = 0  # on CPU, measured over the first update as the probe measures a step
+    source = UpdateSource(train, settings, task, parallel)
+    meter = Meter(model, device, task)
+    lr_of = learning_rate(settings, task, total_steps)
+    index = settings.first_step  # the trial's update count, over which the schedule runs
     model.train()
-
-    def groups(batch: int | None = None, micro_batch: int | None = None):
-        batch, micro_batch = batch or settings.batch_size, micro_batch or micro
-        share = (parallel.rank, parallel.ranks) if parallel is not None else (0, 1)
-        return update_groups(
-            train, batch, micro_batch, generator, device, loader_of(batch), share=share
-        )
-
-    units: Any = 0  # what ``count`` returns, summed (an int, or a tensor on the device)
-
-    def counted(batches: Iterable[Batch]) -> Iterator[Batch]:
-        nonlocal units
-        for x, y in batches:
-            units = units + count(x, y)
-            yield x, y
-
-    def updates_forever() -> Iterator[tuple[Iterator[Batch], int]]:
-        while True:
-            yield from groups()
-
-    micro = settings.micro_batch_size
-    stream = updates_forever()
-    plan = settings.period_steps or (None,) * settings.epochs
-    global_step = settings.first_step
-    total_steps = settings.total_steps or global_step + (
-        sum(settings.period_steps)
-        if settings.period_steps
-        else sum(steps_per_epoch(len(train), b) for b, _, _ in phases)
-        if phases
-        else settings.epochs * steps_per_epoch(len(train), settings.batch_size)
-    )
-    own_schedule = getattr(task, "lr_schedule", None) if task is not None else None
-    scheduled = own_schedule is not None or settings.schedule.varies or phases is not None
-    peak_lr = settings.lr  # a batch-size schedule's phase changes it
-
-    def lr_of(index: int) -> float:
-        if own_schedule is not None:  # the task's: a factor of the peak per update
-            return peak_lr * float(own_schedule(index, total_steps))
-        return settings.schedule.lr(index, total_steps, peak_lr, settings.warmup_start_lr)
-
     with torch_flags(device):
-        for epoch, period_steps in enumerate(plan, start_epoch + 1):
-            started = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            seen = 0
-            units = 0
-            if phases is not None:  # this epoch's phase of a batch-size schedule
-                batch_size, micro_batch, peak_lr = phases[epoch - start_epoch - 1]
-                updates = groups(batch_size, micro_batch)
-            elif period_steps is None:  # an epoch: one pass over the data
-                updates = groups()
-            else:  # a share of a step budget, walking on across epochs
-                updates = itertools.islice(stream, period_steps)
-            for batches, group_size in updates:
-                lr = settings.lr
-                if scheduled:  # the schedule's rate for this update, from the rule's peak
-                    lr = lr_of(global_step)
+        for period in periods:
+            meter.start()
+            for batches, samples in source.period(period):
+                lr = settings.lr if lr_of is None else lr_of(index, period.peak_lr)
+                if lr_of is not None:
                     for group in step.optimizer.param_groups:
                         group["lr"] = lr
-                where = Update(global_step, total_steps, lr)
-                if count is not None:  # units (e.g. tokens) counted as the batches go by
-                    batches = counted(batches)
-                if not on_cuda and cpu_peak_bytes == 0:  # measured as the probe measures
-                    step.optimizer.zero_grad(set_to_none=True)  # freed before, not during
-                    held = state_bytes(model, step.optimizer)
-                    with PeakMemory(device) as peak:
-                        loss_sum += step.update(batches, group_size, where)
-                    cpu_peak_bytes = held + peak.bytes
-                else:
-                    loss_sum += step.update(batches, group_size, where)
-                seen += group_size
-                global_step += 1
-            if parallel is not None:  # the whole group's loss, samples and units
-                loss_sum, seen, units = parallel.all_sum(loss_sum, seen, units)
-            if on_cuda:
-                torch.cuda.synchronize(device)
-            epoch_time = time.perf_counter() - started
-            result.train_time_s += epoch_time
-            result.samples_seen += seen
-            result.units_seen += seen if count is None else int(units)
-            result.optimizer_steps = global_step
-            if on_cuda:
-                result.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
-                result.memory_source = "cuda_max_memory_allocated"
-            else:
-                result.peak_memory_bytes = cpu_peak_bytes
-                result.memory_source = "cpu_allocator_profile"
-            train_loss = loss_sum.item() / seen
+                meter.update(step, batches, samples, Update(index, total_steps, lr))
+                index += 1
+            train_loss = meter.finish(result, index, parallel)
             if not math.isfinite(train_loss):
-                raise Diverged(epoch)
+                raise Diverged(period.epoch)
             if parallel is None:
                 val_metric = evaluate(
                     step.model, val, settings.eval_batch, device, settings.precision, task
@@ -724,10 +807,10 @@ def train_model(
                 val_metric = parallel.evaluate(
                     evaluate, model, val, settings.eval_batch, settings.precision, task
                 )
-            epoch_result = EpochResult(epoch, train_loss, val_metric, epoch_time)
-            result.epochs.append(epoch_result)
+            epoch = EpochResult(period.epoch, train_loss, val_metric, meter.seconds)
+            result.epochs.append(epoch)
             if on_epoch is not None:
-                on_epoch(epoch_result)
+                on_epoch(epoch)
     return result
 
 

@@ -18,6 +18,7 @@ from objectives.tasks import Task
 from objectives.train import (
     TrainSettings,
     make_step,
+    plan_periods,
     samples_left_out,
     steps_per_epoch,
     train_model,
@@ -192,3 +193,23 @@ def test_accumulation_is_exact_with_a_custom_loss_and_dict_inputs() -> None:
     assert not torch.allclose(results[0], _params(model))
     assert torch.allclose(results[0], results[1], rtol=1e-10, atol=1e-12)
     assert torch.allclose(results[0], _params(reference), rtol=1e-10, atol=1e-12)
+
+
+def test_the_periods_are_planned_before_the_loop_for_epochs_step_budgets_and_schedules() -> None:
+    base = dict(batch_size=64, micro_batch_size=32, lr=0.1)
+    epochs, total = plan_periods(TrainSettings(epochs=3, **base), 1078, start_epoch=2)
+    assert [(p.epoch, p.batch_size, p.steps) for p in epochs] == [
+        (3, 64, None),
+        (4, 64, None),
+        (5, 64, None),
+    ]
+    assert total == 3 * 16  # the updates of this call when the trial's total is not given
+    budget = TrainSettings(epochs=2, period_steps=(20, 20), first_step=40, **base)
+    steps, total = plan_periods(budget, 1078)
+    assert [p.steps for p in steps] == [20, 20] and total == 80  # walks on across epochs
+    phases = ((32, 32, 0.05), (128, 64, 0.2))
+    schedule, total = plan_periods(TrainSettings(epochs=2, batch_phases=phases, **base), 1078)
+    assert [(p.batch_size, p.micro_batch_size, p.peak_lr) for p in schedule] == list(phases)
+    assert total == 1078 // 32 + 1078 // 128
+    with pytest.raises(ValueError, match="not in 1..1078"):
+        plan_periods(TrainSettings(epochs=1, batch_phases=((2048, 64, 0.1),), **base), 1078)
