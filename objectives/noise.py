@@ -437,13 +437,15 @@ def noise_scale_over_training(
         (the power of two nearest the chosen estimate) and ``recommended_range`` (powers of
         two spanning the precise estimates, or all when none is precise).
     """
-    from objectives.train import TrainSettings, place, train_model
+    from objectives.train import TrainSettings, place, train_model, training_loss
 
     if loss is None:
         loss = getattr(task, "loss", None)
+    collate = getattr(task, "collate", None)
     torch.manual_seed(seed)
     dev = torch.device(device)
     model = task.build_model().to(dev)
+    start_loss = training_loss(model, task.train, loss=loss, collate=collate)
     train = place(task.train, dev, split="train")
     if not isinstance(train, Tensors):
         raise ValueError("the noise scale needs a training set that fits in memory")
@@ -459,6 +461,9 @@ def noise_scale_over_training(
             train_model(model, train, train, settings, task=task)
         estimate = estimate_until_precise(draw, b_small, b_big, repeats, target_relative_se, share)
         per_epoch.append({"epoch": epoch, **estimate.to_dict()})
+    diverged = diverged_reason(
+        start_loss, training_loss(model, task.train, loss=loss, collate=collate)
+    )
     index, trusted, why = choose_estimate(per_epoch, target_relative_se)
     chosen = per_epoch[index]
     precise = [
@@ -490,4 +495,21 @@ def noise_scale_over_training(
             "optimizer": optimizer,
             "train_size": len(train),
         },
+        **({"diverged": diverged} if diverged else {}),
     }
+
+
+def diverged_reason(start_loss: float, end_loss: float) -> str | None:
+    """Why a model trained for the noise scale counts as diverged (its estimates are then
+    meaningless): its training loss is not finite, or ends far above where it started (more
+    than twice the start plus one); ``None`` when it trained.
+
+    Example:
+        >>> diverged_reason(2.3, 0.4) is None, diverged_reason(2.3, float("nan"))
+        (True, 'the training loss went from 2.3 to nan')
+    """
+    if math.isfinite(end_loss) and (
+        not math.isfinite(start_loss) or end_loss <= 2 * start_loss + 1
+    ):
+        return None
+    return f"the training loss went from {start_loss:.3g} to {end_loss:.3g}"

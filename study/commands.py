@@ -273,14 +273,6 @@ def plan(argv: list[str] | None = None, prog: str = "plan.py") -> int:
     return 0
 
 
-def worker(argv: list[str] | None = None) -> int:
-    """One worker process of a study (started by ``run`` with ``--workers``/``--gpus``)."""
-    from objectives.backend import TorchBackend
-    from study.orchestrate import worker_main
-
-    return worker_main(TorchBackend(), argv)
-
-
 def probe_parser(prog: str = "probe.py") -> argparse.ArgumentParser:
     """The flags of the hardware probe."""
     parser = OneLineParser(
@@ -600,19 +592,6 @@ def _check_noise_flags(args: argparse.Namespace, prog: str) -> None:
         _usage_error(prog, f"--max-seconds {args.max_seconds} must be 0 or more, e.g. 60")
 
 
-def _diverged(model_box: list, task, start_loss: list) -> str | None:
-    """Why the trained model counts as diverged (loss not finite or far above its start)."""
-    if not model_box or not start_loss:
-        return None
-    from objectives.backend import training_loss
-
-    end = training_loss(model_box[0], task.train, loss=task.loss, collate=task.collate)
-    start = start_loss[0]
-    if math.isfinite(end) and (not math.isfinite(start) or end <= 2 * start + 1):
-        return None
-    return f"the training loss went from {start:.3g} to {end:.3g}"
-
-
 @guarded
 def noise_scale(argv: list[str] | None = None, prog: str = "noise_scale.py") -> int:
     """Estimate B_simple during a short training run and print the batch sizes it suggests.
@@ -624,24 +603,11 @@ def noise_scale(argv: list[str] | None = None, prog: str = "noise_scale.py") -> 
     _check_noise_flags(args, prog)
     config = _task_config(args, prog)
     device = _device(config, prog)
-    from objectives.backend import TorchBackend, build_task, training_loss
+    from objectives.backend import TorchBackend, build_task
     from objectives.noise import noise_scale_over_training
 
-    model_box: list = []
-    start_loss: list[float] = []
     try:
         task = build_task(config)
-        build_model = task.build_model
-
-        def watched_build_model():  # keep the trained model, to check it did not diverge
-            model = build_model()
-            model_box.append(model)
-            start_loss.append(
-                training_loss(model, task.train, loss=task.loss, collate=task.collate)
-            )
-            return model
-
-        task.build_model = watched_build_model
         if 2 * args.b_small > len(task.train):
             _usage_error(
                 prog,
@@ -664,9 +630,8 @@ def noise_scale(argv: list[str] | None = None, prog: str = "noise_scale.py") -> 
         )
     except TorchBackend.user_errors + (ValueError,) as exc:
         fail(str(exc))
-    diverged = _diverged(model_box, task, start_loss)
+    diverged = result.get("diverged")
     if diverged:
-        result["diverged"] = diverged
         print(
             f"warning: the model diverged during training ({diverged}), so these estimates "
             "and the recommended batch size are meaningless: lower --lr (e.g. 1e-3)",
@@ -870,8 +835,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "worker":  # internal: started by `run` for --workers / --gpus
-        return worker(argv[1:])
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: batchsize-study COMMAND [FLAGS]\n\ncommands:")
         for name, (_, text) in COMMANDS.items():

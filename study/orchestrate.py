@@ -4,7 +4,8 @@ This module owns a run's path and imports no torch. What trains is handed in as 
 :class:`Backend` (the PyTorch one is :class:`objectives.backend.TorchBackend`): it builds the
 task, measures the memory cap and makes the Optuna objective. With ``workers > 1`` or
 ``gpus``, the study is created here first and then worker processes (``python -m
-study.commands worker``, see :func:`worker_main`) run its trials (see :mod:`study.workers`).
+study.worker_process``, handed the backend by its import name; see :func:`worker_main`) run its
+trials (see :mod:`study.workers`).
 
 Example (not run as a doctest: it needs a study, files or a server)::
 
@@ -194,7 +195,7 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
     done = finished_count(study)
     if done < config.trials and (config.workers > 1 or config.gpus):
         built.clear()  # the workers load the task themselves
-        _run_workers(config, study, lock, out)
+        _run_workers(config, study, lock, out, backend)
     elif done < config.trials:
         task = built[0] if built else resumed_task(config, backend, study)
 
@@ -381,11 +382,18 @@ def _decision_done(study: optuna.Study, config: StudyConfig) -> bool:
     return plan is not None and study_decision(study, plan).stage == "done"
 
 
-#: The command that starts one worker process (it reads its settings on stdin).
-WORKER_COMMAND = [sys.executable, "-m", "study.commands", "worker"]
+def worker_command(backend: Backend) -> list[str]:
+    """The command that starts one worker process: :mod:`study.worker_process`, handed the
+    backend's class by its import name (the worker builds its own, with no arguments, and
+    reads its settings on stdin)."""
+    kind = type(backend)
+    name = f"{kind.__module__}:{kind.__qualname__}"
+    return [sys.executable, "-m", "study.worker_process", "--backend", name]
 
 
-def _run_workers(config: StudyConfig, study: optuna.Study, lock, out: TextIO) -> None:
+def _run_workers(
+    config: StudyConfig, study: optuna.Study, lock, out: TextIO, backend: Backend
+) -> None:
     """Run the study's trials in worker processes; return when they are all done."""
     specs = plan_workers(
         config.workers, config.gpus, config.workers_per_gpu, config.devices_per_trial
@@ -403,7 +411,7 @@ def _run_workers(config: StudyConfig, study: optuna.Study, lock, out: TextIO) ->
         flush=True,
     )
     pool = WorkerPool(
-        WORKER_COMMAND,
+        worker_command(backend),
         specs,
         config_to_json(config),
         dict(os.environ),
@@ -440,7 +448,7 @@ def worker_main(backend: Backend, argv: list[str] | None = None) -> int:
     one line per trial. Exit codes: 0 done, 2 bad settings/storage/task or a full disk, 130
     interrupted (SIGINT or SIGTERM: the running trial is marked FAIL first).
     """
-    parser = argparse.ArgumentParser(prog="python -m study.commands worker")
+    parser = argparse.ArgumentParser(prog="python -m study.worker_process")
     parser.add_argument("--worker-index", type=int, required=True)
     args = parser.parse_args(argv)
     name = os.environ.get("BATCHSIZE_WORKER", f"w{args.worker_index}")

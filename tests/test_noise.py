@@ -253,3 +253,15 @@ def test_bad_precision_flags_are_one_line_errors():
     assert proc.returncode == 2 and "--relative-error" in proc.stderr
     proc = run_script("noise_scale.py", "--task", "digits", "--max-seconds", "-1")
     assert proc.returncode == 2 and "--max-seconds" in proc.stderr
+
+
+def test_a_model_that_diverges_is_named_in_the_result_and_warned_by_the_command():
+    args = ("noise_scale.py", "--task", "digits", "--hidden", "16", "--epochs", "1")
+    args += ("--repeats", "4", "--max-seconds", "5")
+    diverging = run_script(*args, "--lr", "1e6", "--json")
+    assert diverging.returncode == 0, diverging.stderr
+    assert "the training loss went from" in json.loads(diverging.stdout)["diverged"]
+    assert "the model diverged during training" in diverging.stderr
+    trained = run_script(*args, "--lr", "1e-3", "--json")
+    assert "diverged" not in json.loads(trained.stdout)
+    assert "diverged" not in trained.stderr

@@ -519,3 +519,22 @@ def test_a_checkpoint_is_only_resumed_by_its_own_run(tmp_path):
     assert store.load(3, "study/3/2025-06-01T00:00:00", "cpu") is None
     store.keep_only(set())
     assert store.load(3, "study/3/2025-01-01T00:00:00", "cpu") is None
+
+
+def test_a_worker_is_handed_the_backend_by_its_import_name_and_refuses_a_bad_one(capsys):
+    from objectives.backend import TorchBackend
+    from study.orchestrate import worker_command
+    from study.worker_process import backend_named, main
+
+    command = worker_command(TorchBackend())
+    assert command[1:] == [
+        "-m",
+        "study.worker_process",
+        "--backend",
+        "objectives.backend:TorchBackend",
+    ]
+    assert isinstance(backend_named(command[-1]), TorchBackend)
+    for bad in ("objectives.backend", "objectives.backend:NoSuchBackend", "no_such_module:X"):
+        assert main(["--backend", bad, "--worker-index", "0"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"worker: error: --backend {bad!r}")
