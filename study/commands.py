@@ -28,22 +28,17 @@ from typing import NoReturn
 
 from study import safety
 from study.cli import (
-    STORAGE_HELP,
-    OneLineParser,
-    add_task_arguments,
-    build_parser,
-    byte_size,
+    branch_parser,
+    dashboard_parser,
     fail,
+    noise_scale_parser,
     parse_config,
-    port_number,
-    seed_value,
+    plan_parser,
+    probe_parser,
+    report_parser,
 )
 from study.config import (
-    DEFAULT_STORAGE,
-    DEFAULT_STUDY_NAME,
     MAX_COUNT,
-    OPTIMIZERS,
-    PRECISIONS,
     ConfigError,
     StudyConfig,
     check_probe_settings,
@@ -238,18 +233,6 @@ def _disk_full_error(exc: BaseException, storage: str) -> DiskFullError:
     return disk_full(filename, "a file") if filename else storage_disk_full(storage)
 
 
-def plan_parser(prog: str = "plan.py") -> argparse.ArgumentParser:
-    """The flags of ``run``, and ``--json``."""
-    parser = build_parser(prog)
-    parser.description = (
-        "What a study with these flags will cost, before it runs: the probe's cap, each batch "
-        "size's throughput, the space, the expected trainings and time, and cheaper settings. "
-        "Trains nothing, creates no study and no file."
-    )
-    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
-    return parser
-
-
 @guarded
 def plan(argv: list[str] | None = None, prog: str = "plan.py") -> int:
     """Estimate a study's cost with the flags of ``run``: ``batchsize-study plan --epochs 20``."""
@@ -271,46 +254,6 @@ def plan(argv: list[str] | None = None, prog: str = "plan.py") -> int:
         fail(safety.scrub(str(exc), [config.storage or ""]))
     print(json.dumps(found.to_dict(), indent=2) if as_json else found.text())
     return 0
-
-
-def probe_parser(prog: str = "probe.py") -> argparse.ArgumentParser:
-    """The flags of the hardware probe."""
-    parser = OneLineParser(
-        prog=prog,
-        description="Find the largest batch size whose training step fits in memory, and the "
-        "throughput of every power of two up to it.",
-    )
-    add_task_arguments(parser, StudyConfig(model="mlp"))
-    parser.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    parser.add_argument(
-        "--precision",
-        default="fp32",
-        choices=PRECISIONS,
-        help="the trials' autocast (fp16 needs CUDA)",
-    )
-    parser.add_argument(
-        "--compile", action="store_true", help="probe through torch.compile, as trials would"
-    )
-    parser.add_argument(
-        "--memory-budget",
-        type=byte_size,
-        help="bytes one training step may use, e.g. 6GiB, 512MiB or 1048576 "
-        "(default: the device's free memory less --memory-margin)",
-    )
-    parser.add_argument(
-        "--memory-margin",
-        type=float,
-        default=None,
-        help="fraction of the free memory left unused when no --memory-budget is given "
-        "(default 0.1)",
-    )
-    parser.add_argument("--min-batch-size", type=int, default=1)
-    parser.add_argument("--max-batch-size", type=int, default=None)
-    parser.add_argument("--timed-steps", type=int, default=3, help="fewest timed steps per size")
-    parser.add_argument("--seed", type=seed_value, default=0)
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    return parser
 
 
 def _check_probe_flags(args: argparse.Namespace, prog: str) -> None:
@@ -366,38 +309,6 @@ def probe(argv: list[str] | None = None, prog: str = "probe.py") -> int:
         return EXIT_USAGE
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format_table())
     return 0
-
-
-def report_parser(prog: str = "report.py") -> argparse.ArgumentParser:
-    """The report's flags."""
-    parser = OneLineParser(
-        prog=prog,
-        description="Write the report of a batch-size study (HTML, text tables, or the "
-        "answer as JSON).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=STORAGE_HELP)
-    parser.add_argument("--study-name", default=DEFAULT_STUDY_NAME, help="study in the storage")
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="HTML file to write (default: storage/<study-name>-report.html); with "
-        "--format text or json, a file instead of the terminal",
-    )
-    parser.add_argument(
-        "--format",
-        choices=("html", "text", "json"),
-        default="html",
-        help="html: the report page; text: its tables; json: the study's recommendation "
-        "(computed now when the study stores none)",
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="replace an existing --out file this tool did not write (never the study's "
-        "own storage)",
-    )
-    return parser
 
 
 @guarded
@@ -458,27 +369,6 @@ def report(argv: list[str] | None = None, prog: str = "report.py") -> int:
     return 0
 
 
-def dashboard_parser(prog: str = "dashboard.py") -> argparse.ArgumentParser:
-    """The dashboard's flags."""
-    parser = OneLineParser(
-        prog=prog,
-        description="Serve optuna-dashboard on a batch-size study, with its report artifacts.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=STORAGE_HELP)
-    parser.add_argument(
-        "--artifact-dir",
-        default="storage/artifacts",
-        help="folder of the report artifacts ('none' = off, as in run_study.py)",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (this machine only)")
-    parser.add_argument(
-        "--port", type=port_number, default=8080, help="port (1-65535); 0 picks a free one"
-    )
-    parser.add_argument("--verbose", action="store_true", help="log every request on stderr")
-    return parser
-
-
 @guarded
 def dashboard(argv: list[str] | None = None, prog: str = "dashboard.py") -> int:
     """Serve optuna-dashboard on an existing study, bound to 127.0.0.1, with its artifacts."""
@@ -528,43 +418,6 @@ def dashboard(argv: list[str] | None = None, prog: str = "dashboard.py") -> int:
     finally:
         server.server_close()
     return 0
-
-
-def noise_scale_parser(prog: str = "noise_scale.py") -> argparse.ArgumentParser:
-    """The flags of the gradient-noise-scale estimate."""
-    p = OneLineParser(
-        prog=prog,
-        description="Estimate the gradient noise scale B_simple of a task, and the batch sizes "
-        "it recommends.",
-    )
-    add_task_arguments(p, StudyConfig(model="mlp"))
-    p.add_argument(
-        "--epochs", type=int, default=3, help="epochs of training after the first estimate"
-    )
-    p.add_argument("--batch-size", type=int, default=32, help="batch size of that training")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of that training")
-    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
-    p.add_argument("--b-small", type=int, default=8, help="small batch of the estimator")
-    p.add_argument("--b-big", type=int, default=128, help="big batch, a multiple of --b-small")
-    p.add_argument(
-        "--repeats", type=int, default=16, help="big batches per estimate before the first check"
-    )
-    p.add_argument(
-        "--relative-error",
-        type=float,
-        default=0.2,
-        help="add repeats until the standard error is at most this fraction of B_simple",
-    )
-    p.add_argument(
-        "--max-seconds",
-        type=float,
-        default=60.0,
-        help="time limit for the repeats of all estimates together (shared equally)",
-    )
-    p.add_argument("--seed", type=seed_value, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    return p
 
 
 def _check_noise_flags(args: argparse.Namespace, prog: str) -> None:
@@ -682,48 +535,6 @@ def noise_scale(argv: list[str] | None = None, prog: str = "noise_scale.py") -> 
         "it mostly wastes compute)"
     )
     return 0
-
-
-def branch_parser(prog: str = "branch.py") -> argparse.ArgumentParser:
-    """The flags of ``run`` (task, model, recipe, budget, --scaling, --tolerance, storage)
-    and the branch command's own."""
-    parser = build_parser(prog)
-    parser.description = (
-        "The critical batch by branching (Merrill et al. 2025): one reference run at a small "
-        "batch, short branches into every larger power of two at several points of it; prints "
-        "the critical batch at each point, a recommended constant batch and rule, and a "
-        "batch-size schedule. With --storage the answer is stored with the study."
-    )
-    g = parser.add_argument_group("branching")
-    g.add_argument(
-        "--reference-batch-size",
-        type=int,
-        default=None,
-        help="the reference run's batch, a power of two (default: the smallest of the space)",
-    )
-    g.add_argument("--branch-points", type=int, default=5, help="branch points along the run")
-    g.add_argument(
-        "--branch-window",
-        type=float,
-        default=0.02,
-        help="samples each branch trains, a fraction of the budget (at least 2 updates)",
-    )
-    g.add_argument(
-        "--branch-repeats",
-        type=int,
-        default=3,
-        help="data orders each comparison is repeated with (its standard error; at least 2)",
-    )
-    g.add_argument(
-        "--loss-tolerance",
-        type=float,
-        default=0.2,
-        help="how far above the reference's held-out loss (a fraction of it) a branch may be "
-        "and keep up",
-    )
-    g.add_argument("--output", default=None, help="write the answer to this JSON file")
-    g.add_argument("--force", action="store_true", help="replace --output if it is not ours")
-    return parser
 
 
 #: The branch command's own flags (the rest are a study's).
