@@ -1,12 +1,18 @@
 """Per-epoch checkpoints of a trial, so that a retried trial resumes where its worker died.
 
-After each epoch the objective writes ``<dir>/trial-<N>.pt``, where ``N`` is the number of the
+After an epoch the objective writes ``<dir>/trial-<N>.pt``, where ``N`` is the number of the
 trial's first attempt (Optuna's retries carry it as the system attribute ``failed_trial``):
 the model's and the optimizer's state, the epochs done, what they measured, and the
 micro-batch (an out-of-memory retry may have halved it). Files are replaced atomically, so a
-worker killed while writing leaves the previous epoch's checkpoint. A finished trial's file is
+worker killed while writing leaves the previous checkpoint. A finished trial's file is
 removed; a retried trial that finds one resumes after its last epoch and records
 ``resumed_from_epoch``.
+
+Writes are paced by their cost (:class:`SavePace`): after the first epoch, then after every
+epoch that ends at least :data:`SAVE_COST_RATIO` times the last write's seconds of training
+after the last write. Epochs of a second or more are each saved; a task whose epochs take
+milliseconds saves every few epochs, so that writing costs at most about 2% of training and a
+killed trial loses at most that much training or one epoch.
 
 The objective builds the trial's step (:func:`objectives.train.make_step`), loads a saved
 optimizer state into ``step.optimizer`` before training, hands the step to
@@ -97,6 +103,34 @@ def _state_bytes(state: object) -> int:
     if isinstance(state, list | tuple):
         return sum(_state_bytes(v) for v in state)
     return 0
+
+
+#: Training seconds between checkpoints, as a multiple of the last write's seconds.
+SAVE_COST_RATIO = 50
+
+
+class SavePace:
+    """When an attempt's next checkpoint is due: the first epoch, then once the training since
+    the last write reaches :data:`SAVE_COST_RATIO` times that write's seconds.
+
+    Example:
+        >>> pace = SavePace()
+        >>> pace.due(0.01), pace.saved(0.002), pace.due(0.05), pace.due(0.05)
+        (True, None, False, True)
+    """
+
+    def __init__(self) -> None:
+        self.trained_s = 0.0
+        self.write_s = 0.0
+
+    def due(self, epoch_train_s: float) -> bool:
+        """Whether to write after an epoch that trained ``epoch_train_s`` seconds."""
+        self.trained_s += epoch_train_s
+        return self.trained_s >= SAVE_COST_RATIO * self.write_s
+
+    def saved(self, write_s: float) -> None:
+        """A checkpoint was written in ``write_s`` seconds."""
+        self.trained_s, self.write_s = 0.0, write_s
 
 
 class CheckpointStore:

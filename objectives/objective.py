@@ -12,8 +12,9 @@ What a long study meets is handled inside the trial, never as a crash of the stu
   half the micro-batch and twice the accumulation (the same effective batch); a second
   failure prunes it;
 * a NaN/infinite loss: recorded as ``diverged`` and pruned;
-* a killed worker: with a :class:`~objectives.checkpoint.CheckpointStore`, each epoch is
-  checkpointed and the retried trial resumes after the last one (``resumed_from_epoch``).
+* a killed worker: with a :class:`~objectives.checkpoint.CheckpointStore`, epochs are
+  checkpointed (paced by the writes' cost) and the retried trial resumes after the last one
+  (``resumed_from_epoch``).
 
 Example (not run as a doctest: it needs a study, files or a server)::
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,6 +36,7 @@ import torch
 from objectives.checkpoint import (
     Checkpoint,
     CheckpointStore,
+    SavePace,
     first_attempt,
     run_id,
 )
@@ -62,6 +63,7 @@ from objectives.train import (
     train_model,
     training_loss,
 )
+from study.attrs import report_values
 from study.batch_schedule import is_schedule_label, parse_schedule
 from study.collapse import chance_accuracy, collapse_reason
 from study.config import StudyConfig
@@ -363,12 +365,13 @@ class BatchSizeObjective:
         start, saved = attempt.start_epoch, attempt.saved
         settings = self._settings(attempt, batch_size, lr, seed, epoch_plan)
         model, first_loss = self._restore(saved, seed)
+        checks: EpochChecks | None = None
         try:
             with torch_flags(self.device), trial_group(self.config, str(self.device)) as group:
                 step = make_step(model, settings, self.task)
                 if saved is not None and saved.optimizer_state is not None:
                     step.optimizer.load_state_dict(saved.optimizer_state)
-                on_epoch = EpochChecks(
+                on_epoch = checks = EpochChecks(
                     self, trial, attempt, batch_size, model, step, first_loss, key, run
                 )
                 if group is not None:  # several devices: every rank restores, trains a share
@@ -407,6 +410,8 @@ class BatchSizeObjective:
             if not is_out_of_memory(error):
                 raise
             attempt.outcome, attempt.detail = "oom", oom_summary(error)
+        if checks is not None:  # the epochs it trained, whatever ended it
+            checks.flush()
 
     def _settings(
         self,
@@ -470,7 +475,12 @@ class EpochChecks:
     checkpoint it, print progress, stop a collapsed run as diverged, and prune.
 
     Called by :func:`objectives.train.train_model` with each :class:`EpochResult`; it raises
-    :class:`Collapsed` or ``optuna.TrialPruned`` to stop the attempt.
+    :class:`Collapsed` or ``optuna.TrialPruned`` to stop the attempt. A trial the pruner may
+    stop reports every epoch before the pruner is asked. Storage writes of the others (a
+    confirmation run, ``--pruner none``) are paced with the checkpoints (:class:`SavePace`):
+    the epochs since the last write are reported in one transaction together with the
+    checkpoint, and at the last epoch, so that what is stored and what a retry resumes from
+    always match; :meth:`flush` reports what is left when the attempt ends early.
     """
 
     def __init__(
@@ -491,27 +501,36 @@ class EpochChecks:
         config = objective.config
         self.periods = len(objective._plan(batch_size))
         self.multi = config.multi_objective
-        self.prunable = not self.multi and trial.user_attrs.get("phase") != CONFIRM
+        self.prunable = (
+            not self.multi and config.pruner != "none" and trial.user_attrs.get("phase") != CONFIRM
+        )
         self.unit = "epoch" if config.budget == "epochs" else "evaluation"
         log = objective.log
         self.progress = ProgressLog(log, objective.log_interval_s) if log else None
+        self.pace = SavePace()
+        self.pending: dict[int, float] = {}  # epochs not yet reported: epoch -> value
 
     def __call__(self, epoch: EpochResult) -> None:  # epochs are numbered from start + 1
         raise_if_interrupted()  # a worker's interrupt that a finalizer swallowed
         objective, trial, result = self.objective, self.trial, self.attempt.result
         if not self.multi:  # Optuna reports and prunes single-objective trials only
-            with warnings.catch_warnings():  # a retry re-reporting keeps the first value
-                warnings.filterwarnings("ignore", message="The reported value is ignored")
-                trial.report(epoch.val_metric, epoch.epoch)
-        if objective.checkpoints is not None and epoch.epoch < self.periods:
-            objective.checkpoints.save(
-                self.key,
-                self.run,
-                self.model,
-                self.step.optimizer,
-                result,
-                self.attempt.micro_batch_size,
-            )
+            self.pending[epoch.epoch] = epoch.val_metric
+        last = epoch.epoch >= self.periods  # a finished trial needs no checkpoint
+        due = self.pace.due(epoch.train_time_s)
+        started = time.perf_counter()
+        if due or last or self.prunable:
+            self.flush()
+        if due and not last:
+            if objective.checkpoints is not None:
+                objective.checkpoints.save(
+                    self.key,
+                    self.run,
+                    self.model,
+                    self.step.optimizer,
+                    result,
+                    self.attempt.micro_batch_size,
+                )
+            self.pace.saved(time.perf_counter() - started)
         if self.progress is not None:
             self.progress(
                 f"trial {trial.number}: {self.unit} {epoch.epoch}/{self.periods}, batch "
@@ -534,6 +553,13 @@ class EpochChecks:
             raise Collapsed(reason)
         if self.prunable and trial.should_prune():
             raise optuna.TrialPruned(f"pruned after evaluation {epoch.epoch}")
+
+    def flush(self) -> None:
+        """Report the epochs not yet reported, in one transaction where the storage allows (a
+        step already reported, as by a retry's earlier attempt, keeps its first value)."""
+        if self.pending:
+            report_values(self.trial, self.pending)
+            self.pending = {}
 
 
 def _write(

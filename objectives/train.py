@@ -499,7 +499,8 @@ def update_groups(
         usable = len(data) - len(data) % batch_size
         order = torch.randperm(len(data), generator=generator)[:usable].to(device)
         for group in order.split(batch_size):
-            group = group.tensor_split(share[1])[share[0]]
+            if share[1] > 1:  # this rank's contiguous part of the group
+                group = group.tensor_split(share[1])[share[0]]
             yield ((data.x[i], data.y[i]) for i in group.split(micro_batch_size)), len(group)
         return
     if loader is None:

@@ -1,4 +1,5 @@
-"""Store a trial's record, many user attributes, in one database transaction.
+"""Store a trial's record (many user attributes), or several of its intermediate values, in
+one database transaction.
 
 ``optuna.Trial.set_user_attr`` commits each attribute on its own: a trial's ~16-attribute
 record costs ~16 transactions, each an fsync on SQLite (~4 ms) and a round trip on a shared
@@ -25,7 +26,15 @@ from typing import Any
 
 import optuna
 
-from study.compat import cache_user_attrs, rdb_backend, set_user_attrs_in_one_commit, trial_id_of
+from study.compat import (
+    cache_intermediate_values,
+    cache_user_attrs,
+    rdb_backend,
+    reported_values,
+    set_intermediate_values_in_one_commit,
+    set_user_attrs_in_one_commit,
+    trial_id_of,
+)
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
@@ -38,3 +47,26 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
         return
     set_user_attrs_in_one_commit(rdb, trial_id_of(trial), attrs)  # all or nothing
     cache_user_attrs(trial, attrs)  # as Trial.set_user_attr keeps it
+
+
+def report_values(trial: optuna.Trial, values: dict[int, float]) -> None:
+    """Report ``values`` (step -> value) of the running ``trial`` as ``Trial.report`` would,
+    in one commit where the storage is relational; a step already reported keeps its first
+    value (as ``Trial.report`` does).
+
+    Example:
+        >>> study = optuna.create_study(storage="sqlite:///:memory:")
+        >>> trial = study.ask()
+        >>> report_values(trial, {1: 0.5, 2: 0.75})
+        >>> study.trials[0].intermediate_values
+        {1: 0.5, 2: 0.75}
+    """
+    known = reported_values(trial)
+    values = {int(k): float(v) for k, v in values.items() if int(k) not in known}
+    rdb = rdb_backend(trial.storage)
+    if rdb is None or not values:
+        for step, value in values.items():
+            trial.report(value, step)
+        return
+    set_intermediate_values_in_one_commit(rdb, trial_id_of(trial), values)
+    cache_intermediate_values(trial, values)

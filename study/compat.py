@@ -140,6 +140,28 @@ def set_user_attrs_in_one_commit(rdb: RDBStorage, trial_id: int, attrs: dict[str
             )
 
 
+def set_intermediate_values_in_one_commit(
+    rdb: RDBStorage, trial_id: int, values: dict[int, float]
+) -> None:
+    """Write ``values`` (step -> value) as trial ``trial_id``'s intermediate values in one
+    session and one commit, through the per-value upsert ``Trial.report`` reaches."""
+    with _create_scoped_session(rdb.scoped_session, True) as session:
+        for step, value in values.items():
+            rdb._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
+
+
+def reported_values(trial: optuna.Trial) -> dict[int, float]:
+    """The running ``trial``'s intermediate values as it knows them (``Trial.report`` checks
+    a step against these)."""
+    return trial._cached_frozen_trial.intermediate_values
+
+
+def cache_intermediate_values(trial: optuna.Trial, values: dict[int, float]) -> None:
+    """Keep the running ``trial``'s own view of its intermediate values current after a write
+    that bypassed ``Trial.report`` (Optuna's ``_cached_frozen_trial``)."""
+    trial._cached_frozen_trial.intermediate_values.update(values)
+
+
 def cache_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """Keep the running ``trial``'s own view of its user attributes current after a write
     that bypassed ``Trial.set_user_attr`` (Optuna's ``_cached_frozen_trial``)."""
@@ -170,6 +192,30 @@ def save_study_note(study: optuna.Study, body: str) -> None:
         storage.set_study_system_attr(study_id, f"{NOTE_CHUNK_PREFIX}{i}", chunk)
     for i in range(len(chunks), len(old_chunks)):  # a shorter note clears the old tail
         storage.set_study_system_attr(study_id, f"{NOTE_CHUNK_PREFIX}{i}", "")
+
+
+#: optuna-dashboard keeps a figure of a study's page in study system attributes: its Plotly
+#: JSON in chunks under ``dashboard:plot_data:<id>:<i>``.
+FIGURE_CHUNK_PREFIX = "dashboard:plot_data:"
+
+
+def save_dashboard_figure(study: optuna.Study, figure_json: str, graph_id: str) -> str:
+    """Save a Plotly figure (its JSON) on the study's dashboard page under ``graph_id``, as
+    ``optuna_dashboard.save_plotly_graph_object`` would: saving the same id again replaces it.
+
+    Written here for the reason :func:`save_study_note` is (optuna-dashboard's import costs
+    about 0.8 s); the test checks that optuna-dashboard reads the figure back.
+    """
+    storage, study_id = storage_of(study), study_id_of(study)
+    prefix = f"{FIGURE_CHUNK_PREFIX}{graph_id}:"
+    step = NOTE_CHUNK_CHARS  # the same chunk size as the note's
+    chunks = [figure_json[i : i + step] for i in range(0, len(figure_json), step)]
+    for i, chunk in enumerate(chunks):
+        storage.set_study_system_attr(study_id, f"{prefix}{i}", chunk)
+    old = [k for k in storage.get_study_system_attrs(study_id) if k.startswith(prefix)]
+    for i in range(len(chunks), len(old)):  # a shorter figure clears the old tail
+        storage.set_study_system_attr(study_id, f"{prefix}{i}", "")
+    return graph_id
 
 
 # -------------------------------------------------------------------- Optuna: study artifacts

@@ -18,8 +18,8 @@ throughput, timed side by side) and the settings of the run:
   ``benchmarks/bench_overhead.py``). Pruned trials end early: the estimate counts every
   trial in full, an upper side.
 * **Once per run**: the first trial's one-time cost (lazy imports of its first optimizer
-  step and evaluation, :data:`FIRST_TRIAL_S`), and start-up, the probe, the answer's timing
-  and the report (:data:`FIXED_S`).
+  step and evaluation, :data:`FIRST_TRIAL_S`), start-up, the answer's timing and the report
+  (:data:`FIXED_S`), and the probe (its seconds measured, :attr:`Workload.probe_s`).
 
 Example:
     >>> work = Workload(train_size=1000, val_size=200, test_size=200, epochs=10)
@@ -51,18 +51,21 @@ COLLAPSE_CHECK_ITEMS = 1024
 #: more than the same batch size's later trials; torch imports ``torch._dynamo`` on the first
 #: optimizer step, about 0.9 s of it).
 FIRST_TRIAL_S = 1.5
-#: Seconds a run spends outside its trials: start-up, the probe, the answer's timing, report.
-FIXED_S = 8.0
+#: Seconds a run spends outside its trials and its probe: start-up, the answer's timing, the
+#: note and the report (measured on digits on this project's 2-core CPU: 2.4-2.5 s).
+FIXED_S = 2.5
 
 
 @dataclass(frozen=True)
 class Workload:
-    """What every trial trains and evaluates.
+    """What every trial trains and evaluates, and what the run does once beside them.
 
     Args:
         train_size, val_size, test_size: The splits' samples.
         epochs: Passes over the training set per trial (``--budget epochs``).
         steps: Optimizer updates per trial (``--budget steps``); ``None`` for epochs.
+        probe_s: Seconds of the run's memory probe (0 when ``--max-batch-size`` sets the
+            cap): measured by ``plan``, which probes as the run will.
     """
 
     train_size: int
@@ -70,6 +73,7 @@ class Workload:
     test_size: int
     epochs: int = 20
     steps: int | None = None
+    probe_s: float = 0.0
 
     def updates(self, batch_size: int) -> int:
         """Optimizer updates of one trial at ``batch_size``."""
@@ -158,7 +162,7 @@ def estimate(
     explore_s = sum(per_batch.values()) * rules * explore / cells
     trainings = expected_trainings(trials, cells, confirm_runs)
     typical = statistics.median(per_batch.values())
-    once = FIXED_S + FIRST_TRIAL_S
+    once = FIXED_S + FIRST_TRIAL_S + work.probe_s
     seconds = once + explore_s + (trainings - explore) * typical
     cap_seconds = once + explore_s + (trials - explore) * typical
     refs = references(trials, cells, confirm_runs)

@@ -16,6 +16,7 @@ Example (not run as a doctest: it probes and times the hardware)::
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,7 @@ class Plan:
             "trial_seconds": {str(b): s for b, s in self.trial_seconds().items()},
             "first_trial_extra_s": FIRST_TRIAL_S,
             "fixed_s": FIXED_S,
+            "probe_s": self.work.probe_s,
             "estimate": dataclasses.asdict(self.cost),
             "cheaper": [
                 {"flags": c.flags, "why": c.why, **dataclasses.asdict(c.cost)} for c in self.cheaper
@@ -128,7 +130,9 @@ def make_plan(config: StudyConfig, backend: Backend) -> Plan:
     """
     device = backend.device(config)
     task = backend.build_task(config)
+    started = time.perf_counter()
     space, extra = plan_space(config, task, device, backend)
+    probe_s = time.perf_counter() - started if extra.get("probe") else 0.0
     timing = backend.measure_speed(config, task, device, space, list(space.batch_sizes))
     units = float(timing.get("units_per_sample") or 1.0)
     per_batch = timing.get("per_batch") or {}
@@ -139,6 +143,7 @@ def make_plan(config: StudyConfig, backend: Backend) -> Plan:
         len(task.test),
         epochs=config.epochs,
         steps=config.steps if config.budget == "steps" else None,
+        probe_s=probe_s,
     )
     probe = extra.get("probe")
     found = Plan(

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from study import collector
 from study.budget import FINISHED, claim_trial
 from study.compat import (
     heartbeat_enabled,
@@ -261,6 +262,7 @@ def run_trials(
     as is. With a plan the study may end before ``total``: once the answer is decided.
     """
     plan = Plan.of_study(study, total) if confirm is True else confirm or None
+    collector.resume()  # start-up is over (when a command paused the collector for it)
     lock = lock or NoLock()
     worker = worker or worker_name()
     states: list[TrialState] = []

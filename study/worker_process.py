@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 
+from study import collector
 from study.orchestrate import Backend, worker_main
 from study.workers import EXIT_USAGE
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.worker_process")
     parser.add_argument("--backend", required=True, help="MODULE:CLASS of the backend")
     args, rest = parser.parse_known_args(argv)
+    collector.pause()  # resumed by run_trials, before the first trial
     try:
         backend = backend_named(args.backend)
     except ValueError as exc:

@@ -141,3 +141,26 @@ def test_a_study_note_saved_here_is_the_note_optuna_dashboard_reads(study):
     assert get_note(study) == "from the dashboard"
     compat.save_study_note(study, "again")
     assert get_note(study) == "again"
+
+
+def test_a_dashboard_figure_saved_here_is_the_figure_optuna_dashboard_reads(study):
+    import json
+
+    import plotly.graph_objects as go
+    from optuna_dashboard import save_plotly_graph_object
+    from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
+    def read(graph_id: str) -> dict:
+        attrs = study._storage.get_study_system_attrs(study._study_id)
+        return json.loads(get_plotly_graph_objects(attrs)[graph_id])
+
+    big = go.Figure(go.Scatter(x=list(range(600)), y=list(range(600))))  # several chunks
+    assert compat.save_dashboard_figure(study, big.to_json(), "report-a") == "report-a"
+    assert read("report-a")["data"][0]["x"] == list(range(600))
+    small = go.Figure(go.Bar(x=[1], y=[2]))
+    compat.save_dashboard_figure(study, small.to_json(), "report-a")  # replaces, shorter
+    assert read("report-a")["data"][0]["type"] == "bar"
+    save_plotly_graph_object(study, big, graph_object_id="report-a")  # the dashboard's writer
+    assert read("report-a")["data"][0]["type"] == "scatter"
+    compat.save_dashboard_figure(study, small.to_json(), "report-a")
+    assert read("report-a")["data"][0]["type"] == "bar"

@@ -167,7 +167,7 @@ def test_workers_share_one_study_and_record_worker_and_device(tmp_path):
 def test_a_killed_worker_s_trial_is_failed_in_the_grace_period_and_resumed(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     proc = _start(url, 3, *LONG, *BEAT, "--workers", "2")
-    victim = _wait_for(url, proc, _mid_trial(min_epochs=2))
+    victim = _wait_for(url, proc, _mid_trial(min_epochs=1))
     os.kill(_pid(victim), signal.SIGKILL)
     killed_at = time.time()
     failed_at = _wait_for(

@@ -29,9 +29,8 @@ import optuna
 import plotly.graph_objects as go
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage
-from optuna_dashboard import save_plotly_graph_object, wsgi
 
-from study.compat import put_study_artifact, study_id_of
+from study.compat import put_study_artifact, save_dashboard_figure, study_id_of
 from study.report.html import Report, build_report, file_stem, render_html_report
 
 DEFAULT_ARTIFACT_DIR = "storage/artifacts"
@@ -61,7 +60,7 @@ def save_dashboard_figures(study: optuna.Study, report: Report | None = None) ->
         figure = go.Figure(fig.figure)  # a copy: the report's own figure stays as it is
         figure.layout.template = None  # the template alone is ~10 kB per figure
         figure.update_layout(height=None)
-        ids.append(save_plotly_graph_object(study, figure, graph_object_id=f"report-{fig.key}"))
+        ids.append(save_dashboard_figure(study, figure.to_json(), f"report-{fig.key}"))
     return ids
 
 
@@ -140,6 +139,8 @@ def make_dashboard_server(
     Raises:
         OSError: the port is taken or the address cannot be bound.
     """
+    from optuna_dashboard import wsgi  # its web app: imported only to serve
+
     store = None
     if artifact_dir is not None:
         Path(artifact_dir).mkdir(parents=True, exist_ok=True)
