@@ -47,10 +47,10 @@ import optuna
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from batchsize_study.api import run_study
 from objectives.backend import build_task
 from objectives.batch import call_model
 from objectives.train import make_optimizer
-from study.api import run_study
 from study.config import PRUNERS, PYTHON_TASK_PREFIX, StudyConfig
 from study.record import read_record, study_metric
 from study.scaling import scaled_lr

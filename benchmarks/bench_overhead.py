@@ -23,7 +23,17 @@ storage, sampling, pruning, checkpoints, the note and report written at the end,
 Last, the start-up of a one-trial, one-epoch study is measured against ``import torch`` on
 its own line (``--startup-only`` runs just that part).
 
+``--outside`` measures the case a user meets first: a task written in a file outside the
+repository (``path/to/file.py:make``, an MLP classifier on 6,400 samples), 8 trials x 10
+epochs at batch 64, pruning off. It prints, each on its own line, the study against the bare
+loop with start-up included (whole processes, the study with and without its report), and the
+per-epoch cost beside training: the study's and the bare loop's CPU for ``3 x --epochs``
+less their CPU for ``--epochs``, so that start-up and per-trial costs cancel and what is left
+is what each epoch costs (checkpoint, storage writes, pruning, heartbeat) beside the same
+training and evaluation.
+
     python benchmarks/bench_overhead.py [--epochs 5] [--repeats 3] [--threads 1]
+    python benchmarks/bench_overhead.py --outside [--epochs 10] [--repeats 5]
     python benchmarks/bench_overhead.py --startup-only --repeats 5
 """
 
@@ -56,6 +66,34 @@ def _load(args: argparse.Namespace):
     return load_task(args.task, model=args.model, seed=args.seed, data_dir=args.data_dir)
 
 
+#: The ``--outside`` task: what a user writes in a file of their own (README, "Your own task").
+OUTSIDE_TASK = '''"""A classification task in a user's own file, outside the repository."""
+import torch
+from torch.utils.data import TensorDataset
+
+from objectives import Task
+
+
+def make() -> Task:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8400, 32, generator=g)
+    y = (x @ torch.randn(32, 10, generator=g) + 0.5 * torch.randn(8400, 10, generator=g)).argmax(1)
+
+    def build() -> torch.nn.Module:
+        return torch.nn.Sequential(
+            torch.nn.Linear(32, 256), torch.nn.ReLU(),
+            torch.nn.Linear(256, 256), torch.nn.ReLU(),
+            torch.nn.Linear(256, 10),
+        )
+
+    split = lambda a, b: TensorDataset(x[a:b], y[a:b])  # noqa: E731
+    return Task("outside", build, split(0, 6400), split(6400, 7400), split(7400, 8400))
+'''
+
+OUTSIDE_TRIALS = 8
+OUTSIDE_BATCH = 64
+
+
 def bare_loop(task, plan: list[dict], epochs: int) -> list[float]:
     """The careful hand-written loop; returns each trial's final validation accuracy."""
     import torch
@@ -84,6 +122,8 @@ def bare_loop(task, plan: list[dict], epochs: int) -> list[float]:
         for _epoch in range(epochs):
             loss_sum = torch.zeros(())
             for group in torch.randperm(len(y), generator=generator).split(t["batch_size"]):
+                if len(group) < t["batch_size"]:
+                    break  # the study's every update has the whole batch: the tail sits out
                 optimizer.zero_grad(set_to_none=True)
                 for i in group.split(t["micro_batch_size"]):
                     loss = F.cross_entropy(model(x[i]), y[i], reduction="sum")
@@ -188,7 +228,7 @@ def instrumented_study(study_argv: list[str]) -> dict:
     import objectives.backend as backend_module
     import objectives.objective as objective_module
     import study.orchestrate as orchestrate_module
-    from study import commands
+    from batchsize_study import commands
 
     clock = _Clock()
     objective_module.train_model = clock.wrap("training", objective_module.train_model)
@@ -335,6 +375,96 @@ def startup(args: argparse.Namespace, env: dict, tmp: Path) -> None:
         print(f"  start-up vs {labels[key]!r} + 1.5 s = {budget:.2f} s: {verdict}")
 
 
+def outside(args: argparse.Namespace, env: dict, tmp: Path) -> None:
+    """The ``--outside`` measurement: a user's task file, 8 trials x 10 epochs at batch 64.
+
+    Each round runs, back to back: the study with its report, the study without it
+    (``--artifact-dir none``), the bare loop over the same trials, then the study without its
+    report and the bare loop at twice the epochs. Ratios are paired within a round; medians and
+    ranges over ``--repeats`` rounds.
+    """
+    task_file = tmp / "outside_task.py"
+    task_file.write_text(OUTSIDE_TASK)
+    task = f"{task_file}:make"
+    script = str(ROOT / "scripts" / "run_study.py")
+    me = [str(Path(__file__).resolve()), "--task", task, "--seed", str(args.seed),
+          "--threads", str(args.threads)]  # fmt: skip
+
+    def study(name: str, epochs: int, report: bool) -> tuple[float, list[dict]]:
+        storage = f"sqlite:///{tmp / (name + '.db')}"
+        flags = ["--task", task, "--epochs", str(epochs), "--seed", str(args.seed),
+                 "--trials", str(OUTSIDE_TRIALS), "--confirm-runs", str(OUTSIDE_TRIALS - 1),
+                 "--min-batch-size", str(OUTSIDE_BATCH), "--max-batch-size", str(OUTSIDE_BATCH),
+                 "--scaling", "none", "--pruner", "none", "--device", "cpu",
+                 "--study-name", STUDY_NAME, "--storage", storage,
+                 "--checkpoint-dir", str(tmp / (name + "-checkpoints")),
+                 "--artifact-dir", str(tmp / f"{name}-art") if report else "none"]  # fmt: skip
+        _, cpu, _ = timed_run([script, *flags], env)
+        plan = read_plan(storage)
+        if len(plan) != OUTSIDE_TRIALS:
+            raise SystemExit(f"the study ran {len(plan)} trials, not {OUTSIDE_TRIALS}")
+        return cpu, plan
+
+    def bare(name: str, epochs: int, plan: list[dict]) -> float:
+        plan_file = tmp / f"{name}.json"
+        plan_file.write_text(json.dumps(plan))
+        argv = [*me, "--epochs", str(epochs), "--loop", "bare", "--plan", str(plan_file)]
+        _, cpu, out = timed_run(argv, env)
+        if json.loads(out) != [t["val_accuracy"] for t in plan]:
+            raise SystemExit(
+                f"the bare loop did not reproduce the study's accuracies: {out.strip()} against "
+                f"{[t['val_accuracy'] for t in plan]}"
+            )
+        return cpu
+
+    e = args.epochs
+    print(f"a task outside the repository ({task_file.name}:make), {OUTSIDE_TRIALS} trials x "
+          f"{e} epochs at batch {OUTSIDE_BATCH}, pruning off, CPU, {args.threads} thread(s); "
+          f"CPU seconds (user + system) of whole processes, {args.repeats} rounds")  # fmt: skip
+    rows: dict[str, list[float]] = {k: [] for k in ("with", "without", "bare", "study2", "bare2")}
+    for r in range(args.repeats):
+        cpu_with, plan = study(f"with{r}", e, report=True)
+        cpu_without, _ = study(f"without{r}", e, report=False)
+        cpu_bare = bare(f"bare{r}", e, plan)
+        cpu_study2, plan2 = study(f"longer{r}", 3 * e, report=False)
+        cpu_bare2 = bare(f"bare-longer{r}", 3 * e, plan2)
+        for key, value in zip(rows, (cpu_with, cpu_without, cpu_bare, cpu_study2, cpu_bare2),
+                              strict=True):  # fmt: skip
+            rows[key].append(value)
+        print(f"  round {r + 1}: study {cpu_with:.2f} s (without report {cpu_without:.2f} s), "
+              f"bare {cpu_bare:.2f} s; at {3 * e} epochs study {cpu_study2:.2f} s, "
+              f"bare {cpu_bare2:.2f} s")  # fmt: skip
+
+    def line(label: str, values: list[float], goal: str, percent: bool = False) -> None:
+        middle = statistics.median(values)
+        fmt = (lambda v: f"{100 * v:+.1f}%") if percent else (lambda v: f"{v:.3f}x")
+        print(f"{label:<58} {fmt(middle):>8}  [{fmt(min(values))} to {fmt(max(values))}]  "
+              f"goal {goal}")  # fmt: skip
+
+    print(f"\nmedian [range] over {args.repeats} rounds, each ratio paired within its round:")
+    line(
+        "study / bare loop, start-up included, with the report",
+        [w / b for w, b in zip(rows["with"], rows["bare"], strict=True)],
+        "<= 1.15x",
+    )
+    line(
+        "study / bare loop, start-up included, without the report",
+        [w / b for w, b in zip(rows["without"], rows["bare"], strict=True)],
+        "<= 1.15x",
+    )
+    per_epoch = [
+        (s2 - s1) / (b2 - b1) - 1
+        for s1, b1, s2, b2 in zip(rows["without"], rows["bare"], rows["study2"], rows["bare2"],
+                                  strict=True)
+    ]  # fmt: skip
+    line(
+        f"per-epoch cost beside training ({e} more epochs a trial)",
+        per_epoch,
+        "<= +5%",
+        percent=True,
+    )
+
+
 def _grid_size(min_batch: int, max_batch: int, train_size: int) -> int:
     sizes, b = 0, min_batch
     while b <= min(max_batch, 1 << (train_size.bit_length() - 1)):
@@ -355,6 +485,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every run")
     parser.add_argument(
         "--startup-only", action="store_true", help="measure only the start-up of a short study"
+    )
+    parser.add_argument(
+        "--outside",
+        action="store_true",
+        help="a task file outside the repository, 8 trials at batch 64 (set --epochs 10)",
     )
     parser.add_argument("--loop", choices=["bare", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
@@ -382,6 +517,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     if args.startup_only:
         startup(args, env, tmp)
+        return
+    if args.outside:
+        outside(args, env, tmp)
         return
     train_size = _load(args).info["train_size"]
     trials = _grid_size(args.min_batch_size, args.max_batch_size, train_size)

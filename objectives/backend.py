@@ -106,7 +106,7 @@ class TorchBackend:
     )
 
     def __init__(self, task: Task | None = None) -> None:
-        """``task``: a task given as an object (``study.api.run_study(task=...)``), used
+        """``task``: a task given as an object (``batchsize_study.api.run_study(task=...)``), used
         instead of building the one the config names."""
         self._task = task
 

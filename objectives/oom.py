@@ -4,7 +4,7 @@ A trial that runs out of memory is not a crash of the study: the objective catch
 frees what the attempt held, records it, and retries once with half the micro-batch and twice
 the accumulation (the same effective batch); a second failure prunes the trial. Out of memory
 outside a trial's training (building the task, holding its data) ends the command with one
-line and exit code 2 (:func:`study.commands.guarded`), never as an internal error.
+line and exit code 2 (:func:`batchsize_study.commands.guarded`), never as an internal error.
 
 Example:
     >>> try:

@@ -5,7 +5,7 @@ The same as ``batchsize-study branch``; the flags are in ``--help`` and docs/bra
 
 import sys
 
-from study.commands import branch
+from batchsize_study.commands import branch
 
 if __name__ == "__main__":
     sys.exit(branch())

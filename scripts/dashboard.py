@@ -5,7 +5,7 @@ The same as ``batchsize-study dashboard``; the flags are in ``--help`` and the R
 
 import sys
 
-from study.commands import dashboard
+from batchsize_study.commands import dashboard
 
 if __name__ == "__main__":
     sys.exit(dashboard())

@@ -5,7 +5,7 @@ The same as ``batchsize-study noise-scale``; the flags are in ``--help`` and the
 
 import sys
 
-from study.commands import noise_scale
+from batchsize_study.commands import noise_scale
 
 if __name__ == "__main__":
     sys.exit(noise_scale())

@@ -5,7 +5,7 @@ The same as ``batchsize-study plan``; it takes the flags of ``run_study.py`` (an
 
 import sys
 
-from study.commands import plan
+from batchsize_study.commands import plan
 
 if __name__ == "__main__":
     sys.exit(plan())

@@ -5,7 +5,7 @@ The same as ``batchsize-study probe``; the flags are in ``--help`` and the READM
 
 import sys
 
-from study.commands import probe
+from batchsize_study.commands import probe
 
 if __name__ == "__main__":
     sys.exit(probe())

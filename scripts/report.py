@@ -5,7 +5,7 @@ The same as ``batchsize-study report``; the flags are in ``--help`` and the READ
 
 import sys
 
-from study.commands import report
+from batchsize_study.commands import report
 
 if __name__ == "__main__":
     sys.exit(report())

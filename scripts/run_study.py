@@ -5,7 +5,7 @@ The same as ``batchsize-study run``; the flags are in ``--help`` and the README.
 
 import sys
 
-from study.commands import run
+from batchsize_study.commands import run
 
 if __name__ == "__main__":
     sys.exit(run())

@@ -1,6 +1,6 @@
 """The flags of every command: ``run``'s (``scripts/run_study.py``), parsed into a validated
 :class:`StudyConfig`, and those of ``plan``, ``probe``, ``report``, ``dashboard``,
-``noise-scale`` and ``branch``, whose bodies are in :mod:`study.commands`.
+``noise-scale`` and ``branch``, whose bodies are in :mod:`batchsize_study.commands`.
 
 Every mistake ends in one line on stderr naming the flag and the fix, and exit code 2.
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from batchsize_study.api import StudyResult, run_study
 from objectives import MSE, Task
 from objectives.metrics import mse
-from study.api import StudyResult, run_study
 from study.config import ConfigError, StudyConfig
 from study.record import study_metric
 
@@ -78,7 +78,7 @@ def test_the_same_call_resumes_the_study_and_the_command_line_cannot(tmp_path):
     assert 4 <= len(again.study.trials) <= 6  # resumed: the leader confirmed, maybe more
     assert again.recommendation["most_accurate"] is not None
     proc = subprocess.run(
-        [sys.executable, "-m", "study.commands", "run", "--task", "python:line"]
+        [sys.executable, "-m", "batchsize_study.commands", "run", "--task", "python:line"]
         + ["--trials", "7", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--device", "cpu"]
         + ["--epochs", "2", "--min-batch-size", "16", "--max-batch-size", "32"]
         + ["--scaling", "none", "--base-lr", "0.05", "--confirm-runs", "2"],

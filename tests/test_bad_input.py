@@ -6,9 +6,9 @@ real subprocess. Every case runs in an empty temporary folder (its working direc
 checks the contract: the exit code; stderr is one short line with the message and no
 traceback; no password of any URL appears in stdout or stderr; every file there is unchanged
 (sha256 before and after) and nothing was created (no schema-only SQLite file, no empty
-journal, no lock file, no folder). Most cases run in-process (``study.commands.run(argv)``),
-which checks the same code as the script and is ~50x faster; every entry point keeps real
-subprocess samples (``proc=True``).
+journal, no lock file, no folder). Most cases run in-process
+(``batchsize_study.commands.run(argv)``), which checks the same code as the script and is ~50x
+faster; every entry point keeps real subprocess samples (``proc=True``).
 
 Flags in ``argv`` may use ``{tmp}`` for the case's folder. Setups (``setup=``) are named in
 :data:`SETUPS`.
@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from study import commands, safety
+from batchsize_study import commands
+from study import safety
 from tests.conftest import ROOT, script_env
 
 #: Secrets used in the URLs below; none may ever be printed (nor a fragment of them).
@@ -624,7 +625,7 @@ def run_case(
         command = (
             [sys.executable, str(ROOT / "scripts" / SCRIPTS[entry])]
             if entry in SCRIPTS
-            else [sys.executable, "-m", "study.commands"]
+            else [sys.executable, "-m", "batchsize_study.commands"]
         )  # noqa: E501
         if closed_stdout:
             read_end, write_end = os.pipe()

@@ -4,14 +4,13 @@ A seeded generator draws :data:`NUMBER_CASES` command lines of odd numbers (NaN,
 ``-0``, ``1e308``, huge and negative integers, words, Unicode digits) for the numeric flags of
 ``run`` (three in five), ``probe`` and ``noise-scale``, and :data:`URL_CASES` storage URLs
 (odd schemes, user-info with passwords however written, query strings with secrets, empty and
-odd paths) for ``run`` and ``report``. Each case
-runs in-process through the real entry point (``study.commands``), in an empty folder, and must
-hold the contract of ``tests/test_bad_input.py``: exit code 0 or 2, stderr at most one line,
-never a traceback, never an internal error, no secret of the URL printed. Every command uses a
-task whose factory fails (``fuzz_task.py:fails``), so a command line that passes every check
-ends there (a run's after its storage was opened) with exit 2, before any training; a run's
-settings must
-then be storable as strict JSON (no NaN or infinity in what the study would keep).
+odd paths) for ``run`` and ``report``. Each case runs in-process through the real entry point
+(``batchsize_study.commands``), in an empty folder, and must hold the contract of
+``tests/test_bad_input.py``: exit code 0 or 2, stderr at most one line, never a traceback, never
+an internal error, no secret of the URL printed. Every command uses a task whose factory fails
+(``fuzz_task.py:fails``), so a command line that passes every check ends there (a run's after
+its storage was opened) with exit 2, before any training; a run's settings must then be
+storable as strict JSON (no NaN or infinity in what the study would keep).
 
 The seed is fixed, so a failure is reproduced by its case id; ``BATCHSIZE_FUZZ_SEED`` draws
 another set.
@@ -26,7 +25,7 @@ import signal
 
 import pytest
 
-from study import commands
+from batchsize_study import commands
 from study.cli import parse_config
 
 SEED = int(os.environ.get("BATCHSIZE_FUZZ_SEED", "21"))

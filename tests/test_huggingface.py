@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from batchsize_study.api import run_study
 from objectives.batch import call_model, stack_items
 from objectives.metrics import cross_entropy
 from objectives.tasks import load_task
-from study.api import run_study
 from tests.conftest import ROOT
 
 pytest.importorskip(

@@ -29,26 +29,31 @@ def _modules(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
 
-def test_the_optuna_side_never_names_torch_or_objectives_except_the_command_line_edge():
+def test_the_optuna_side_names_neither_torch_nor_objectives_nor_the_wiring():
     for path in _modules("study"):
         imported = _imports(path)
         assert not any(n == "torch" or n.startswith("torch.") for n in imported), path
-        if path.name not in ("commands.py", "api.py"):  # the edges that hand the backend in
-            assert not any(n.startswith("objectives") for n in imported), path
+        assert not any(n.startswith(("objectives", "batchsize_study")) for n in imported), path
 
 
-def test_the_pytorch_side_never_climbs_back_to_orchestration_or_reports():
+def test_the_pytorch_side_never_climbs_back_to_orchestration_reports_or_the_wiring():
     for path in _modules("objectives"):
         imported = _imports(path)
         upward = [
             n
             for n in imported
-            if n.startswith(("study.orchestrate", "study.commands", "study.report"))
+            if n.startswith(("study.orchestrate", "study.report", "batchsize_study"))
         ]
         assert not upward, f"{path} imports {upward}"
 
 
-PACKAGES = ("study", "objectives")
+def test_the_wiring_is_the_one_place_that_imports_both_sides():
+    wiring = _modules("batchsize_study")
+    both = [p for p in wiring if {n.split(".")[0] for n in _imports(p)} >= {"study", "objectives"}]
+    assert {p.name for p in both} == {"commands.py", "api.py"}
+
+
+PACKAGES = ("batchsize_study", "study", "objectives")
 
 
 def _project_modules() -> dict[str, Path]:
@@ -147,7 +152,7 @@ def test_the_report_figures_read_in_steps_of_one_screen():
 
 
 def test_nothing_outside_tests_imports_from_tests():
-    for package in ("study", "objectives", "scripts", "benchmarks"):
+    for package in ("batchsize_study", "study", "objectives", "scripts", "benchmarks"):
         for path in _modules(package):
             assert not any(n.startswith("tests") for n in _imports(path)), path
 
@@ -168,12 +173,12 @@ def test_scripts_are_thin_and_edit_no_import_path():
         assert "sys.path" not in text, path
     for path in scripts:
         assert len(path.read_text().splitlines()) <= 40, path
-        assert _imports(path) <= {"sys", "study.commands"}, path
+        assert _imports(path) <= {"sys", "batchsize_study.commands"}, path
 
 
 def test_console_command_lists_its_commands_and_refuses_an_unknown_one_in_one_line():
     listed = subprocess.run(
-        [sys.executable, "-m", "study.commands", "--help"],
+        [sys.executable, "-m", "batchsize_study.commands", "--help"],
         capture_output=True,
         text=True,
         env=script_env(),
@@ -183,7 +188,7 @@ def test_console_command_lists_its_commands_and_refuses_an_unknown_one_in_one_li
     for name in ("run", "probe", "plan", "report", "dashboard", "noise-scale"):
         assert f"  {name} " in listed.stdout
     wrong = subprocess.run(
-        [sys.executable, "-m", "study.commands", "tune"],
+        [sys.executable, "-m", "batchsize_study.commands", "tune"],
         capture_output=True,
         text=True,
         env=script_env(),
@@ -196,7 +201,7 @@ def test_console_command_lists_its_commands_and_refuses_an_unknown_one_in_one_li
 
 def test_console_command_run_takes_the_scripts_flags():
     proc = subprocess.run(
-        [sys.executable, "-m", "study.commands", "run", "--trials", "0"],
+        [sys.executable, "-m", "batchsize_study.commands", "run", "--trials", "0"],
         capture_output=True,
         text=True,
         env=script_env(),

@@ -9,11 +9,11 @@ import torch
 from sklearn.metrics import f1_score
 from torch.utils.data import TensorDataset
 
+from batchsize_study.api import run_study
 from objectives import Metric, Task
 from objectives.metrics import f1
 from objectives.tasks import TaskError, validate_task
 from objectives.train import TrainSettings, evaluate, train_task
-from study.api import run_study
 from study.record import study_metric
 
 torchmetrics = pytest.importorskip("torchmetrics", reason="torchmetrics is not installed")

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from study import commands
+from batchsize_study import commands
 from study.outputs import write_atomic
 from tests.conftest import run_script
 from tests.test_bad_input import STUDY, _study_template

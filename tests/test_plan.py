@@ -59,8 +59,8 @@ def test_plan_from_python_costs_a_task_object_without_storing_it(tmp_path):
     import torch
     from torch.utils.data import TensorDataset
 
+    from batchsize_study.api import plan_study
     from objectives import Task
-    from study.api import plan_study
 
     data = TensorDataset(torch.randn(256, 8), torch.arange(256) % 4)
     task = Task("blobs", lambda: torch.nn.Linear(8, 4), data, data, data)

@@ -21,11 +21,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from batchsize_study import commands
 from objectives.probe import probe_batch_size
 from objectives.probe_memory import ProbeError, batch_ladder, fit_memory
 from objectives.probe_table import ProbeResult
 from objectives.tasks import Task, load_task
-from study import commands
 from study.units import parse_bytes
 from tests.conftest import run_script, script_env
 

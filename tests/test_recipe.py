@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from batchsize_study.api import run_study
 from objectives import StepHook, Task
 from objectives.tasks import TaskError, validate_task
 from objectives.train import TrainSettings, Update, train_task
-from study.api import run_study
 from study.config import ConfigError, StudyConfig, differences
 from study.schedule import LRSchedule
 from tests.conftest import run_script

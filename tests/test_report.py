@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna_dashboard import get_note
 
-from study import commands
+from batchsize_study import commands
 from study.record import read_record
 from study.report.answer import ANSWER_KEYS, CELL_KEYS
 from study.report.dashboard import attach_report, save_dashboard_figures
