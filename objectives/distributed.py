@@ -120,6 +120,20 @@ def wrap(model: torch.nn.Module, step: Step, device: str) -> None:
     step.model = torch.compile(ddp) if step.settings.compile else ddp
 
 
+def lead_attempt(
+    ranks: Ranks,
+    model: torch.nn.Module,
+    step: Step,
+    job: Job,
+    on_epoch: Callable[[Any], None] | None,
+) -> Callable[[Any], None]:
+    """Rank 0 starts an attempt: send ``job`` to the other ranks, wrap the model; return
+    rank 0's ``on_epoch`` (its decisions broadcast to the others)."""
+    dist.broadcast_object_list([job], src=0, device=collective_device(ranks.device))
+    wrap(model, step, ranks.device)
+    return ranks.lead(on_epoch)
+
+
 class TrialGroup:
     """Rank 0's side of one attempt on ``devices`` devices: a context manager.
 
@@ -214,9 +228,7 @@ class TrialGroup:
         on_epoch: Callable[[Any], None] | None,
     ) -> Callable[[Any], None]:
         """Send the attempt to the helpers, wrap the model; return rank 0's ``on_epoch``."""
-        dist.broadcast_object_list([job], src=0, device=collective_device(self.device))
-        wrap(model, step, self.device)
-        return self.ranks.lead(on_epoch)
+        return lead_attempt(self.ranks, model, step, job, on_epoch)
 
     def __exit__(
         self,

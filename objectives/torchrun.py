@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from objectives.distributed import Job, backend_of, is_collective_error, train_job, wrap
+from objectives.distributed import Job, backend_of, is_collective_error, lead_attempt, train_job
 from objectives.oom import is_out_of_memory
 from objectives.ranks import Ranks, collective_device
 from objectives.train import Diverged, Step
@@ -105,9 +105,7 @@ class LaunchedGroup:
         on_epoch: Callable[[Any], None] | None,
     ) -> Callable[[Any], None]:
         """Send the attempt to the other ranks, wrap the model; return the ``on_epoch``."""
-        dist.broadcast_object_list([job], src=0, device=collective_device(self.device))
-        wrap(model, step, self.device)
-        return self.ranks.lead(on_epoch)
+        return lead_attempt(self.ranks, model, step, job, on_epoch)
 
     def __exit__(
         self,
