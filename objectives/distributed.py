@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -64,7 +64,7 @@ from study.workers import describe_exit, parent_death_signal
 HELPER_COMMAND = [
     sys.executable,
     "-c",
-    "from objectives.distributed import helper_main; raise SystemExit(helper_main())",
+    "from objectives.distributed import helper_main; helper_main()",
 ]
 #: Seconds helpers get to exit by themselves once the attempt ended at an epoch boundary.
 EXIT_GRACE_S = 10.0
@@ -240,9 +240,10 @@ class TrialGroup:
         if at_boundary and dist.is_initialized():  # every rank done: all close together
             with contextlib.suppress(Exception):  # a helper gone meanwhile: reaped below
                 dist.barrier()
-            dist.destroy_process_group()
-        # At an epoch boundary the helpers end by themselves; after a fault, a rank that
-        # died is given a moment to be seen dead (its sockets close before it is reaped).
+        # At an epoch boundary the helpers end by themselves (rank 0 keeps its side of the
+        # group open meanwhile: a helper whose peer closes first can abort in gloo's teardown);
+        # after a fault, a rank that died is given a moment to be seen dead (its sockets close
+        # before it is reaped).
         deadline = time.monotonic() + (EXIT_GRACE_S if at_boundary else FAULT_GRACE_S)
         while time.monotonic() < deadline and self._alive():
             if not at_boundary and self._ended():
@@ -305,8 +306,8 @@ def train_job(job: Job, task: Any, train: Any, val: Any, parallel: Ranks) -> Non
         pass
 
 
-def helper_main() -> int:
-    """A helper rank: join the group, train the attempt rank 0 sends, exit.
+def helper_main() -> NoReturn:
+    """A helper rank: join the group, train the attempt rank 0 sends, exit (code 0).
 
     Reads ``{"host", "port", "rank", "ranks", "device", "timeout_s", "config"}`` on stdin.
     """
@@ -336,4 +337,9 @@ def helper_main() -> int:
     with contextlib.suppress(Exception):
         dist.barrier()
     dist.destroy_process_group()
-    return 0
+    # The work is done: leave without the interpreter's teardown, in which torch's store and
+    # its threads can end the process with SIGABRT ("terminate called without an active
+    # exception", about one exit in ten here) and turn a clean end into a failed rank.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
