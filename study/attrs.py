@@ -63,10 +63,11 @@ def report_values(trial: optuna.Trial, values: dict[int, float]) -> None:
     """
     known = reported_values(trial)
     values = {int(k): float(v) for k, v in values.items() if int(k) not in known}
-    rdb = rdb_backend(trial.storage)
-    if rdb is None or not values:
-        for step, value in values.items():
-            trial.report(value, step)
+    if not values:
         return
-    set_intermediate_values_in_one_commit(rdb, trial_id_of(trial), values)
-    cache_intermediate_values(trial, values)
+    rdb = rdb_backend(trial.storage)
+    if rdb is not None and set_intermediate_values_in_one_commit(rdb, trial_id_of(trial), values):
+        cache_intermediate_values(trial, values)
+        return
+    for step, value in values.items():
+        trial.report(value, step)

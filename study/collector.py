@@ -1,5 +1,7 @@
 """Python's garbage collector around a run's start-up: paused while the run imports torch,
-Optuna and SQLAlchemy and builds its task, frozen and resumed before the first trial.
+Optuna and SQLAlchemy and builds its task, frozen and resumed before the first trial (in a
+run with worker processes, before the parent starts watching them; at the latest when the
+command returns).
 
 Start-up makes some 350,000 long-lived objects (modules, classes, the task's data), and the
 collector's full passes, triggered as that count grows, walk all of them: six passes, about

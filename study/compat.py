@@ -142,12 +142,17 @@ def set_user_attrs_in_one_commit(rdb: RDBStorage, trial_id: int, attrs: dict[str
 
 def set_intermediate_values_in_one_commit(
     rdb: RDBStorage, trial_id: int, values: dict[int, float]
-) -> None:
+) -> bool:
     """Write ``values`` (step -> value) as trial ``trial_id``'s intermediate values in one
-    session and one commit, through the per-value upsert ``Trial.report`` reaches."""
+    session and one commit, through the per-value upsert ``Trial.report`` reaches; ``False``
+    (nothing written) where this Optuna lacks that upsert."""
+    upsert = getattr(rdb, "_set_trial_intermediate_value_without_commit", None)
+    if upsert is None:
+        return False
     with _create_scoped_session(rdb.scoped_session, True) as session:
         for step, value in values.items():
-            rdb._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
+            upsert(session, trial_id, step, value)
+    return True
 
 
 def reported_values(trial: optuna.Trial) -> dict[int, float]:

@@ -25,7 +25,7 @@ from typing import Any, Protocol, TextIO
 
 import optuna
 
-from study import safety
+from study import collector, safety
 from study.batch_schedule import parse_schedule, schedule_speeds, with_schedule
 from study.budget import FINISHED, Tally, reap
 from study.config import ConfigError, StudyConfig, config_from_json, config_to_json
@@ -195,6 +195,7 @@ def run_study(config: StudyConfig, backend: Backend, out: TextIO | None = None) 
     done = finished_count(study)
     if done < config.trials and (config.workers > 1 or config.gpus):
         built.clear()  # the workers load the task themselves
+        collector.resume()  # this process only watches the workers, for as long as they run
         _run_workers(config, study, lock, out, backend)
     elif done < config.trials:
         task = built[0] if built else resumed_task(config, backend, study)

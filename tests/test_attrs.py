@@ -1,4 +1,5 @@
-"""A trial's record in one transaction: real SQLite files and journal logs.
+"""A trial's record, and batches of its epoch values, in one transaction: real SQLite files
+and journal logs.
 
 The PostgreSQL case runs in ``test_postgres.py`` on its real server.
 """
@@ -11,7 +12,7 @@ import optuna
 import pytest
 import sqlalchemy
 
-from study.attrs import set_user_attrs
+from study.attrs import report_values, set_user_attrs
 from study.compat import rdb_backend, storage_of
 from study.storage import open_storage
 
@@ -69,3 +70,25 @@ def test_journal_and_in_memory_storages_take_the_plain_loop(tmp_path):
         set_user_attrs(trial, {**RECORD, "nan": math.inf})
         study.tell(trial, 0.5)
         assert study.trials[0].user_attrs == {**RECORD, "nan": math.inf}
+
+
+def test_epoch_values_land_in_one_commit_and_a_reported_step_keeps_its_first_value(tmp_path):
+    study = optuna.create_study(study_name="v", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
+    trial = study.ask()
+    trial.report(0.25, 1)  # as a retry's earlier attempt left it
+    commits = committed_transactions(storage_of(study))
+    report_values(trial, {1: 0.9, 2: 0.5, 3: 0.75})
+    assert len(commits) == 1  # Trial.report commits once per value
+    report_values(trial, {3: 0.1})  # nothing new: no transaction at all
+    assert len(commits) == 1
+    study.tell(trial, 0.75)
+    assert study.trials[0].intermediate_values == {1: 0.25, 2: 0.5, 3: 0.75}
+
+
+def test_epoch_values_on_a_journal_take_trial_report(tmp_path):
+    study = optuna.create_study(storage=open_storage(f"journal:///{tmp_path}/s.log", None))
+    trial = study.ask()
+    report_values(trial, {1: 0.5, 2: 0.75})
+    report_values(trial, {2: 0.1, 3: 1.0})
+    study.tell(trial, 1.0)
+    assert study.trials[0].intermediate_values == {1: 0.5, 2: 0.75, 3: 1.0}
