@@ -1,4 +1,4 @@
-"""Per-epoch checkpoints of a trial, so that a retried trial resumes where its worker died.
+"""Checkpoints of a trial after its epochs, so that a retried trial resumes where its worker died.
 
 After an epoch the objective writes ``<dir>/trial-<N>.pt``, where ``N`` is the number of the
 trial's first attempt (Optuna's retries carry it as the system attribute ``failed_trial``):
@@ -16,7 +16,7 @@ killed trial loses at most that much training or one epoch.
 
 The objective builds the trial's step (:func:`objectives.train.make_step`), loads a saved
 optimizer state into ``step.optimizer`` before training, hands the step to
-:func:`objectives.train.train_model`, and saves that same optimizer with each epoch.
+:func:`objectives.train.train_model`, and saves that same optimizer with each checkpoint.
 
 Example (not run as a doctest: it needs a study, files or a server)::
 

@@ -35,6 +35,7 @@ def resume() -> None:
         False
         >>> resume(); gc.isenabled()
         True
+        >>> gc.unfreeze()  # (this doctest's process: its objects back in the collector's sight)
     """
     global _paused
     if _paused:

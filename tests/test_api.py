@@ -112,3 +112,48 @@ def test_verbose_shows_progress_as_the_run_goes_and_keeps_the_log(tmp_path, caps
     (tmp_path / "quiet").mkdir()
     quiet = run_study(task=line_task(), **settings(tmp_path / "quiet", trials=2))
     assert capsys.readouterr().out == "" and "[2/2]" in quiet.log  # off outside a notebook
+
+
+def _value_transactions(run) -> list[int]:
+    """Run ``run()``; return, per committed transaction that stored epoch values, how many."""
+    import sqlalchemy
+    from sqlalchemy.engine import Engine
+
+    pending: dict[int, int] = {}
+    done: list[int] = []
+
+    def seen(conn, _cursor, statement, *_args) -> None:
+        if "trial_intermediate_values" in statement and statement.lstrip()[:6] in (
+            "INSERT",
+            "UPDATE",
+        ):
+            pending[id(conn)] = pending.get(id(conn), 0) + 1
+
+    def committed(conn) -> None:
+        if pending.get(id(conn)):
+            done.append(pending.pop(id(conn)))
+
+    sqlalchemy.event.listen(Engine, "before_cursor_execute", seen)
+    sqlalchemy.event.listen(Engine, "commit", committed)
+    try:
+        run()
+    finally:
+        sqlalchemy.event.remove(Engine, "before_cursor_execute", seen)
+        sqlalchemy.event.remove(Engine, "commit", committed)
+    return done
+
+
+def test_trials_no_pruner_reads_store_several_epochs_a_transaction_the_others_each_epoch(
+    tmp_path,
+):
+    (tmp_path / "none").mkdir()
+    unpruned = settings(tmp_path / "none", trials=2, epochs=8, pruner="none")
+    done = _value_transactions(lambda: run_study(task=line_task(), **unpruned))
+    study = run_study(task=line_task(), **unpruned).study  # resumed: nothing more to run
+    assert [sorted(t.intermediate_values) for t in study.trials] == [list(range(1, 9))] * 2
+    assert sum(done) == 16 and len(done) < 8  # epochs of milliseconds: stored a few at a time
+
+    (tmp_path / "median").mkdir()
+    prunable = settings(tmp_path / "median", trials=1, epochs=4, pruner="median")
+    done = _value_transactions(lambda: run_study(task=line_task(), **prunable))
+    assert done == [1, 1, 1, 1]  # each epoch stored before the pruner is asked
