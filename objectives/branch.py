@@ -14,9 +14,14 @@ a standard error; a third (up to ``repeats``) only where two leave the test unde
 :mod:`study.branch_report` decides from them (the stated test, the critical batch at each
 point, the recommendation and the schedule).
 
-What keeps the cost down: the batches at a point are tested in increasing order and stop at
-the first where no rule keeps up; a rule that fell behind at one batch is not tried at the
-larger ones; repeat 0 of the reference's continuation is the reference itself.
+What keeps the cost down: the first point tests its batches in increasing order and stops
+at the first where no rule keeps up; a later point starts at the previous point's critical
+batch (the critical batch grows along training) and walks up from there, or down to the
+first batch that keeps up when that one falls behind. At a batch the rules are tried one at
+a time (the reference's rule first at each point, then the one that kept up last) and the
+first that keeps up ends the batch; a rule that fell behind is not tried at the larger
+batches of the point, nor one whose learning rate equals one that fell behind at that
+batch (the same run). Repeat 0 of the reference's continuation is the reference itself.
 
 Every update is the project's one update (:meth:`objectives.train.Step.update`): exact
 accumulation, the task's loss and step hook, its optimizer, autocast.
@@ -335,11 +340,17 @@ def _tolerances(tolerance: float, loss_tolerance: float, confidence: float, task
 @dataclass
 class _Continuations:
     """The reference's continuations from one snapshot, one per repeat, extended as longer
-    windows are asked for; repeat 0 is the reference run itself."""
+    windows are asked for; repeat 0 is the reference run itself.
+
+    A continuation measures itself at each of ``windows`` it passes on its way to a longer
+    one, so that a shorter window asked for later (a point's ladder walking down) is read
+    from the same samples without training anything again.
+    """
 
     reference: Run
     snapshot: Snapshot
     make: Callable[[int], Run]
+    windows: tuple[int, ...] = ()
     runs: dict[int, Run] = field(default_factory=dict)
     measured: dict[tuple[int, int], tuple[float, float]] = field(default_factory=dict)
 
@@ -350,11 +361,102 @@ class _Continuations:
             if run is None:
                 run = self.reference if repeat == 0 else self.make(repeat)
                 self.runs[repeat] = run
-            run.advance_to(self.snapshot.samples + window)
-            if run.samples != self.snapshot.samples + window:
+            start = self.snapshot.samples
+            for stop in sorted({w for w in self.windows if w < window} | {window}):
+                if run.samples > start + stop or (repeat, stop) in self.measured:
+                    continue
+                run.advance_to(start + stop)
+                if run.samples != start + stop:
+                    raise RuntimeError("the reference's continuation went past a branch window")
+                self.measured[(repeat, stop)] = measure(run)
+            if key not in self.measured:
                 raise RuntimeError("the reference's continuation went past a branch window")
-            self.measured[key] = measure(run)
         return self.measured[key]
+
+
+@dataclass
+class _PointSearch:
+    """The branches of one point: the ladder walk and the rules tried at each batch
+    (:func:`branch_run`); ``trained`` counts every sample its branches and the repeats'
+    own continuations of the reference trained."""
+
+    task: Task
+    settings: BranchSettings
+    train: Tensors | Dataset
+    tol: Tolerances
+    measure: Callable[[Run], tuple[float, float]]
+    snapshot: Snapshot
+    index: int
+    refs: _Continuations
+    point: BranchPoint
+    trained: int = 0
+
+    def compare(self, size: int, rule: str) -> Comparison:
+        """Branch ``size`` with ``rule``, repeated until the test is decided (two repeats
+        that keep up or are clearly behind, else up to ``repeats``)."""
+        s = self.settings
+        window = s.window_for(size)
+        comparison = Comparison(size, rule, s.lr(rule, size), window)
+        for repeat in range(s.repeats):
+            ref_loss, ref_metric = self.refs.at(repeat, window, self.measure)
+            seed = None if repeat == 0 else _stream_seed(s.seed, self.index, repeat)
+            run = Run.branch(self.snapshot, self.task, s, self.train, size, rule, seed)
+            run.advance(window)
+            self.trained += run.trained
+            loss, metric = self.measure(run)
+            comparison.branch_loss.append(loss)
+            comparison.reference_loss.append(ref_loss)
+            comparison.branch_metric.append(metric)
+            comparison.reference_metric.append(ref_metric)
+            if repeat >= 1 and (
+                self.tol.keeps_up(comparison) or self.tol.clearly_behind(comparison)
+            ):
+                break
+        self.point.comparisons.append(comparison)
+        return comparison
+
+    def first_to_keep_up(self, size: int, rules: list[str]) -> tuple[str | None, list[str]]:
+        """Try ``rules`` in order at ``size``: the first that keeps up (or ``None``) and the
+        rules that fell behind before it (a rule whose learning rate here is one that fell
+        behind already is the same run: it is counted behind without training)."""
+        behind: list[str] = []
+        failed: set[float] = set()
+        for rule in rules:
+            lr = self.settings.lr(rule, size)
+            if lr not in failed:
+                if self.tol.keeps_up(self.compare(size, rule)):
+                    return rule, behind
+                failed.add(lr)
+            behind.append(rule)
+        return None, behind
+
+    def walk(self, sizes: list[int], previous: int, order: list[str]) -> None:
+        """Walk the ladder ``sizes`` from ``previous`` (the previous point's critical batch;
+        from the bottom when it is not on the ladder): up while a batch keeps up, or, when
+        the first batch falls behind, down to the first that keeps up. Rules are tried in
+        ``order`` at the first batch, then with the one that kept up first."""
+        start = sizes.index(previous) if previous in sizes else 0
+        alive = list(order)
+        for k, size in enumerate(sizes[start:]):
+            kept, behind = self.first_to_keep_up(size, alive)
+            if kept is None:
+                if k == 0:  # the previous point's critical batch fell behind: walk down
+                    for lower in reversed(sizes[:start]):
+                        if self.first_to_keep_up(lower, order)[0] is not None:
+                            break
+                break
+            alive = [kept] + [r for r in alive if r != kept and r not in behind]
+        self.trained += sum(run.trained for k, run in self.refs.runs.items() if k != 0)
+
+
+def rule_order(reference_rule: str, rules: tuple[str, ...]) -> list[str]:
+    """The order rules are first tried in: the reference's rule, then the others as given.
+
+    Example:
+        >>> rule_order("sqrt", ("linear", "sqrt", "none"))
+        ['sqrt', 'linear', 'none']
+    """
+    return [r for r in rules if r == reference_rule] + [r for r in rules if r != reference_rule]
 
 
 def branch_run(
@@ -366,6 +468,15 @@ def branch_run(
     log: Callable[[str], None] | None = None,
 ) -> BranchResult:
     """Train the reference, branch at each point, and return what was measured.
+
+    The search at a point (the module docstring's costs): the ladder of batches starts at
+    the previous point's critical batch (the smallest batch above the reference's at the
+    first point, or where the previous point found none) and walks up while a batch keeps
+    up; when its first batch falls behind it walks down instead, to the first batch that
+    keeps up. At each batch the rules are tried one at a time, the one that kept up last
+    first (at the start, the reference's rule), and the first that keeps up ends the batch;
+    a rule that fell behind is not tried at the larger batches of the point, nor a rule
+    whose learning rate at this batch is one that already fell behind here (the same run).
 
     Args:
         task: The task (any loss, metric, inputs, collate, step hook, unit).
@@ -398,7 +509,10 @@ def branch_run(
 
     budget, ref_batch = settings.budget_samples, settings.reference_batch
     sizes = sorted(b for b in settings.batch_sizes if ref_batch < b <= len(train))
+    windows = tuple(sorted({settings.window_for(b) for b in sizes}))
     points: list[BranchPoint] = []
+    order = rule_order(settings.reference_rule, settings.rules)
+    previous = ref_batch  # the critical batch of the previous point
     extra = 0  # samples of the repeats' own continuations and of the branches
     with torch_flags(device):
         reference = Run.fresh(task, settings, train, settings.seed)
@@ -414,40 +528,18 @@ def branch_run(
                     _stream_seed(settings.seed, i, repeat),
                 )  # fmt: skip
 
-            refs = _Continuations(reference, snapshot, make)
-            alive = list(settings.rules)
-            for size in sizes:
-                window = settings.window_for(size)
-                here = []
-                for rule in alive:
-                    comparison = Comparison(size, rule, settings.lr(rule, size), window)
-                    for repeat in range(settings.repeats):
-                        ref_loss, ref_metric = refs.at(repeat, window, measure)
-                        seed = None if repeat == 0 else _stream_seed(settings.seed, i, repeat)
-                        run = Run.branch(snapshot, task, settings, train, size, rule, seed)
-                        run.advance(window)
-                        extra += run.trained
-                        loss, metric = measure(run)
-                        comparison.branch_loss.append(loss)
-                        comparison.reference_loss.append(ref_loss)
-                        comparison.branch_metric.append(metric)
-                        comparison.reference_metric.append(ref_metric)
-                        if repeat >= 1 and (  # two repeats decided it: no third
-                            tol.keeps_up(comparison) or tol.clearly_behind(comparison)
-                        ):
-                            break
-                    point.comparisons.append(comparison)
-                    here.append(comparison)
-                alive = [c.scaling_rule for c in here if tol.keeps_up(c)]
-                if not alive:
-                    break
-            extra += sum(run.trained for k, run in refs.runs.items() if k != 0)
+            search = _PointSearch(
+                task, settings, train, tol, measure, snapshot, i,
+                _Continuations(reference, snapshot, make, windows), point,
+            )  # fmt: skip
+            search.walk(sizes, previous, order)
+            extra += search.trained
             points.append(point)
+            previous, high = point.critical(tol)
             if log is not None:
-                critical, high = point.critical(tol)
                 log(
                     f"point {i + 1}/{settings.points} at {point.fraction:.2f} of the budget: "
-                    f"critical batch {critical} [{critical}-{high}] "
+                    f"critical batch {previous} [{previous}-{high}] "
                     f"({time.perf_counter() - started:.0f} s)"
                 )
         reference.advance_to(budget // ref_batch * ref_batch)

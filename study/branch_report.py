@@ -11,15 +11,20 @@ those losses into decisions, torch-free:
   held-out loss after the window exceeds the reference's by at most ``loss_tolerance`` of
   the reference's loss, and its metric falls short of the reference's by at most
   ``tolerance`` (the study's ``--tolerance``, in the metric's units).
-* **The critical batch at a point** is the largest batch that keeps up, tested up the powers
-  of two from the reference's (a fixed sequence: it stops at the first batch where no rule
-  keeps up). Its interval runs from there to the largest batch tested that is not clearly
-  behind (the lower bound of its excess within the tolerances).
+* **The critical batch at a point** is the largest batch that keeps up, tested along the
+  powers of two (a fixed sequence: up from the smallest batch above the reference's at the
+  first point, up from the previous point's critical batch at the later ones, stopping at
+  the first batch where no rule keeps up, or down from there to the first batch that keeps
+  up when that one falls behind). Its interval runs from there to the largest batch tested
+  that is not clearly behind (the lower bound of its excess within the tolerances).
 * **The recommended constant batch** for the whole budget is the lower median of the
   critical batches of the points after the first (at initialisation the critical batch is
-  near the smallest; Merrill et al. 2025), with the rule that did best there; **the
-  schedule** runs each point's phase at the largest critical batch measured up to it (the
-  critical batch grows as training goes on; a lower later reading is taken for noise).
+  near the smallest; Merrill et al. 2025), with the rule that kept up there at the most of
+  those points (ties: the lowest mean loss excess; rules are branched in turn, the
+  reference's first, so another rule is measured only where the one before it fell
+  behind); **the schedule** runs each point's phase at the largest critical batch measured
+  up to it (the critical batch grows as training goes on; a lower later reading is taken
+  for noise).
 
 Example:
     >>> c = Comparison(64, "linear", 0.002, 1024, branch_loss=[0.50, 0.52, 0.51],
@@ -205,7 +210,8 @@ class BranchPoint:
             "critical_batch_size": critical,
             "interval": [critical, high],
             "branches": [
-                {**c.summary(tol.sign), "keeps_up": tol.keeps_up(c)} for c in self.comparisons
+                {**c.summary(tol.sign), "keeps_up": tol.keeps_up(c)}
+                for c in sorted(self.comparisons, key=lambda c: c.batch_size)
             ],
         }
 
@@ -244,20 +250,20 @@ class BranchResult:
         return batch, self._rule_at(batch, later)  # moves it no further than its neighbours
 
     def _rule_at(self, batch: int, points: list[BranchPoint]) -> str:
-        """The rule with the lowest mean loss excess at ``batch`` over ``points`` (the
-        reference's rule at its own batch)."""
+        """The rule that kept up at ``batch`` at the most of ``points``, then the one with the
+        lowest mean loss excess there (the reference's rule at its own batch)."""
         if batch == self.reference_batch:
             return self.reference_rule
+        kept: dict[str, int] = {}
         excess: dict[str, list[float]] = {}
         for point in points:
             for c in point.comparisons:
                 if c.batch_size == batch:
                     excess.setdefault(c.scaling_rule, []).append(c.loss_excess_mean)
+                    kept[c.scaling_rule] = kept.get(c.scaling_rule, 0) + self.tolerances.keeps_up(c)
         if not excess:
             return self.reference_rule
-        return min(
-            excess, key=lambda r: (len(points) - len(excess[r]), statistics.fmean(excess[r]))
-        )
+        return min(excess, key=lambda r: (-kept[r], statistics.fmean(excess[r])))
 
     def schedule(self) -> list[dict]:
         """Phases ``{"batch_size", "start_fraction"}``: at each point the largest critical

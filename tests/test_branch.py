@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from objectives.branch import BranchSettings, Run, branch_run
+from objectives.branch import BranchSettings, Run, _Continuations, branch_run, held_out
 from objectives.data import place
 from objectives.metrics import MSE, mse
 from objectives.tasks import Task
@@ -175,6 +175,77 @@ def test_a_task_with_a_small_critical_batch_has_it_found_near_the_reference():
     assert answer["recommended"]["batch_size"] <= 16
     behind = [b for p in answer["points"] for b in p["branches"] if not b["keeps_up"]]
     assert behind and all(b["loss_excess"] > 0.05 for b in behind)
+
+
+def _honest_count(result) -> int:
+    """What ``branch_run`` must count as trained: the reference's budget, every repeat of
+    every branch, and each point's second-repeat continuation of the reference up to the
+    longest window of the point (every comparison here stops after two repeats)."""
+    assert all(len(c.branch_loss) == 2 for p in result.points for c in p.comparisons)
+    branches = sum(2 * c.window for p in result.points for c in p.comparisons)
+    continuations = sum(max(c.window for c in p.comparisons) for p in result.points)
+    return result.budget_samples + branches + continuations
+
+
+def test_a_batch_stops_at_the_first_rule_that_keeps_up_and_a_point_starts_at_the_last():
+    # Nothing moves, so every batch keeps up with the first rule tried (the reference's):
+    # the first point walks the ladder with that one rule, the later ones start at its top.
+    task = blobs_task()
+    s = settings(task, base_lr=1e-9, rules=("linear", "sqrt", "none"))
+    result = branch_run(task, s, tolerance=0.01, loss_tolerance=0.01)
+    branched = [[(c.batch_size, c.scaling_rule) for c in p.comparisons] for p in result.points]
+    assert branched == [
+        [(16, "sqrt"), (32, "sqrt"), (64, "sqrt"), (128, "sqrt")],
+        [(128, "sqrt")],
+        [(128, "sqrt")],
+    ]
+    assert result.samples_trained == _honest_count(result)
+    assert result.recommended() == (128, "sqrt")
+
+
+def test_a_point_whose_start_falls_behind_walks_down_to_the_first_batch_that_keeps_up():
+    task = line_task()
+    s = settings(
+        task,
+        optimizer="sgd",
+        base_lr=0.0002,
+        reference_rule="none",
+        rules=("none",),
+        budget_samples=4 * len(task.train),
+        window=0.1,
+    )
+    result = branch_run(task, s, tolerance=10.0, loss_tolerance=0.05)
+    tol = result.tolerances
+    first, second = ([c.batch_size for c in p.comparisons] for p in result.points[:2])
+    assert first == [16, 32, 64, 128] and result.points[0].critical(tol)[0] == 64
+    assert second == [64, 32, 16]  # from the previous critical batch, down
+    assert [tol.keeps_up(c) for c in result.points[1].comparisons] == [False, False, True]
+    assert result.points[1].critical(tol)[0] == 16
+    assert result.samples_trained == _honest_count(result)
+
+
+def test_a_continuation_reads_a_shorter_window_after_a_longer_one_without_training_again():
+    task = line_task()
+    s = settings(task)
+    train = place(task.train, "cpu")
+    val = place(task.val, "cpu")
+    snapshot = Run.fresh(task, s, train, seed=0).snapshot()
+
+    def make(repeat: int) -> Run:
+        return Run.branch(snapshot, task, s, train, 8, "sqrt", stream_seed=repeat)
+
+    def measure(run: Run) -> tuple[float, float]:
+        return held_out(run.model, val, task, s)
+
+    refs = _Continuations(Run.branch(snapshot, task, s, train, 8, "sqrt"), snapshot, make, (32, 64))
+    long = refs.at(1, 64, measure)
+    short = refs.at(1, 32, measure)  # asked after the longer one
+    assert refs.runs[1].trained == 64
+    fresh = make(1)
+    fresh.advance(32)
+    assert short == measure(fresh)
+    fresh.advance(32)
+    assert long == measure(fresh)
 
 
 def test_each_comparison_carries_a_standard_error_and_the_metric():
