@@ -23,7 +23,7 @@ in one run on one machine; the schedule's measured seconds are printed beside th
 charlm has no saved grid (training one is hours on this CPU): its branch answer and compute
 are printed alone.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_branch.py --grid-dir /work/notes
+    OMP_NUM_THREADS=1 python benchmarks/bench_branch.py    # the grids in benchmarks/grids
     python benchmarks/bench_branch.py --quick     # a minute: checks that it runs
 """
 
@@ -135,7 +135,11 @@ def train_schedule(task, config: StudyConfig, schedule: BatchSchedule, rule: str
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default="digits,synthetic,regression,charlm")
-    p.add_argument("--grid-dir", default="/work/notes", help="folder of grid_<task>.json")
+    p.add_argument(
+        "--grid-dir",
+        default=str(Path(__file__).parent / "grids"),
+        help="folder of grid_<task>.json (default: the saved grids beside this script)",
+    )
     p.add_argument("--seeds", type=int, default=2, help="branch runs per task (seeds 0, 1, ...)")
     p.add_argument("--schedule-runs", type=int, default=5)
     p.add_argument("--tolerance", type=float, default=StudyConfig.tolerance)

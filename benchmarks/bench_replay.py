@@ -119,6 +119,12 @@ def main() -> None:
         help="cells after the leader confirmed as references (the plan's field; default as a "
         "study runs)",
     )
+    p.add_argument(
+        "--looks",
+        type=int,
+        default=Plan.looks,
+        help="the most looks a comparison gets (the plan's field; default as a study runs)",
+    )
     args = p.parse_args()
     grid = json.loads(Path(args.grid).read_text())
     metric = MetricInfo(**{k: v for k, v in grid["metric"].items() if k != "bounds"})
@@ -132,6 +138,7 @@ def main() -> None:
         exploration=min(args.trials, cells),
         scaling_rules=tuple(sorted({c["rule"] for c in grid["cells"]})),
         contenders=args.contenders,
+        looks=args.looks,
     )
     times = {(c["batch_size"], c["rule"]): statistics.median(c["seconds"]) for c in grid["cells"]}
     sign = metric.sign
@@ -159,7 +166,7 @@ def main() -> None:
     print(
         f"{Path(args.grid).name}: {n} replayed studies ({grid['seeds']} seeds split in halves), "
         f"{cells} cells, --trials {args.trials}, confidence {args.confidence}, tolerance "
-        f"{args.tolerance}, {args.contenders} contender(s)"
+        f"{args.tolerance}, {args.contenders} contender(s), up to {args.looks} looks"
     )
     print(f"regret of most accurate: median {statistics.median(regrets):.4f}, 95th pct {q[-1]:.4f}")
     print(

@@ -27,7 +27,7 @@ Example:
     >>> round(trial_seconds(32, rates, work), 3)
     0.831
     >>> expected_trainings(trials=50, cells=6, confirm_runs=3)
-    18
+    21
 """
 
 from __future__ import annotations

@@ -25,19 +25,19 @@ the same state), in three stages:
    confirmation runs only, against **every** reference but itself: shortfall ``d`` (Welch's
    ``se`` and degrees of freedom); it **passes** when ``d + t * se <= tolerance`` against
    each (an intersection-union test, so no level is split), is **ruled out** when ``d - t *
-   se >= tolerance`` against the leader. Two looks: at ``confirm_runs`` runs of each, and, if
-   undecided, at ``2 * confirm_runs``; each look tests at Pocock's per-look level
-   (:func:`study.stats.pocock_level`) so that passing at either look errs at ``1 -
-   confidence`` at most. The sequence stops at the first candidate that does not pass (ruled
-   out, undecided, or a confirmation run that diverged), so the familywise chance of naming
-   a cell truly outside the tolerance stays at ``1 - confidence`` (the order was fixed by the
-   search runs before any confirmation run was looked at).
+   se >= tolerance`` against the leader. Up to :attr:`Plan.looks` looks (two by default): at
+   ``confirm_runs`` runs of each, and, while undecided, at ``2 * confirm_runs``, ...; each
+   look tests at Pocock's per-look level (:func:`study.stats.pocock_level`) so that passing at
+   any look errs at ``1 - confidence`` at most. The sequence stops at the first candidate that
+   does not pass (ruled out, undecided, or a confirmation run that diverged), so the
+   familywise chance of naming a cell truly outside the tolerance stays at ``1 - confidence``
+   (the order was fixed by the search runs before any confirmation run was looked at).
 
 The study is **decided** when the sequence has ended on a pass of its last candidate or on a
 candidate ruled out, and stops there, whatever budget is left. It **stops undecided** when a
 look needs more runs than the budget has left, when a candidate is still undecided after its
-second look, or when its first look says that its second could not decide it (about
-:func:`runs_to_decide` runs each would, more than the second look's); the open comparison is
+last look, or when a look says that the last could not decide it (about
+:func:`runs_to_decide` runs each would, more than the last look's); the open comparison is
 named with the runs it would need. ``--trials`` stays the cap. Which trials run depends only
 on the seed and the metric values.
 
@@ -62,8 +62,6 @@ from study.cells import CellKey, cell_key
 from study.record import ACCURACY, CONFIRM, MetricInfo, TrialRecord, study_metric
 from study.stats import Welch, pocock_level, t_quantile, welch
 
-#: Looks a comparison gets: at ``confirm_runs`` runs and at ``LOOKS * confirm_runs``.
-LOOKS = 2
 #: Above this many runs each, the runs a comparison would need are reported as "over" it.
 RUNS_TO_DECIDE_CAP = 100
 #: The single-run SD the candidates' screen assumes before any cell has two search runs, in
@@ -188,6 +186,8 @@ class Plan:
         lr_search_width: ``--lr-search-width`` (above 1, cells split by LR bucket).
         contenders: Cells after the leader (by the search runs) that a candidate must also be
             shown within the tolerance of (:func:`references`).
+        looks: The most looks a comparison gets, at ``confirm_runs``, ``2 * confirm_runs``,
+            ... runs of each cell; each look tests at Pocock's level for that many.
     """
 
     total: int
@@ -198,7 +198,8 @@ class Plan:
     exploration: int = 1
     scaling_rules: tuple[str, ...] = ("linear",)
     lr_search_width: float = 1.0
-    contenders: int = 1
+    contenders: int = 2
+    looks: int = 2
 
     @property
     def reference_count(self) -> int:
@@ -210,8 +211,8 @@ class Plan:
 
     @property
     def look_level(self) -> float:
-        """The one-sided confidence each look tests at (Pocock, two looks)."""
-        return 1.0 - pocock_level(1.0 - self.confidence, LOOKS)
+        """The one-sided confidence each look tests at (Pocock's, for :attr:`looks` looks)."""
+        return 1.0 - pocock_level(1.0 - self.confidence, self.looks)
 
     @classmethod
     def of_study(cls, study: optuna.Study, total: int) -> Plan | None:
@@ -509,7 +510,7 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
     for key, search_d in candidates(search, refs, plan, floor=chosen[0].batch_size):
         primary = leader if key != leader else next(ref for ref in refs if ref != key)
         last: Welch | None = None
-        for look in range(1, LOOKS + 1):
+        for look in range(1, plan.looks + 1):
             n = look * r
             others = [ref for ref in refs if ref != key]
             missing = need(key, n) + sum(need(ref, n) for ref in others)
@@ -551,11 +552,11 @@ def decide(plan: Plan, records: Sequence[TrialRecord]) -> Decision:
                 done.append(Comparison(key, search_d, "out", look, last, cell.runs))
                 return finish(done, decided=True, reason="a candidate is ruled out")
             needed = runs_to_decide(lead, cell, last.d, plan)
-            if look == LOOKS or (needed is not None and needed > LOOKS * r):
+            if look == plan.looks or (needed is not None and needed > plan.looks * r):
                 done.append(Comparison(key, search_d, "undecided", look, last, cell.runs, needed))
                 why = (
                     "a candidate is still undecided after its last look"
-                    if look == LOOKS
+                    if look == plan.looks
                     else "a candidate would need more runs than its last look to be decided"
                 )
                 return finish(done, reason=why)

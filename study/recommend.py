@@ -258,8 +258,8 @@ def build_answer(
         "budget": budget,
         "rule": (
             f"fixed-sequence one-sided Welch t-tests at {plan.confidence:.0%} on confirmation "
-            f"runs (two looks, each at {plan.look_level:.2%}), up the batch sizes, each "
-            "candidate against the leader and the next cells by the search"
+            f"runs (up to {plan.looks} looks, each at {plan.look_level:.2%}), up the batch "
+            "sizes, each candidate against the leader and the next cells by the search"
         ),
     }
     confirm = samples(records, plan, CONFIRM)

@@ -3,7 +3,7 @@
 One home for the numbers the answer states: Student's t quantile (any degrees of freedom,
 Welch's included), the t-interval of a mean at a chosen confidence, Welch's standard error of
 a difference with its Welch-Satterthwaite degrees of freedom, and the per-look level of a
-two-look sequential test (Pocock's boundary) so that a comparison looked at twice still errs
+sequential test of several looks (Pocock's boundary) so that a comparison looked at twice still errs
 at the stated rate. Nothing here imports torch; the quantiles come from ``scipy.special``.
 
 Example:
@@ -104,35 +104,45 @@ def pocock_level(alpha: float, looks: int) -> float:
     """The one-sided level each of ``looks`` equally spaced looks tests at so that the chance
     of passing at any of them is ``alpha`` (Pocock's constant boundary, normal theory).
 
-    One look is ``alpha`` itself. Two looks at half and all of the data: the boundary ``c``
-    solves ``P(Z1 > c or Z2 > c) = alpha`` with ``corr(Z1, Z2) = sqrt(1/2)`` (about 0.0304
-    for ``alpha = 0.05``), found by bisection on a numerical integral.
+    One look is ``alpha`` itself. With ``K`` looks at ``1/K, 2/K, ..., 1`` of the data, the
+    boundary ``c`` solves ``P(Z_k > c for some k) = alpha``, where ``Z_k`` is the standardised
+    sum of the first ``k`` of ``K`` independent normal increments; the chance is integrated
+    numerically look by look (the density of the sum that has not crossed, convolved with the
+    next increment) and ``c`` found by bisection. For ``alpha = 0.05``: 0.0304 at two looks
+    (``c = 1.875``), 0.0232 at three (1.992), 0.0194 at four (2.067).
 
     Raises:
-        ValueError: ``alpha`` outside (0, 0.5) or ``looks`` other than 1 or 2.
+        ValueError: ``alpha`` outside (0, 0.5) or fewer than one look.
     """
     if not 0 < alpha < 0.5:
         raise ValueError(f"alpha {alpha} must be in (0, 0.5)")
+    if looks < 1:
+        raise ValueError(f"{looks} looks: at least one is needed")
     if looks == 1:
         return alpha
-    if looks != 2:
-        raise ValueError(f"{looks} looks: only 1 or 2 are supported")
-    rho = math.sqrt(0.5)
-
-    def both_below(c: float) -> float:
-        x = np.linspace(-12.0, c, 6001)
-        inner = ndtr((c - rho * x) / math.sqrt(1 - rho**2))
-        density = np.exp(-0.5 * x**2) / math.sqrt(2 * math.pi)
-        return float(np.trapezoid(density * inner, x))
-
-    low, high = float(ndtri(1 - alpha)), float(ndtri(1 - alpha / 2))
-    for _ in range(60):
+    low, high = float(ndtri(1 - alpha)), float(ndtri(1 - alpha / looks))
+    for _ in range(50):
         mid = (low + high) / 2
-        if 1 - both_below(mid) > alpha:
+        if _crossing(mid, looks) > alpha:
             low = mid
         else:
             high = mid
     return float(1 - ndtr((low + high) / 2))
+
+
+def _crossing(c: float, looks: int, step: float = 0.01) -> float:
+    """``P(S_k > c * sqrt(k) for some k <= looks)`` for a sum ``S_k`` of standard normals."""
+    reach = 9.0 * math.sqrt(looks)
+    x = np.arange(-reach, c * math.sqrt(looks) + step, step)
+    half = round(9.0 / step)
+    kernel_x = np.arange(-half, half + 1) * step
+    kernel = np.exp(-0.5 * kernel_x**2) / math.sqrt(2 * math.pi) * step
+    density = np.exp(-0.5 * x**2) / math.sqrt(2 * math.pi)
+    density[x > c] = 0.0
+    for k in range(2, looks + 1):
+        density = np.convolve(density, kernel)[half : half + len(x)]
+        density[x > c * math.sqrt(k)] = 0.0
+    return float(1.0 - density.sum() * step)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from study.budget import claim_trial
 from study.cells import CellKey
-from study.decision import LOOKS, Plan
+from study.decision import Plan
 from study.locks import FileLock, NoLock, lock_path
 from study.recommend import recommend
 from study.record import CONFIRM, read_record
@@ -98,7 +98,7 @@ def assert_confirmed(
     for batch, n in confirmed.items():
         assert budget_ended_it or n >= confirm_runs, (batch, confirmed)
         # a look asks for exactly confirm_runs more runs: a run enqueued twice would pass it
-        assert n <= LOOKS * confirm_runs, f"batch {batch} confirmed {n} times"
+        assert n <= Plan.looks * confirm_runs, f"batch {batch} confirmed {n} times"
     assert study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING)) == []
 
 
@@ -121,7 +121,7 @@ def test_a_study_explores_then_confirms_and_stops_once_decided(sqlite_url):
 def test_a_noisy_study_keeps_going_while_undecided(sqlite_url):
     # batch 16 sits near the tolerance behind 8, everything larger far behind: its first look
     # (3 runs each) cannot decide it, so it and the leader 8 (16 is also 8's contender, the
-    # next best by the search) get a second look (6 runs each)
+    # next best by the search) get a second look (6 runs each), and so does the other contender
     edge = {**ACCURACY, 16: 0.955, 32: 0.90, 64: 0.88}
     study = make_study(sqlite_url)
     for b in BATCHES[:6]:  # the exploration covers every cell once
@@ -134,10 +134,11 @@ def test_a_noisy_study_keeps_going_while_undecided(sqlite_url):
     run_trials(quiet, fake_objective(noise=0.0005, accuracy=clear), total=40, lock=NoLock())
     edge_runs = Counter(r.batch_size for r in by_phase(study)[1])
     clear_runs = Counter(r.batch_size for r in by_phase(quiet)[1])
-    # decided at the first look; 8, chosen over its contender 16 on its first three runs, gets
-    # three more for its estimate
-    assert clear_runs == {8: 6, 16: 3}
-    assert edge_runs == {8: 6, 16: 6}  # kept going to the second look
+    # decided at the first look; 8, chosen over its contenders 16 and 32 on its first three
+    # runs, gets three more for its estimate
+    assert clear_runs == {8: 6, 16: 3, 32: 3}
+    # kept going to the second look, where 16 is held against both other references
+    assert edge_runs == {8: 6, 16: 6, 32: 6}
     assert recommend(quiet).to_dict()["decided"]
 
 
