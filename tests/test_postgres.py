@@ -71,7 +71,7 @@ def test_two_machines_join_one_new_study_and_end_with_exactly_the_budget(db, tmp
 def test_a_killed_worker_s_trial_is_retried_and_resumed(db, tmp_path):
     args = [*LONG, *BEAT, "--workers", "2", "--checkpoint-dir", str(tmp_path)]
     proc = _start(db, 3, *args)
-    victim = _wait_for_pg(db, proc, _mid_trial(min_epochs=1))
+    victim = _wait_for_pg(db, proc, _mid_trial(min_epochs=1, checkpoints=tmp_path / "batch-size"))
     os.kill(_pid(victim), signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err

@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 import weakref
+from pathlib import Path
 
 import optuna
 import pytest
@@ -129,10 +130,13 @@ def _pid(trial) -> int:
     return int(trial.user_attrs["worker"].rsplit(":", 1)[1])
 
 
-def _mid_trial(min_epochs: int):
-    """A RUNNING trial with a worker, ``min_epochs`` to 5 of its 8 epochs reported.
+def _mid_trial(min_epochs: int, checkpoints: Path | None = None):
+    """A RUNNING trial with a worker, ``min_epochs`` to 5 of its 8 epochs reported, and, with
+    ``checkpoints`` (the study's checkpoint folder), its checkpoint written.
 
     The upper bound keeps a slow poll from picking a trial about to finish before the kill.
+    An epoch's value is stored just before that epoch's checkpoint is written, so a kill that
+    must find a checkpoint waits for the file itself.
     """
 
     def ready(trials):
@@ -142,6 +146,7 @@ def _mid_trial(min_epochs: int):
             if t.state == TrialState.RUNNING
             and "worker" in t.user_attrs
             and min_epochs <= len(t.intermediate_values) <= 5
+            and (checkpoints is None or (checkpoints / f"trial-{t.number}.pt").exists())
         ]
         return running[0] if running else None
 
@@ -166,8 +171,9 @@ def test_workers_share_one_study_and_record_worker_and_device(tmp_path):
 @pytest.mark.slow
 def test_a_killed_worker_s_trial_is_failed_in_the_grace_period_and_resumed(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
-    proc = _start(url, 3, *LONG, *BEAT, "--workers", "2")
-    victim = _wait_for(url, proc, _mid_trial(min_epochs=1))
+    checkpoints = tmp_path / "checkpoints"
+    proc = _start(url, 3, *LONG, *BEAT, "--workers", "2", "--checkpoint-dir", str(checkpoints))
+    victim = _wait_for(url, proc, _mid_trial(min_epochs=1, checkpoints=checkpoints / "batch-size"))
     os.kill(_pid(victim), signal.SIGKILL)
     killed_at = time.time()
     failed_at = _wait_for(
