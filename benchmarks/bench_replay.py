@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 from pathlib import Path
@@ -33,7 +34,7 @@ from pathlib import Path
 import optuna
 from bench_answer import Cell, grid_answer
 
-from study.decision import Plan, decide
+from study.decision import EXPLORATION_SHARE, Plan, decide
 from study.recommend import build_answer
 from study.record import CONFIRM, MetricInfo, TrialRecord
 
@@ -125,6 +126,13 @@ def main() -> None:
         default=Plan.looks,
         help="the most looks a comparison gets (the plan's field; default as a study runs)",
     )
+    p.add_argument(
+        "--exploration",
+        type=float,
+        default=EXPLORATION_SHARE,
+        help="search trials before the confirmation, as a share of the cells (rounded up; "
+        "default as a study runs)",
+    )
     args = p.parse_args()
     grid = json.loads(Path(args.grid).read_text())
     metric = MetricInfo(**{k: v for k, v in grid["metric"].items() if k != "bounds"})
@@ -135,7 +143,7 @@ def main() -> None:
         tolerance=args.tolerance,
         confidence=args.confidence,
         metric=metric,
-        exploration=min(args.trials, cells),
+        exploration=min(args.trials, max(1, math.ceil(args.exploration * cells))),
         scaling_rules=tuple(sorted({c["rule"] for c in grid["cells"]})),
         contenders=args.contenders,
         looks=args.looks,

@@ -3,13 +3,15 @@
 Torch-free arithmetic over what ``batchsize-study plan`` measures (each batch size's training
 throughput, timed side by side) and the settings of the run:
 
-* **Trainings.** The decision (``study.decision``) explores one search run per cell of the
-  space (batch sizes x rules, at most ``--trials``), then confirms: ``--confirm-runs`` fresh
-  runs of the references (the leader and the next cells by the search runs, as many as the
-  budget pays: ``Plan.reference_count``) and of each faster candidate it tests, twice that
-  when a look is undecided, and ``--confirm-runs`` more of the most accurate reference (its
-  estimate comes from runs after those that chose it). The expected count is the exploration
-  plus the references', one candidate's and those runs; ``--trials`` is the cap.
+* **Trainings.** The decision (``study.decision``) explores with search runs on three
+  quarters of the space's cells (batch sizes x rules, rounded up; every cell with the grid
+  sampler; at most ``--trials``: ``study.decision.exploration_trials``), then confirms:
+  ``--confirm-runs`` fresh runs of the references (the leader and the next cells by the
+  search runs, as many as the budget pays: ``Plan.reference_count``) and of each faster
+  candidate it tests, twice that when a look is undecided, and ``--confirm-runs`` more of the
+  most accurate reference (its estimate comes from runs after those that chose it). The
+  expected count is the exploration plus the references', one candidate's and those runs,
+  each only when the budget left pays it; ``--trials`` is the cap.
 * **Seconds per trial** at batch ``B``: the samples it trains over its throughput, its
   evaluations (the validation split each epoch or period, then the training and test splits;
   a forward pass costed at :data:`FORWARD_SHARE` of a training step, at the largest batch),
@@ -27,7 +29,7 @@ Example:
     >>> round(trial_seconds(32, rates, work), 3)
     0.831
     >>> expected_trainings(trials=50, cells=6, confirm_runs=3)
-    21
+    20
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from study.config import EVALUATION_PERIODS
-from study.decision import Plan
+from study.decision import Plan, exploration_trials
 
 #: A forward pass (evaluation) per sample, as a share of a training step's time per sample.
 FORWARD_SHARE = 1 / 3
@@ -105,20 +107,25 @@ def trial_seconds(batch_size: int, rates: Mapping[int, float], work: Workload) -
     return train + evaluation + TRIAL_OVERHEAD_S + work.evaluations * EVALUATION_OVERHEAD_S
 
 
-def references(trials: int, cells: int, confirm_runs: int) -> int:
+def references(trials: int, cells: int, confirm_runs: int, every_cell: bool = False) -> int:
     """The cells confirmed as references (the leader and its contenders) in such a study."""
-    return Plan(
-        total=trials, confirm_runs=confirm_runs, exploration=min(trials, cells)
-    ).reference_count
+    explore = exploration_trials(trials, cells, every_cell)
+    return Plan(total=trials, confirm_runs=confirm_runs, exploration=explore).reference_count
 
 
-def expected_trainings(trials: int, cells: int, confirm_runs: int) -> int:
-    """Trainings a study is expected to run: one search run per cell, then the references'
-    and one candidate's confirmation runs, and the most accurate reference's runs after those
-    that chose it; never more than ``trials``."""
-    refs = references(trials, cells, confirm_runs)
+def expected_trainings(trials: int, cells: int, confirm_runs: int, every_cell: bool = False) -> int:
+    """Trainings a study is expected to run: the exploration's search runs, then the
+    references' and one candidate's confirmation runs, and the most accurate reference's runs
+    after those that chose it, each only when the budget left pays it (as the decision asks)."""
+    refs = references(trials, cells, confirm_runs, every_cell)
     estimate = 1 if refs > 1 else 0  # the most accurate's runs after those that chose it
-    return min(trials, cells + (refs + 1 + estimate) * confirm_runs)
+    spent = exploration_trials(trials, cells, every_cell)
+    # the decision asks for a look only when the budget left pays all of it
+    for runs in [confirm_runs] * refs + [confirm_runs, estimate * confirm_runs]:
+        if spent + runs > trials:
+            break
+        spent += runs
+    return spent
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,7 @@ class Estimate:
 
     Attributes:
         cells: Batch sizes x rules of the space.
+        search: The exploration's search runs (:func:`study.decision.exploration_trials`).
         trainings: Expected trainings (:func:`expected_trainings`).
         cap: The most trainings the study may run (``--trials``).
         references: Cells confirmed as references (the leader and its contenders).
@@ -136,6 +144,7 @@ class Estimate:
     """
 
     cells: int
+    search: int
     trainings: int
     cap: int
     references: int
@@ -150,23 +159,26 @@ def estimate(
     work: Workload,
     trials: int,
     confirm_runs: int,
+    every_cell: bool = False,
 ) -> Estimate:
     """The cost of a study over ``batch_sizes`` x ``rules`` cells.
 
-    The exploration trains each cell once; the confirmation runs are costed at the median
-    batch size's time (the leader and its candidate may sit anywhere in the space).
+    ``every_cell``: the exploration runs every cell (the grid sampler). The exploration's
+    search runs are costed at the mean of the cells' times (the sampler
+    picks the cells); the confirmation runs at the median batch size's time (the leader and
+    its candidate may sit anywhere in the space).
     """
     per_batch = {b: trial_seconds(b, rates, work) for b in batch_sizes}
     cells = len(batch_sizes) * rules
-    explore = min(trials, cells)
+    explore = exploration_trials(trials, cells, every_cell)
     explore_s = sum(per_batch.values()) * rules * explore / cells
-    trainings = expected_trainings(trials, cells, confirm_runs)
+    trainings = expected_trainings(trials, cells, confirm_runs, every_cell)
     typical = statistics.median(per_batch.values())
     once = FIXED_S + FIRST_TRIAL_S + work.probe_s
     seconds = once + explore_s + (trainings - explore) * typical
     cap_seconds = once + explore_s + (trials - explore) * typical
-    refs = references(trials, cells, confirm_runs)
-    return Estimate(cells, trainings, trials, refs, seconds, cap_seconds)
+    refs = references(trials, cells, confirm_runs, every_cell)
+    return Estimate(cells, explore, trainings, trials, refs, seconds, cap_seconds)
 
 
 def duration(seconds: float) -> str:

@@ -105,8 +105,8 @@ class Plan:
         lines += [
             f"Space: {len(s.batch_sizes)} batch sizes x {len(s.scaling_rules)} rule(s) "
             f"({', '.join(s.scaling_rules)}) = {cost.cells} cells.",
-            f"Expected: {cost.trainings} trainings ({min(cost.cap, cost.cells)} search runs, one "
-            f"per cell, then {c.confirm_runs} confirmation runs {_refs(cost)}), about "
+            f"Expected: {cost.trainings} trainings ({cost.search} search runs, then "
+            f"{c.confirm_runs} confirmation runs {_refs(cost)}), about "
             f"{duration(cost.seconds)}; at most {cost.cap} trainings "
             f"(--trials), about {duration(cost.cap_seconds)}. Pruned trials end early, so the "
             "search usually costs less.",
@@ -170,6 +170,7 @@ def _estimate(
         work,
         config.trials,
         config.confirm_runs,
+        every_cell=config.sampler == "grid",
     )
 
 
@@ -212,8 +213,8 @@ def _cheaper(
                 _estimate(config, narrower, rates, work),
             )
         )
-    if config.trials > now.cells + config.confirm_runs:
-        trials = now.cells + config.confirm_runs
+    if config.trials > now.search + config.confirm_runs:
+        trials = now.search + config.confirm_runs
         fewer = dataclasses.replace(config, trials=trials)
         options.append(
             Cheaper(

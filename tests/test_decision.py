@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from study.cells import CellKey
-from study.decision import Plan, candidates, decide, leader_of, references, samples
+from study.decision import (
+    Plan,
+    candidates,
+    decide,
+    exploration_trials,
+    leader_of,
+    references,
+    samples,
+)
 from study.record import ACCURACY, MetricInfo, TrialRecord
 from study.stats import Welch, mean_interval, pocock_level, t_quantile, welch
 
@@ -79,6 +87,26 @@ def test_passing_at_any_of_the_looks_errs_at_alpha():
         sums = np.cumsum(rng.standard_normal((200_000, looks)), axis=1)
         z = sums / np.sqrt(np.arange(1, looks + 1))
         assert (z > c).any(axis=1).mean() == pytest.approx(0.05, abs=0.0025)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "total", "expected"), [("tpe", 50, 18), ("grid", 50, 24), ("tpe", 10, 10)]
+)
+def test_the_exploration_is_three_quarters_of_the_cells_or_every_cell_under_the_grid_sampler(
+    sampler, total, expected
+):
+    import optuna
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("config", {"confirm_runs": 3, "sampler": sampler})
+    study.set_user_attr(
+        "space",
+        {"batch_sizes": [8 * 2**i for i in range(8)], "scaling_rules": ["linear", "sqrt", "none"]},
+    )
+    stored = Plan.of_study(study, total)
+    assert stored is not None and stored.exploration == expected
+    assert exploration_trials(total, 24, every_cell=sampler == "grid") == expected
+    assert exploration_trials(50, 1) == 1 and exploration_trials(50, 2) == 2
 
 
 def test_exploration_comes_first_and_the_leader_is_chosen_on_search_runs_only():

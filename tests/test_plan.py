@@ -52,7 +52,9 @@ def test_the_plans_estimate_is_within_30_percent_of_the_studys_measured_time(tmp
     print(f"whole run: estimated {plan['estimate']['seconds']:.2f} s, measured {wall:.2f} s")
     assert abs(estimated - measured) <= 0.3 * measured
     assert abs(plan["estimate"]["seconds"] - wall) <= 0.3 * wall  # start-up, answer, report
-    assert plan["estimate"]["trainings"] == len(trials) == 8  # the cap, reached
+    # four search runs (three quarters of five cells) and the leader's three confirmation runs;
+    # the last trial cannot pay a candidate's look
+    assert plan["estimate"]["trainings"] == len(trials) == 7
 
 
 def test_plan_from_python_costs_a_task_object_without_storing_it(tmp_path):
