@@ -179,7 +179,8 @@ class Decision:
 class Plan:
     """The decision's settings, one frozen object passed explicitly: what a user sets and the
     study stores in its ``config`` (``--confidence``, ``--tolerance``, ``--confirm-runs``,
-    ``--trials``), and the space's cells.
+    ``--trials``), the space's cells, and the settings a study pins in its ``plan`` attribute
+    when it is created (:func:`plan_settings`).
 
     Args:
         total: The study's ``--trials`` (the cap).
@@ -232,15 +233,20 @@ class Plan:
         rules = tuple(space.get("scaling_rules") or ("linear",))
         choices = len(space.get("batch_sizes") or ()) + len(space.get("schedules") or ())
         cells = choices * len(rules)
+        pinned = {**plan_settings(), **(attrs.get("plan") or {})}
+        every_cell = config.get("sampler") == "grid"
+        share = float(pinned["exploration_share"])
         return cls(
             total=int(total),
             confirm_runs=runs,
             tolerance=float(config.get("tolerance", 0.01)),
             confidence=float(config.get("confidence", 0.95)),
             metric=study_metric(study),
-            exploration=exploration_trials(int(total), cells, config.get("sampler") == "grid"),
+            exploration=exploration_trials(int(total), cells, every_cell, share),
             scaling_rules=rules,
             lr_search_width=float(config.get("lr_search_width") or 1.0),
+            contenders=int(pinned["contenders"]),
+            looks=int(pinned["looks"]),
         )
 
     @classmethod
@@ -291,17 +297,30 @@ class Plan:
         return attrs
 
 
-def exploration_trials(total: int, cells: int, every_cell: bool = False) -> int:
-    """The search trials of a study of ``total`` trials over ``cells`` cells:
-    :data:`EXPLORATION_SHARE` of the cells, rounded up (every cell with ``every_cell``, the
-    grid sampler's promise), at least 1 and at most ``total``.
+def plan_settings() -> dict[str, Any]:
+    """The decision's settings a new study stores as its ``plan`` user attribute, so that a
+    resume, a worker or a later reading decides it as it began, whatever a newer version's
+    defaults: :attr:`Plan.contenders`, :attr:`Plan.looks` and :data:`EXPLORATION_SHARE`. A
+    study without one is read with these."""
+    return {
+        "contenders": Plan.contenders,
+        "looks": Plan.looks,
+        "exploration_share": EXPLORATION_SHARE,
+    }
+
+
+def exploration_trials(
+    total: int, cells: int, every_cell: bool = False, share: float = EXPLORATION_SHARE
+) -> int:
+    """The search trials of a study of ``total`` trials over ``cells`` cells: ``share`` of the
+    cells, rounded up (every cell with ``every_cell``, the grid sampler's promise), at least 1
+    and at most ``total``.
 
     Example:
         >>> exploration_trials(50, 24), exploration_trials(50, 18), exploration_trials(10, 24)
         (18, 14, 10)
     """
-    share = 1.0 if every_cell else EXPLORATION_SHARE
-    return max(1, min(total, math.ceil(share * cells)))
+    return max(1, min(total, math.ceil((1.0 if every_cell else share) * cells)))
 
 
 def samples(records: Sequence[TrialRecord], plan: Plan, phase: str) -> dict[CellKey, Sample]:

@@ -36,7 +36,7 @@ from study.compat import (
     trial_id_of,
 )
 from study.config import EVALUATION_PERIODS, ConfigError, StudyConfig, differences
-from study.decision import Plan
+from study.decision import Plan, plan_settings
 from study.disk import is_disk_full
 from study.locks import SETUP_SCOPE, NoLock, StorageLock
 from study.pruning import FairMedianPruner
@@ -213,6 +213,7 @@ def _create_or_resume(
         for key, value in extra_attrs.items():
             study.set_user_attr(key, value)
         study.set_user_attr("config", config.to_dict())
+        study.set_user_attr("plan", plan_settings())
         study.set_user_attr("space", space.to_dict())  # written last: marks a complete setup
     return study, space, created
 

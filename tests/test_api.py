@@ -13,6 +13,7 @@ from batchsize_study.api import StudyResult, run_study
 from objectives import MSE, Task
 from objectives.metrics import mse
 from study.config import ConfigError, StudyConfig
+from study.decision import plan_settings
 from study.record import study_metric
 
 
@@ -61,6 +62,7 @@ def test_a_task_object_is_studied_in_this_process_and_the_answer_comes_back(tmp_
     assert result.recommendation["trials_used"] == len(finished)
     assert study_metric(study).name == "mse"
     assert study.user_attrs["config"]["task"] == "python:line"
+    assert study.user_attrs["plan"] == plan_settings()  # pinned for resumes and readers
     answer = result.recommendation
     assert answer == study.user_attrs["recommendation"]
     assert set(answer) >= {"most_accurate", "fastest_within", "tolerance", "budget", "statement"}

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from study.budget import claim_trial
 from study.cells import CellKey
+from study.confirm import study_decision
 from study.decision import Plan
 from study.locks import FileLock, NoLock, lock_path
 from study.recommend import recommend
@@ -100,6 +101,21 @@ def assert_confirmed(
         # a look asks for exactly confirm_runs more runs: a run enqueued twice would pass it
         assert n <= Plan.looks * confirm_runs, f"batch {batch} confirmed {n} times"
     assert study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING)) == []
+
+
+def test_a_study_is_decided_with_the_plan_it_stored_not_a_newer_default(sqlite_url):
+    study = make_study(sqlite_url)
+    default = Plan.of_study(study, 40)  # a study stored before plans were pinned
+    assert default is not None
+    assert (default.contenders, default.looks, default.exploration) == (2, 2, 5)
+    study.set_user_attr("plan", {"contenders": 0, "looks": 3, "exploration_share": 1.0})
+    pinned = Plan.of_study(study, 40)
+    assert pinned is not None and (pinned.contenders, pinned.looks, pinned.exploration) == (0, 3, 6)
+    run_trials(study, fake_objective(), total=40, lock=FileLock(lock_path_of(sqlite_url)))
+    search, confirm = by_phase(study)
+    assert len(search) == 6  # every cell, as stored
+    assert min(r.number for r in confirm) > max(r.number for r in search[:6])
+    assert len(study_decision(study, Plan.of_study(study, 40)).references) == 1  # no contender
 
 
 def test_a_study_explores_then_confirms_and_stops_once_decided(sqlite_url):
