@@ -21,8 +21,9 @@ the same state), in three stages:
    through timings): at each batch size the cell with the best search mean. A candidate is
    dropped when its search runs already put it confidently more than the tolerance behind the
    leader (its lower bound, one-sided at the confidence, above the tolerance). The sequence
-   starts at the largest candidate whose search shortfall is within the tolerance (the
-   smallest candidate when none is) and goes up the batch sizes. Each candidate is tested on
+   starts at the largest candidate whose *shrunken* search shortfall (the empirical-Bayes
+   means that rank the leader, :func:`shrunken_means`) is within the tolerance (the smallest
+   candidate when none is) and goes up the batch sizes. Each candidate is tested on
    confirmation runs only, against **every** reference but itself: shortfall ``d`` (Welch's
    ``se`` and degrees of freedom); it **passes** when ``d + t * se <= tolerance`` against
    each (an intersection-union test, so no level is split), is **ruled out** when ``d - t *
@@ -364,16 +365,8 @@ def _pooled(search: dict[CellKey, Sample]) -> tuple[float | None, int]:
     return math.sqrt(ss / dof), dof
 
 
-def ranked(search: dict[CellKey, Sample], metric: MetricInfo) -> list[CellKey]:
-    """The cells with a search value, best first by their shrunken search means (more runs,
-    then the smaller batch, on a tie).
-
-    Each cell's mean is pulled towards the mean of all cells by the share of its variance that
-    is signal, ``tau² / (tau² + sigma² / n)`` (empirical Bayes, normal-normal: ``sigma`` the
-    pooled single-run SD of the search runs, ``tau²`` the spread of the cells' true means by
-    the method of moments), so that one lucky run does not outrank a cell that was good
-    several times.
-    """
+def shrunken_means(search: dict[CellKey, Sample]) -> dict[CellKey, float]:
+    """The cells' search means, each pulled towards the mean of all cells (see :func:`ranked`)."""
     scored = [(k, s) for k, s in search.items() if s.values]
     means = {k: s.mean or 0.0 for k, s in scored}
     shrunk = dict(means)
@@ -385,6 +378,21 @@ def ranked(search: dict[CellKey, Sample], metric: MetricInfo) -> list[CellKey]:
         tau2 = max(spread - noise, 1e-12)
         for k, s in scored:
             shrunk[k] = grand + tau2 / (tau2 + sigma**2 / len(s.values)) * (means[k] - grand)
+    return shrunk
+
+
+def ranked(search: dict[CellKey, Sample], metric: MetricInfo) -> list[CellKey]:
+    """The cells with a search value, best first by their shrunken search means (more runs,
+    then the smaller batch, on a tie).
+
+    Each cell's mean is pulled towards the mean of all cells by the share of its variance that
+    is signal, ``tau² / (tau² + sigma² / n)`` (empirical Bayes, normal-normal: ``sigma`` the
+    pooled single-run SD of the search runs, ``tau²`` the spread of the cells' true means by
+    the method of moments), so that one lucky run does not outrank a cell that was good
+    several times.
+    """
+    scored = [(k, s) for k, s in search.items() if s.values]
+    shrunk = shrunken_means(search)
     order = sorted(
         scored,
         key=lambda ks: (metric.sign * shrunk[ks[0]], len(ks[1].values), -ks[0].batch_size),
@@ -438,7 +446,12 @@ def candidates(
         se = sigma * math.sqrt(1 / len(lead.values) + 1 / len(s.values))
         if d - t * se < plan.tolerance:  # not already ruled out by the search runs
             listed.append((key, d))
-    within = [i for i, (_, d) in enumerate(listed) if d <= plan.tolerance]
+    shrunk = shrunken_means(search)
+    within = [
+        i
+        for i, (k, _) in enumerate(listed)
+        if sign * (shrunk[leader] - shrunk[k]) <= plan.tolerance
+    ]
     start = within[-1] if within else 0
     return listed[start:]
 

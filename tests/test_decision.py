@@ -18,6 +18,7 @@ from study.decision import (
     leader_of,
     references,
     samples,
+    shrunken_means,
 )
 from study.record import ACCURACY, MetricInfo, TrialRecord
 from study.stats import Welch, mean_interval, pocock_level, t_quantile, welch
@@ -107,6 +108,26 @@ def test_the_exploration_is_three_quarters_of_the_cells_or_every_cell_under_the_
     assert stored is not None and stored.exploration == expected
     assert exploration_trials(total, 24, every_cell=sampler == "grid") == expected
     assert exploration_trials(50, 1) == 1 and exploration_trials(50, 2) == 2
+
+
+def test_the_sequence_starts_where_the_shrunken_search_means_put_a_candidate_within():
+    # 512's one search run is 0.0095 behind the leader's mean (within 0.01), but pulled towards
+    # the mean of all cells as far as one run's noise warrants, it is 0.0102 behind: the
+    # sequence starts at 64 (0.004 behind) and reaches 512 only if 64 passes
+    runs = {
+        8: [0.97, 0.99, 0.98, 0.98, 0.975, 0.985],
+        16: [0.968, 0.988, 0.978],
+        64: [0.976],
+        512: [0.9705],
+        1024: [0.93],
+        2048: [0.92],
+    }
+    p = plan(exploration=1)
+    search = samples([rec(b, v) for b, values in runs.items() for v in values], p, "search")
+    listed = candidates(search, references(search, p), p)
+    assert [(k.batch_size, round(d, 4)) for k, d in listed] == [(64, 0.004), (512, 0.0095)]
+    shrunk = shrunken_means(search)
+    assert shrunk[CellKey(8, "linear")] - shrunk[CellKey(512, "linear")] > p.tolerance
 
 
 def test_exploration_comes_first_and_the_leader_is_chosen_on_search_runs_only():
