@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import statistics
 from pathlib import Path
@@ -34,7 +33,7 @@ from pathlib import Path
 import optuna
 from bench_answer import Cell, grid_answer
 
-from study.decision import EXPLORATION_SHARE, Plan, decide
+from study.decision import EXPLORATION_SHARE, Plan, decide, exploration_trials
 from study.recommend import build_answer
 from study.record import CONFIRM, MetricInfo, TrialRecord
 
@@ -143,7 +142,7 @@ def main() -> None:
         tolerance=args.tolerance,
         confidence=args.confidence,
         metric=metric,
-        exploration=min(args.trials, max(1, math.ceil(args.exploration * cells))),
+        exploration=exploration_trials(args.trials, cells, share=args.exploration),
         scaling_rules=tuple(sorted({c["rule"] for c in grid["cells"]})),
         contenders=args.contenders,
         looks=args.looks,

@@ -164,8 +164,8 @@ def estimate(
     """The cost of a study over ``batch_sizes`` x ``rules`` cells.
 
     ``every_cell``: the exploration runs every cell (the grid sampler). The exploration's
-    search runs are costed at the mean of the cells' times (the sampler
-    picks the cells); the confirmation runs at the median batch size's time (the leader and
+    search runs are costed at the mean of the cells' times (the sampler picks the cells); the
+    confirmation runs at the median batch size's time (the leader and
     its candidate may sit anywhere in the space).
     """
     per_batch = {b: trial_seconds(b, rates, work) for b in batch_sizes}

@@ -6,8 +6,8 @@ the same state), in three stages:
 
 1. **Explore.** The sampler runs the first :attr:`Plan.exploration` trials (three quarters
    of the space's cells, rounded up, every cell with the grid sampler, at most the budget:
-   :func:`exploration_trials`); the
-   pruner may stop them. These *search* runs select; they are never used to estimate.
+   :func:`exploration_trials`); the pruner may stop them. These *search* runs select; they
+   are never used to estimate.
 2. **Select, then estimate.** The cells are ranked by their shrunken search means
    (:func:`ranked`); the first is the **leader**, the next :attr:`Plan.contenders` its
    contenders, together the **references** (:func:`references`). Each gets ``confirm_runs``
