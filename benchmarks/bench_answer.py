@@ -27,6 +27,7 @@ short tail; ``torch.optim`` and the task's loss; none of the study's training co
     python benchmarks/bench_answer.py --task digits [--seeds 5] [--trials 50]
     python benchmarks/bench_answer.py --save-grid g.json   # keep the grid ...
     python benchmarks/bench_answer.py --grid-json g.json   # ... and judge another study with it
+    python benchmarks/bench_answer.py --grid-json g.json --seeds 20 --save-grid g.json  # add seeds
     python benchmarks/bench_answer.py --quick        # a 2-minute check of the machinery
 """
 
@@ -234,13 +235,17 @@ def plain_run(task, batch_size: int, lr: float, optimizer: str, epochs: int, see
     return _metric_mean(model, task.val, task.metric, task.collate), seconds
 
 
-def run_grid(task, space: dict, config: StudyConfig, seeds: int, log) -> dict[tuple, Cell]:
-    cells: dict[tuple, Cell] = {}
+def run_grid(
+    task, space: dict, config: StudyConfig, seeds: range, log, cells: dict | None = None
+) -> dict[tuple, Cell]:
+    """Train every cell of ``space`` once per seed of ``seeds``, appending to ``cells`` (a
+    saved grid extended with more seeds) or to new cells."""
+    cells = {} if cells is None else cells
     for b in space["batch_sizes"]:
         for rule in space["scaling_rules"]:
             cell = cells.setdefault((b, rule), Cell(b, rule))
             lr = scaled_lr(rule, config.base_lr, config.base_batch_size, b)
-            for seed in range(seeds):
+            for seed in seeds:
                 value, seconds = plain_run(task, b, lr, config.optimizer, config.epochs, seed)
                 cell.values.append(value if math.isfinite(value) else float("nan"))
                 cell.seconds.append(seconds)
@@ -378,7 +383,12 @@ def main() -> None:
     p.add_argument("--model", default=StudyConfig.model, help="for built-in tasks (synthetic: mlp)")
     p.add_argument("--trials", type=int, default=50)
     p.add_argument("--epochs", type=int, default=StudyConfig.epochs)
-    p.add_argument("--seeds", type=int, default=5, help="grid runs per cell")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        help="grid runs per cell (default 5; with --grid-json, more than the file has trains "
+        "the missing seeds and adds them: write the result with --save-grid)",
+    )
     p.add_argument(
         "--studies", type=int, default=1, help="studies to judge (seeds 0, 1, ...; default 1)"
     )
@@ -408,7 +418,7 @@ def main() -> None:
         "another process may still be training it with --save-grid",
     )
     args = p.parse_args()
-    if args.studies < 1 or args.seeds < 2 or args.first_seed < 0:
+    if args.studies < 1 or (args.seeds is not None and args.seeds < 2) or args.first_seed < 0:
         p.error(
             "--studies must be at least 1, --seeds at least 2 (a grid cell needs an SD) and "
             "--first-seed at least 0"
@@ -449,11 +459,17 @@ def main() -> None:
         saved = _wait_for_grid(Path(args.grid_json))
         cells = {(c["batch_size"], c["rule"]): Cell(**c) for c in saved["cells"]}
         grid_cpu = float(saved["cpu_s"])
-        # the saved grid's seeds, for the figures below (older files: count a cell's runs)
-        args.seeds = int(saved.get("seeds") or min(len(c.values) for c in cells.values()))
+        # the saved grid's seeds (older files: count a cell's runs)
+        had = int(saved.get("seeds") or min(len(c.values) for c in cells.values()))
         source = f"read from {args.grid_json} ({saved.get('epochs', '?')} epochs)"
+        if args.seeds is not None and args.seeds > had:
+            run_grid(task, space, config, range(had, args.seeds), print, cells)
+            grid_cpu += time.process_time() - grid_started
+            source += f", seeds {had}-{args.seeds - 1} trained above"
+        args.seeds = max(had, args.seeds or 0)
     else:
-        cells = run_grid(task, space, config, args.seeds, print)
+        args.seeds = args.seeds or 5
+        cells = run_grid(task, space, config, range(args.seeds), print)
         grid_cpu = time.process_time() - grid_started
         source = "trained above"
     print(
