@@ -462,6 +462,8 @@ def main() -> None:
         # the saved grid's seeds (older files: count a cell's runs)
         had = int(saved.get("seeds") or min(len(c.values) for c in cells.values()))
         source = f"read from {args.grid_json} ({saved.get('epochs', '?')} epochs)"
+        if args.seeds is not None and args.seeds < had:
+            p.error(f"--seeds {args.seeds}: {args.grid_json} already has {had}; leave it out")
         if args.seeds is not None and args.seeds > had:
             run_grid(task, space, config, range(had, args.seeds), print, cells)
             grid_cpu += time.process_time() - grid_started
