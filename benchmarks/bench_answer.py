@@ -468,7 +468,7 @@ def main() -> None:
             run_grid(task, space, config, range(had, args.seeds), print, cells)
             grid_cpu += time.process_time() - grid_started
             source += f", seeds {had}-{args.seeds - 1} trained above"
-        args.seeds = max(had, args.seeds or 0)
+        args.seeds = args.seeds or had
     else:
         args.seeds = args.seeds or 5
         cells = run_grid(task, space, config, range(args.seeds), print)
