@@ -18,6 +18,8 @@ time over the named cell's, 1 when it is truly outside); the trials used as a sh
 grid's; and how many studies stopped decided.
 
     python benchmarks/bench_replay.py --grid g.json [--studies 400]
+    python benchmarks/bench_replay.py --grid g.json --exploration 0.5   # or --contenders 1,
+    python benchmarks/bench_replay.py --grid g.json --each-cell         # --looks 3
 
 ``g.json`` is what ``bench_answer.py --save-grid`` writes.
 """
@@ -45,9 +47,12 @@ def _draw(values: list[float], rng: random.Random) -> float:
     return rng.choice(values) + rng.gauss(0.0, spread / len(values) ** 0.5)
 
 
-def replay(grid: dict, plan: Plan, seed: int) -> tuple[dict, dict, int, bool, tuple]:
+def replay(
+    grid: dict, plan: Plan, seed: int, each_cell: bool = False
+) -> tuple[dict, dict, int, bool, tuple]:
     """One replayed study: its answer, the truth half's cell means, trials used, decided, and
-    the cell a 5-seed grid of the replay half names under the study's rule."""
+    the cell a 5-seed grid of the replay half names under the study's rule. ``each_cell``: the
+    search runs every cell once in a random order instead of asking TPE."""
     rng = random.Random(seed)
     seeds = grid["seeds"]
     order = list(range(seeds))
@@ -68,13 +73,19 @@ def replay(grid: dict, plan: Plan, seed: int) -> tuple[dict, dict, int, bool, tu
         "scaling_rule": optuna.distributions.CategoricalDistribution(rules),
     }
     records: list[TrialRecord] = []
+    order_cells = sorted(cells)
+    rng.shuffle(order_cells)
     while len(records) < plan.total:
         decision = decide(plan, records)
         if decision.stage == "done":
             break
         if decision.stage == "explore":
-            trial = study.ask(dists)
-            key, phase = (trial.params["batch_size"], trial.params["scaling_rule"]), SEARCH
+            if each_cell:
+                trial, key = None, order_cells[len(records)]
+            else:
+                trial = study.ask(dists)
+                key = (trial.params["batch_size"], trial.params["scaling_rule"])
+            phase = SEARCH
         elif decision.next_cell is not None:
             key, phase = (decision.next_cell.batch_size, decision.next_cell.scaling_rule), CONFIRM
             trial = None
@@ -132,6 +143,12 @@ def main() -> None:
         help="search trials before the confirmation, as a share of the cells (rounded up; "
         "default as a study runs)",
     )
+    p.add_argument(
+        "--each-cell",
+        action="store_true",
+        help="the search runs every cell once, in a random order, instead of the study's TPE "
+        "(what covering every cell would give; the exploration is then every cell)",
+    )
     args = p.parse_args()
     grid = json.loads(Path(args.grid).read_text())
     metric = MetricInfo(**{k: v for k, v in grid["metric"].items() if k != "bounds"})
@@ -142,7 +159,9 @@ def main() -> None:
         tolerance=args.tolerance,
         confidence=args.confidence,
         metric=metric,
-        exploration=exploration_trials(args.trials, cells, share=args.exploration),
+        exploration=exploration_trials(
+            args.trials, cells, every_cell=args.each_cell, share=args.exploration
+        ),
         scaling_rules=tuple(sorted({c["rule"] for c in grid["cells"]})),
         contenders=args.contenders,
         looks=args.looks,
@@ -152,7 +171,7 @@ def main() -> None:
     regrets, within, speedups, used, decided = [], 0, [], [], 0
     ref_within, ref_speedups = 0, []
     for seed in range(args.studies):
-        answer, truth, trials, done, ref_key = replay(grid, plan, seed)
+        answer, truth, trials, done, ref_key = replay(grid, plan, seed, args.each_cell)
         best = max(truth, key=lambda k: sign * truth[k])
         most, fast = answer.get("most_accurate"), answer.get("fastest_within")
         if most:
@@ -173,7 +192,8 @@ def main() -> None:
     print(
         f"{Path(args.grid).name}: {n} replayed studies ({grid['seeds']} seeds split in halves), "
         f"{cells} cells, --trials {args.trials}, confidence {args.confidence}, tolerance "
-        f"{args.tolerance}, {args.contenders} contender(s), up to {args.looks} looks"
+        f"{args.tolerance}, {args.contenders} contender(s), up to {args.looks} looks, "
+        f"{plan.exploration} search runs{' (every cell once)' if args.each_cell else ''}"
     )
     print(f"regret of most accurate: median {statistics.median(regrets):.4f}, 95th pct {q[-1]:.4f}")
     print(

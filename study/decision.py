@@ -68,8 +68,8 @@ from study.stats import Welch, pocock_level, t_quantile, welch
 RUNS_TO_DECIDE_CAP = 100
 #: The search trials before any confirmation, as a share of the space's cells. Replayed on the
 #: saved grids (400 studies each, docs/answer.md): digits 0.968 truly within at 28% of a 5-seed
-#: grid's trials (every cell once: 0.975 at 32%; a half: 0.960 at 22%), regression 0.983 at 32%
-#: (0.958 at 37%; 0.965 at 27%).
+#: grid's trials (as many trials as cells: 0.975 at 32%; a half: 0.960 at 22%), regression 0.983
+#: at 32% (0.958 at 37%; 0.965 at 27%).
 EXPLORATION_SHARE = 0.75
 #: The single-run SD the candidates' screen assumes before any cell has two search runs, in
 #: tolerances.
