@@ -74,7 +74,8 @@ def replay(
     }
     records: list[TrialRecord] = []
     order_cells = sorted(cells)
-    rng.shuffle(order_cells)
+    if each_cell:  # only then: the TPE replays keep their draws
+        rng.shuffle(order_cells)
     while len(records) < plan.total:
         decision = decide(plan, records)
         if decision.stage == "done":
